@@ -1,1 +1,111 @@
-fn main() {}
+//! `kjump`: Linux hibernation through kexec jump.
+//!
+//! This binary parses the command line, sets up logging and maps failures to
+//! documented exit codes; the work lives in the library crates.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code of a command that found an image invalid, corrupt or incomplete.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code of a usage error or an I/O failure.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "kjump",
+    version,
+    about = "Linux hibernation through kexec jump"
+)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error.\nLogging: RUST_LOG=debug|info|warn (default info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture physical memory (an ELF core, or /dev/mem with ranges) into an image
+    Capture(cmd::capture::CaptureArgs),
+    /// Describe an image
+    Info {
+        /// Image file or block device
+        image: PathBuf,
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every checksum of an image; exit 0 only when it is whole
+    Verify {
+        /// Image file or block device
+        image: PathBuf,
+        /// Worker threads (default: all CPUs)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write the saved memory out as an ELF64 core (for crash, drgn, gdb)
+    Export {
+        /// Image file or block device
+        image: PathBuf,
+        /// The ELF core to write
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Worker threads (default: all CPUs)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+/// A failed command: what to print and which exit code to use.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// An image that is not whole.
+    pub fn invalid(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: EXIT_INVALID,
+            error: error.into(),
+        }
+    }
+
+    /// A usage or I/O error.
+    pub fn error(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: EXIT_ERROR,
+            error: error.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Capture(args) => cmd::capture::run(args),
+        Command::Info { image, json } => cmd::inspect::info(&image, json),
+        Command::Verify { image, threads } => cmd::inspect::verify(&image, threads),
+        Command::Export {
+            image,
+            output,
+            threads,
+        } => cmd::inspect::export(&image, &output, threads),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kjump: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! Chunks: the unit of compression, checksumming and parallel work.
+//!
+//! Every saved range is cut into chunks of at most [`CHUNK_PAGES`] pages at
+//! frame numbers aligned to [`CHUNK_PAGES`], so the chunk sequence follows from
+//! the ranges alone and a reader can check that every page is present exactly
+//! once, in its place. All-zero pages are marked in a bitmap and not stored;
+//! the other pages are compressed together as one lz4 block, or stored raw
+//! when lz4 does not make them smaller.
+
+use crate::addr::{ImageOffset, MemoryMap, Pfn};
+use crate::error::FormatError;
+use crate::le::{put_u32, put_u64, u32_at, u64_at};
+use crate::PAGE_SIZE;
+
+/// Pages per chunk at most; the zero bitmap is one `u64`.
+pub const CHUNK_PAGES: usize = 64;
+/// Size of an encoded chunk header.
+pub const CHUNK_HEADER_SIZE: usize = 64;
+/// Size of an encoded index entry.
+pub const INDEX_ENTRY_SIZE: usize = 40;
+/// Magic at the start of every chunk header.
+pub const CHUNK_MAGIC: [u8; 4] = *b"KJCK";
+
+const ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// How a chunk's stored pages are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Every page is zero; nothing is stored.
+    Zero,
+    /// The stored pages as they are.
+    Raw,
+    /// The stored pages as one lz4 block.
+    Lz4,
+}
+
+impl Codec {
+    fn code(self) -> u8 {
+        match self {
+            Codec::Zero => 0,
+            Codec::Raw => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Codec> {
+        match c {
+            0 => Some(Codec::Zero),
+            1 => Some(Codec::Raw),
+            2 => Some(Codec::Lz4),
+            _ => None,
+        }
+    }
+}
+
+/// Where a chunk lies in physical memory: derived from the ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSpec {
+    /// First frame.
+    pub first_pfn: Pfn,
+    /// Frames in the chunk, 1 to [`CHUNK_PAGES`].
+    pub page_count: u8,
+    /// Index of the range in the memory map.
+    pub range: usize,
+}
+
+/// Iterates the chunk sequence of a memory map without allocating it whole.
+pub fn chunk_specs(map: &MemoryMap) -> impl Iterator<Item = ChunkSpec> + '_ {
+    map.ranges().iter().enumerate().flat_map(|(i, r)| {
+        let (first, end) = (r.first_pfn().0, r.end_pfn().0);
+        let step = CHUNK_PAGES as u64;
+        let mut p = first;
+        std::iter::from_fn(move || {
+            if p >= end {
+                return None;
+            }
+            let next = ((p / step + 1) * step).min(end);
+            let spec = ChunkSpec {
+                first_pfn: Pfn(p),
+                page_count: (next - p) as u8,
+                range: i,
+            };
+            p = next;
+            Some(spec)
+        })
+    })
+}
+
+/// Number of chunks of a memory map, computed without iterating pages.
+pub fn chunk_count(map: &MemoryMap) -> u64 {
+    let step = CHUNK_PAGES as u64;
+    map.ranges()
+        .iter()
+        .map(|r| {
+            let (first, end) = (r.first_pfn().0, r.end_pfn().0);
+            (end - 1) / step - first / step + 1
+        })
+        .sum()
+}
+
+/// A decoded chunk header, as it stands in the data stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// Payload encoding.
+    pub codec: Codec,
+    /// Frames covered.
+    pub page_count: u8,
+    /// First frame.
+    pub first_pfn: Pfn,
+    /// Bit `i` set: page `i` is all zero and not stored.
+    pub zero_bitmap: u64,
+    /// Payload bytes following the header.
+    pub stored_len: u32,
+    /// CRC32 of the payload bytes.
+    pub payload_crc: u32,
+    /// CRC32 of the stored pages, uncompressed and concatenated.
+    pub data_crc: u32,
+    /// Position of the chunk in the image.
+    pub seq: u32,
+    /// The image's uuid: a chunk left over from another capture never matches.
+    pub uuid: [u8; 16],
+}
+
+/// A decoded chunk index entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Image offset of the chunk header.
+    pub offset: ImageOffset,
+    /// First frame.
+    pub first_pfn: Pfn,
+    /// Zero-page bitmap, as in the header.
+    pub zero_bitmap: u64,
+    /// Payload bytes.
+    pub stored_len: u32,
+    /// CRC32 of the payload bytes.
+    pub payload_crc: u32,
+    /// CRC32 of the uncompressed stored pages.
+    pub data_crc: u32,
+    /// Payload encoding.
+    pub codec: Codec,
+    /// Frames covered.
+    pub page_count: u8,
+}
+
+fn page_mask(page_count: u8) -> u64 {
+    if page_count as usize >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << page_count) - 1
+    }
+}
+
+impl ChunkHeader {
+    /// Pages stored (not zero).
+    pub fn stored_pages(&self) -> u32 {
+        u32::from(self.page_count) - self.zero_bitmap.count_ones()
+    }
+
+    /// Bytes of the stored pages once decompressed.
+    pub fn raw_len(&self) -> usize {
+        self.stored_pages() as usize * PAGE_SIZE
+    }
+
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; CHUNK_HEADER_SIZE] {
+        let mut b = [0u8; CHUNK_HEADER_SIZE];
+        b[0..4].copy_from_slice(&CHUNK_MAGIC);
+        b[4] = self.codec.code();
+        b[5] = self.page_count;
+        put_u64(&mut b, 8, self.first_pfn.0);
+        put_u64(&mut b, 16, self.zero_bitmap);
+        put_u32(&mut b, 24, self.stored_len);
+        put_u32(&mut b, 28, self.payload_crc);
+        put_u32(&mut b, 32, self.data_crc);
+        put_u32(&mut b, 36, self.seq);
+        b[40..56].copy_from_slice(&self.uuid);
+        let crc = crc32fast::hash(&b[..60]);
+        put_u32(&mut b, 60, crc);
+        b
+    }
+
+    /// Decodes a header found at `offset`, checking its magic, CRC, reserved
+    /// bytes and internal consistency.
+    pub fn decode(b: &[u8; CHUNK_HEADER_SIZE], offset: u64) -> Result<Self, FormatError> {
+        if b[0..4] != CHUNK_MAGIC {
+            return Err(FormatError::BadMagic {
+                what: "chunk header",
+                offset: ImageOffset(offset),
+                expected: crate::le::show_bytes(&CHUNK_MAGIC),
+                found: crate::le::show_bytes(&b[0..4]),
+            });
+        }
+        let stored = u32_at(b, 60);
+        let computed = crc32fast::hash(&b[..60]);
+        if stored != computed {
+            return Err(FormatError::checksum(
+                "chunk header",
+                offset,
+                stored,
+                computed,
+            ));
+        }
+        for (at, len) in [(6usize, 2usize), (56, 4)] {
+            if let Some(p) = crate::le::first_nonzero(&b[at..at + len]) {
+                return Err(FormatError::ReservedNotZero {
+                    what: "chunk header",
+                    offset: ImageOffset(offset + (at + p) as u64),
+                    found: b[at + p].into(),
+                });
+            }
+        }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[40..56]);
+        let h = ChunkHeader {
+            codec: decode_codec(b[4], "chunk header", offset)?,
+            page_count: b[5],
+            first_pfn: Pfn(u64_at(b, 8)),
+            zero_bitmap: u64_at(b, 16),
+            stored_len: u32_at(b, 24),
+            payload_crc: u32_at(b, 28),
+            data_crc: u32_at(b, 32),
+            seq: u32_at(b, 36),
+            uuid,
+        };
+        check_shape(
+            "chunk header",
+            offset,
+            h.codec,
+            h.page_count,
+            h.zero_bitmap,
+            h.stored_len,
+        )?;
+        Ok(h)
+    }
+
+    /// The index entry describing this chunk at `offset`.
+    pub fn index_entry(&self, offset: ImageOffset) -> IndexEntry {
+        IndexEntry {
+            offset,
+            first_pfn: self.first_pfn,
+            zero_bitmap: self.zero_bitmap,
+            stored_len: self.stored_len,
+            payload_crc: self.payload_crc,
+            data_crc: self.data_crc,
+            codec: self.codec,
+            page_count: self.page_count,
+        }
+    }
+}
+
+fn decode_codec(c: u8, what: &'static str, offset: u64) -> Result<Codec, FormatError> {
+    Codec::from_code(c).ok_or(FormatError::InvalidValue {
+        what,
+        field: "codec",
+        offset: ImageOffset(offset),
+        value: c.into(),
+    })
+}
+
+/// Checks what a header or entry says about itself: page count, bitmap,
+/// codec and payload length must agree.
+fn check_shape(
+    what: &'static str,
+    offset: u64,
+    codec: Codec,
+    page_count: u8,
+    zero_bitmap: u64,
+    stored_len: u32,
+) -> Result<(), FormatError> {
+    let invalid = |field, value| FormatError::InvalidValue {
+        what,
+        field,
+        offset: ImageOffset(offset),
+        value,
+    };
+    if page_count == 0 || page_count as usize > CHUNK_PAGES {
+        return Err(invalid("page count", page_count.into()));
+    }
+    let mask = page_mask(page_count);
+    if zero_bitmap & !mask != 0 {
+        return Err(invalid("zero bitmap", zero_bitmap));
+    }
+    let raw_len = (u64::from(page_count) - u64::from(zero_bitmap.count_ones())) * PAGE_SIZE as u64;
+    let ok = match codec {
+        Codec::Zero => zero_bitmap == mask && stored_len == 0,
+        Codec::Raw => raw_len > 0 && u64::from(stored_len) == raw_len,
+        Codec::Lz4 => raw_len > 0 && stored_len > 0 && u64::from(stored_len) < raw_len,
+    };
+    if !ok {
+        return Err(invalid("stored length", stored_len.into()));
+    }
+    Ok(())
+}
+
+impl IndexEntry {
+    /// Encodes the entry.
+    pub fn encode(&self) -> [u8; INDEX_ENTRY_SIZE] {
+        let mut b = [0u8; INDEX_ENTRY_SIZE];
+        put_u64(&mut b, 0, self.offset.0);
+        put_u64(&mut b, 8, self.first_pfn.0);
+        put_u64(&mut b, 16, self.zero_bitmap);
+        put_u32(&mut b, 24, self.stored_len);
+        put_u32(&mut b, 28, self.payload_crc);
+        put_u32(&mut b, 32, self.data_crc);
+        b[36] = self.codec.code();
+        b[37] = self.page_count;
+        b
+    }
+
+    /// Decodes an entry found at `offset`, checking its reserved bytes and
+    /// internal consistency (the index CRC is checked by the reader).
+    pub fn decode(b: &[u8], offset: u64) -> Result<Self, FormatError> {
+        if b[38] != 0 || b[39] != 0 {
+            return Err(FormatError::ReservedNotZero {
+                what: "index entry",
+                offset: ImageOffset(offset + 38),
+                found: u64::from(b[38]) | u64::from(b[39]) << 8,
+            });
+        }
+        let e = IndexEntry {
+            offset: ImageOffset(u64_at(b, 0)),
+            first_pfn: Pfn(u64_at(b, 8)),
+            zero_bitmap: u64_at(b, 16),
+            stored_len: u32_at(b, 24),
+            payload_crc: u32_at(b, 28),
+            data_crc: u32_at(b, 32),
+            codec: decode_codec(b[36], "index entry", offset)?,
+            page_count: b[37],
+        };
+        check_shape(
+            "index entry",
+            offset,
+            e.codec,
+            e.page_count,
+            e.zero_bitmap,
+            e.stored_len,
+        )?;
+        Ok(e)
+    }
+
+    /// Pages stored (not zero).
+    pub fn stored_pages(&self) -> u32 {
+        u32::from(self.page_count) - self.zero_bitmap.count_ones()
+    }
+
+    /// Bytes of the stored pages once decompressed.
+    pub fn raw_len(&self) -> usize {
+        self.stored_pages() as usize * PAGE_SIZE
+    }
+
+    /// Image bytes of header and payload.
+    pub fn encoded_len(&self) -> u64 {
+        CHUNK_HEADER_SIZE as u64 + u64::from(self.stored_len)
+    }
+}
+
+/// A chunk ready to be written: its header and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedChunk {
+    /// The header (its `seq` and `uuid` as given to [`encode_chunk`]).
+    pub header: ChunkHeader,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Encodes the pages of one chunk. `pages` holds `spec.page_count` whole pages
+/// back to back.
+pub fn encode_chunk(spec: &ChunkSpec, seq: u32, uuid: [u8; 16], pages: &[u8]) -> EncodedChunk {
+    debug_assert_eq!(pages.len(), spec.page_count as usize * PAGE_SIZE);
+    let mut zero_bitmap = 0u64;
+    for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+        if page == ZERO_PAGE {
+            zero_bitmap |= 1 << i;
+        }
+    }
+    let header = |codec, stored_len, payload_crc, data_crc| ChunkHeader {
+        codec,
+        page_count: spec.page_count,
+        first_pfn: spec.first_pfn,
+        zero_bitmap,
+        stored_len,
+        payload_crc,
+        data_crc,
+        seq,
+        uuid,
+    };
+    if zero_bitmap == page_mask(spec.page_count) {
+        return EncodedChunk {
+            header: header(Codec::Zero, 0, 0, 0),
+            payload: Vec::new(),
+        };
+    }
+    let gathered;
+    let raw: &[u8] = if zero_bitmap == 0 {
+        pages
+    } else {
+        gathered = pages
+            .chunks_exact(PAGE_SIZE)
+            .enumerate()
+            .filter(|(i, _)| zero_bitmap & (1 << i) == 0)
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect::<Vec<u8>>();
+        &gathered
+    };
+    let data_crc = crc32fast::hash(raw);
+    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(raw.len())];
+    let compressed = match lz4_flex::block::compress_into(raw, &mut out) {
+        Ok(n) if n < raw.len() => Some(n),
+        _ => None,
+    };
+    let (codec, payload) = match compressed {
+        Some(n) => {
+            out.truncate(n);
+            (Codec::Lz4, out)
+        }
+        None => (Codec::Raw, raw.to_vec()),
+    };
+    let payload_crc = crc32fast::hash(&payload);
+    EncodedChunk {
+        header: header(codec, payload.len() as u32, payload_crc, data_crc),
+        payload,
+    }
+}
+
+/// Decodes a chunk's payload into `out` (`page_count` whole pages), zero
+/// pages included, after checking both CRCs. `scratch` is reused between
+/// calls to avoid an allocation per chunk.
+pub fn decode_chunk(
+    entry: &IndexEntry,
+    index: u64,
+    payload: &[u8],
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let at = entry.offset.0;
+    if payload.len() != entry.stored_len as usize {
+        return Err(FormatError::mismatch(
+            format!("chunk {index}"),
+            "payload length",
+            at,
+            entry.stored_len.into(),
+            payload.len() as u64,
+        ));
+    }
+    let computed = crc32fast::hash(payload);
+    if computed != entry.payload_crc {
+        return Err(FormatError::checksum(
+            format!("chunk {index} payload"),
+            at,
+            entry.payload_crc,
+            computed,
+        ));
+    }
+    let raw_len = entry.raw_len();
+    let check_data = |raw: &[u8]| {
+        let computed = crc32fast::hash(raw);
+        if computed == entry.data_crc {
+            Ok(())
+        } else {
+            Err(FormatError::checksum(
+                format!("chunk {index} contents"),
+                at,
+                entry.data_crc,
+                computed,
+            ))
+        }
+    };
+    let decompress = |target: &mut [u8]| {
+        let n = lz4_flex::block::decompress_into(payload, target).map_err(|e| {
+            FormatError::Decompress {
+                index,
+                offset: ImageOffset(at),
+                reason: e.to_string(),
+            }
+        })?;
+        if n != raw_len {
+            return Err(FormatError::Decompress {
+                index,
+                offset: ImageOffset(at),
+                reason: format!("produced {n} bytes, expected {raw_len}"),
+            });
+        }
+        Ok(())
+    };
+    match (entry.codec, entry.zero_bitmap == 0) {
+        (Codec::Zero, _) => out.fill(0),
+        (Codec::Raw, direct) => {
+            check_data(payload)?;
+            if direct {
+                out.copy_from_slice(payload);
+            } else {
+                scatter(entry.zero_bitmap, payload, out);
+            }
+        }
+        (Codec::Lz4, true) => {
+            decompress(out)?;
+            check_data(out)?;
+        }
+        (Codec::Lz4, false) => {
+            scratch.resize(raw_len, 0);
+            decompress(scratch)?;
+            check_data(scratch)?;
+            scatter(entry.zero_bitmap, scratch, out);
+        }
+    }
+    Ok(())
+}
+
+/// Places the stored pages at their slots and zero-fills the rest.
+fn scatter(zero_bitmap: u64, raw: &[u8], out: &mut [u8]) {
+    let mut stored = raw.chunks_exact(PAGE_SIZE);
+    for (i, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        if zero_bitmap & (1 << i) != 0 {
+            page.fill(0);
+        } else if let Some(src) = stored.next() {
+            page.copy_from_slice(src);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{PhysAddr, PhysRange};
+
+    fn map(r: &[(u64, u64)]) -> MemoryMap {
+        MemoryMap::from_sorted(
+            r.iter()
+                .map(|&(s, e)| PhysRange::new(PhysAddr(s), PhysAddr(e)).unwrap())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn chunks_align_to_64_frames_and_count_matches() {
+        let m = map(&[(0x1000, 0x9fc00), (0x100000, 0x100000 + 200 * 4096)]);
+        let specs: Vec<_> = chunk_specs(&m).collect();
+        assert_eq!(specs.len() as u64, chunk_count(&m));
+        assert_eq!(specs[0].first_pfn, Pfn(1));
+        assert_eq!(specs[0].page_count, 63);
+        assert_eq!(specs[1].first_pfn, Pfn(64));
+        let pages: u64 = specs.iter().map(|s| u64::from(s.page_count)).sum();
+        assert_eq!(pages, m.total_pages());
+        let single = map(&[(0x5000, 0x5001)]);
+        assert_eq!(chunk_count(&single), 1);
+        assert_eq!(chunk_specs(&single).next().unwrap().page_count, 1);
+    }
+
+    fn spec(n: u8) -> ChunkSpec {
+        ChunkSpec {
+            first_pfn: Pfn(64),
+            page_count: n,
+            range: 0,
+        }
+    }
+
+    fn round_trip(pages: &[u8], n: u8) -> EncodedChunk {
+        let c = encode_chunk(&spec(n), 3, [9; 16], pages);
+        let h = ChunkHeader::decode(&c.header.encode(), 0).unwrap();
+        assert_eq!(h, c.header);
+        let e = IndexEntry::decode(&h.index_entry(ImageOffset(4096)).encode(), 0).unwrap();
+        let mut out = vec![0xaa; pages.len()];
+        let mut scratch = Vec::new();
+        decode_chunk(&e, 0, &c.payload, &mut out, &mut scratch).unwrap();
+        assert_eq!(out, pages);
+        c
+    }
+
+    #[test]
+    fn codecs_are_chosen_by_content() {
+        let zero = vec![0u8; 4 * PAGE_SIZE];
+        assert_eq!(round_trip(&zero, 4).header.codec, Codec::Zero);
+        let text: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| b"kjump "[i % 6]).collect();
+        assert_eq!(round_trip(&text, 4).header.codec, Codec::Lz4);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let random: Vec<u8> = (0..4 * PAGE_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let c = round_trip(&random, 4);
+        assert_eq!(c.header.codec, Codec::Raw);
+        let mut mixed = random.clone();
+        mixed[PAGE_SIZE..2 * PAGE_SIZE].fill(0);
+        let c = round_trip(&mixed, 4);
+        assert_eq!(c.header.zero_bitmap, 0b10);
+        assert_eq!(c.payload.len(), 3 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn corrupt_payload_is_caught_by_crc() {
+        let text: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 7) as u8).collect();
+        let mut c = encode_chunk(&spec(2), 0, [0; 16], &text);
+        c.payload[3] ^= 1;
+        let e = c.header.index_entry(ImageOffset(0));
+        let mut out = vec![0; text.len()];
+        let err = decode_chunk(&e, 0, &c.payload, &mut out, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, FormatError::Checksum { .. }), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_shapes_are_rejected() {
+        let h = ChunkHeader {
+            codec: Codec::Raw,
+            page_count: 2,
+            first_pfn: Pfn(0),
+            zero_bitmap: 0b100,
+            stored_len: 8192,
+            payload_crc: 0,
+            data_crc: 0,
+            seq: 0,
+            uuid: [0; 16],
+        };
+        assert!(ChunkHeader::decode(&h.encode(), 0).is_err());
+        let h = ChunkHeader {
+            zero_bitmap: 0,
+            page_count: 65,
+            ..h
+        };
+        assert!(ChunkHeader::decode(&h.encode(), 0).is_err());
+        let h = ChunkHeader {
+            page_count: 2,
+            stored_len: 4096,
+            ..h
+        };
+        assert!(ChunkHeader::decode(&h.encode(), 0).is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! The metadata section: what a restore needs and a debugger wants.
+//!
+//! A sequence of records `tag: u16, flags: u16, len: u32, value[len]`, each
+//! padded with zeros to 8 bytes. Flag bit 0 marks a record a reader must
+//! understand: an unknown tag without it is skipped, with it the image is
+//! refused. This lets later versions add records without a format break.
+
+use crate::addr::{ImageOffset, MemoryMap, PhysAddr, PhysRange};
+use crate::error::FormatError;
+use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
+
+/// Largest metadata section a reader accepts.
+pub const MAX_METADATA_LEN: u64 = 64 << 20;
+/// Record flag: a reader that does not know the tag must refuse the image.
+pub const FLAG_REQUIRED: u16 = 1;
+
+const REC_HEADER: usize = 8;
+
+/// Record tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Tag {
+    /// The saved physical ranges: pairs of `start: u64, len: u64`.
+    Ranges = 1,
+    /// `uname -r` of the saved kernel (UTF-8).
+    KernelRelease = 2,
+    /// The saved kernel's build id as hex text.
+    BuildId = 3,
+    /// The saved kernel's VMCOREINFO text.
+    Vmcoreinfo = 4,
+    /// The PT_NOTE contents of the source ELF core, verbatim.
+    ElfNotes = 5,
+    /// Physical address at which the saved kernel re-enters (`u64`).
+    JumpBackEntry = 6,
+    /// Where the capture read from (UTF-8).
+    Source = 7,
+    /// A free-form `key_len: u16, key, value` pair (UTF-8); may repeat.
+    KeyValue = 8,
+}
+
+impl Tag {
+    fn from_u16(v: u16) -> Option<Tag> {
+        Some(match v {
+            1 => Tag::Ranges,
+            2 => Tag::KernelRelease,
+            3 => Tag::BuildId,
+            4 => Tag::Vmcoreinfo,
+            5 => Tag::ElfNotes,
+            6 => Tag::JumpBackEntry,
+            7 => Tag::Source,
+            8 => Tag::KeyValue,
+            _ => return None,
+        })
+    }
+}
+
+/// The decoded metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Physical ranges saved, in address order; holes lie between them.
+    pub ranges: MemoryMap,
+    /// Release of the saved kernel.
+    pub kernel_release: Option<String>,
+    /// Build id of the saved kernel (hex).
+    pub build_id: Option<String>,
+    /// VMCOREINFO text of the saved kernel.
+    pub vmcoreinfo: Option<Vec<u8>>,
+    /// ELF notes of the source core, verbatim.
+    pub elf_notes: Option<Vec<u8>>,
+    /// Re-entry point of the saved kernel.
+    pub jump_back_entry: Option<u64>,
+    /// Where the capture read from.
+    pub source: Option<String>,
+    /// Free-form pairs, in order.
+    pub extra: Vec<(String, String)>,
+}
+
+fn push_record(out: &mut Vec<u8>, tag: Tag, flags: u16, value: &[u8]) {
+    let mut h = [0u8; REC_HEADER];
+    put_u16(&mut h, 0, tag as u16);
+    put_u16(&mut h, 2, flags);
+    put_u32(&mut h, 4, value.len() as u32);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(value);
+    out.resize(out.len().next_multiple_of(8), 0);
+}
+
+impl Metadata {
+    /// Encodes the records.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut ranges = Vec::with_capacity(self.ranges.ranges().len() * 16);
+        for r in self.ranges.ranges() {
+            let mut b = [0u8; 16];
+            put_u64(&mut b, 0, r.start().0);
+            put_u64(&mut b, 8, r.len());
+            ranges.extend_from_slice(&b);
+        }
+        push_record(&mut out, Tag::Ranges, FLAG_REQUIRED, &ranges);
+        let texts = [
+            (Tag::KernelRelease, &self.kernel_release),
+            (Tag::BuildId, &self.build_id),
+            (Tag::Source, &self.source),
+        ];
+        for (tag, v) in texts {
+            if let Some(v) = v {
+                push_record(&mut out, tag, 0, v.as_bytes());
+            }
+        }
+        for (tag, v) in [
+            (Tag::Vmcoreinfo, &self.vmcoreinfo),
+            (Tag::ElfNotes, &self.elf_notes),
+        ] {
+            if let Some(v) = v {
+                push_record(&mut out, tag, 0, v);
+            }
+        }
+        if let Some(e) = self.jump_back_entry {
+            push_record(
+                &mut out,
+                Tag::JumpBackEntry,
+                FLAG_REQUIRED,
+                &e.to_le_bytes(),
+            );
+        }
+        for (k, v) in &self.extra {
+            let mut b = Vec::with_capacity(2 + k.len() + v.len());
+            b.extend_from_slice(&(k.len() as u16).to_le_bytes());
+            b.extend_from_slice(k.as_bytes());
+            b.extend_from_slice(v.as_bytes());
+            push_record(&mut out, Tag::KeyValue, 0, &b);
+        }
+        out
+    }
+
+    /// Decodes the section found at image offset `base`; its CRC was checked
+    /// by the caller.
+    pub fn decode(bytes: &[u8], base: u64) -> Result<Self, FormatError> {
+        let mut m = Metadata::default();
+        let mut seen_ranges = false;
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let at = base + pos as u64;
+            let err = |reason: String| FormatError::Metadata {
+                offset: ImageOffset(at),
+                reason,
+            };
+            if bytes.len() - pos < REC_HEADER {
+                return Err(err(format!(
+                    "record header needs {REC_HEADER} bytes, {} remain",
+                    bytes.len() - pos
+                )));
+            }
+            let tag = u16_at(bytes, pos);
+            let flags = u16_at(bytes, pos + 2);
+            let len = u32_at(bytes, pos + 4) as usize;
+            let start = pos + REC_HEADER;
+            let padded = len.next_multiple_of(8);
+            if padded > bytes.len() - start {
+                return Err(err(format!(
+                    "record of {len} bytes runs past the end of the section ({} bytes remain)",
+                    bytes.len() - start
+                )));
+            }
+            if flags & !FLAG_REQUIRED != 0 {
+                return Err(err(format!("reserved flags {flags:#x} set")));
+            }
+            if let Some(p) = crate::le::first_nonzero(&bytes[start + len..start + padded]) {
+                return Err(FormatError::PaddingNotZero {
+                    what: "of a metadata record",
+                    offset: ImageOffset(base + (start + len + p) as u64),
+                });
+            }
+            let value = &bytes[start..start + len];
+            match Tag::from_u16(tag) {
+                Some(Tag::Ranges) => {
+                    if seen_ranges {
+                        return Err(err("ranges recorded twice".into()));
+                    }
+                    seen_ranges = true;
+                    m.ranges = decode_ranges(value).map_err(err)?;
+                }
+                Some(t) => m.set(t, value).map_err(err)?,
+                None if flags & FLAG_REQUIRED != 0 => {
+                    return Err(err(format!(
+                        "unknown required record tag {tag} (written by a newer kjump?)"
+                    )))
+                }
+                None => {}
+            }
+            pos = start + padded;
+        }
+        if !seen_ranges || m.ranges.ranges().is_empty() {
+            return Err(FormatError::Metadata {
+                offset: ImageOffset(base),
+                reason: "no memory ranges recorded".into(),
+            });
+        }
+        Ok(m)
+    }
+
+    fn set(&mut self, tag: Tag, v: &[u8]) -> Result<(), String> {
+        fn once<T>(slot: &mut Option<T>, tag: Tag, value: T) -> Result<(), String> {
+            if slot.is_some() {
+                return Err(format!("{tag:?} recorded twice"));
+            }
+            *slot = Some(value);
+            Ok(())
+        }
+        let text = |v: &[u8]| {
+            String::from_utf8(v.to_vec()).map_err(|e| format!("{tag:?} is not UTF-8: {e}"))
+        };
+        match tag {
+            Tag::KernelRelease => once(&mut self.kernel_release, tag, text(v)?),
+            Tag::BuildId => once(&mut self.build_id, tag, text(v)?),
+            Tag::Source => once(&mut self.source, tag, text(v)?),
+            Tag::Vmcoreinfo => once(&mut self.vmcoreinfo, tag, v.to_vec()),
+            Tag::ElfNotes => once(&mut self.elf_notes, tag, v.to_vec()),
+            Tag::JumpBackEntry => {
+                if v.len() != 8 {
+                    return Err(format!("jump-back entry has {} bytes, expected 8", v.len()));
+                }
+                once(&mut self.jump_back_entry, tag, u64_at(v, 0))
+            }
+            Tag::KeyValue => {
+                if v.len() < 2 || 2 + u16_at(v, 0) as usize > v.len() {
+                    return Err("key/value record shorter than its key".into());
+                }
+                let k = 2 + u16_at(v, 0) as usize;
+                self.extra.push((text(&v[2..k])?, text(&v[k..])?));
+                Ok(())
+            }
+            Tag::Ranges => Err("ranges handled by the caller".into()),
+        }
+    }
+}
+
+fn decode_ranges(v: &[u8]) -> Result<MemoryMap, String> {
+    if v.len() % 16 != 0 {
+        return Err(format!(
+            "ranges record of {} bytes is not a multiple of 16",
+            v.len()
+        ));
+    }
+    let mut ranges = Vec::with_capacity(v.len() / 16);
+    for (i, pair) in v.chunks_exact(16).enumerate() {
+        let r = PhysRange::from_start_len(PhysAddr(u64_at(pair, 0)), u64_at(pair, 8))
+            .map_err(|e| format!("range {i}: {e}"))?;
+        ranges.push(r);
+    }
+    MemoryMap::from_sorted(ranges).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Metadata {
+        let r = |s, l| PhysRange::from_start_len(PhysAddr(s), l).unwrap();
+        Metadata {
+            ranges: MemoryMap::from_sorted(vec![r(0x1000, 0x9ec00), r(0x100000, 1 << 30)]).unwrap(),
+            kernel_release: Some("6.12.0".into()),
+            build_id: Some("abcdef".into()),
+            vmcoreinfo: Some(b"OSRELEASE=6.12.0\n".to_vec()),
+            elf_notes: Some(vec![1, 2, 3]),
+            jump_back_entry: Some(0x1234_5000),
+            source: Some("/dev/mem".into()),
+            extra: vec![
+                ("mode".into(), "poweroff".into()),
+                ("k".into(), String::new()),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let b = m.encode();
+        assert_eq!(b.len() % 8, 0);
+        assert_eq!(Metadata::decode(&b, 4096).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_optional_record_is_skipped_required_is_refused() {
+        let mut b = sample().encode();
+        let mut extra = vec![0u8; 8];
+        put_u16(&mut extra, 0, 999);
+        put_u32(&mut extra, 4, 0);
+        b.extend_from_slice(&extra);
+        assert!(Metadata::decode(&b, 0).is_ok());
+        let n = b.len();
+        put_u16(&mut b, n - 6, FLAG_REQUIRED);
+        let e = Metadata::decode(&b, 0).unwrap_err().to_string();
+        assert!(e.contains("unknown required record tag 999"), "{e}");
+    }
+
+    #[test]
+    fn truncated_and_overlong_records_are_refused() {
+        let b = sample().encode();
+        for cut in [1, 7, 9, b.len() - 1] {
+            assert!(Metadata::decode(&b[..cut], 0).is_err(), "cut {cut}");
+        }
+        let mut b2 = b.clone();
+        put_u32(&mut b2, 4, u32::MAX);
+        let e = Metadata::decode(&b2, 0).unwrap_err().to_string();
+        assert!(e.contains("runs past the end"), "{e}");
+    }
+
+    #[test]
+    fn missing_ranges_are_refused() {
+        let e = Metadata::decode(&[], 4096).unwrap_err().to_string();
+        assert!(e.contains("no memory ranges"), "{e}");
+    }
+}

@@ -1,0 +1,484 @@
+//! Opening an image: every structure except the chunk payloads is read and
+//! checked here, so that after [`Image::open`] the index can be trusted to
+//! name every page of the saved ranges exactly once.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+use crate::addr::{ImageOffset, Pfn};
+use crate::chunk::{chunk_count, chunk_specs, ChunkHeader, ChunkSpec, IndexEntry};
+use crate::error::FormatError;
+use crate::metadata::{Metadata, MAX_METADATA_LEN};
+use crate::superblock::{ImageState, Superblock};
+use crate::trailer::{Trailer, TRAILER_SIZE};
+use crate::{
+    decode_chunk, plan_layout, BLOCK_SIZE, CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE,
+};
+
+/// Positional reads from an image: a file, a block device or bytes in memory.
+pub trait ReadAt: Sync {
+    /// Fills `buf` from `offset`; a short read is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Size of the image source in bytes.
+    fn size(&self) -> std::io::Result<u64>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        // metadata().len() is 0 for block devices; seeking to the end is not.
+        let mut f = self;
+        f.seek(SeekFrom::End(0))
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(buf.len()) {
+            Some(end) if end <= self.len() => {
+                buf.copy_from_slice(&self[start..end]);
+                Ok(())
+            }
+            _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+/// Reads `len` bytes at `offset`, refusing reads past the end of the source.
+pub fn read_region<R: ReadAt + ?Sized>(
+    src: &R,
+    what: &'static str,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<Vec<u8>, FormatError> {
+    let fits = offset.checked_add(len).is_some_and(|end| end <= size);
+    if !fits {
+        return Err(FormatError::Truncated {
+            what,
+            offset: ImageOffset(offset),
+            needed: len,
+            available: size,
+        });
+    }
+    let mut buf = vec![0u8; len as usize];
+    src.read_exact_at(&mut buf, offset)
+        .map_err(|source| FormatError::Io {
+            what,
+            offset: ImageOffset(offset),
+            source,
+        })?;
+    Ok(buf)
+}
+
+/// Reads and checks the superblock alone. A capture that never finished
+/// still has a valid superblock, in state [`ImageState::Writing`].
+pub fn read_superblock<R: ReadAt + ?Sized>(src: &R) -> Result<Superblock, FormatError> {
+    let size = src.size().map_err(|source| FormatError::Io {
+        what: "image size",
+        offset: ImageOffset(0),
+        source,
+    })?;
+    let block = read_region(src, "superblock", 0, BLOCK_SIZE as u64, size)?;
+    Superblock::decode(&block)
+}
+
+/// A committed (or consumed) image whose structure checked out.
+#[derive(Debug)]
+pub struct Image {
+    /// The superblock.
+    pub superblock: Superblock,
+    /// The metadata.
+    pub metadata: Metadata,
+    /// One entry per chunk, in physical address order.
+    pub index: Vec<IndexEntry>,
+    /// Where each chunk lies, derived from the ranges.
+    pub specs: Vec<ChunkSpec>,
+    /// Bytes in the image source (at least the image's own length).
+    pub source_size: u64,
+}
+
+impl Image {
+    /// Reads the superblock, metadata, trailer and index and checks them
+    /// against each other. Chunk payloads are not read: see
+    /// [`Image::read_chunk`] and [`Image::check_padding`].
+    pub fn open<R: ReadAt + ?Sized>(src: &R) -> Result<Image, FormatError> {
+        let sb = read_superblock(src)?;
+        if sb.state == ImageState::Writing {
+            return Err(FormatError::NotCommitted {
+                state: sb.state.name(),
+            });
+        }
+        let size = src.size().map_err(|source| FormatError::Io {
+            what: "image size",
+            offset: ImageOffset(0),
+            source,
+        })?;
+        let l = sb.layout;
+        check_layout(&sb, size)?;
+        let meta_bytes = read_region(src, "metadata", l.metadata_offset, l.metadata_len, size)?;
+        let crc = crc32fast::hash(&meta_bytes);
+        if crc != l.metadata_crc {
+            return Err(FormatError::checksum(
+                "metadata",
+                l.metadata_offset,
+                l.metadata_crc,
+                crc,
+            ));
+        }
+        let metadata = Metadata::decode(&meta_bytes, l.metadata_offset)?;
+        let expected_chunks = chunk_count(&metadata.ranges);
+        if expected_chunks != l.chunk_count {
+            return Err(FormatError::mismatch(
+                "superblock",
+                "chunk count",
+                0,
+                expected_chunks,
+                l.chunk_count,
+            ));
+        }
+        let total = metadata.ranges.total_pages();
+        if total != l.total_pages {
+            return Err(FormatError::mismatch(
+                "superblock",
+                "total pages",
+                0,
+                total,
+                l.total_pages,
+            ));
+        }
+        check_trailer(src, &sb, size)?;
+        let index_len = l.chunk_count * INDEX_ENTRY_SIZE as u64;
+        let index_bytes = read_region(src, "chunk index", l.index_offset, index_len, size)?;
+        let crc = crc32fast::hash(&index_bytes);
+        if crc != l.index_crc {
+            return Err(FormatError::checksum(
+                "chunk index",
+                l.index_offset,
+                l.index_crc,
+                crc,
+            ));
+        }
+        let specs: Vec<ChunkSpec> = chunk_specs(&metadata.ranges).collect();
+        let index = decode_index(&index_bytes, &specs, &sb)?;
+        Ok(Image {
+            superblock: sb,
+            metadata,
+            index,
+            specs,
+            source_size: size,
+        })
+    }
+
+    /// Pages stored in chunks (neither zero nor outside the ranges).
+    pub fn stored_pages(&self) -> u64 {
+        self.index.iter().map(|e| u64::from(e.stored_pages())).sum()
+    }
+
+    /// Reads chunk `i`, checks its header against the index and its payload
+    /// against both CRCs, and decodes its pages into `out`
+    /// (`page_count * PAGE_SIZE` bytes). `buf` and `scratch` are reused.
+    pub fn read_chunk<R: ReadAt + ?Sized>(
+        &self,
+        src: &R,
+        i: usize,
+        out: &mut [u8],
+        buf: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        let e = &self.index[i];
+        buf.resize(e.encoded_len() as usize, 0);
+        src.read_exact_at(buf, e.offset.0)
+            .map_err(|source| FormatError::Io {
+                what: "chunk",
+                offset: e.offset,
+                source,
+            })?;
+        self.check_chunk(i, buf, out, scratch)
+    }
+
+    /// Checks and decodes chunk `i` from its encoded bytes (header and
+    /// payload), as read from the image.
+    pub fn check_chunk(
+        &self,
+        i: usize,
+        encoded: &[u8],
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        let e = &self.index[i];
+        let mut hb = [0u8; CHUNK_HEADER_SIZE];
+        hb.copy_from_slice(&encoded[..CHUNK_HEADER_SIZE]);
+        let h = ChunkHeader::decode(&hb, e.offset.0)?;
+        let what = || format!("chunk {i} header");
+        if h.uuid != self.superblock.uuid {
+            return Err(FormatError::Metadata {
+                offset: e.offset,
+                reason: format!("chunk {i} belongs to another image (uuid differs)"),
+            });
+        }
+        if u64::from(h.seq) != i as u64 {
+            return Err(FormatError::mismatch(
+                what(),
+                "sequence",
+                e.offset.0,
+                i as u64,
+                h.seq.into(),
+            ));
+        }
+        if h.index_entry(e.offset) != *e {
+            return Err(FormatError::Metadata {
+                offset: e.offset,
+                reason: format!("chunk {i} header disagrees with its index entry"),
+            });
+        }
+        decode_chunk(e, i as u64, &encoded[CHUNK_HEADER_SIZE..], out, scratch)?;
+        self.check_edges(i, out)
+    }
+
+    /// Bytes of a partially covered first or last page of a range must be
+    /// zero outside the range: nothing unaccounted is ever stored.
+    fn check_edges(&self, i: usize, pages: &[u8]) -> Result<(), FormatError> {
+        let spec = &self.specs[i];
+        let range = self.metadata.ranges.ranges()[spec.range];
+        let first = spec.first_pfn;
+        let last = Pfn(first.0 + u64::from(spec.page_count) - 1);
+        let mut bad = None;
+        if first == range.first_pfn() && range.start().page_offset() != 0 {
+            let head = &pages[..range.start().page_offset()];
+            if crate::le::first_nonzero(head).is_some() {
+                bad = Some(first);
+            }
+        }
+        let end_off = range.end().page_offset();
+        if bad.is_none() && last.0 + 1 == range.end_pfn().0 && end_off != 0 {
+            let at = (spec.page_count as usize - 1) * PAGE_SIZE;
+            if crate::le::first_nonzero(&pages[at + end_off..at + PAGE_SIZE]).is_some() {
+                bad = Some(last);
+            }
+        }
+        match bad {
+            None => Ok(()),
+            Some(p) => Err(FormatError::OutsideRangeNotZero {
+                index: i as u64,
+                offset: self.index[i].offset,
+                addr: p.addr().0,
+                range: range.to_string(),
+            }),
+        }
+    }
+
+    /// Checks that the gaps between sections are zero: after the metadata,
+    /// after the chunk stream and after the trailer.
+    pub fn check_padding<R: ReadAt + ?Sized>(&self, src: &R) -> Result<(), FormatError> {
+        let l = &self.superblock.layout;
+        let gaps = [
+            (
+                "after the metadata",
+                l.metadata_offset + l.metadata_len,
+                l.data_offset,
+            ),
+            (
+                "after the chunks",
+                l.data_offset + l.data_len,
+                l.index_offset,
+            ),
+            (
+                "after the trailer",
+                l.trailer_offset + TRAILER_SIZE as u64,
+                l.image_len,
+            ),
+        ];
+        for (what, start, end) in gaps {
+            let bytes = read_region(src, "padding", start, end - start, self.source_size)?;
+            if let Some(p) = crate::le::first_nonzero(&bytes) {
+                return Err(FormatError::PaddingNotZero {
+                    what,
+                    offset: ImageOffset(start + p as u64),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The layout must be the one a writer derives from its three free numbers.
+fn check_layout(sb: &Superblock, size: u64) -> Result<(), FormatError> {
+    let l = sb.layout;
+    if l.metadata_len > MAX_METADATA_LEN {
+        return Err(FormatError::TooLarge {
+            what: "metadata length",
+            offset: ImageOffset(88),
+            value: l.metadata_len,
+            limit: MAX_METADATA_LEN,
+        });
+    }
+    // Every chunk takes at least a header in the stream and an index entry.
+    let max_chunks = size / (CHUNK_HEADER_SIZE + INDEX_ENTRY_SIZE) as u64;
+    if l.chunk_count > max_chunks {
+        return Err(FormatError::TooLarge {
+            what: "chunk count",
+            offset: ImageOffset(128),
+            value: l.chunk_count,
+            limit: max_chunks,
+        });
+    }
+    let Some(want) = plan_layout(l.metadata_len, l.data_len, l.chunk_count) else {
+        return Err(FormatError::TooLarge {
+            what: "data length",
+            offset: ImageOffset(112),
+            value: l.data_len,
+            limit: size,
+        });
+    };
+    let fields = [
+        ("metadata offset", want.metadata_offset, l.metadata_offset),
+        ("data offset", want.data_offset, l.data_offset),
+        ("index offset", want.index_offset, l.index_offset),
+        ("trailer offset", want.trailer_offset, l.trailer_offset),
+        ("image length", want.image_len, l.image_len),
+    ];
+    for (field, expected, found) in fields {
+        if expected != found {
+            return Err(FormatError::mismatch(
+                "superblock",
+                field,
+                0,
+                expected,
+                found,
+            ));
+        }
+    }
+    if l.image_len > size {
+        return Err(FormatError::Truncated {
+            what: "image",
+            offset: ImageOffset(0),
+            needed: l.image_len,
+            available: size,
+        });
+    }
+    Ok(())
+}
+
+fn check_trailer<R: ReadAt + ?Sized>(
+    src: &R,
+    sb: &Superblock,
+    size: u64,
+) -> Result<(), FormatError> {
+    let l = sb.layout;
+    let bytes = read_region(src, "trailer", l.trailer_offset, TRAILER_SIZE as u64, size)?;
+    let mut b = [0u8; TRAILER_SIZE];
+    b.copy_from_slice(&bytes);
+    let t = Trailer::decode(&b, l.trailer_offset)?;
+    if t.uuid != sb.uuid {
+        return Err(FormatError::Metadata {
+            offset: ImageOffset(l.trailer_offset),
+            reason: "trailer belongs to another image (uuid differs from the superblock)".into(),
+        });
+    }
+    let fields = [
+        ("index offset", l.index_offset, t.index_offset),
+        ("chunk count", l.chunk_count, t.chunk_count),
+        ("index crc", l.index_crc.into(), t.index_crc.into()),
+        ("metadata crc", l.metadata_crc.into(), t.metadata_crc.into()),
+        ("data length", l.data_len, t.data_len),
+    ];
+    for (field, expected, found) in fields {
+        if expected != found {
+            return Err(FormatError::mismatch(
+                "trailer",
+                field,
+                l.trailer_offset,
+                expected,
+                found,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the index and checks it against the chunk sequence the ranges
+/// imply: same frames, contiguous offsets, totals as the superblock says.
+fn decode_index(
+    bytes: &[u8],
+    specs: &[ChunkSpec],
+    sb: &Superblock,
+) -> Result<Vec<IndexEntry>, FormatError> {
+    let l = sb.layout;
+    let mut index = Vec::with_capacity(specs.len());
+    let mut next = l.data_offset;
+    let mut zero_pages = 0u64;
+    for (i, (raw, spec)) in bytes.chunks_exact(INDEX_ENTRY_SIZE).zip(specs).enumerate() {
+        let at = l.index_offset + (i * INDEX_ENTRY_SIZE) as u64;
+        let e = IndexEntry::decode(raw, at)?;
+        let what = || format!("index entry {i}");
+        if e.first_pfn != spec.first_pfn {
+            return Err(FormatError::mismatch(
+                what(),
+                "first pfn",
+                at,
+                spec.first_pfn.0,
+                e.first_pfn.0,
+            ));
+        }
+        if e.page_count != spec.page_count {
+            return Err(FormatError::mismatch(
+                what(),
+                "page count",
+                at,
+                spec.page_count.into(),
+                e.page_count.into(),
+            ));
+        }
+        if e.offset.0 != next {
+            return Err(FormatError::mismatch(
+                what(),
+                "chunk offset",
+                at,
+                next,
+                e.offset.0,
+            ));
+        }
+        next += e.encoded_len();
+        zero_pages += u64::from(e.zero_bitmap.count_ones());
+        index.push(e);
+    }
+    if next != l.data_offset + l.data_len {
+        return Err(FormatError::mismatch(
+            "superblock",
+            "data length",
+            0,
+            next - l.data_offset,
+            l.data_len,
+        ));
+    }
+    if zero_pages != l.zero_pages {
+        return Err(FormatError::mismatch(
+            "superblock",
+            "zero pages",
+            0,
+            zero_pages,
+            l.zero_pages,
+        ));
+    }
+    Ok(index)
+}

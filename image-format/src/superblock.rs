@@ -1,0 +1,362 @@
+//! The superblock: the image's first sector and its commit record.
+//!
+//! It is written twice by a capture: first in state `Writing` (so whatever
+//! image the target held before is no longer valid), and last, after every
+//! other byte is on stable storage, in state `Committed`. All its fields sit
+//! in the first 512 bytes so the commit is one sector write; a torn write
+//! fails the CRC and the image reads as corrupt, never as whole.
+
+use crate::addr::ImageOffset;
+use crate::error::FormatError;
+use crate::le::{first_nonzero, put_u16, put_u32, put_u64, show_bytes, u16_at, u32_at, u64_at};
+use crate::{ARCH_NAME, BLOCK_SIZE, PAGE_SIZE};
+
+/// Size of the encoded superblock; the rest of block 0 is zero.
+pub const SUPERBLOCK_SIZE: usize = 512;
+/// First half of the magic: the same on every architecture.
+pub const MAGIC_PREFIX: [u8; 8] = *b"KJUMPIMG";
+/// Major version this build writes and reads.
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor version this build writes.
+pub const VERSION_MINOR: u16 = 0;
+/// Incompatible features this build understands (none yet).
+pub const KNOWN_INCOMPAT: u64 = 0;
+
+const OFF_MAGIC: usize = 0;
+const OFF_MAJOR: usize = 16;
+const OFF_MINOR: usize = 18;
+const OFF_SB_SIZE: usize = 20;
+const OFF_INCOMPAT: usize = 24;
+const OFF_COMPAT: usize = 32;
+const OFF_PAGE_SIZE: usize = 40;
+const OFF_STATE: usize = 44;
+const OFF_UUID: usize = 48;
+const OFF_CAPTURE_TIME: usize = 64;
+const OFF_CONSUMED_TIME: usize = 72;
+const OFF_METADATA_OFFSET: usize = 80;
+const OFF_METADATA_LEN: usize = 88;
+const OFF_METADATA_CRC: usize = 96;
+const OFF_INDEX_CRC: usize = 100;
+const OFF_DATA_OFFSET: usize = 104;
+const OFF_DATA_LEN: usize = 112;
+const OFF_INDEX_OFFSET: usize = 120;
+const OFF_CHUNK_COUNT: usize = 128;
+const OFF_TRAILER_OFFSET: usize = 136;
+const OFF_IMAGE_LEN: usize = 144;
+const OFF_TOTAL_PAGES: usize = 152;
+const OFF_ZERO_PAGES: usize = 160;
+const OFF_RESERVED: usize = 168;
+const OFF_CRC: usize = SUPERBLOCK_SIZE - 4;
+
+/// The 16-byte magic of this build's architecture.
+pub fn magic() -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[..8].copy_from_slice(&MAGIC_PREFIX);
+    m[8..8 + ARCH_NAME.len()].copy_from_slice(ARCH_NAME.as_bytes());
+    m
+}
+
+/// Where an image is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageState {
+    /// A capture is writing it, or died doing so.
+    Writing,
+    /// Whole and never resumed.
+    Committed,
+    /// Whole, and a restore has taken it: never resume it again.
+    Consumed,
+}
+
+impl ImageState {
+    fn code(self) -> u32 {
+        match self {
+            ImageState::Writing => 1,
+            ImageState::Committed => 2,
+            ImageState::Consumed => 3,
+        }
+    }
+
+    fn from_code(c: u32) -> Option<Self> {
+        match c {
+            1 => Some(ImageState::Writing),
+            2 => Some(ImageState::Committed),
+            3 => Some(ImageState::Consumed),
+            _ => None,
+        }
+    }
+
+    /// Lowercase name as shown to users.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageState::Writing => "incomplete",
+            ImageState::Committed => "committed",
+            ImageState::Consumed => "consumed",
+        }
+    }
+}
+
+/// Where everything after the superblock lies; all zero while `Writing`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Start of the metadata section (always one block in).
+    pub metadata_offset: u64,
+    /// Bytes of metadata records.
+    pub metadata_len: u64,
+    /// CRC32 of the metadata bytes.
+    pub metadata_crc: u32,
+    /// Start of the chunk stream (block aligned).
+    pub data_offset: u64,
+    /// Bytes of chunk stream.
+    pub data_len: u64,
+    /// Start of the chunk index (block aligned).
+    pub index_offset: u64,
+    /// Number of chunks (and index entries).
+    pub chunk_count: u64,
+    /// CRC32 of the index bytes.
+    pub index_crc: u32,
+    /// Start of the trailer (right after the index).
+    pub trailer_offset: u64,
+    /// Total bytes of the image, block aligned.
+    pub image_len: u64,
+    /// Pages covered by the saved ranges.
+    pub total_pages: u64,
+    /// Of those, pages that were all zero and are not stored.
+    pub zero_pages: u64,
+}
+
+/// The decoded superblock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    /// Minor version of the writer.
+    pub version_minor: u16,
+    /// Compatible feature flags (ignored when unknown).
+    pub compat: u64,
+    /// Life state.
+    pub state: ImageState,
+    /// Random identity of this capture; chunks and trailer repeat it.
+    pub uuid: [u8; 16],
+    /// Capture start, nanoseconds since the Unix epoch.
+    pub capture_time_ns: u64,
+    /// When a restore consumed it (0 unless `Consumed`).
+    pub consumed_time_ns: u64,
+    /// Where the rest of the image is.
+    pub layout: Layout,
+}
+
+impl Superblock {
+    /// A superblock for a capture that has just begun.
+    pub fn writing(uuid: [u8; 16], capture_time_ns: u64) -> Self {
+        Superblock {
+            version_minor: VERSION_MINOR,
+            compat: 0,
+            state: ImageState::Writing,
+            uuid,
+            capture_time_ns,
+            consumed_time_ns: 0,
+            layout: Layout::default(),
+        }
+    }
+
+    /// Encodes into a full block (512 bytes of fields, then zeros).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        let l = &self.layout;
+        b[OFF_MAGIC..OFF_MAGIC + 16].copy_from_slice(&magic());
+        put_u16(&mut b, OFF_MAJOR, VERSION_MAJOR);
+        put_u16(&mut b, OFF_MINOR, self.version_minor);
+        put_u32(&mut b, OFF_SB_SIZE, SUPERBLOCK_SIZE as u32);
+        put_u64(&mut b, OFF_INCOMPAT, 0);
+        put_u64(&mut b, OFF_COMPAT, self.compat);
+        put_u32(&mut b, OFF_PAGE_SIZE, PAGE_SIZE as u32);
+        put_u32(&mut b, OFF_STATE, self.state.code());
+        b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&self.uuid);
+        put_u64(&mut b, OFF_CAPTURE_TIME, self.capture_time_ns);
+        put_u64(&mut b, OFF_CONSUMED_TIME, self.consumed_time_ns);
+        put_u64(&mut b, OFF_METADATA_OFFSET, l.metadata_offset);
+        put_u64(&mut b, OFF_METADATA_LEN, l.metadata_len);
+        put_u32(&mut b, OFF_METADATA_CRC, l.metadata_crc);
+        put_u32(&mut b, OFF_INDEX_CRC, l.index_crc);
+        put_u64(&mut b, OFF_DATA_OFFSET, l.data_offset);
+        put_u64(&mut b, OFF_DATA_LEN, l.data_len);
+        put_u64(&mut b, OFF_INDEX_OFFSET, l.index_offset);
+        put_u64(&mut b, OFF_CHUNK_COUNT, l.chunk_count);
+        put_u64(&mut b, OFF_TRAILER_OFFSET, l.trailer_offset);
+        put_u64(&mut b, OFF_IMAGE_LEN, l.image_len);
+        put_u64(&mut b, OFF_TOTAL_PAGES, l.total_pages);
+        put_u64(&mut b, OFF_ZERO_PAGES, l.zero_pages);
+        let crc = crc32fast::hash(&b[..OFF_CRC]);
+        put_u32(&mut b, OFF_CRC, crc);
+        b
+    }
+
+    /// Decodes and checks block 0 of an image: magic, architecture, version,
+    /// features, page size, CRC, reserved bytes and state. It does not check
+    /// the layout against the rest of the image; the reader does.
+    pub fn decode(block: &[u8]) -> Result<Self, FormatError> {
+        if block.len() < BLOCK_SIZE {
+            return Err(FormatError::Truncated {
+                what: "superblock",
+                offset: ImageOffset(0),
+                needed: BLOCK_SIZE as u64,
+                available: block.len() as u64,
+            });
+        }
+        check_magic(&block[..16])?;
+        let major = u16_at(block, OFF_MAJOR);
+        let minor = u16_at(block, OFF_MINOR);
+        if major != VERSION_MAJOR {
+            return Err(FormatError::UnsupportedVersion {
+                major,
+                minor,
+                supported: VERSION_MAJOR,
+            });
+        }
+        let stored = u32_at(block, OFF_CRC);
+        let computed = crc32fast::hash(&block[..OFF_CRC]);
+        if stored != computed {
+            return Err(FormatError::checksum("superblock", 0, stored, computed));
+        }
+        let sb_size = u32_at(block, OFF_SB_SIZE);
+        if sb_size as usize != SUPERBLOCK_SIZE {
+            return Err(FormatError::mismatch(
+                "superblock",
+                "size",
+                0,
+                SUPERBLOCK_SIZE as u64,
+                sb_size.into(),
+            ));
+        }
+        let incompat = u64_at(block, OFF_INCOMPAT);
+        if incompat & !KNOWN_INCOMPAT != 0 {
+            return Err(FormatError::UnknownIncompatFeatures {
+                offset: ImageOffset(OFF_INCOMPAT as u64),
+                flags: incompat & !KNOWN_INCOMPAT,
+            });
+        }
+        let page_size = u32_at(block, OFF_PAGE_SIZE);
+        if page_size as usize != PAGE_SIZE {
+            return Err(FormatError::mismatch(
+                "superblock",
+                "page size",
+                0,
+                PAGE_SIZE as u64,
+                page_size.into(),
+            ));
+        }
+        if let Some(p) = first_nonzero(&block[OFF_RESERVED..OFF_CRC]) {
+            return Err(FormatError::ReservedNotZero {
+                what: "superblock",
+                offset: ImageOffset((OFF_RESERVED + p) as u64),
+                found: block[OFF_RESERVED + p].into(),
+            });
+        }
+        if let Some(p) = first_nonzero(&block[SUPERBLOCK_SIZE..BLOCK_SIZE]) {
+            return Err(FormatError::PaddingNotZero {
+                what: "after the superblock",
+                offset: ImageOffset((SUPERBLOCK_SIZE + p) as u64),
+            });
+        }
+        let code = u32_at(block, OFF_STATE);
+        let state = ImageState::from_code(code).ok_or(FormatError::InvalidValue {
+            what: "superblock",
+            field: "state",
+            offset: ImageOffset(OFF_STATE as u64),
+            value: code.into(),
+        })?;
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&block[OFF_UUID..OFF_UUID + 16]);
+        Ok(Superblock {
+            version_minor: minor,
+            compat: u64_at(block, OFF_COMPAT),
+            state,
+            uuid,
+            capture_time_ns: u64_at(block, OFF_CAPTURE_TIME),
+            consumed_time_ns: u64_at(block, OFF_CONSUMED_TIME),
+            layout: decode_layout(block),
+        })
+    }
+}
+
+fn decode_layout(b: &[u8]) -> Layout {
+    Layout {
+        metadata_offset: u64_at(b, OFF_METADATA_OFFSET),
+        metadata_len: u64_at(b, OFF_METADATA_LEN),
+        metadata_crc: u32_at(b, OFF_METADATA_CRC),
+        data_offset: u64_at(b, OFF_DATA_OFFSET),
+        data_len: u64_at(b, OFF_DATA_LEN),
+        index_offset: u64_at(b, OFF_INDEX_OFFSET),
+        chunk_count: u64_at(b, OFF_CHUNK_COUNT),
+        index_crc: u32_at(b, OFF_INDEX_CRC),
+        trailer_offset: u64_at(b, OFF_TRAILER_OFFSET),
+        image_len: u64_at(b, OFF_IMAGE_LEN),
+        total_pages: u64_at(b, OFF_TOTAL_PAGES),
+        zero_pages: u64_at(b, OFF_ZERO_PAGES),
+    }
+}
+
+fn check_magic(found: &[u8]) -> Result<(), FormatError> {
+    let want = magic();
+    if found == want {
+        return Ok(());
+    }
+    if found[..8] == MAGIC_PREFIX {
+        let arch: Vec<u8> = found[8..].iter().copied().take_while(|&c| c != 0).collect();
+        return Err(FormatError::WrongArchitecture {
+            expected: ARCH_NAME,
+            found: show_bytes(&arch),
+        });
+    }
+    Err(FormatError::BadMagic {
+        what: "superblock",
+        offset: ImageOffset(0),
+        expected: show_bytes(&want),
+        found: show_bytes(found),
+    })
+}
+
+/// Byte ranges of the superblock fields, for tests that corrupt each one.
+pub const FIELD_OFFSETS: &[(&str, usize)] = &[
+    ("magic", OFF_MAGIC),
+    ("version major", OFF_MAJOR),
+    ("incompat", OFF_INCOMPAT),
+    ("page size", OFF_PAGE_SIZE),
+    ("state", OFF_STATE),
+    ("reserved", OFF_RESERVED),
+    ("crc", OFF_CRC),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut sb = Superblock::writing([7; 16], 123);
+        sb.state = ImageState::Committed;
+        sb.layout.chunk_count = 5;
+        sb.layout.image_len = 8192;
+        let b = sb.encode();
+        assert_eq!(b.len(), BLOCK_SIZE);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+    }
+
+    #[test]
+    fn any_flipped_byte_of_the_block_is_caught() {
+        let b = Superblock::writing([1; 16], 9).encode();
+        for i in 0..BLOCK_SIZE {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(Superblock::decode(&c).is_err(), "flip at {i} not caught");
+        }
+    }
+
+    #[test]
+    fn wrong_architecture_is_named() {
+        let mut b = Superblock::writing([1; 16], 9).encode();
+        b[8..16].copy_from_slice(b"aarch64\0");
+        match Superblock::decode(&b) {
+            Err(FormatError::WrongArchitecture { found, .. }) => assert_eq!(found, "aarch64"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

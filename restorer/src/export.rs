@@ -1,0 +1,184 @@
+//! `kjump export`: the saved memory as an ELF64 core.
+//!
+//! One PT_LOAD per saved range at its physical address, the saved ELF notes
+//! as the PT_NOTE. Loadable contents are byte for byte the captured memory,
+//! so crash, drgn and gdb read the image like the dump it came from. Zero
+//! pages are left as holes of a sparse file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kjump_image_format::{Image, PhysRange, ReadAt, PAGE_SIZE};
+use kjump_writer::elf::EXPECTED_MACHINE;
+
+use crate::scan::{scan_chunks, ScanError};
+
+const EHDR_SIZE: u64 = 64;
+const PHDR_SIZE: u64 = 56;
+
+/// Why an export failed; a partial output file is removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The image failed a check.
+    #[error(transparent)]
+    Image(#[from] ScanError<OutputError>),
+    /// The output could not be written.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// Writing the output failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {path} at offset {offset:#x}: {source}")]
+pub struct OutputError {
+    path: PathBuf,
+    offset: u64,
+    #[source]
+    source: std::io::Error,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug)]
+pub struct ExportReport {
+    /// Length of the ELF file.
+    pub file_len: u64,
+    /// PT_LOAD segments.
+    pub segments: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Where each range's bytes start in the output file.
+fn segment_offsets(ranges: &[PhysRange], data_start: u64) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(ranges.len());
+    let mut at = data_start;
+    for r in ranges {
+        // Keep file offsets congruent to addresses modulo the page size so
+        // tools can map segments.
+        let base = at.next_multiple_of(PAGE_SIZE as u64);
+        let off = base + r.start().page_offset() as u64;
+        offsets.push(off);
+        at = off + r.len();
+    }
+    (offsets, at)
+}
+
+fn headers(image: &Image, offsets: &[u64], notes_off: u64) -> Vec<u8> {
+    let ranges = image.metadata.ranges.ranges();
+    let notes = image.metadata.elf_notes.as_deref().unwrap_or(&[]);
+    let phnum = ranges.len() + usize::from(!notes.is_empty());
+    let mut h = Vec::with_capacity(notes_off as usize + notes.len());
+    h.extend_from_slice(b"\x7fELF\x02\x01\x01");
+    h.resize(16, 0);
+    h.extend_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    h.extend_from_slice(&EXPECTED_MACHINE.0.to_le_bytes());
+    h.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    h.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+    h.extend_from_slice(&EHDR_SIZE.to_le_bytes()); // e_phoff
+    h.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    h.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [EHDR_SIZE as u16, PHDR_SIZE as u16, phnum as u16, 0, 0, 0] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut phdr = |p_type: u32, flags: u32, off: u64, paddr: u64, len: u64| {
+        h.extend_from_slice(&p_type.to_le_bytes());
+        h.extend_from_slice(&flags.to_le_bytes());
+        for v in [off, 0, paddr, len, len, 0] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    if !notes.is_empty() {
+        phdr(4, 0, notes_off, 0, notes.len() as u64);
+    }
+    for (r, off) in ranges.iter().zip(offsets) {
+        phdr(1, 7, *off, r.start().0, r.len());
+    }
+    h.extend_from_slice(notes);
+    h
+}
+
+/// Writes `image` read from `src` as an ELF core at `output`.
+pub fn export<R: ReadAt + ?Sized>(
+    src: &R,
+    image: &Image,
+    output: &Path,
+    threads: usize,
+    progress_line: bool,
+) -> Result<ExportReport, ExportError> {
+    let started = Instant::now();
+    let result = write_core(src, image, output, threads, progress_line);
+    if result.is_err() {
+        // A partial core must not pass for a whole one.
+        let _ = std::fs::remove_file(output);
+    }
+    let (file_len, segments) = result?;
+    Ok(ExportReport {
+        file_len,
+        segments,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn write_core<R: ReadAt + ?Sized>(
+    src: &R,
+    image: &Image,
+    output: &Path,
+    threads: usize,
+    progress_line: bool,
+) -> Result<(u64, usize), ExportError> {
+    let ranges = image.metadata.ranges.ranges();
+    let notes_len = image.metadata.elf_notes.as_ref().map_or(0, Vec::len) as u64;
+    let phnum = ranges.len() as u64 + u64::from(notes_len > 0);
+    let notes_off = EHDR_SIZE + phnum * PHDR_SIZE;
+    let (offsets, file_len) = segment_offsets(ranges, notes_off + notes_len);
+    let out_err = |offset, source| OutputError {
+        path: output.to_path_buf(),
+        offset,
+        source,
+    };
+    let file = File::create(output).map_err(|e| out_err(0, e))?;
+    file.set_len(file_len).map_err(|e| out_err(file_len, e))?;
+    file.write_all_at(&headers(image, &offsets, notes_off), 0)
+        .map_err(|e| out_err(0, e))?;
+    scan_chunks(src, image, threads, progress_line, |i, pages| {
+        write_pages(&file, image, &offsets, i, pages).map_err(|(offset, e)| out_err(offset, e))
+    })?;
+    file.sync_all().map_err(|e| out_err(file_len, e))?;
+    Ok((file_len, ranges.len()))
+}
+
+/// Writes the nonzero pages of chunk `i`, clipped to its range.
+fn write_pages(
+    file: &File,
+    image: &Image,
+    offsets: &[u64],
+    i: usize,
+    pages: &[u8],
+) -> Result<(), (u64, std::io::Error)> {
+    let spec = &image.specs[i];
+    let entry = &image.index[i];
+    let range = image.metadata.ranges.ranges()[spec.range];
+    let (rs, re) = (range.start().0, range.end().0);
+    let mut page = 0usize;
+    while page < usize::from(spec.page_count) {
+        if entry.zero_bitmap & (1 << page) != 0 {
+            page += 1;
+            continue;
+        }
+        // A run of stored pages goes out in one write.
+        let run_start = page;
+        while page < usize::from(spec.page_count) && entry.zero_bitmap & (1 << page) == 0 {
+            page += 1;
+        }
+        let addr = spec.first_pfn.addr().0 + (run_start * PAGE_SIZE) as u64;
+        let end = spec.first_pfn.addr().0 + (page * PAGE_SIZE) as u64;
+        let (from, to) = (addr.max(rs), end.min(re));
+        let bytes = &pages
+            [(from - spec.first_pfn.addr().0) as usize..(to - spec.first_pfn.addr().0) as usize];
+        let off = offsets[spec.range] + (from - rs);
+        file.write_all_at(bytes, off).map_err(|e| (off, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `kjump capture`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use kjump_image_format::{MemoryMap, PAGE_SIZE};
+use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Target};
+
+use crate::Failure;
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    /// ELF core (/proc/vmcore, QEMU dump-guest-memory), or /dev/mem (or a file standing in for it) with --ranges/--memmap
+    #[arg(long)]
+    source: PathBuf,
+    /// Image to write: a regular file or a block device (not mounted)
+    #[arg(long)]
+    target: PathBuf,
+    /// Physical ranges to read, hex with inclusive ends: 0x1000-0x9ffff,0x100000-0x3ffdffff
+    #[arg(long)]
+    ranges: Option<String>,
+    /// A file in /proc/iomem's format whose "System RAM" lines give the ranges
+    #[arg(long)]
+    memmap: Option<PathBuf>,
+    /// Compression threads (default: all CPUs)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Input read per window, in MiB: bounds memory use
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    window_mib: u64,
+    /// Release of the saved kernel (when the source does not carry VMCOREINFO)
+    #[arg(long)]
+    kernel_release: Option<String>,
+    /// Physical address at which the saved kernel re-enters (kexec_jump_back_entry)
+    #[arg(long, value_parser = parse_addr)]
+    jump_back_entry: Option<u64>,
+    /// Free-form KEY=VALUE recorded in the image (repeatable)
+    #[arg(long = "meta", value_parser = parse_kv)]
+    meta: Vec<(String, String)>,
+    /// Skip the up-front check that the worst-case image fits the target
+    #[arg(long)]
+    assume_fits: bool,
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    u64::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex address: {e}"))
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.is_empty() || k.len() > usize::from(u16::MAX) {
+        return Err(format!("bad key in {s:?}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn given_ranges(args: &CaptureArgs) -> Result<Option<MemoryMap>, Failure> {
+    let mut all = Vec::new();
+    if let Some(list) = &args.ranges {
+        all.extend(ranges::parse_range_list(list).map_err(Failure::error)?);
+    }
+    if let Some(path) = &args.memmap {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading memory map {}", path.display()))
+            .map_err(Failure::error)?;
+        let shown = path.display().to_string();
+        all.extend(ranges::parse_iomem(&shown, &text).map_err(Failure::error)?);
+    }
+    Ok((!all.is_empty()).then(|| ranges::memory_map(all)))
+}
+
+pub fn run(args: CaptureArgs) -> Result<(), Failure> {
+    let map = given_ranges(&args)?;
+    let source = MemorySource::open(&args.source, map).map_err(Failure::error)?;
+    let mut metadata = source.metadata();
+    if let Some(r) = &args.kernel_release {
+        metadata.kernel_release = Some(r.clone());
+    }
+    metadata.jump_back_entry = args.jump_back_entry.or(metadata.jump_back_entry);
+    metadata.extra.extend(args.meta.iter().cloned());
+    let target = Target::open(&args.target).map_err(Failure::error)?;
+    let mut opts = CaptureOptions::new();
+    opts.threads = super::threads(args.threads);
+    opts.window_pages = (args.window_mib as usize) << 20 >> 12;
+    opts.check_worst_case = !args.assume_fits;
+    opts.progress_line = super::progress_line();
+    log::info!(
+        "capturing {} ({} in {} ranges) to {} with {} threads",
+        args.source.display(),
+        super::human(metadata.ranges.total_bytes()),
+        metadata.ranges.ranges().len(),
+        args.target.display(),
+        opts.threads
+    );
+    let report = capture(&source, &target, &metadata, &opts).map_err(Failure::error)?;
+    let l = &report.layout;
+    let secs = report.elapsed.as_secs_f64();
+    println!(
+        "committed {}: {} of memory, {} pages ({} zero, {:.1}%), image {} (ratio {:.2}), {:.2} s, {:.2} GB/s",
+        args.target.display(),
+        super::human(report.input_bytes),
+        l.total_pages,
+        l.zero_pages,
+        l.zero_pages as f64 * 100.0 / l.total_pages.max(1) as f64,
+        super::human(l.image_len),
+        report.input_bytes as f64 / l.image_len.max(1) as f64,
+        secs,
+        report.input_bytes as f64 / secs.max(1e-9) / 1e9,
+    );
+    debug_assert_eq!(report.input_bytes, l.total_pages * PAGE_SIZE as u64);
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! `kjump info`, `kjump verify` and `kjump export`.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::Context;
+use kjump_image_format::reader::read_superblock;
+use kjump_image_format::{FormatError, Image, ImageState, Superblock, PAGE_SIZE};
+use kjump_restorer::ScanError;
+use serde_json::json;
+
+use super::human;
+use crate::Failure;
+
+fn open_file(path: &Path) -> Result<File, Failure> {
+    File::open(path)
+        .with_context(|| format!("opening image {}", path.display()))
+        .map_err(Failure::error)
+}
+
+/// A read failure is an I/O error; anything else means the image is bad.
+fn classify(path: &Path, e: FormatError) -> Failure {
+    let io = matches!(e, FormatError::Io { .. });
+    let e = anyhow::Error::new(e).context(format!("image {}", path.display()));
+    if io {
+        Failure::error(e)
+    } else {
+        Failure::invalid(e)
+    }
+}
+
+fn classify_scan<E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+    e: ScanError<E>,
+) -> Failure {
+    match e {
+        ScanError::Image(e) => classify(path, e),
+        other => Failure::error(anyhow::Error::new(other)),
+    }
+}
+
+fn open_image(path: &Path, file: &File) -> Result<Image, Failure> {
+    Image::open(file).map_err(|e| classify(path, e))
+}
+
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for nanoseconds since the epoch.
+fn utc_text(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn info_json(path: &Path, sb: &Superblock, image: Option<&Image>) -> serde_json::Value {
+    let mut v = json!({
+        "image": path.display().to_string(),
+        "state": sb.state.name(),
+        "version": format!("{}.{}", kjump_image_format::superblock::VERSION_MAJOR, sb.version_minor),
+        "uuid": uuid_text(&sb.uuid),
+        "capture_time_ns": sb.capture_time_ns,
+        "capture_time": utc_text(sb.capture_time_ns),
+    });
+    if sb.state == ImageState::Consumed {
+        v["consumed_time_ns"] = json!(sb.consumed_time_ns);
+    }
+    let Some(image) = image else { return v };
+    let l = &sb.layout;
+    let m = &image.metadata;
+    let ranges: Vec<_> = m
+        .ranges
+        .ranges()
+        .iter()
+        .map(|r| json!({"start": r.start().0, "end": r.end().0, "bytes": r.len()}))
+        .collect();
+    v["ranges"] = json!(ranges);
+    v["pages"] =
+        json!({"total": l.total_pages, "stored": image.stored_pages(), "zero": l.zero_pages});
+    v["memory_bytes"] = json!(m.ranges.total_bytes());
+    v["image_bytes"] = json!(l.image_len);
+    v["data_bytes"] = json!(l.data_len);
+    v["chunks"] = json!(l.chunk_count);
+    v["ratio"] = json!(l.total_pages as f64 * PAGE_SIZE as f64 / l.image_len as f64);
+    v["kernel"] = json!({
+        "release": m.kernel_release,
+        "build_id": m.build_id,
+        "vmcoreinfo_bytes": m.vmcoreinfo.as_ref().map(Vec::len),
+        "elf_notes_bytes": m.elf_notes.as_ref().map(Vec::len),
+        "jump_back_entry": m.jump_back_entry,
+    });
+    v["source"] = json!(m.source);
+    v["extra"] = m
+        .extra
+        .iter()
+        .map(|(k, val)| (k.clone(), json!(val)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    v
+}
+
+fn info_text(path: &Path, sb: &Superblock, image: Option<&Image>) {
+    println!("image:      {}", path.display());
+    println!("state:      {}", sb.state.name());
+    println!(
+        "version:    {}.{}",
+        kjump_image_format::superblock::VERSION_MAJOR,
+        sb.version_minor
+    );
+    println!("uuid:       {}", uuid_text(&sb.uuid));
+    println!("captured:   {}", utc_text(sb.capture_time_ns));
+    if sb.state == ImageState::Consumed {
+        println!("consumed:   {}", utc_text(sb.consumed_time_ns));
+    }
+    let Some(image) = image else {
+        println!("(the capture never committed this image: it cannot be resumed or exported)");
+        return;
+    };
+    let (l, m) = (&sb.layout, &image.metadata);
+    let unknown = || "unknown".to_string();
+    println!(
+        "kernel:     {}",
+        m.kernel_release.clone().unwrap_or_else(unknown)
+    );
+    println!("build id:   {}", m.build_id.clone().unwrap_or_else(unknown));
+    if let Some(e) = m.jump_back_entry {
+        println!("re-entry:   {e:#x}");
+    }
+    if let Some(s) = &m.source {
+        println!("source:     {s}");
+    }
+    println!(
+        "ranges:     {} (physical, inclusive)",
+        m.ranges.ranges().len()
+    );
+    for r in m.ranges.ranges() {
+        println!("  {:>18} {:>12}", r.to_string(), human(r.len()));
+    }
+    println!(
+        "pages:      {} total, {} stored, {} zero ({:.1}%)",
+        l.total_pages,
+        image.stored_pages(),
+        l.zero_pages,
+        l.zero_pages as f64 * 100.0 / l.total_pages.max(1) as f64
+    );
+    println!(
+        "size:       memory {}, image {} in {} chunks, ratio {:.2}",
+        human(m.ranges.total_bytes()),
+        human(l.image_len),
+        l.chunk_count,
+        (l.total_pages * PAGE_SIZE as u64) as f64 / l.image_len as f64
+    );
+    for (k, v) in &m.extra {
+        println!("meta:       {k}={v}");
+    }
+}
+
+pub fn info(path: &Path, as_json: bool) -> Result<(), Failure> {
+    let file = open_file(path)?;
+    let sb = read_superblock(&file).map_err(|e| classify(path, e))?;
+    let image = match sb.state {
+        ImageState::Writing => None,
+        _ => Some(open_image(path, &file)?),
+    };
+    if as_json {
+        println!("{:#}", info_json(path, &sb, image.as_ref()));
+    } else {
+        info_text(path, &sb, image.as_ref());
+    }
+    Ok(())
+}
+
+pub fn verify(path: &Path, threads: Option<usize>) -> Result<(), Failure> {
+    let file = open_file(path)?;
+    let image = open_image(path, &file)?;
+    let report = kjump_restorer::verify(
+        &file,
+        &image,
+        super::threads(threads),
+        super::progress_line(),
+    )
+    .map_err(|e| classify_scan(path, e))?;
+    let secs = report.elapsed.as_secs_f64();
+    let state = match image.superblock.state {
+        ImageState::Consumed => " (consumed: a restore has taken it, it will not be resumed again)",
+        _ => "",
+    };
+    println!(
+        "ok: {} is whole{state}: {} chunks, {} stored and {} zero pages, {} checked in {:.2} s ({:.2} GB/s)",
+        path.display(),
+        report.chunks,
+        report.stored_pages,
+        report.zero_pages,
+        human(report.image_bytes),
+        secs,
+        report.image_bytes as f64 / secs.max(1e-9) / 1e9
+    );
+    Ok(())
+}
+
+pub fn export(path: &Path, output: &Path, threads: Option<usize>) -> Result<(), Failure> {
+    let file = open_file(path)?;
+    let image = open_image(path, &file)?;
+    let report = kjump_restorer::export(
+        &file,
+        &image,
+        output,
+        super::threads(threads),
+        super::progress_line(),
+    )
+    .map_err(|e| match e {
+        kjump_restorer::ExportError::Image(s) => classify_scan(path, s),
+        other => Failure::error(other),
+    })?;
+    println!(
+        "exported {} to {}: ELF core of {} with {} PT_LOAD segments in {:.2} s",
+        path.display(),
+        output.display(),
+        human(report.file_len),
+        report.segments,
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc_text(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            super::utc_text(1_795_753_403 * 1_000_000_000),
+            "2026-11-27 04:23:23 UTC"
+        );
+        assert_eq!(
+            super::utc_text(951_782_400 * 1_000_000_000),
+            "2000-02-29 00:00:00 UTC"
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The capture pipeline: read a window of memory, compress its chunks in
+//! parallel, hand them in order to a writer thread, repeat; then the index,
+//! the trailer, a flush, and the commit.
+//!
+//! Memory stays bounded whatever the source size: one window of input is
+//! mapped at a time, and at most two windows of compressed output wait for
+//! the writer (one in the channel, one being written).
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+use kjump_image_format::{
+    chunk_count, chunk_specs, encode_chunk, plan_layout, ChunkSpec, EncodedChunk, ImageState,
+    IndexEntry, Layout, Metadata, Superblock, Trailer, BLOCK_SIZE, CHUNK_HEADER_SIZE,
+    INDEX_ENTRY_SIZE, PAGE_SIZE,
+};
+use rayon::prelude::*;
+
+use crate::progress::Progress;
+use crate::source::{MemorySource, SourceError};
+use crate::target::{Target, TargetError};
+
+/// Default window: 16 MiB of input.
+pub const DEFAULT_WINDOW_PAGES: usize = 4096;
+const FLUSH_BYTES: usize = 4 << 20;
+
+/// Why a capture failed. The image on the target is then never committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Reading the source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing the target failed.
+    #[error("{0}; the image is left uncommitted")]
+    Target(#[from] TargetError),
+    /// The worst case image does not fit on the target.
+    #[error("target {path} has room for {capacity} bytes, but the image of this source can take up to {worst_case} bytes when nothing compresses (pass --assume-fits to try anyway)")]
+    TooSmall {
+        /// The target.
+        path: String,
+        /// Bytes available.
+        capacity: u64,
+        /// Largest possible image.
+        worst_case: u64,
+    },
+    /// The metadata disagrees with the source.
+    #[error("metadata ranges differ from the source's ranges")]
+    RangesMismatch,
+    /// The ranges are too large to describe in an image.
+    #[error("the source's ranges are too large for an image")]
+    TooLarge,
+    /// The worker threads could not be started.
+    #[error("starting {threads} compression threads: {reason}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// The cause.
+        reason: String,
+    },
+    /// A pipeline thread died.
+    #[error("the image writer thread stopped unexpectedly")]
+    WriterDied,
+}
+
+/// How to capture.
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    /// Compression threads.
+    pub threads: usize,
+    /// Pages of input per window (rounded to whole chunks).
+    pub window_pages: usize,
+    /// Identity of the new image.
+    pub uuid: [u8; 16],
+    /// Capture time, nanoseconds since the Unix epoch.
+    pub capture_time_ns: u64,
+    /// Refuse up front when the worst case does not fit the target.
+    pub check_worst_case: bool,
+    /// Draw a progress line (for terminals); otherwise log progress.
+    pub progress_line: bool,
+}
+
+impl CaptureOptions {
+    /// Defaults: all available CPUs, a random uuid, the current time.
+    pub fn new() -> Self {
+        CaptureOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            window_pages: DEFAULT_WINDOW_PAGES,
+            uuid: crate::random_uuid(),
+            capture_time_ns: crate::now_ns(),
+            check_worst_case: true,
+            progress_line: false,
+        }
+    }
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a capture wrote.
+#[derive(Clone, Debug)]
+pub struct CaptureReport {
+    /// The committed layout.
+    pub layout: Layout,
+    /// Pages stored in chunks.
+    pub stored_pages: u64,
+    /// Bytes of memory read (whole pages).
+    pub input_bytes: u64,
+    /// Wall time from start to commit.
+    pub elapsed: Duration,
+}
+
+/// The largest image `metadata` can produce: every page stored raw.
+pub fn worst_case_len(metadata: &Metadata) -> Option<u64> {
+    let meta_len = metadata.encode().len() as u64;
+    let count = chunk_count(&metadata.ranges);
+    let data = count.checked_mul(CHUNK_HEADER_SIZE as u64)?.checked_add(
+        metadata
+            .ranges
+            .total_pages()
+            .checked_mul(PAGE_SIZE as u64)?,
+    )?;
+    plan_layout(meta_len, data, count).map(|l| l.image_len)
+}
+
+/// Captures `source` into `target` and commits the image.
+pub fn capture(
+    source: &MemorySource,
+    target: &Target,
+    metadata: &Metadata,
+    opts: &CaptureOptions,
+) -> Result<CaptureReport, CaptureError> {
+    let started = Instant::now();
+    if metadata.ranges != *source.map() {
+        return Err(CaptureError::RangesMismatch);
+    }
+    let worst_case = worst_case_len(metadata).ok_or(CaptureError::TooLarge)?;
+    if let Some(capacity) = target.capacity() {
+        if opts.check_worst_case && worst_case > capacity {
+            return Err(CaptureError::TooSmall {
+                path: target.path().display().to_string(),
+                capacity,
+                worst_case,
+            });
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()
+        .map_err(|e| CaptureError::Threads {
+            threads: opts.threads,
+            reason: e.to_string(),
+        })?;
+    // Invalidate whatever the target held before the first byte of the new
+    // image lands: from here on, until the commit, it reads as incomplete.
+    let mut sb = Superblock::writing(opts.uuid, opts.capture_time_ns);
+    target.write_at(&sb.encode(), 0)?;
+    target.sync()?;
+
+    let meta_bytes = metadata.encode();
+    let count = chunk_count(&metadata.ranges);
+    let (tx, rx) = sync_channel::<Vec<EncodedChunk>>(1);
+    let stream = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_stream(target, &meta_bytes, count, opts.uuid, rx));
+        let produced = produce(source, metadata, opts, &pool, tx);
+        let written = writer.join().map_err(|_| CaptureError::WriterDied)?;
+        // A producer that stops on a write error returns Ok and leaves the
+        // error to the writer; a writer that runs short of chunks leaves it
+        // to the producer. Report the producer's first.
+        produced?;
+        written
+    })?;
+
+    let layout = stream.layout;
+    target.set_len(layout.image_len)?;
+    target.sync()?;
+    sb.state = ImageState::Committed;
+    sb.layout = layout;
+    target.write_at(&sb.encode(), 0)?;
+    target.sync()?;
+    Ok(CaptureReport {
+        layout,
+        stored_pages: stream.stored_pages,
+        input_bytes: metadata.ranges.total_pages() * PAGE_SIZE as u64,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Groups the chunk sequence into windows of consecutive frames of one range.
+fn windows(metadata: &Metadata, window_pages: usize) -> Vec<Vec<(u32, ChunkSpec)>> {
+    let per_window = (window_pages / kjump_image_format::CHUNK_PAGES).max(1);
+    let mut out: Vec<Vec<(u32, ChunkSpec)>> = Vec::new();
+    for (seq, spec) in chunk_specs(&metadata.ranges).enumerate() {
+        let start_new = match out.last() {
+            Some(w) => w.len() >= per_window || w[0].1.range != spec.range,
+            None => true,
+        };
+        if start_new {
+            out.push(Vec::with_capacity(per_window));
+        }
+        if let Some(w) = out.last_mut() {
+            w.push((seq as u32, spec));
+        }
+    }
+    out
+}
+
+fn produce(
+    source: &MemorySource,
+    metadata: &Metadata,
+    opts: &CaptureOptions,
+    pool: &rayon::ThreadPool,
+    tx: std::sync::mpsc::SyncSender<Vec<EncodedChunk>>,
+) -> Result<(), CaptureError> {
+    let total = metadata.ranges.total_pages() * PAGE_SIZE as u64;
+    let mut progress = Progress::new("capture", total, opts.progress_line);
+    for window in windows(metadata, opts.window_pages) {
+        let first = window[0].1.first_pfn;
+        let pages: usize = window.iter().map(|(_, s)| usize::from(s.page_count)).sum();
+        let bytes = source.window(window[0].1.range, first, pages)?;
+        let data = bytes.pages();
+        let batch: Vec<EncodedChunk> = pool.install(|| {
+            window
+                .par_iter()
+                .map(|(seq, spec)| {
+                    let at = ((spec.first_pfn.0 - first.0) as usize) * PAGE_SIZE;
+                    let len = usize::from(spec.page_count) * PAGE_SIZE;
+                    encode_chunk(spec, *seq, opts.uuid, &data[at..at + len])
+                })
+                .collect()
+        });
+        drop(bytes);
+        if tx.send(batch).is_err() {
+            // The writer failed and says why; stop reading.
+            return Ok(());
+        }
+        progress.advance((pages * PAGE_SIZE) as u64);
+    }
+    progress.finish();
+    Ok(())
+}
+
+struct Stream {
+    layout: Layout,
+    stored_pages: u64,
+}
+
+/// Positional writes gathered into large blocks.
+struct BlockWriter<'a> {
+    target: &'a Target,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl BlockWriter<'_> {
+    fn pos(&self) -> u64 {
+        self.buf_start + self.buf.len() as u64
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn pad_to(&mut self, offset: u64) -> Result<(), TargetError> {
+        let gap = offset.saturating_sub(self.pos()) as usize;
+        self.buf.resize(self.buf.len() + gap, 0);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), TargetError> {
+        self.target.write_at(&self.buf, self.buf_start)?;
+        self.buf_start += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Writes metadata, chunks as they arrive, the index and the trailer.
+fn write_stream(
+    target: &Target,
+    meta_bytes: &[u8],
+    count: u64,
+    uuid: [u8; 16],
+    rx: Receiver<Vec<EncodedChunk>>,
+) -> Result<Stream, CaptureError> {
+    let meta_len = meta_bytes.len() as u64;
+    let start = plan_layout(meta_len, 0, 0).ok_or(CaptureError::TooLarge)?;
+    let mut w = BlockWriter {
+        target,
+        buf: Vec::with_capacity(FLUSH_BYTES + (1 << 20)),
+        buf_start: start.metadata_offset,
+    };
+    w.push(meta_bytes)?;
+    w.pad_to(start.data_offset)?;
+    let mut index: Vec<IndexEntry> = Vec::with_capacity(count as usize);
+    let (mut stored_pages, mut zero_pages) = (0u64, 0u64);
+    for batch in rx {
+        for chunk in batch {
+            let offset = kjump_image_format::ImageOffset(w.pos());
+            w.push(&chunk.header.encode())?;
+            w.push(&chunk.payload)?;
+            stored_pages += u64::from(chunk.header.stored_pages());
+            zero_pages += u64::from(chunk.header.zero_bitmap.count_ones());
+            index.push(chunk.header.index_entry(offset));
+        }
+    }
+    if index.len() as u64 != count {
+        // The producer stopped early; its error is reported by the caller.
+        return Err(CaptureError::WriterDied);
+    }
+    let data_len = w.pos() - start.data_offset;
+    let mut layout = plan_layout(meta_len, data_len, count).ok_or(CaptureError::TooLarge)?;
+    w.pad_to(layout.index_offset)?;
+    let mut crc = crc32fast::Hasher::new();
+    for e in &index {
+        let b = e.encode();
+        crc.update(&b);
+        w.push(&b)?;
+    }
+    debug_assert_eq!(
+        w.pos(),
+        layout.index_offset + count * INDEX_ENTRY_SIZE as u64
+    );
+    layout.index_crc = crc.finalize();
+    layout.metadata_crc = crc32fast::hash(meta_bytes);
+    layout.total_pages = stored_pages + zero_pages;
+    layout.zero_pages = zero_pages;
+    let trailer = Trailer {
+        uuid,
+        index_offset: layout.index_offset,
+        chunk_count: count,
+        index_crc: layout.index_crc,
+        metadata_crc: layout.metadata_crc,
+        data_len,
+    };
+    w.push(&trailer.encode())?;
+    w.pad_to(layout.image_len)?;
+    debug_assert_eq!(w.pos() % BLOCK_SIZE as u64, 0);
+    w.flush()?;
+    Ok(Stream {
+        layout,
+        stored_pages,
+    })
+}

@@ -1,0 +1,277 @@
+//! Where the memory to capture comes from: an ELF core file, or /dev/mem (or
+//! a file standing in for physical memory) with the ranges given.
+//!
+//! Memory is read one window at a time so that what the capture holds stays
+//! bounded whatever the size of the source: a window is mapped, compressed and
+//! unmapped before the next one is mapped.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kjump_image_format::{MemoryMap, Metadata, Pfn, PhysRange, PAGE_SIZE};
+use memmap2::{Mmap, MmapOptions};
+
+use crate::elf::{self, ElfCore, ElfError};
+
+/// A source that cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Opening or inspecting the source failed.
+    #[error("opening source {path}: {source}")]
+    Open {
+        /// The source.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ELF core is unusable.
+    #[error("source {path} is not a usable ELF core: {source}")]
+    Elf {
+        /// The source.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: ElfError,
+    },
+    /// A raw source was given without ranges.
+    #[error("source {path} is not an ELF core: give the physical ranges to read with --ranges or --memmap")]
+    NeedRanges {
+        /// The source.
+        path: PathBuf,
+    },
+    /// A range lies beyond the end of a regular file standing in for memory.
+    #[error("range {range} lies beyond the end of {path} ({size:#x} bytes)")]
+    RangeBeyondFile {
+        /// The source.
+        path: PathBuf,
+        /// The range.
+        range: PhysRange,
+        /// Length of the file.
+        size: u64,
+    },
+    /// Reading memory failed.
+    #[error("reading {len:#x} bytes of {path} at file offset {offset:#x} (physical {phys:#x}): {source}")]
+    Read {
+        /// The source.
+        path: PathBuf,
+        /// File offset.
+        offset: u64,
+        /// Physical address.
+        phys: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A piece of physical memory and where its bytes are in the source file.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    range: PhysRange,
+    file_offset: u64,
+    /// Bytes backed by the file from `range.start`; the rest reads as zero.
+    file_len: u64,
+}
+
+/// An open memory source.
+#[derive(Debug)]
+pub struct MemorySource {
+    path: PathBuf,
+    file: File,
+    segments: Vec<Segment>,
+    map: MemoryMap,
+    notes: Option<Vec<u8>>,
+    use_mmap: AtomicBool,
+}
+
+/// The bytes of one window: whole pages covering a run of frames.
+pub enum Window {
+    /// Mapped straight from the source.
+    Mapped(Mmap),
+    /// Read or assembled into memory (partial pages, zero tails, no mmap).
+    Owned(Vec<u8>),
+}
+
+impl Window {
+    /// The window's pages, back to back.
+    pub fn pages(&self) -> &[u8] {
+        match self {
+            Window::Mapped(m) => m,
+            Window::Owned(v) => v,
+        }
+    }
+}
+
+fn is_elf(file: &File) -> bool {
+    let mut magic = [0u8; 4];
+    file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"\x7fELF"
+}
+
+impl MemorySource {
+    /// Opens `path`. With `ranges`, the file is physical memory (offset =
+    /// address), like /dev/mem; without, it must be an ELF core.
+    pub fn open(path: &Path, ranges: Option<MemoryMap>) -> Result<Self, SourceError> {
+        let open_err = |source| SourceError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let (segments, map, notes) = match ranges {
+            Some(map) => {
+                if meta.is_file() {
+                    if let Some(r) = map.ranges().iter().find(|r| r.end().0 > meta.len()) {
+                        return Err(SourceError::RangeBeyondFile {
+                            path: path.to_path_buf(),
+                            range: *r,
+                            size: meta.len(),
+                        });
+                    }
+                }
+                let segs = map
+                    .ranges()
+                    .iter()
+                    .map(|r| Segment {
+                        range: *r,
+                        file_offset: r.start().0,
+                        file_len: r.len(),
+                    })
+                    .collect();
+                (segs, map, None)
+            }
+            None if is_elf(&file) => {
+                let core = read_core(&file, meta.len()).map_err(|source| SourceError::Elf {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let segs = core
+                    .segments
+                    .iter()
+                    .map(|s| Segment {
+                        range: s.range,
+                        file_offset: s.file_offset,
+                        file_len: s.file_len,
+                    })
+                    .collect();
+                (segs, core.map, Some(core.notes))
+            }
+            None => {
+                return Err(SourceError::NeedRanges {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        Ok(MemorySource {
+            path: path.to_path_buf(),
+            file,
+            segments,
+            map,
+            notes,
+            use_mmap: AtomicBool::new(true),
+        })
+    }
+
+    /// The physical ranges this source holds.
+    pub fn map(&self) -> &MemoryMap {
+        &self.map
+    }
+
+    /// Metadata the source itself provides: the ranges, and for ELF cores
+    /// the notes with the kernel identity found in VMCOREINFO.
+    pub fn metadata(&self) -> Metadata {
+        let mut m = Metadata {
+            ranges: self.map.clone(),
+            source: Some(self.path.display().to_string()),
+            ..Metadata::default()
+        };
+        if let Some(notes) = &self.notes {
+            if let Some(info) = elf::vmcoreinfo(notes) {
+                m.kernel_release = elf::vmcoreinfo_value(info, "OSRELEASE");
+                m.build_id = elf::vmcoreinfo_value(info, "BUILD-ID");
+                m.vmcoreinfo = Some(info.to_vec());
+            }
+            if !notes.is_empty() {
+                m.elf_notes = Some(notes.clone());
+            }
+        }
+        m
+    }
+
+    /// Reads the frames `[first, first + pages)` of range `range_index` as
+    /// whole pages. Bytes of those frames outside the range, or past what the
+    /// file holds, read as zero.
+    pub fn window(
+        &self,
+        range_index: usize,
+        first: Pfn,
+        pages: usize,
+    ) -> Result<Window, SourceError> {
+        let seg = self.segments[range_index];
+        let win_start = first.addr().0;
+        let win_len = pages * PAGE_SIZE;
+        let backed_start = seg.range.start().0.max(win_start);
+        let backed_end = (seg.range.start().0 + seg.file_len).min(win_start + win_len as u64);
+        let exact = backed_start == win_start && backed_end == win_start + win_len as u64;
+        let file_off = |phys: u64| seg.file_offset + (phys - seg.range.start().0);
+        if exact && self.use_mmap.load(Ordering::Relaxed) {
+            match self.map_bytes(file_off(win_start), win_len) {
+                Ok(m) => return Ok(Window::Mapped(m)),
+                Err(e) => {
+                    log::warn!(
+                        "{}: mmap failed ({e}), reading with pread instead",
+                        self.path.display()
+                    );
+                    self.use_mmap.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut buf = vec![0u8; win_len];
+        if backed_end > backed_start {
+            let at = (backed_start - win_start) as usize;
+            let len = (backed_end - backed_start) as usize;
+            self.read_into(&mut buf[at..at + len], file_off(backed_start), backed_start)?;
+        }
+        Ok(Window::Owned(buf))
+    }
+
+    fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<Mmap> {
+        // SAFETY: the mapping is read-only and private to this capture. The
+        // bytes behind it must not change while it is held: for /dev/mem they
+        // are the RAM of the suspended kernel, which is not running; for a
+        // dump file, kjump asks that nothing rewrites or truncates it during
+        // the capture (a truncation would raise SIGBUS, not corrupt the image
+        // silently, since every range was checked against the file length).
+        unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file) }
+    }
+
+    fn read_into(&self, buf: &mut [u8], offset: u64, phys: u64) -> Result<(), SourceError> {
+        if self.use_mmap.load(Ordering::Relaxed) {
+            if let Ok(m) = self.map_bytes(offset, buf.len()) {
+                buf.copy_from_slice(&m);
+                return Ok(());
+            }
+        }
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| SourceError::Read {
+                path: self.path.clone(),
+                offset,
+                phys,
+                len: buf.len(),
+                source,
+            })
+    }
+}
+
+fn read_core(file: &File, size: u64) -> Result<ElfCore, ElfError> {
+    elf::parse(size, |off, len| {
+        let mut b = vec![0u8; len];
+        file.read_exact_at(&mut b, off)?;
+        Ok(b)
+    })
+}
