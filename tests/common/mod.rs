@@ -1,0 +1,8 @@
+//! Support code shared by the root package's integration tests.
+//!
+//! Every file in `tests/` is its own crate that pulls this module in with
+//! `mod common;` and uses only part of it, so the rest would be reported as
+//! dead code in that crate.
+#![allow(dead_code)]
+
+pub mod vm;
