@@ -163,6 +163,61 @@ fn describe(dump: &GuestDump, core: &[u8], segments: &[Segment]) {
     }
 }
 
+/// Runs the kjump binary with `args`, asserting success; returns stdout.
+fn kjump(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kjump"))
+        .args(args)
+        .output()
+        .expect("running kjump");
+    assert!(
+        out.status.success(),
+        "kjump {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The real path a user takes: capture the guest's memory, verify the image,
+/// export it back, and find every byte of the guest's memory (and the
+/// pattern) in the exported core.
+fn capture_and_export(work_dir: &Path, dump: &GuestDump) {
+    let image = work_dir.join("guest.img");
+    let exported = work_dir.join("guest.export.elf");
+    let os = |p: &Path| p.as_os_str().to_owned();
+    let captured = kjump(&[
+        "capture".as_ref(),
+        "--source".as_ref(),
+        &os(&dump.path),
+        "--target".as_ref(),
+        &os(&image),
+    ]);
+    eprintln!("{}", captured.trim());
+    let verified = kjump(&["verify".as_ref(), &os(&image)]);
+    eprintln!("{}", verified.trim());
+    kjump(&[
+        "export".as_ref(),
+        &os(&image),
+        "--output".as_ref(),
+        &os(&exported),
+    ]);
+    common::cores::assert_same_memory(&dump.path, &exported);
+    let core = fs::read(&exported).expect("read the exported core");
+    let segments = core_segments(&core);
+    let loads: Vec<&Segment> = segments.iter().filter(|s| s.kind == PT_LOAD).collect();
+    let copies = pattern_page_copies(&core, &loads, &dump.pattern);
+    assert!(
+        copies.iter().all(|&n| n > 0),
+        "pattern pages missing from the exported core"
+    );
+    let image_len = fs::metadata(&image).expect("image").len();
+    let dump_len = fs::metadata(&dump.path).expect("dump").len();
+    eprintln!(
+        "image {image_len} bytes for a {dump_len}-byte dump (ratio {:.2})",
+        dump_len as f64 / image_len as f64
+    );
+}
+
 #[test]
 fn qemu_dump_of_a_real_kernel_holds_the_guest_data() {
     if !vm::qemu_available() {
@@ -209,6 +264,8 @@ fn qemu_dump_of_a_real_kernel_holds_the_guest_data() {
         "marker {} not in the dump",
         dump.marker
     );
+
+    capture_and_export(&work_dir, &dump);
 
     // Keep the ~300 MB dump only when something failed.
     fs::remove_dir_all(&work_dir).expect("remove the work directory");

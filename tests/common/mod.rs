@@ -5,4 +5,5 @@
 //! dead code in that crate.
 #![allow(dead_code)]
 
+pub mod cores;
 pub mod vm;
