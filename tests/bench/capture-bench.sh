@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# capture-bench.sh: kjump capture against lz4, zstd and cp on one synthetic dump.
+#
+# Generates (or reuses) a seeded memory dump with kjump-dumpgen, warms the page
+# cache with it, then runs each command RUNS times in turn and prints medians:
+# GB/s of dump bytes, output size and compression ratio, peak RSS.
+#
+# Every compressing/copying command ends durable: kjump capture fsyncs its
+# image before committing it, so each peer is followed by `sync -d OUTPUT`
+# (fdatasync) inside its timed region. verify and export are timed as they are.
+#
+# Environment (all optional):
+#   KJUMP_BENCH_SIZE     RAM size of the dump, as kjump-dumpgen --size takes it (4G)
+#   KJUMP_BENCH_DIR      work directory, keeps the dump between runs (/var/tmp/kjump-bench)
+#   KJUMP_BENCH_RUNS     runs per command (3)
+#   KJUMP_BENCH_THREADS  kjump capture --threads (nproc)
+#   KJUMP, KJUMP_DUMPGEN binaries to use instead of building them
+#   CARGO_TARGET_DIR     where cargo puts the release binaries (ROOT/target)
+#
+# Usage: tests/bench/capture-bench.sh
+set -euo pipefail
+
+readonly SEED=20261127           # fixed: every run of the benchmark sees the same bytes
+readonly LAYOUT=qemu
+readonly SIZE=${KJUMP_BENCH_SIZE:-4G}
+readonly DIR=${KJUMP_BENCH_DIR:-/var/tmp/kjump-bench}
+readonly RUNS=${KJUMP_BENCH_RUNS:-3}
+readonly THREADS=${KJUMP_BENCH_THREADS:-$(nproc)}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+readonly ROOT
+readonly TIME=/usr/bin/time
+# For `bash -c`: runs "$@", then fdatasyncs the file named by its last word.
+# shellcheck disable=SC2016 # expanded by the inner shell
+readonly DURABLE='"$@" && exec sync -d -- "${!#}"'
+
+die() {
+    echo "capture-bench: error: $*" >&2
+    exit 1
+}
+
+note() {
+    echo "capture-bench: $*" >&2
+}
+
+# need TOOL PACKAGE: fail with the apt package to install when TOOL is missing.
+need() {
+    command -v "$1" >/dev/null 2>&1 || die "'$1' not found; install it: apt-get install $2"
+}
+
+check_tools() {
+    [[ -x $TIME ]] || die "$TIME not found; install it: apt-get install time"
+    need lz4 lz4
+    need zstd zstd
+    need awk mawk
+    need cargo "rustup (see https://rustup.rs)"
+    sync --help 2>&1 | grep -q -- '--data' ||
+        die "'sync' lacks --data (coreutils >= 8.24 needed); apt-get install coreutils"
+    [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "KJUMP_BENCH_RUNS must be a positive integer, not '$RUNS'"
+}
+
+# Builds whichever of kjump / kjump-dumpgen was not given through the
+# environment, and sets KJUMP and KJUMP_DUMPGEN.
+build() {
+    local bin=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release
+    local packages=()
+    [[ -n ${KJUMP:-} ]] || packages+=(-p kjump)
+    [[ -n ${KJUMP_DUMPGEN:-} ]] || packages+=(-p kjump-dumpgen)
+    if ((${#packages[@]})); then
+        note "building release binaries: cargo build --release ${packages[*]}"
+        (cd "$ROOT" && cargo build --release --quiet "${packages[@]}") || die "cargo build failed"
+    fi
+    KJUMP=${KJUMP:-$bin/kjump}
+    KJUMP_DUMPGEN=${KJUMP_DUMPGEN:-$bin/kjump-dumpgen}
+    [[ -x $KJUMP ]] || die "kjump binary $KJUMP not found or not executable"
+    [[ -x $KJUMP_DUMPGEN ]] || die "kjump-dumpgen binary $KJUMP_DUMPGEN not found or not executable"
+}
+
+# Generates the dump unless one of the same size, seed and layout exists.
+# The generator's summary line is kept beside it; a dump without one was
+# interrupted and is regenerated.
+prepare_dump() {
+    mkdir -p "$DIR"
+    DUMP=$DIR/dump-$LAYOUT-$SIZE-seed$SEED.elf
+    if [[ -s $DUMP && -s $DUMP.info ]]; then
+        note "reusing $DUMP"
+    else
+        rm -f "$DUMP" "$DUMP.info"
+        note "generating $DUMP"
+        "$KJUMP_DUMPGEN" --seed "$SEED" --size "$SIZE" --layout "$LAYOUT" "$DUMP.tmp" >"$DUMP.info.tmp" ||
+            die "kjump-dumpgen failed"
+        mv "$DUMP.tmp" "$DUMP"
+        mv "$DUMP.info.tmp" "$DUMP.info"
+    fi
+    INPUT_BYTES=$(stat -c %s "$DUMP")
+    local avail
+    avail=$(df -B1 --output=avail "$DIR" | tail -n 1)
+    # Outputs alive at once: the kjump image plus an export or a copy.
+    ((avail > INPUT_BYTES * 3 / 2)) ||
+        die "only $avail bytes free in $DIR; need about $((INPUT_BYTES * 3 / 2))"
+    note "warming the page cache with the dump"
+    cat "$DUMP" >/dev/null
+    rm -f "$DIR"/out.*
+}
+
+# Results, keyed by command name: space-separated per-run values.
+declare -A SECS RSS OUTBYTES
+NAMES=()
+
+# timed NAME OUTPUT COMMAND...: runs COMMAND under GNU time, records wall
+# seconds, peak RSS (KiB) and the size of OUTPUT ('-' for none).
+timed() {
+    local name=$1 output=$2
+    shift 2
+    local log=$DIR/log.$name stats=$DIR/time.$name
+    sync # outside the timed region: nothing dirty left from the last command
+    if ! "$TIME" -f '%e %M' -o "$stats" "$@" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "'$name' failed: $*"
+    fi
+    local secs kib
+    read -r secs kib <"$stats"
+    [[ -v SECS[$name] ]] || NAMES+=("$name")
+    SECS[$name]+="$secs "
+    RSS[$name]+="$kib "
+    if [[ $output == - ]]; then
+        OUTBYTES[$name]+="- "
+    else
+        OUTBYTES[$name]+="$(stat -c %s "$output") "
+    fi
+}
+
+run_once() {
+    local image=$DIR/out.kjump
+    timed "kjump capture" "$image" \
+        "$KJUMP" capture --source "$DUMP" --target "$image" --threads "$THREADS"
+    # The peers must end with their output on disk, as kjump's image is.
+    timed "lz4 -1" "$DIR/out.lz4" bash -c "$DURABLE" _ lz4 -1 -f -q "$DUMP" "$DIR/out.lz4"
+    rm -f "$DIR/out.lz4"
+    timed "zstd -1 -T2" "$DIR/out.zst" \
+        bash -c "$DURABLE" _ zstd -1 -T2 -f -q "$DUMP" -o "$DIR/out.zst"
+    rm -f "$DIR/out.zst"
+    timed "cp" "$DIR/out.raw" bash -c "$DURABLE" _ cp "$DUMP" "$DIR/out.raw"
+    rm -f "$DIR/out.raw"
+    timed "kjump verify" - "$KJUMP" verify "$image"
+    timed "kjump export" "$DIR/out.elf" "$KJUMP" export "$image" --output "$DIR/out.elf"
+    rm -f "$DIR/out.elf" "$image"
+}
+
+# median VALUES...: the median of numbers ('-' if any is '-').
+median() {
+    printf '%s\n' "$@" | sort -g | awk '
+        $1 == "-" { dash = 1 }
+        { v[NR] = $1 }
+        END {
+            if (dash || NR == 0) { print "-"; exit }
+            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+# gbps SECONDS: GB (1e9 bytes) of dump per second.
+gbps() {
+    awk -v b="$INPUT_BYTES" -v s="$1" 'BEGIN { if (s > 0) printf "%.2f", b / s / 1e9; else print "inf" }'
+}
+
+print_environment() {
+    echo "== kjump capture benchmark =="
+    echo "dump:     $DUMP"
+    echo "          $(sed 's/^[^ ]*: //' "$DUMP.info")"
+    echo "input:    $INPUT_BYTES bytes ($(awk -v b="$INPUT_BYTES" 'BEGIN { printf "%.2f", b / 1e9 }') GB), page cache warm"
+    echo "runs:     $RUNS per command, medians shown"
+    echo "nproc:    $(nproc)   cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "kernel:   $(uname -r)   fs: $(df -T "$DIR" | awk 'NR == 2 { print $2 " on " $1 }')"
+    echo "kjump:    $("$KJUMP" --version 2>/dev/null || echo "version unknown") ($KJUMP, --threads $THREADS)"
+    echo "lz4:      $(lz4 --version 2>&1 | head -n 1)"
+    echo "zstd:     $(zstd --version 2>&1 | head -n 1)"
+    echo "cp:       $(cp --version | head -n 1)"
+    echo "durable:  lz4, zstd and cp are each followed by 'sync -d OUTPUT' (fdatasync) inside the"
+    echo "          timed region, as kjump capture fsyncs its image; verify/export are timed alone"
+    echo
+}
+
+print_table() {
+    printf '%-14s %9s %9s %15s %8s %10s\n' command "GB/s" seconds "output bytes" ratio "RSS MiB"
+    local name secs out rss ratio
+    for name in "${NAMES[@]}"; do
+        # shellcheck disable=SC2086 # the values are space-separated on purpose
+        secs=$(median ${SECS[$name]})
+        # shellcheck disable=SC2086
+        out=$(median ${OUTBYTES[$name]})
+        # shellcheck disable=SC2086
+        rss=$(median ${RSS[$name]})
+        ratio=-
+        [[ $out == - ]] || ratio=$(awk -v i="$INPUT_BYTES" -v o="$out" 'BEGIN { printf "%.2f", (o > 0 ? i / o : 0) }')
+        printf '%-14s %9s %9s %15s %8s %10s\n' "$name" "$(gbps "$secs")" "$secs" "$out" "$ratio" \
+            "$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')"
+    done
+    echo "(GB/s = dump bytes / wall seconds for every row, GB = 1e9; ratio = dump bytes / output bytes)"
+}
+
+# ratio_line PEER: kjump capture's median throughput over PEER's.
+ratio_line() {
+    local k p
+    # shellcheck disable=SC2086
+    k=$(median ${SECS["kjump capture"]})
+    # shellcheck disable=SC2086
+    p=$(median ${SECS[$1]})
+    awk -v k="$k" -v p="$p" -v n="$1" 'BEGIN {
+        if (k > 0) printf "kjump capture throughput / %-12s %5.2fx\n", n ":", p / k
+        else printf "kjump capture throughput / %-12s  (too fast to time)\n", n ":"
+    }'
+}
+
+print_ratios() {
+    echo
+    ratio_line "lz4 -1"
+    ratio_line "zstd -1 -T2"
+    ratio_line "cp"
+    local k l
+    # shellcheck disable=SC2086
+    k=$(median ${OUTBYTES["kjump capture"]})
+    # shellcheck disable=SC2086
+    l=$(median ${OUTBYTES["lz4 -1"]})
+    awk -v k="$k" -v l="$l" 'BEGIN { printf "kjump image size / lz4 -1 output size: %.3f\n", k / l }'
+}
+
+main() {
+    check_tools
+    build
+    prepare_dump
+    local run
+    for ((run = 1; run <= RUNS; run++)); do
+        note "run $run of $RUNS"
+        run_once
+    done
+    rm -f "$DIR"/time.* "$DIR"/log.*
+    print_environment
+    print_table
+    print_ratios
+}
+
+main "$@"
