@@ -394,26 +394,21 @@ pub fn encode_chunk(spec: &ChunkSpec, seq: u32, uuid: [u8; 16], pages: &[u8]) ->
     let raw: &[u8] = if zero_bitmap == 0 {
         pages
     } else {
-        gathered = pages
-            .chunks_exact(PAGE_SIZE)
-            .enumerate()
-            .filter(|(i, _)| zero_bitmap & (1 << i) == 0)
-            .flat_map(|(_, p)| p.iter().copied())
-            .collect::<Vec<u8>>();
+        let mut g = Vec::with_capacity(pages.len());
+        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+            if zero_bitmap & (1 << i) == 0 {
+                g.extend_from_slice(page);
+            }
+        }
+        gathered = g;
         &gathered
     };
     let data_crc = crc32fast::hash(raw);
-    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(raw.len())];
-    let compressed = match lz4_flex::block::compress_into(raw, &mut out) {
-        Ok(n) if n < raw.len() => Some(n),
-        _ => None,
-    };
-    let (codec, payload) = match compressed {
-        Some(n) => {
-            out.truncate(n);
-            (Codec::Lz4, out)
-        }
-        None => (Codec::Raw, raw.to_vec()),
+    let compressed = lz4_flex::block::compress(raw);
+    let (codec, payload) = if compressed.len() < raw.len() {
+        (Codec::Lz4, compressed)
+    } else {
+        (Codec::Raw, raw.to_vec())
     };
     let payload_crc = crc32fast::hash(&payload);
     EncodedChunk {
