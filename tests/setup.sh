@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what kjump's tests and demo need on a Debian machine (run as root):
+# QEMU and busybox to boot test guests, cpio to pack their initramfs, the peer
+# tools the benchmark compares against, and the cached Debian guest kernel.
+# Safe to run again: apt skips what is installed, the kernel comes from cache.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "tests/setup.sh: run as root (it installs Debian packages)" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+packages=(qemu-system-x86 busybox-static cpio lz4 zstd file time kexec-tools ca-certificates gzip)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# Once, before any install: the guest kernel's version comes from the lists too.
+apt-get update -q
+if ((${#missing[@]})); then
+	# kexec-tools would otherwise arm kexec for this machine's next reboot.
+	echo 'kexec-tools kexec-tools/load_kexec boolean false' | debconf-set-selections
+	apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+echo "guest kernel: $(bash tests/vm/debian-kernel.sh)"
