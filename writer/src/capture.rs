@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::progress::Progress;
 use crate::source::{MemorySource, SourceError};
-use crate::target::{Target, TargetError};
+use crate::target::{AlignedBuf, Target, TargetError, DIRECT_ALIGN};
 
 /// Default window: 16 MiB of input.
 pub const DEFAULT_WINDOW_PAGES: usize = 4096;
@@ -156,7 +156,7 @@ pub fn capture(
     // Invalidate whatever the target held before the first byte of the new
     // image lands: from here on, until the commit, it reads as incomplete.
     let mut sb = Superblock::writing(opts.uuid, opts.capture_time_ns);
-    target.write_at(&sb.encode(), 0)?;
+    target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
 
     let meta_bytes = metadata.encode();
@@ -178,7 +178,7 @@ pub fn capture(
     target.sync()?;
     sb.state = ImageState::Committed;
     sb.layout = layout;
-    target.write_at(&sb.encode(), 0)?;
+    target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
     Ok(CaptureReport {
         layout,
@@ -247,10 +247,10 @@ struct Stream {
     stored_pages: u64,
 }
 
-/// Positional writes gathered into large blocks.
+/// Positional writes gathered into large aligned blocks.
 struct BlockWriter<'a> {
     target: &'a Target,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     buf_start: u64,
 }
 
@@ -259,24 +259,40 @@ impl BlockWriter<'_> {
         self.buf_start + self.buf.len() as u64
     }
 
-    fn push(&mut self, bytes: &[u8]) -> Result<(), TargetError> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= FLUSH_BYTES {
-            self.flush()?;
+    fn push(&mut self, mut bytes: &[u8]) -> Result<(), TargetError> {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(self.buf.room());
+            self.buf.push(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buf.len() >= FLUSH_BYTES || self.buf.room() == 0 {
+                self.flush_blocks()?;
+            }
         }
         Ok(())
     }
 
     fn pad_to(&mut self, offset: u64) -> Result<(), TargetError> {
-        let gap = offset.saturating_sub(self.pos()) as usize;
-        self.buf.resize(self.buf.len() + gap, 0);
+        let mut gap = offset.saturating_sub(self.pos()) as usize;
+        while gap > 0 {
+            let n = gap.min(self.buf.room());
+            self.buf.push_zeros(n);
+            gap -= n;
+            if self.buf.room() == 0 {
+                self.flush_blocks()?;
+            }
+        }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), TargetError> {
-        self.target.write_at(&self.buf, self.buf_start)?;
-        self.buf_start += self.buf.len() as u64;
-        self.buf.clear();
+    /// Writes the whole blocks held; a partial block waits for more bytes.
+    fn flush_blocks(&mut self) -> Result<(), TargetError> {
+        let n = self.buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        if n > 0 {
+            self.target
+                .write_at(&self.buf.as_slice()[..n], self.buf_start)?;
+            self.buf.consume(n);
+            self.buf_start += n as u64;
+        }
         Ok(())
     }
 }
@@ -293,7 +309,7 @@ fn write_stream(
     let start = plan_layout(meta_len, 0, 0).ok_or(CaptureError::TooLarge)?;
     let mut w = BlockWriter {
         target,
-        buf: Vec::with_capacity(FLUSH_BYTES + (1 << 20)),
+        buf: AlignedBuf::with_capacity(FLUSH_BYTES + (64 << 10)),
         buf_start: start.metadata_offset,
     };
     w.push(meta_bytes)?;
@@ -342,7 +358,7 @@ fn write_stream(
     w.push(&trailer.encode())?;
     w.pad_to(layout.image_len)?;
     debug_assert_eq!(w.pos() % BLOCK_SIZE as u64, 0);
-    w.flush()?;
+    w.flush_blocks()?;
     Ok(Stream {
         layout,
         stored_pages,

@@ -1,10 +1,20 @@
 //! Where an image goes: a regular file or a block device, written at known
 //! offsets so every failure can name where it happened.
+//!
+//! Targets are opened with `O_DIRECT` where the filesystem allows it: the
+//! image then streams to the device while compression goes on, instead of
+//! piling up in the page cache for one long flush at the commit. Direct I/O
+//! needs block-aligned buffers, lengths and offsets; [`AlignedBuf`] provides
+//! the buffers, and any write that cannot be aligned turns direct I/O off for
+//! the rest of the capture rather than fail.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use kjump_image_format::ImageOffset;
 
@@ -57,6 +67,69 @@ pub struct Target {
     file: File,
     block_device: bool,
     capacity: Option<u64>,
+    direct: AtomicBool,
+}
+
+/// Alignment of direct I/O buffers, lengths and offsets.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A byte buffer whose start is aligned for direct I/O. Its capacity is
+/// fixed: pushing past it is a caller bug and panics in debug builds only
+/// through the slice bounds.
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// An empty buffer holding up to `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let raw = vec![0u8; capacity + DIRECT_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        AlignedBuf { raw, start, len: 0 }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room left.
+    pub fn room(&self) -> usize {
+        self.raw.len() - DIRECT_ALIGN - self.len
+    }
+
+    /// The bytes held.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    /// Appends `bytes`; the caller keeps within [`AlignedBuf::room`].
+    pub fn push(&mut self, bytes: &[u8]) {
+        let at = self.start + self.len;
+        self.raw[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Appends `n` zero bytes.
+    pub fn push_zeros(&mut self, n: usize) {
+        let at = self.start + self.len;
+        self.raw[at..at + n].fill(0);
+        self.len += n;
+    }
+
+    /// Drops the first `n` bytes, keeping the rest at the aligned start.
+    pub fn consume(&mut self, n: usize) {
+        let (s, l) = (self.start, self.len);
+        self.raw.copy_within(s + n..s + l, s);
+        self.len -= n;
+    }
 }
 
 impl Target {
@@ -78,14 +151,23 @@ impl Target {
                 path: path.to_path_buf(),
             });
         }
-        let mut opts = OpenOptions::new();
-        opts.write(true).read(true);
-        if block_device {
-            opts.custom_flags(libc::O_EXCL);
-        } else {
-            opts.create(true).truncate(true);
-        }
-        let mut file = opts.open(path).map_err(err)?;
+        let open = |direct: bool| {
+            let mut opts = OpenOptions::new();
+            opts.write(true).read(true);
+            let mut flags = if direct { libc::O_DIRECT } else { 0 };
+            if block_device {
+                flags |= libc::O_EXCL;
+            } else {
+                opts.create(true).truncate(true);
+            }
+            opts.custom_flags(flags).open(path)
+        };
+        // Filesystems without direct I/O refuse O_DIRECT at open with EINVAL.
+        let (mut file, direct) = match open(true) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false).map_err(err)?, false),
+            Err(e) => return Err(err(e)),
+        };
         let capacity = if block_device {
             Some(file.seek(SeekFrom::End(0)).map_err(err)?)
         } else {
@@ -96,7 +178,25 @@ impl Target {
             file,
             block_device,
             capacity,
+            direct: AtomicBool::new(direct),
         })
+    }
+
+    /// Whether writes currently bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Turns direct I/O off for the rest of this target's life.
+    fn stop_direct(&self, why: &str) {
+        if self.direct.swap(false, Ordering::Relaxed) {
+            log::debug!("{}: direct I/O off ({why})", self.path.display());
+            let flags = fcntl(&self.file, FcntlArg::F_GETFL)
+                .map(|f| OFlag::from_bits_truncate(f) & !OFlag::O_DIRECT);
+            if let Ok(flags) = flags {
+                let _ = fcntl(&self.file, FcntlArg::F_SETFL(flags));
+            }
+        }
     }
 
     /// The target's path.
@@ -117,6 +217,34 @@ impl Target {
 
     /// Writes all of `buf` at `offset`, naming the offset of any failure.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
+        if self.is_direct() {
+            let aligned = buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
+                && buf.len() % DIRECT_ALIGN == 0
+                && offset % DIRECT_ALIGN as u64 == 0;
+            if !aligned {
+                self.stop_direct("unaligned write");
+            }
+        }
+        match self.write_all_at(buf, offset) {
+            // Some filesystems accept O_DIRECT at open and refuse the write.
+            Err(TargetError::Write { source, .. })
+                if self.is_direct() && source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                self.stop_direct("the filesystem refused a direct write");
+                self.write_all_at(buf, offset)
+            }
+            other => other,
+        }
+    }
+
+    /// Writes a small unaligned buffer (a superblock) through an aligned copy.
+    pub fn write_copy_at(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
+        let mut a = AlignedBuf::with_capacity(buf.len());
+        a.push(buf);
+        self.write_at(a.as_slice(), offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
