@@ -1,0 +1,251 @@
+//! The kjump binary as users call it: /dev/mem-style sources with explicit
+//! ranges or a memory-map file, `info --json`, and the errors of capture.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::cores::{read_core, TempDir};
+use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
+
+fn kjump(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kjump"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running kjump")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = kjump(args);
+    assert!(
+        out.status.success(),
+        "kjump {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], code: i32) -> String {
+    let out = kjump(args);
+    assert_eq!(out.status.code(), Some(code), "kjump {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A file standing in for /dev/mem: byte `a` of the file is physical `a`.
+/// Returns it with the memory of each segment, from a synthetic dump.
+fn physical_memory(dir: &TempDir, segments: Vec<SegmentSpec>) -> (String, Vec<(u64, Vec<u8>)>) {
+    let dump = dir.path("mem.elf");
+    write_dump(&DumpSpec::new(5, segments), &dump).unwrap();
+    let (segs, _) = read_core(&dump);
+    let end = segs
+        .iter()
+        .map(|s| s.paddr + s.bytes.len() as u64)
+        .max()
+        .unwrap();
+    let mut mem = vec![0xa5u8; end as usize];
+    for s in &segs {
+        mem[s.paddr as usize..s.paddr as usize + s.bytes.len()].copy_from_slice(&s.bytes);
+    }
+    let path = dir.path("physmem");
+    std::fs::write(&path, &mem).unwrap();
+    let segs = segs.into_iter().map(|s| (s.paddr, s.bytes)).collect();
+    (path.display().to_string(), segs)
+}
+
+fn assert_exported(image: &str, out: &Path, want: &[(u64, Vec<u8>)]) {
+    ok(&["export", image, "--output", out.to_str().unwrap()]);
+    let (got, _) = read_core(out);
+    let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|s| (s.paddr, s.bytes)).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, w.0, "segment address");
+        assert!(g.1 == w.1, "segment at {:#x} differs", g.0);
+    }
+}
+
+#[test]
+fn raw_memory_with_ranges_and_memmap() {
+    let dir = TempDir::new("cli-raw");
+    let k = 4096;
+    let (mem, segs) = physical_memory(
+        &dir,
+        vec![
+            SegmentSpec::new(0x1000, 0x9ec00),
+            SegmentSpec::new(0x100000, 700 * k),
+        ],
+    );
+    let img = dir.path("a.img");
+    let img = img.to_str().unwrap();
+    let ranges = "0x1000-0x9fbff,0x100000-0x3bbfff";
+    ok(&[
+        "capture",
+        "--source",
+        &mem,
+        "--target",
+        img,
+        "--ranges",
+        ranges,
+        "--meta",
+        "mode=test",
+    ]);
+    ok(&["verify", img]);
+    assert_exported(img, &dir.path("a.elf"), &segs);
+
+    let iomem = dir.path("iomem");
+    std::fs::write(
+        &iomem,
+        "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
+         000a0000-000fffff : Reserved\n00100000-003bbfff : System RAM\n  \
+         00200000-00300000 : Kernel code\n",
+    )
+    .unwrap();
+    let img2 = dir.path("b.img");
+    let img2 = img2.to_str().unwrap();
+    ok(&[
+        "capture",
+        "--source",
+        &mem,
+        "--target",
+        img2,
+        "--memmap",
+        iomem.to_str().unwrap(),
+    ]);
+    assert_exported(img2, &dir.path("b.elf"), &segs);
+
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", img])).unwrap();
+    assert_eq!(info["state"], "committed");
+    assert_eq!(info["ranges"][0]["start"], 0x1000);
+    assert_eq!(info["ranges"][0]["end"], 0x9fc00);
+    assert_eq!(info["ranges"][1]["bytes"], 700 * k);
+    assert_eq!(info["pages"]["total"], 0x9f + 700);
+    assert_eq!(info["extra"]["mode"], "test");
+    assert_eq!(info["source"], mem.as_str());
+}
+
+#[test]
+fn info_shows_the_kernel_of_an_elf_core() {
+    let dir = TempDir::new("cli-info");
+    let dump = dir.path("d.elf");
+    let spec = DumpSpec::new(
+        9,
+        vec![
+            SegmentSpec::new(0, 1 << 20),
+            SegmentSpec::new(1 << 30, 4 << 20),
+        ],
+    );
+    let dinfo = write_dump(&spec, &dump).unwrap();
+    let img = dir.path("d.img");
+    let (dump, img) = (dump.to_str().unwrap(), img.to_str().unwrap());
+    ok(&[
+        "capture",
+        "--source",
+        dump,
+        "--target",
+        img,
+        "--jump-back-entry",
+        "0x1234000",
+        "--threads",
+        "1",
+    ]);
+    let text = ok(&["info", img]);
+    assert!(text.contains("state:      committed"), "{text}");
+    assert!(
+        text.contains(&format!("kernel:     {}", dinfo.os_release)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("build id:   {}", dinfo.build_id)),
+        "{text}"
+    );
+    assert!(text.contains("re-entry:   0x1234000"), "{text}");
+    assert!(text.contains("0x40000000-0x403fffff"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", img])).unwrap();
+    assert_eq!(json["kernel"]["jump_back_entry"], 0x1234000);
+    assert_eq!(json["kernel"]["vmcoreinfo_bytes"], dinfo.vmcoreinfo.len());
+    assert_eq!(json["pages"]["total"], 256 + 1024);
+}
+
+#[test]
+fn capture_errors_name_what_is_wrong() {
+    let dir = TempDir::new("cli-errors");
+    let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
+    let img = dir.path("e.img");
+    let img = img.to_str().unwrap();
+    let e = fails(&["capture", "--source", &mem, "--target", img], 2);
+    assert!(
+        e.contains("is not an ELF core: give the physical ranges"),
+        "{e}"
+    );
+    let e = fails(
+        &[
+            "capture",
+            "--source",
+            &mem,
+            "--target",
+            img,
+            "--ranges",
+            "0x1000-0x8fff",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("range 0x1000-0x8fff lies beyond the end of"),
+        "{e}"
+    );
+    let e = fails(
+        &[
+            "capture", "--source", &mem, "--target", img, "--ranges", "0x1000",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("range 0 (\"0x1000\") of the list: expected START-END"),
+        "{e}"
+    );
+    let e = fails(
+        &[
+            "capture",
+            "--source",
+            "/nonexistent/mem",
+            "--target",
+            img,
+            "--ranges",
+            "0-0xfff",
+        ],
+        2,
+    );
+    assert!(e.contains("opening source /nonexistent/mem"), "{e}");
+    let e = fails(
+        &[
+            "capture",
+            "--source",
+            &mem,
+            "--target",
+            "/dev/null",
+            "--ranges",
+            "0x1000-0x1fff",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("neither a regular file nor a block device"),
+        "{e}"
+    );
+    let empty = dir.path("iomem");
+    std::fs::write(&empty, "00000000-00000000 : System RAM\n").unwrap();
+    let e = fails(
+        &[
+            "capture",
+            "--source",
+            &mem,
+            "--target",
+            img,
+            "--memmap",
+            empty.to_str().unwrap(),
+        ],
+        2,
+    );
+    assert!(e.contains("read /proc/iomem as root"), "{e}");
+}
