@@ -60,6 +60,18 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Write a reproducible initramfs (newc cpio) with kjump as /init
+    Mkinitramfs {
+        /// The cpio archive to write
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Program to install as /init (default: this kjump binary)
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Extra file as HOST_PATH:PATH_IN_INITRAMFS (repeatable), e.g. /bin/busybox:bin/busybox
+        #[arg(long = "file", value_parser = cmd::initramfs::parse_extra)]
+        files: Vec<kjump_initramfs::ExtraFile>,
+    },
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -100,6 +112,11 @@ fn main() -> ExitCode {
             output,
             threads,
         } => cmd::inspect::export(&image, &output, threads),
+        Command::Mkinitramfs {
+            output,
+            init,
+            files,
+        } => cmd::initramfs::mkinitramfs(&output, init.as_deref(), &files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod capture;
+pub mod initramfs;
 pub mod inspect;
 
 use std::io::IsTerminal;
