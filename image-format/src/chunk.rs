@@ -348,6 +348,35 @@ impl IndexEntry {
         self.stored_pages() as usize * PAGE_SIZE
     }
 
+    /// The first field in which `other` differs from this entry, with this
+    /// entry's value and `other`'s.
+    pub(crate) fn first_difference(&self, other: &IndexEntry) -> Option<(&'static str, u64, u64)> {
+        [
+            ("chunk offset", self.offset.0, other.offset.0),
+            ("first pfn", self.first_pfn.0, other.first_pfn.0),
+            (
+                "page count",
+                self.page_count.into(),
+                other.page_count.into(),
+            ),
+            ("zero bitmap", self.zero_bitmap, other.zero_bitmap),
+            ("codec", self.codec.code().into(), other.codec.code().into()),
+            (
+                "stored length",
+                self.stored_len.into(),
+                other.stored_len.into(),
+            ),
+            (
+                "payload crc",
+                self.payload_crc.into(),
+                other.payload_crc.into(),
+            ),
+            ("data crc", self.data_crc.into(), other.data_crc.into()),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| a != b)
+    }
+
     /// Image bytes of header and payload.
     pub fn encoded_len(&self) -> u64 {
         CHUNK_HEADER_SIZE as u64 + u64::from(self.stored_len)

@@ -1,5 +1,6 @@
 //! Errors of the image format: each names the structure, where it is and what
-//! was expected.
+//! was expected. A cause is the error's `source()` and is not repeated in its
+//! message: the CLI prints the whole chain.
 
 use crate::addr::ImageOffset;
 
@@ -7,7 +8,7 @@ use crate::addr::ImageOffset;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// Reading the image failed.
-    #[error("reading {what} at offset {offset}: {source}")]
+    #[error("reading {what} at offset {offset}")]
     Io {
         /// The structure being read.
         what: &'static str,
@@ -148,6 +149,15 @@ pub enum FormatError {
         offset: ImageOffset,
         /// What is wrong.
         reason: String,
+    },
+    /// A structure carries another capture's uuid: a leftover of an earlier
+    /// image, or a piece of another one.
+    #[error("{what} at offset {offset} belongs to another image (its uuid differs from the superblock's)")]
+    ForeignUuid {
+        /// The structure.
+        what: String,
+        /// Where it starts.
+        offset: ImageOffset,
     },
     /// A chunk's payload does not decompress to its recorded size.
     #[error("chunk {index} at offset {offset} does not decompress: {reason}")]

@@ -231,9 +231,9 @@ impl Image {
         let h = ChunkHeader::decode(&hb, e.offset.0)?;
         let what = || format!("chunk {i} header");
         if h.uuid != self.superblock.uuid {
-            return Err(FormatError::Metadata {
+            return Err(FormatError::ForeignUuid {
+                what: what(),
                 offset: e.offset,
-                reason: format!("chunk {i} belongs to another image (uuid differs)"),
             });
         }
         if u64::from(h.seq) != i as u64 {
@@ -245,11 +245,14 @@ impl Image {
                 h.seq.into(),
             ));
         }
-        if h.index_entry(e.offset) != *e {
-            return Err(FormatError::Metadata {
-                offset: e.offset,
-                reason: format!("chunk {i} header disagrees with its index entry"),
-            });
+        if let Some((field, indexed, found)) = e.first_difference(&h.index_entry(e.offset)) {
+            return Err(FormatError::mismatch(
+                what(),
+                field,
+                e.offset.0,
+                indexed,
+                found,
+            ));
         }
         decode_chunk(e, i as u64, &encoded[CHUNK_HEADER_SIZE..], out, scratch)?;
         self.check_edges(i, out)
@@ -390,9 +393,9 @@ fn check_trailer<R: ReadAt + ?Sized>(
     b.copy_from_slice(&bytes);
     let t = Trailer::decode(&b, l.trailer_offset)?;
     if t.uuid != sb.uuid {
-        return Err(FormatError::Metadata {
+        return Err(FormatError::ForeignUuid {
+            what: "trailer".into(),
             offset: ImageOffset(l.trailer_offset),
-            reason: "trailer belongs to another image (uuid differs from the superblock)".into(),
         });
     }
     let fields = [

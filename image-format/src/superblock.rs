@@ -299,11 +299,16 @@ fn check_magic(found: &[u8]) -> Result<(), FormatError> {
     if found == want {
         return Ok(());
     }
-    if found[..8] == MAGIC_PREFIX {
-        let arch: Vec<u8> = found[8..].iter().copied().take_while(|&c| c != 0).collect();
+    // Another architecture only when the name field holds a name (nonzero
+    // bytes, then zeros): damage to this build's own magic, such as a byte
+    // after "x86_64" or an empty name, is a bad magic, not "x86_64 != x86_64".
+    let arch = &found[8..];
+    let name_len = arch.iter().position(|&c| c == 0).unwrap_or(arch.len());
+    let padded = arch[name_len..].iter().all(|&c| c == 0);
+    if found[..8] == MAGIC_PREFIX && name_len > 0 && padded {
         return Err(FormatError::WrongArchitecture {
             expected: ARCH_NAME,
-            found: show_bytes(&arch),
+            found: show_bytes(&arch[..name_len]),
         });
     }
     Err(FormatError::BadMagic {
@@ -347,6 +352,18 @@ mod tests {
             let mut c = b.clone();
             c[i] ^= 0x10;
             assert!(Superblock::decode(&c).is_err(), "flip at {i} not caught");
+        }
+    }
+
+    #[test]
+    fn damage_to_this_architecture_name_is_a_bad_magic() {
+        for (at, byte) in [(15, 0x80), (8, 0)] {
+            let mut b = Superblock::writing([1; 16], 9).encode();
+            b[at] = byte;
+            match Superblock::decode(&b) {
+                Err(FormatError::BadMagic { .. }) => {}
+                other => panic!("byte {at} = {byte:#x}: {other:?}"),
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use cpio::{Archive, CpioError, Kind};
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     /// A host file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The host file.
         path: String,

@@ -31,7 +31,7 @@ pub enum ExportError {
 
 /// Writing the output failed.
 #[derive(Debug, thiserror::Error)]
-#[error("writing {path} at offset {offset:#x}: {source}")]
+#[error("writing {path} at offset {offset:#x}")]
 pub struct OutputError {
     path: PathBuf,
     offset: u64,

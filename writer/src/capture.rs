@@ -31,7 +31,7 @@ pub enum CaptureError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// Writing the target failed.
-    #[error("{0}; the image is left uncommitted")]
+    #[error("the image is left uncommitted")]
     Target(#[from] TargetError),
     /// The worst case image does not fit on the target.
     #[error("target {path} has room for {capacity} bytes, but the image of this source can take up to {worst_case} bytes when nothing compresses (pass --assume-fits to try anyway)")]

@@ -19,7 +19,7 @@ use crate::elf::{self, ElfCore, ElfError};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// Opening or inspecting the source failed.
-    #[error("opening source {path}: {source}")]
+    #[error("opening source {path}")]
     Open {
         /// The source.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum SourceError {
         source: std::io::Error,
     },
     /// The ELF core is unusable.
-    #[error("source {path} is not a usable ELF core: {source}")]
+    #[error("source {path} is not a usable ELF core")]
     Elf {
         /// The source.
         path: PathBuf,
@@ -53,7 +53,7 @@ pub enum SourceError {
         size: u64,
     },
     /// Reading memory failed.
-    #[error("reading {len:#x} bytes of {path} at file offset {offset:#x} (physical {phys:#x}): {source}")]
+    #[error("reading {len:#x} bytes of {path} at file offset {offset:#x} (physical {phys:#x})")]
     Read {
         /// The source.
         path: PathBuf,

@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,7 +22,7 @@ use kjump_image_format::ImageOffset;
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// Opening or inspecting the target failed.
-    #[error("opening target {path}: {source}")]
+    #[error("opening target {path}")]
     Open {
         /// The target.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum TargetError {
         path: PathBuf,
     },
     /// A write failed.
-    #[error("writing {len} bytes to {path} at offset {offset}: {source}")]
+    #[error("writing {len} bytes to {path} at offset {offset}")]
     Write {
         /// The target.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum TargetError {
         source: std::io::Error,
     },
     /// Flushing to stable storage failed.
-    #[error("flushing {path} to stable storage: {source}")]
+    #[error("flushing {path} to stable storage")]
     Sync {
         /// The target.
         path: PathBuf,
@@ -134,7 +134,10 @@ impl AlignedBuf {
 
 impl Target {
     /// Opens a block device exclusively (the kernel refuses when it is
-    /// mounted or otherwise claimed), or creates/truncates a regular file.
+    /// mounted or otherwise claimed), or a regular file, created if need be.
+    /// An existing file is not truncated: a capture refused up front (too
+    /// small) must leave the image it holds intact; a capture that goes ahead
+    /// invalidates it with its first write and sets the length at the commit.
     pub fn open(path: &Path) -> Result<Target, TargetError> {
         let err = |source| TargetError::Open {
             path: path.to_path_buf(),
@@ -158,7 +161,7 @@ impl Target {
             if block_device {
                 flags |= libc::O_EXCL;
             } else {
-                opts.create(true).truncate(true);
+                opts.create(true);
             }
             opts.custom_flags(flags).open(path)
         };
@@ -171,7 +174,9 @@ impl Target {
         let capacity = if block_device {
             Some(file.seek(SeekFrom::End(0)).map_err(err)?)
         } else {
-            free_space(&file)
+            // The new image reuses the blocks the file already holds.
+            let held = file.metadata().map_err(err)?.blocks().saturating_mul(512);
+            free_space(&file).map(|free| free.saturating_add(held))
         };
         Ok(Target {
             path: path.to_path_buf(),
@@ -205,7 +210,7 @@ impl Target {
     }
 
     /// Bytes an image may take, when known: a block device's size, or the
-    /// space free on a regular file's filesystem.
+    /// space free on a regular file's filesystem plus what the file holds.
     pub fn capacity(&self) -> Option<u64> {
         self.capacity
     }
