@@ -60,6 +60,8 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Hibernate this machine: jump into a capture kernel that saves RAM to TARGET
+    Hibernate(cmd::hibernate::HibernateArgs),
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
         /// The cpio archive to write
@@ -99,6 +101,10 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        // The capture kernel runs kjump as /init.
+        kjump_initramfs::init::main();
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             output,
             threads,
         } => cmd::inspect::export(&image, &output, threads),
+        Command::Hibernate(args) => cmd::hibernate::run(args),
         Command::Mkinitramfs {
             output,
             init,

@@ -1,4 +1,5 @@
-//! The initramfs kjump boots its capture and restore kernels with.
+//! The initramfs kjump boots its capture and restore kernels with, and the
+//! program that runs as its `/init` ([`init`]).
 //!
 //! [`cpio`] writes (and reads back) the kernel's initramfs format, newc cpio,
 //! reproducibly: the same files give the same bytes, whatever the build
@@ -7,6 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cpio;
+pub mod hibernate;
+pub mod init;
+pub mod manifest;
 
 use cpio::{Archive, CpioError, Kind};
 
@@ -40,6 +44,15 @@ pub struct ExtraFile {
 /// binary), the console node the kernel opens before running it, and the
 /// mount points /init uses. Extra files follow; their modes are kept.
 pub fn build(init: &std::path::Path, extra: &[ExtraFile]) -> Result<Vec<u8>, InitramfsError> {
+    build_with(init, extra, &[])
+}
+
+/// [`build`], plus files generated in memory: `(path, mode, contents)`.
+pub fn build_with(
+    init: &std::path::Path,
+    extra: &[ExtraFile],
+    generated: &[(&str, u32, Vec<u8>)],
+) -> Result<Vec<u8>, InitramfsError> {
     use std::os::unix::fs::PermissionsExt;
     let read = |p: &std::path::Path| {
         let data = std::fs::read(p).map_err(|source| InitramfsError::Read {
@@ -59,6 +72,9 @@ pub fn build(init: &std::path::Path, extra: &[ExtraFile]) -> Result<Vec<u8>, Ini
     for f in extra {
         let (data, mode) = read(&f.host)?;
         a.add(f.dest.trim_start_matches('/'), mode, Kind::File(data))?;
+    }
+    for (path, mode, data) in generated {
+        a.add(path, *mode, Kind::File(data.clone()))?;
     }
     Ok(a.to_bytes())
 }

@@ -1,10 +1,15 @@
 //! Reading kjump images back: checking every byte in parallel
-//! ([`verify()`]) and writing the saved memory out as an ELF core
-//! ([`export()`]) for crash, drgn and gdb.
+//! ([`verify()`]), writing the saved memory out as an ELF core
+//! ([`export()`]) for crash, drgn and gdb, and jumping back into a saved
+//! kernel ([`kexec`]).
+//!
+//! Unsafe code is confined to [`kexec`] (two system calls).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod export;
+#[allow(unsafe_code)]
+pub mod kexec;
 pub mod scan;
 pub mod verify;
 

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod capture;
+pub mod hibernate;
 pub mod initramfs;
 pub mod inspect;
 

@@ -77,6 +77,16 @@ pub fn parse_range_list(list: &str) -> Result<Vec<PhysRange>, RangesError> {
 /// Takes the "System RAM" lines of a file in /proc/iomem's format
 /// (`00100000-3ffdffff : System RAM`, any indentation).
 pub fn parse_iomem(path: &str, text: &str) -> Result<Vec<PhysRange>, RangesError> {
+    parse_iomem_named(path, text, "System RAM")
+}
+
+/// Takes the lines of /proc/iomem-format text whose name is `wanted`
+/// (e.g. "Crash kernel"), any indentation.
+pub fn parse_iomem_named(
+    path: &str,
+    text: &str,
+    wanted: &str,
+) -> Result<Vec<PhysRange>, RangesError> {
     let mut out = Vec::new();
     let mut all_zero = true;
     for (n, line) in text.lines().enumerate() {
@@ -90,7 +100,7 @@ pub fn parse_iomem(path: &str, text: &str) -> Result<Vec<PhysRange>, RangesError
                 reason: format!("expected \"START-END : NAME\", got {line:?}"),
             });
         };
-        if name.trim() != "System RAM" {
+        if name.trim() != wanted {
             continue;
         }
         let span = span.trim();
@@ -107,14 +117,14 @@ pub fn parse_iomem(path: &str, text: &str) -> Result<Vec<PhysRange>, RangesError
         );
     }
     if out.is_empty() {
-        let reason = if all_zero && text.contains("System RAM") {
-            "all System RAM addresses read as zero: read /proc/iomem as root"
+        let reason = if all_zero && text.contains(wanted) {
+            format!("all {wanted} addresses read as zero: read /proc/iomem as root")
         } else {
-            "no \"System RAM\" lines"
+            format!("no \"{wanted}\" lines")
         };
         return Err(RangesError::MapFile {
             path: path.into(),
-            reason: reason.into(),
+            reason,
         });
     }
     Ok(out)

@@ -204,6 +204,33 @@ impl Target {
         }
     }
 
+    /// Checks, without writing, that `path` can take an image: a block
+    /// device nobody holds (the kernel refuses an exclusive open of a mounted
+    /// one) or a regular file. Returns the capacity when known.
+    pub fn open_check(path: &Path) -> Result<Option<u64>, TargetError> {
+        let err = |source| TargetError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let kind = std::fs::metadata(path).map_err(err)?.file_type();
+        if kind.is_block_device() {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL)
+                .open(path)
+                .map_err(err)?;
+            return Ok(Some(f.seek(SeekFrom::End(0)).map_err(err)?));
+        }
+        if !kind.is_file() {
+            return Err(TargetError::Kind {
+                path: path.to_path_buf(),
+            });
+        }
+        let f = File::open(path).map_err(err)?;
+        let held = f.metadata().map_err(err)?.blocks().saturating_mul(512);
+        Ok(free_space(&f).map(|free| free.saturating_add(held)))
+    }
+
     /// The target's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,0 +1,347 @@
+//! `kjump hibernate`, on the running kernel A: preflight, the capture
+//! initramfs, the capture kernel's command line, the kexec load and the jump.
+//!
+//! The capture kernel B runs inside the `crashkernel=` region A reserved.
+//! Its command line confines it there (`memmap=exactmap` with the region, a
+//! little low memory for its real-mode trampoline, and the region minus its
+//! top megabyte, where kexec-tools puts the ELF core header), and describes
+//! the rest of A's RAM as reserved (`memmap=SIZE#START`) so that B's kexec
+//! identity map covers A's memory for the jump back. `iomem=relaxed` lets B
+//! read that memory through /dev/mem.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange};
+use kjump_restorer::kexec;
+use kjump_writer::ranges;
+
+use crate::manifest::{Manifest, Mode};
+
+/// Low memory the capture kernel takes for its real-mode trampoline.
+pub const B_LOW_MEMORY: (u64, u64) = (0x10000, 0x20000);
+/// Top of the region kexec-tools keeps for the ELF core header.
+pub const HEADER_RESERVE: u64 = 1 << 20;
+
+/// Why hibernation cannot start, or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HibernateError {
+    /// Something the jump needs is missing or wrong; nothing was changed.
+    #[error("preflight: {0}")]
+    Preflight(String),
+    /// Reading a system file failed.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// kexec-tools failed to load the capture kernel.
+    #[error("loading the capture kernel: {0}")]
+    Load(String),
+    /// The jump failed.
+    #[error(transparent)]
+    Jump(#[from] kexec::KexecError),
+    /// The initramfs could not be built.
+    #[error(transparent)]
+    Initramfs(#[from] crate::InitramfsError),
+}
+
+/// The memory layout of a jump, derived from A's /proc/iomem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JumpPlan {
+    /// The `crashkernel=` region B runs in.
+    pub region: PhysRange,
+    /// A's RAM that B must not touch and the capture saves: System RAM minus
+    /// the region and B's low memory.
+    pub saved: MemoryMap,
+}
+
+fn range(start: u64, end: u64) -> PhysRange {
+    // Callers pass start < end.
+    PhysRange::new(PhysAddr(start), PhysAddr(end)).unwrap_or_else(|_| unreachable!("empty range"))
+}
+
+impl JumpPlan {
+    /// Derives the plan from /proc/iomem's text.
+    pub fn from_iomem(text: &str) -> Result<JumpPlan, HibernateError> {
+        let pre = |e: ranges::RangesError| HibernateError::Preflight(e.to_string());
+        let crash = ranges::parse_iomem_named("/proc/iomem", text, "Crash kernel").map_err(|_| {
+            HibernateError::Preflight(
+                "no crashkernel region is reserved (\"Crash kernel\" missing from /proc/iomem): boot with crashkernel=256M".into(),
+            )
+        })?;
+        let region = crash[0];
+        if region.len() <= 2 * HEADER_RESERVE {
+            return Err(HibernateError::Preflight(format!(
+                "the crashkernel region {region} is too small for a capture kernel"
+            )));
+        }
+        let ram = MemoryMap::merged(ranges::parse_iomem("/proc/iomem", text).map_err(pre)?);
+        let taken = MemoryMap::merged(vec![region, range(B_LOW_MEMORY.0, B_LOW_MEMORY.1)]);
+        Ok(JumpPlan {
+            region,
+            saved: ram.subtract(&taken),
+        })
+    }
+
+    /// The capture kernel's memory map and confinement arguments.
+    pub fn memmap_args(&self) -> Vec<String> {
+        let r = self.region;
+        let mut args = vec![
+            "memmap=exactmap".to_string(),
+            format!(
+                "memmap={:#x}@{:#x}",
+                B_LOW_MEMORY.1 - B_LOW_MEMORY.0,
+                B_LOW_MEMORY.0
+            ),
+            format!("memmap={:#x}@{:#x}", r.len() - HEADER_RESERVE, r.start().0),
+        ];
+        for s in self.saved.ranges() {
+            args.push(format!("memmap={:#x}#{:#x}", s.len(), s.start().0));
+        }
+        args.push("iomem=relaxed".into());
+        args
+    }
+
+    /// The saved ranges as a manifest `ram=` value (inclusive ends).
+    pub fn ram_list(&self) -> String {
+        let parts: Vec<String> = self
+            .saved
+            .ranges()
+            .iter()
+            .map(|r| format!("{:#x}-{:#x}", r.start().0, r.end().0 - 1))
+            .collect();
+        parts.join(",")
+    }
+}
+
+/// The capture kernel's whole command line: A's console settings, the
+/// confinement, and a panic timeout so a failing B restarts the machine.
+pub fn capture_cmdline(plan: &JumpPlan, a_cmdline: &str) -> String {
+    let mut args: Vec<String> = a_cmdline
+        .split_ascii_whitespace()
+        .filter(|w| w.starts_with("console=") || w.starts_with("earlyprintk="))
+        .map(String::from)
+        .collect();
+    args.extend(plan.memmap_args());
+    args.push("panic=10".into());
+    args.join(" ")
+}
+
+/// How to hibernate.
+#[derive(Clone, Debug)]
+pub struct HibernateOptions {
+    /// Where the image goes, as both kernels name it.
+    pub target: PathBuf,
+    /// The capture kernel (bzImage).
+    pub kernel: PathBuf,
+    /// What B does after the commit.
+    pub mode: Mode,
+    /// kexec-tools' `kexec`.
+    pub kexec: PathBuf,
+    /// Extra files for the capture initramfs (e.g. busybox for a rescue shell).
+    pub extra: Vec<crate::ExtraFile>,
+    /// Only print what would be done.
+    pub dry_run: bool,
+}
+
+fn read(path: &str) -> Result<String, HibernateError> {
+    std::fs::read_to_string(path).map_err(|source| HibernateError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Refuses early, with the reason, what would make the jump fail later.
+fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<(), HibernateError> {
+    let fail = |s: String| Err(HibernateError::Preflight(s));
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/kexec_load_disabled") {
+        if v.trim() == "1" {
+            return fail("kexec_load is disabled (sysctl kernel.kexec_load_disabled=1, which cannot be undone until reboot)".into());
+        }
+    }
+    if let Ok(v) = std::fs::read_to_string("/sys/kernel/security/lockdown") {
+        if !v.contains("[none]") {
+            return fail(format!("the kernel is locked down ({}): kexec_load and /dev/mem are refused (Secure Boot?)", v.trim()));
+        }
+    }
+    let release = read("/proc/sys/kernel/osrelease")?;
+    let config = format!("/boot/config-{}", release.trim());
+    if let Ok(c) = std::fs::read_to_string(&config) {
+        if !c.lines().any(|l| l == "CONFIG_KEXEC_JUMP=y") {
+            return fail(format!(
+                "{config}: the running kernel lacks CONFIG_KEXEC_JUMP"
+            ));
+        }
+    }
+    if !opts.kernel.is_file() {
+        return fail(format!(
+            "capture kernel {} not found",
+            opts.kernel.display()
+        ));
+    }
+    if !opts.kexec.is_file() && which(&opts.kexec).is_none() {
+        return fail(format!(
+            "{} not found: install kexec-tools",
+            opts.kexec.display()
+        ));
+    }
+    let target = kjump_writer::Target::open_check(&opts.target)
+        .map_err(|e| HibernateError::Preflight(chain(&e)))?;
+    let metadata = Metadata {
+        ranges: plan.saved.clone(),
+        ..Metadata::default()
+    };
+    let worst = kjump_writer::worst_case_len(&metadata).unwrap_or(u64::MAX);
+    match target {
+        Some(capacity) if capacity < worst => fail(format!(
+            "target {} holds {capacity} bytes, but the image of {} bytes of RAM can take up to {worst}",
+            opts.target.display(),
+            plan.saved.total_bytes()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn which(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Hibernates: returns the time spent away once this kernel is resumed
+/// (or `None` for a dry run).
+pub fn hibernate(opts: &HibernateOptions) -> Result<Option<std::time::Duration>, HibernateError> {
+    let plan = JumpPlan::from_iomem(&read("/proc/iomem")?)?;
+    preflight(opts, &plan)?;
+    let a_cmdline = read("/proc/cmdline")?;
+    let cmdline = capture_cmdline(&plan, &a_cmdline);
+    let manifest = Manifest {
+        mode: opts.mode,
+        target: opts.target.display().to_string(),
+        ram: plan.ram_list(),
+        region: format!(
+            "{:#x}-{:#x}",
+            plan.region.start().0,
+            plan.region.end().0 - 1
+        ),
+        kernel_release: read("/proc/sys/kernel/osrelease")?.trim().to_string(),
+        started_ns: kjump_writer::now_ns(),
+    };
+    let exe = std::env::current_exe().map_err(|source| HibernateError::Read {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let initrd_path = std::env::temp_dir().join("kjump-capture-initramfs.cpio");
+    let load = [
+        "--load-preserve-context".to_string(),
+        format!("--mem-min={:#x}", plan.region.start().0),
+        format!("--mem-max={:#x}", plan.region.end().0 - 1),
+        opts.kernel.display().to_string(),
+        format!("--initrd={}", initrd_path.display()),
+        format!("--append={cmdline}"),
+    ];
+    println!("capture kernel region: {}", plan.region);
+    println!(
+        "RAM to save: {} bytes in {} ranges",
+        plan.saved.total_bytes(),
+        plan.saved.ranges().len()
+    );
+    println!("manifest:\n{}", manifest.encode().trim_end());
+    println!("{} {}", opts.kexec.display(), load.join(" "));
+    if opts.dry_run {
+        return Ok(None);
+    }
+    let generated = [(crate::manifest::PATH, 0o644, manifest.encode().into_bytes())];
+    let initrd = crate::build_with(&exe, &opts.extra, &generated)?;
+    std::fs::write(&initrd_path, initrd).map_err(|source| HibernateError::Read {
+        path: initrd_path.display().to_string(),
+        source,
+    })?;
+    let out = Command::new(&opts.kexec)
+        .args(&load)
+        .output()
+        .map_err(|e| HibernateError::Load(format!("running {}: {e}", opts.kexec.display())))?;
+    let _ = std::fs::remove_file(&initrd_path);
+    if !out.status.success() {
+        return Err(HibernateError::Load(format!(
+            "{} exited with {}: {}",
+            opts.kexec.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let left = Instant::now();
+    kexec::jump()?;
+    Ok(Some(left.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
+        000a0000-000fffff : Reserved\n00100000-3ffdffff : System RAM\n  \
+        01000000-01ffffff : Kernel code\n  2f000000-3effffff : Crash kernel\n\
+        3ffe0000-3fffffff : Reserved\n";
+
+    #[test]
+    fn plan_excludes_the_region_and_low_memory() {
+        let p = JumpPlan::from_iomem(IOMEM).unwrap();
+        assert_eq!(p.region.to_string(), "0x2f000000-0x3effffff");
+        assert_eq!(
+            p.ram_list(),
+            "0x1000-0xffff,0x20000-0x9fbff,0x100000-0x2effffff,0x3f000000-0x3ffdffff"
+        );
+        assert_eq!(
+            p.memmap_args(),
+            [
+                "memmap=exactmap",
+                "memmap=0x10000@0x10000",
+                "memmap=0xff00000@0x2f000000",
+                "memmap=0xf000#0x1000",
+                "memmap=0x7fc00#0x20000",
+                "memmap=0x2ef00000#0x100000",
+                "memmap=0xfe0000#0x3f000000",
+                "iomem=relaxed",
+            ]
+        );
+    }
+
+    #[test]
+    fn cmdline_keeps_only_the_console() {
+        let p = JumpPlan::from_iomem(IOMEM).unwrap();
+        let c = capture_cmdline(
+            &p,
+            "root=/dev/vda ro console=ttyS0,115200 quiet crashkernel=256M",
+        );
+        assert!(
+            c.starts_with("console=ttyS0,115200 memmap=exactmap "),
+            "{c}"
+        );
+        assert!(c.ends_with(" iomem=relaxed panic=10"), "{c}");
+        assert!(!c.contains("root="), "{c}");
+    }
+
+    #[test]
+    fn missing_region_is_explained() {
+        let e = JumpPlan::from_iomem("00001000-0009fbff : System RAM\n").unwrap_err();
+        assert!(e.to_string().contains("boot with crashkernel=256M"), "{e}");
+    }
+}

@@ -1,0 +1,200 @@
+//! The manifest: what the kernel being saved tells the capture kernel.
+//!
+//! `kjump hibernate` writes it into the capture initramfs as
+//! `etc/kjump/manifest`; kjump as `/init` in the capture kernel reads it. One
+//! `key=value` per line, `#` comments; every key known, every required key
+//! present, nothing repeated.
+
+use std::fmt::Write as _;
+
+/// Path of the manifest inside the initramfs.
+pub const PATH: &str = "etc/kjump/manifest";
+/// Version of the manifest format.
+pub const VERSION: u32 = 1;
+
+/// What the capture kernel does once the image is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Power the machine off (hibernation).
+    Poweroff,
+    /// Reboot the machine.
+    Reboot,
+    /// Jump straight back to the saved kernel: a whole-machine checkpoint.
+    Checkpoint,
+}
+
+impl Mode {
+    /// The word used in manifests and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Poweroff => "poweroff",
+            Mode::Reboot => "reboot",
+            Mode::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// Parses [`Mode::name`].
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "poweroff" => Some(Mode::Poweroff),
+            "reboot" => Some(Mode::Reboot),
+            "checkpoint" => Some(Mode::Checkpoint),
+            _ => None,
+        }
+    }
+}
+
+/// A manifest line that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("manifest line {line}: {reason}")]
+pub struct ManifestError {
+    /// Line number, from 1 (0 for the manifest as a whole).
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The decoded manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// What to do after the commit.
+    pub mode: Mode,
+    /// The block device (or file) to write the image to, as the capture
+    /// kernel names it.
+    pub target: String,
+    /// The saved kernel's physical memory to capture: `start-end` pairs with
+    /// inclusive ends, as in /proc/iomem.
+    pub ram: String,
+    /// The reserved region the capture kernel runs in (`start-end`).
+    pub region: String,
+    /// `uname -r` of the saved kernel.
+    pub kernel_release: String,
+    /// When the saved kernel started hibernating, ns since the epoch.
+    pub started_ns: u64,
+}
+
+impl Manifest {
+    /// The manifest as text.
+    pub fn encode(&self) -> String {
+        let mut s = String::from("# kjump capture manifest\n");
+        let _ = writeln!(s, "version={VERSION}");
+        let _ = writeln!(s, "mode={}", self.mode.name());
+        let _ = writeln!(s, "target={}", self.target);
+        let _ = writeln!(s, "ram={}", self.ram);
+        let _ = writeln!(s, "region={}", self.region);
+        let _ = writeln!(s, "kernel-release={}", self.kernel_release);
+        let _ = writeln!(s, "started-ns={}", self.started_ns);
+        s
+    }
+
+    /// Parses and checks a manifest.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let mut fields: [(&str, Option<(usize, &str)>); 7] = [
+            ("version", None),
+            ("mode", None),
+            ("target", None),
+            ("ram", None),
+            ("region", None),
+            ("kernel-release", None),
+            ("started-ns", None),
+        ];
+        for (n, line) in text.lines().enumerate() {
+            let line_no = n + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |reason: String| ManifestError {
+                line: line_no,
+                reason,
+            };
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| err(format!("expected key=value, got {line:?}")))?;
+            let slot = fields
+                .iter_mut()
+                .find(|(name, _)| *name == k)
+                .ok_or_else(|| err(format!("unknown key {k:?}")))?;
+            if slot.1.is_some() {
+                return Err(err(format!("{k} given twice")));
+            }
+            slot.1 = Some((line_no, v));
+        }
+        let get = |key: &str| {
+            fields
+                .iter()
+                .find(|(name, _)| *name == key)
+                .and_then(|(_, v)| *v)
+                .ok_or_else(|| ManifestError {
+                    line: 0,
+                    reason: format!("required key {key} is missing"),
+                })
+        };
+        let (line, version) = get("version")?;
+        if version != VERSION.to_string() {
+            return Err(ManifestError {
+                line,
+                reason: format!("version {version:?}, this kjump reads {VERSION}"),
+            });
+        }
+        let (line, mode) = get("mode")?;
+        let mode = Mode::parse(mode).ok_or_else(|| ManifestError {
+            line,
+            reason: format!("mode {mode:?} is not poweroff, reboot or checkpoint"),
+        })?;
+        let (line, started) = get("started-ns")?;
+        let started_ns = started.parse().map_err(|e| ManifestError {
+            line,
+            reason: format!("started-ns {started:?}: {e}"),
+        })?;
+        Ok(Manifest {
+            mode,
+            target: get("target")?.1.to_string(),
+            ram: get("ram")?.1.to_string(),
+            region: get("region")?.1.to_string(),
+            kernel_release: get("kernel-release")?.1.to_string(),
+            started_ns,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            mode: Mode::Checkpoint,
+            target: "/dev/vdb".into(),
+            ram: "0x1000-0xffff,0x20000-0x9efff".into(),
+            region: "0x2f000000-0x3effffff".into(),
+            kernel_release: "6.12.117".into(),
+            started_ns: 42,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        assert_eq!(Manifest::parse(&sample().encode()).unwrap(), sample());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let text = sample().encode();
+        let e = Manifest::parse(&format!("{text}mode=poweroff\n")).unwrap_err();
+        assert_eq!(e.to_string(), "manifest line 9: mode given twice");
+        let e = Manifest::parse(&text.replace("mode=checkpoint", "mode=sleep")).unwrap_err();
+        assert_eq!(e.line, 3);
+        let e = Manifest::parse(&text.replace("version=1", "version=2")).unwrap_err();
+        assert!(e.to_string().contains("this kjump reads 1"), "{e}");
+        let e = Manifest::parse(&text.replace("target=/dev/vdb\n", "")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest line 0: required key target is missing"
+        );
+        let e = Manifest::parse("bogus\n").unwrap_err();
+        assert!(e.to_string().contains("expected key=value"), "{e}");
+        let e = Manifest::parse("color=blue\n").unwrap_err();
+        assert!(e.to_string().contains("unknown key \"color\""), "{e}");
+    }
+}
