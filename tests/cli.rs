@@ -173,79 +173,50 @@ fn capture_errors_name_what_is_wrong() {
     let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
     let img = dir.path("e.img");
     let img = img.to_str().unwrap();
-    let e = fails(&["capture", "--source", &mem, "--target", img], 2);
-    assert!(
-        e.contains("is not an ELF core: give the physical ranges"),
-        "{e}"
-    );
-    let e = fails(
-        &[
-            "capture",
-            "--source",
+    let iomem = dir.path("iomem");
+    std::fs::write(&iomem, "00000000-00000000 : System RAM\n").unwrap();
+    let cases: [(&str, &str, &[&str], &str); 6] = [
+        (
             &mem,
-            "--target",
             img,
-            "--ranges",
-            "0x1000-0x8fff",
-        ],
-        2,
-    );
-    assert!(
-        e.contains("range 0x1000-0x8fff lies beyond the end of"),
-        "{e}"
-    );
-    let e = fails(
-        &[
-            "capture", "--source", &mem, "--target", img, "--ranges", "0x1000",
-        ],
-        2,
-    );
-    assert!(
-        e.contains("range 0 (\"0x1000\") of the list: expected START-END"),
-        "{e}"
-    );
-    let e = fails(
-        &[
-            "capture",
-            "--source",
+            &[],
+            "is not an ELF core: give the physical ranges",
+        ),
+        (
+            &mem,
+            img,
+            &["--ranges", "0x1000-0x8fff"],
+            "range 0x1000-0x8fff lies beyond the end of",
+        ),
+        (
+            &mem,
+            img,
+            &["--ranges", "0x1000"],
+            "range 0 (\"0x1000\") of the list: expected START-END",
+        ),
+        (
             "/nonexistent/mem",
-            "--target",
             img,
-            "--ranges",
-            "0-0xfff",
-        ],
-        2,
-    );
-    assert!(e.contains("opening source /nonexistent/mem"), "{e}");
-    let e = fails(
-        &[
-            "capture",
-            "--source",
+            &["--ranges", "0-0xfff"],
+            "opening source /nonexistent/mem",
+        ),
+        (
             &mem,
-            "--target",
             "/dev/null",
-            "--ranges",
-            "0x1000-0x1fff",
-        ],
-        2,
-    );
-    assert!(
-        e.contains("neither a regular file nor a block device"),
-        "{e}"
-    );
-    let empty = dir.path("iomem");
-    std::fs::write(&empty, "00000000-00000000 : System RAM\n").unwrap();
-    let e = fails(
-        &[
-            "capture",
-            "--source",
+            &["--ranges", "0x1000-0x1fff"],
+            "neither a regular file nor a block device",
+        ),
+        (
             &mem,
-            "--target",
             img,
-            "--memmap",
-            empty.to_str().unwrap(),
-        ],
-        2,
-    );
-    assert!(e.contains("read /proc/iomem as root"), "{e}");
+            &["--memmap", iomem.to_str().unwrap()],
+            "read /proc/iomem as root",
+        ),
+    ];
+    for (source, target, extra, want) in cases {
+        let mut args = vec!["capture", "--source", source, "--target", target];
+        args.extend_from_slice(extra);
+        let e = fails(&args, 2);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
 }

@@ -191,7 +191,7 @@ fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<(), HibernateEr
         ));
     }
     let target = kjump_writer::Target::open_check(&opts.target)
-        .map_err(|e| HibernateError::Preflight(chain(&e)))?;
+        .map_err(|e| HibernateError::Preflight(crate::error_chain(&e)))?;
     let metadata = Metadata {
         ranges: plan.saved.clone(),
         ..Metadata::default()
@@ -212,17 +212,6 @@ fn which(name: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Hibernates: returns the time spent away once this kernel is resumed

@@ -111,7 +111,8 @@ fn capture_phase(entry: &mut Option<u64>) -> Result<Plan, String> {
         manifest.kernel_release,
         manifest.target
     ));
-    let source = MemorySource::open(Path::new("/dev/mem"), Some(map)).map_err(|e| chain(&e))?;
+    let source =
+        MemorySource::open(Path::new("/dev/mem"), Some(map)).map_err(|e| crate::error_chain(&e))?;
     let mut metadata = source.metadata();
     metadata.kernel_release = Some(manifest.kernel_release.clone());
     metadata.jump_back_entry = *entry;
@@ -124,9 +125,9 @@ fn capture_phase(entry: &mut Option<u64>) -> Result<Plan, String> {
     metadata
         .extra
         .push(("started-ns".into(), manifest.started_ns.to_string()));
-    let target = Target::open(Path::new(&manifest.target)).map_err(|e| chain(&e))?;
+    let target = Target::open(Path::new(&manifest.target)).map_err(|e| crate::error_chain(&e))?;
     let opts = CaptureOptions::new();
-    let report = capture(&source, &target, &metadata, &opts).map_err(|e| chain(&e))?;
+    let report = capture(&source, &target, &metadata, &opts).map_err(|e| crate::error_chain(&e))?;
     let secs = report.elapsed.as_secs_f64();
     say(format_args!(
         "image committed: {} pages ({} zero), {} bytes in {:.2} s ({:.0} MB/s)",
@@ -140,18 +141,6 @@ fn capture_phase(entry: &mut Option<u64>) -> Result<Plan, String> {
         mode: manifest.mode,
         entry: entry.unwrap_or_default(),
     })
-}
-
-/// An error with its causes, as the CLI prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn finish(plan: Plan) -> ! {
@@ -180,7 +169,7 @@ fn jump_back(entry: u64) {
         // A jump back that returns means the saved kernel jumped here again:
         // it has no further use for this kernel.
         Ok(()) => say("the saved kernel returned to the capture kernel"),
-        Err(e) => say(chain(&e)),
+        Err(e) => say(crate::error_chain(&e)),
     }
 }
 

@@ -14,6 +14,18 @@ pub mod manifest;
 
 use cpio::{Archive, CpioError, Kind};
 
+/// An error with its causes, as the CLI prints them (`a: b: c`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Why an initramfs could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
