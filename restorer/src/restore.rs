@@ -1,0 +1,179 @@
+//! Writing a saved kernel's memory back: the heart of a resume.
+//!
+//! Order matters, and each step refuses rather than guess: the image must be
+//! committed and never consumed, every checksum must hold, none of its
+//! ranges may overlap the running kernel's own RAM; then the image is marked
+//! consumed (a crash from here on must not loop into it again), and only
+//! then is a single byte of memory written.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kjump_image_format::{FormatError, Image, ImageState, MemoryMap, PAGE_SIZE};
+use kjump_writer::Target;
+
+use crate::physmem::{PhysMem, PhysMemError};
+use crate::scan::{scan_chunks, ScanError};
+
+/// Why a restore refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The image cannot be opened or read.
+    #[error("opening image {path}")]
+    Open {
+        /// The image.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image fails a check; nothing was changed.
+    #[error("image {path} is not whole; it was left as it is")]
+    Invalid {
+        /// The image.
+        path: String,
+        /// The check that failed.
+        #[source]
+        source: ScanError<std::convert::Infallible>,
+    },
+    /// The image was restored before.
+    #[error("image {path} was consumed by an earlier resume; it will not be resumed again")]
+    Consumed {
+        /// The image.
+        path: String,
+    },
+    /// The image has no re-entry point.
+    #[error("image {path} records no jump-back entry: it was not captured by a kexec jump")]
+    NoEntry {
+        /// The image.
+        path: String,
+    },
+    /// A saved range overlaps this kernel's own RAM.
+    #[error("saved range {range} overlaps this kernel's own RAM {own}: this is not the machine or the memory layout the image was captured on")]
+    Overlap {
+        /// The saved range.
+        range: String,
+        /// The running kernel's RAM it hits.
+        own: String,
+    },
+    /// Marking the image consumed failed; memory was not touched.
+    #[error("marking image {path} consumed; memory was not touched")]
+    MarkConsumed {
+        /// The image.
+        path: String,
+        /// The cause.
+        #[source]
+        source: kjump_writer::TargetError,
+    },
+    /// Mapping memory failed; memory was not touched.
+    #[error(transparent)]
+    Map(PhysMemError),
+    /// Writing memory failed part way: the saved kernel cannot be resumed.
+    #[error("writing the saved memory failed part way")]
+    Write(#[source] ScanError<PhysMemError>),
+}
+
+/// What a restore did.
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    /// Where the saved kernel re-enters.
+    pub entry: u64,
+    /// Bytes of memory written (whole ranges).
+    pub bytes: u64,
+    /// Time spent verifying.
+    pub verify: Duration,
+    /// Time spent writing memory.
+    pub write: Duration,
+}
+
+/// Checks `image_path` and writes its memory through `mem_path` (/dev/mem, or
+/// a file standing in for it). `own_ram` is the running kernel's RAM.
+pub fn restore(
+    image_path: &Path,
+    mem_path: &Path,
+    own_ram: &MemoryMap,
+    threads: usize,
+) -> Result<RestoreReport, RestoreError> {
+    let shown = image_path.display().to_string();
+    let file = File::open(image_path).map_err(|source| RestoreError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    let invalid = |source| RestoreError::Invalid {
+        path: shown.clone(),
+        source,
+    };
+    let image = Image::open(&file).map_err(|e| invalid(ScanError::Image(e)))?;
+    if image.superblock.state == ImageState::Consumed {
+        return Err(RestoreError::Consumed { path: shown });
+    }
+    let entry = image
+        .metadata
+        .jump_back_entry
+        .ok_or_else(|| RestoreError::NoEntry {
+            path: shown.clone(),
+        })?;
+    for r in image.metadata.ranges.ranges() {
+        if let Some(own) = own_ram.ranges().iter().find(|o| o.intersect(r).is_some()) {
+            return Err(RestoreError::Overlap {
+                range: r.to_string(),
+                own: own.to_string(),
+            });
+        }
+    }
+    let started = Instant::now();
+    crate::verify(&file, &image, threads, false).map_err(invalid)?;
+    let verify = started.elapsed();
+    mark_consumed(image_path, &image).map_err(|source| RestoreError::MarkConsumed {
+        path: shown.clone(),
+        source,
+    })?;
+    let mem = PhysMem::open(mem_path, &image.metadata.ranges).map_err(RestoreError::Map)?;
+    let started = Instant::now();
+    scan_chunks(&file, &image, threads, false, |i, pages| {
+        write_chunk(&mem, &image, i, pages)
+    })
+    .map_err(RestoreError::Write)?;
+    mem.flush().map_err(|e| {
+        RestoreError::Write(ScanError::Image(FormatError::Io {
+            what: "flushing restored memory",
+            offset: kjump_image_format::ImageOffset(0),
+            source: e,
+        }))
+    })?;
+    Ok(RestoreReport {
+        entry,
+        bytes: image.metadata.ranges.total_bytes(),
+        verify,
+        write: started.elapsed(),
+    })
+}
+
+/// Rewrites the superblock in state consumed and flushes it.
+fn mark_consumed(path: &Path, image: &Image) -> Result<(), kjump_writer::TargetError> {
+    let mut sb = image.superblock;
+    sb.state = ImageState::Consumed;
+    sb.consumed_time_ns = kjump_writer::now_ns().max(1);
+    let target = Target::open(path)?;
+    target.write_copy_at(&sb.encode(), 0)?;
+    target.sync()
+}
+
+/// Writes chunk `i`'s pages, clipped to its range (a partial edge page
+/// writes only its bytes inside the range).
+#[allow(unsafe_code)]
+fn write_chunk(mem: &PhysMem, image: &Image, i: usize, pages: &[u8]) -> Result<(), PhysMemError> {
+    let spec = &image.specs[i];
+    let range = image.metadata.ranges.ranges()[spec.range];
+    let base = spec.first_pfn.addr().0;
+    let end = base + (usize::from(spec.page_count) * PAGE_SIZE) as u64;
+    let (from, to) = (base.max(range.start().0), end.min(range.end().0));
+    let bytes = &pages[(from - base) as usize..(to - base) as usize];
+    // SAFETY: chunks cover disjoint frames of the ranges (the reader checked
+    // the index against the chunk sequence the ranges imply), and a frame
+    // shared by two ranges is clipped to each range's own bytes, so no two
+    // calls write the same byte. restore() refused ranges that overlap this
+    // kernel's own RAM before mapping them.
+    unsafe { mem.write(from, bytes) }
+}

@@ -1,0 +1,152 @@
+//! The restore path against a file standing in for /dev/mem: every byte of
+//! every saved range comes back, nothing outside them is touched, and every
+//! refusal happens before the image or memory changes.
+
+mod common;
+
+use std::path::Path;
+
+use common::cores::{read_core, TempDir};
+use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
+use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange};
+use kjump_restorer::{restore, RestoreError};
+use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
+
+const FILL: u8 = 0xee;
+
+/// Physical memory as a file (offset = address) holding a synthetic dump's
+/// segments, and the image of its ranges.
+fn setup(dir: &TempDir, entry: Option<u64>) -> (Vec<u8>, MemoryMap) {
+    let k = 4096u64;
+    let segments = vec![
+        SegmentSpec::new(0x1000, 0x9ec00),
+        SegmentSpec::new(0x100000, 300 * k),
+        SegmentSpec::new(0x300123, 5 * k + 77),
+    ];
+    let dump = dir.path("d.elf");
+    write_dump(&DumpSpec::new(21, segments), &dump).unwrap();
+    let (segs, _) = read_core(&dump);
+    let end = segs
+        .iter()
+        .map(|s| s.paddr + s.bytes.len() as u64)
+        .max()
+        .unwrap()
+        + 2 * k;
+    let mut mem = vec![0u8; end as usize];
+    for s in &segs {
+        mem[s.paddr as usize..s.paddr as usize + s.bytes.len()].copy_from_slice(&s.bytes);
+    }
+    std::fs::write(dir.path("mem"), &mem).unwrap();
+    let map = MemoryMap::from_sorted(
+        segs.iter()
+            .map(|s| PhysRange::from_start_len(PhysAddr(s.paddr), s.bytes.len() as u64).unwrap())
+            .collect(),
+    )
+    .unwrap();
+    let source = MemorySource::open(&dir.path("mem"), Some(map.clone())).unwrap();
+    let mut meta = source.metadata();
+    meta.jump_back_entry = entry;
+    let target = Target::open(&dir.path("img")).unwrap();
+    capture(&source, &target, &meta, &CaptureOptions::new()).unwrap();
+    (mem, map)
+}
+
+fn blank_memory(dir: &TempDir, len: usize) {
+    std::fs::write(dir.path("blank"), vec![FILL; len]).unwrap();
+}
+
+fn state(path: &Path) -> ImageState {
+    let f = std::fs::File::open(path).unwrap();
+    kjump_image_format::reader::read_superblock(&f)
+        .unwrap()
+        .state
+}
+
+fn own_ram() -> MemoryMap {
+    MemoryMap::merged(vec![PhysRange::from_start_len(
+        PhysAddr(0x2f00_0000),
+        0x1000_0000,
+    )
+    .unwrap()])
+}
+
+#[test]
+fn restore_writes_exactly_the_saved_bytes_and_consumes_the_image() {
+    let dir = TempDir::new("restore-ok");
+    let (mem, map) = setup(&dir, Some(0x1234_5000));
+    blank_memory(&dir, mem.len());
+    let report = restore(&dir.path("img"), &dir.path("blank"), &own_ram(), 2).unwrap();
+    assert_eq!(report.entry, 0x1234_5000);
+    assert_eq!(report.bytes, map.total_bytes());
+    let got = std::fs::read(dir.path("blank")).unwrap();
+    let mut at = 0usize;
+    for r in map.ranges() {
+        let (s, e) = (r.start().0 as usize, r.end().0 as usize);
+        assert!(
+            got[at..s].iter().all(|&b| b == FILL),
+            "bytes before {r} were touched"
+        );
+        assert!(got[s..e] == mem[s..e], "range {r} differs");
+        at = e;
+    }
+    assert!(
+        got[at..].iter().all(|&b| b == FILL),
+        "bytes after the last range were touched"
+    );
+    assert_eq!(state(&dir.path("img")), ImageState::Consumed);
+    // A consumed image still verifies, and is never resumed again.
+    let f = std::fs::File::open(dir.path("img")).unwrap();
+    let image = Image::open(&f).unwrap();
+    assert!(image.superblock.consumed_time_ns > 0);
+    kjump_restorer::verify(&f, &image, 2, false).unwrap();
+    let e = restore(&dir.path("img"), &dir.path("blank"), &own_ram(), 2).unwrap_err();
+    assert!(matches!(e, RestoreError::Consumed { .. }), "{e}");
+}
+
+fn assert_refused_untouched(dir: &TempDir, own: &MemoryMap, check: impl Fn(&RestoreError) -> bool) {
+    let len = std::fs::metadata(dir.path("mem")).unwrap().len() as usize;
+    blank_memory(dir, len);
+    let e = restore(&dir.path("img"), &dir.path("blank"), own, 2).unwrap_err();
+    assert!(check(&e), "unexpected refusal: {e}");
+    assert_eq!(state(&dir.path("img")), ImageState::Committed, "{e}");
+    let got = std::fs::read(dir.path("blank")).unwrap();
+    assert!(
+        got.iter().all(|&b| b == FILL),
+        "memory was touched although restore refused: {e}"
+    );
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let dir = TempDir::new("restore-refuse");
+    setup(&dir, Some(0x1000));
+    let overlapping =
+        MemoryMap::merged(vec![
+            PhysRange::from_start_len(PhysAddr(0x140000), 0x1000).unwrap()
+        ]);
+    assert_refused_untouched(
+        &dir,
+        &overlapping,
+        |e| matches!(e, RestoreError::Overlap { range, own } if range == "0x100000-0x22bfff" && own == "0x140000-0x140fff"),
+    );
+    // One flipped byte in a chunk payload: refused after verification,
+    // before the image is marked consumed.
+    let mut img = std::fs::read(dir.path("img")).unwrap();
+    let f = std::fs::File::open(dir.path("img")).unwrap();
+    let image = Image::open(&f).unwrap();
+    let last = image.index.iter().rev().find(|e| e.stored_len > 0).unwrap();
+    img[(last.offset.0 + 64 + u64::from(last.stored_len) / 2) as usize] ^= 0x01;
+    std::fs::write(dir.path("img"), &img).unwrap();
+    assert_refused_untouched(&dir, &own_ram(), |e| {
+        matches!(e, RestoreError::Invalid { .. })
+    });
+}
+
+#[test]
+fn an_image_without_a_jump_back_entry_is_refused() {
+    let dir = TempDir::new("restore-noentry");
+    setup(&dir, None);
+    assert_refused_untouched(&dir, &own_ram(), |e| {
+        matches!(e, RestoreError::NoEntry { .. })
+    });
+}
