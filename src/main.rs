@@ -62,6 +62,21 @@ enum Command {
     },
     /// Hibernate this machine: jump into a capture kernel that saves RAM to TARGET
     Hibernate(cmd::hibernate::HibernateArgs),
+    /// Early in a normal boot: resume the image on DEVICE if there is a whole one
+    Resume {
+        /// Device (or file) that may hold an image
+        #[arg(long)]
+        device: PathBuf,
+        /// Restore kernel, built with CONFIG_KEXEC_JUMP (default: /boot/vmlinuz-$(uname -r))
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// kexec-tools' kexec binary
+        #[arg(long, default_value = "kexec")]
+        kexec: PathBuf,
+        /// Check the image and print the kexec command, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
         /// The cpio archive to write
@@ -119,6 +134,12 @@ fn main() -> ExitCode {
             threads,
         } => cmd::inspect::export(&image, &output, threads),
         Command::Hibernate(args) => cmd::hibernate::run(args),
+        Command::Resume {
+            device,
+            kernel,
+            kexec,
+            dry_run,
+        } => cmd::hibernate::resume_boot(device, kernel, kexec, dry_run),
         Command::Mkinitramfs {
             output,
             init,

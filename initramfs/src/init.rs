@@ -1,14 +1,20 @@
-//! kjump as `/init` of the capture kernel.
+//! kjump as `/init` of the capture kernel B and of the restore kernel R.
 //!
-//! The saved kernel A jumped here with its memory intact. This program mounts
-//! what it needs, reads the manifest A left in the initramfs and the re-entry
-//! point A left on the command line, captures A's RAM from /dev/mem to the
-//! target, commits the image, then powers off, reboots or jumps back to A.
+//! In B, the saved kernel A jumped here with its memory intact. This program
+//! mounts what it needs, reads the manifest A left in the initramfs and the
+//! re-entry point A left on the command line, captures A's RAM from /dev/mem
+//! to the target, commits the image, then powers off, reboots or jumps back
+//! to A.
+//!
+//! In R (manifest mode `restore`, written by `kjump resume` on a fresh boot),
+//! it restores the image on the target into memory and jumps to A's
+//! re-entry point; a refusal restarts the machine into a normal boot.
 //!
 //! It is PID 1: it never panics out (a panic in PID 1 is a kernel panic) and
-//! every failure ends in a message on the console and a defined action: a
-//! rescue shell when the initramfs has one, else a jump back to A so the user
-//! loses nothing, else a power-off after a visible countdown.
+//! every failure ends in a message on the console and a defined action. In B:
+//! a rescue shell when the initramfs has one, else a jump back to A so the
+//! user loses nothing, else a power-off after a visible countdown. In R: a
+//! restart after a visible countdown.
 
 use std::fmt;
 use std::path::Path;
@@ -19,6 +25,7 @@ use kjump_restorer::kexec::{self, PowerAction};
 use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Target};
 use nix::mount::{mount, MsFlags};
 
+use crate::error_chain;
 use crate::manifest::{Manifest, Mode};
 
 /// A filesystem /init mounts.
@@ -56,7 +63,7 @@ pub const MOUNTS: [MountStep; 3] = [
     },
 ];
 
-/// Shell started when something fails, if the initramfs carries one.
+/// Shell started when a capture fails, if the initramfs carries one.
 pub const RESCUE_SHELL: &str = "/bin/sh";
 const COUNTDOWN: u64 = 10;
 
@@ -64,82 +71,136 @@ fn say(msg: impl fmt::Display) {
     eprintln!("kjump: {msg}");
 }
 
-/// What the capture phase learned and decided.
+/// What a phase decided.
 struct Plan {
     mode: Mode,
     entry: u64,
 }
 
+/// What is known when something fails: decides the fallback.
+#[derive(Default)]
+struct State {
+    entry: Option<u64>,
+    restoring: bool,
+}
+
 /// Runs /init. Never returns.
 pub fn main() -> ! {
-    say("capture kernel started");
-    let mut entry = None;
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| capture_phase(&mut entry)));
+    let mut state = State::default();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut state)));
     match result {
         Ok(Ok(plan)) => finish(plan),
-        Ok(Err(e)) => fail(&e, entry),
-        Err(_) => fail("internal error (a bug in kjump: please report it)", entry),
+        Ok(Err(e)) => fail(&e, &state),
+        Err(_) => fail("internal error (a bug in kjump: please report it)", &state),
     }
 }
 
-fn capture_phase(entry: &mut Option<u64>) -> Result<Plan, String> {
+fn run(state: &mut State) -> Result<Plan, String> {
+    mount_all()?;
+    let path = Path::new("/").join(crate::manifest::PATH);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
+    if manifest.mode == Mode::Restore {
+        state.restoring = true;
+        say("restore kernel started");
+        return restore_phase(&manifest);
+    }
+    say("capture kernel started");
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+    let entry = kexec::jump_back_entry(&cmdline).map_err(|e| e.to_string())?;
+    state.entry = Some(entry);
+    capture_phase(&manifest, entry)
+}
+
+fn mount_all() -> Result<(), String> {
     for m in MOUNTS {
         let _ = std::fs::create_dir_all(m.target);
-        mount(
+        let flags = MsFlags::empty();
+        match mount(
             Some(m.fstype),
             m.target,
             Some(m.fstype),
-            MsFlags::empty(),
+            flags,
             None::<&str>,
-        )
-        .map_err(|e| format!("{m}: {e}"))?;
+        ) {
+            // Already mounted (the kernel may mount devtmpfs itself).
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => return Err(format!("{m}: {e}")),
+        }
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline")
-        .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
-    *entry = Some(kexec::jump_back_entry(&cmdline).map_err(|e| e.to_string())?);
-    let text = std::fs::read_to_string(Path::new("/").join(crate::manifest::PATH))
-        .map_err(|e| format!("reading /{}: {e}", crate::manifest::PATH))?;
-    let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
-    let map = MemoryMap::merged(
-        ranges::parse_range_list(&manifest.ram).map_err(|e| format!("manifest ram: {e}"))?,
-    );
+    Ok(())
+}
+
+/// B: the saved kernel's RAM to the target.
+fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
+    let list = ranges::parse_range_list(&manifest.ram).map_err(|e| format!("manifest ram: {e}"))?;
+    let map = MemoryMap::merged(list);
     say(format_args!(
-        "saving {} bytes of {} (kernel {}) to {}",
+        "saving {} bytes of RAM of kernel {} to {}",
         map.total_bytes(),
-        "/dev/mem",
         manifest.kernel_release,
         manifest.target
     ));
     let source =
-        MemorySource::open(Path::new("/dev/mem"), Some(map)).map_err(|e| crate::error_chain(&e))?;
+        MemorySource::open(Path::new("/dev/mem"), Some(map)).map_err(|e| error_chain(&e))?;
     let mut metadata = source.metadata();
     metadata.kernel_release = Some(manifest.kernel_release.clone());
-    metadata.jump_back_entry = *entry;
+    metadata.jump_back_entry = Some(entry);
+    let extra = [
+        ("mode", manifest.mode.name().to_string()),
+        ("region", manifest.region.clone()),
+        ("started-ns", manifest.started_ns.to_string()),
+    ];
     metadata
         .extra
-        .push(("mode".into(), manifest.mode.name().into()));
-    metadata
-        .extra
-        .push(("region".into(), manifest.region.clone()));
-    metadata
-        .extra
-        .push(("started-ns".into(), manifest.started_ns.to_string()));
-    let target = Target::open(Path::new(&manifest.target)).map_err(|e| crate::error_chain(&e))?;
-    let opts = CaptureOptions::new();
-    let report = capture(&source, &target, &metadata, &opts).map_err(|e| crate::error_chain(&e))?;
+        .extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let target = Target::open(Path::new(&manifest.target)).map_err(|e| error_chain(&e))?;
+    let report = capture(&source, &target, &metadata, &CaptureOptions::new())
+        .map_err(|e| error_chain(&e))?;
     let secs = report.elapsed.as_secs_f64();
     say(format_args!(
-        "image committed: {} pages ({} zero), {} bytes in {:.2} s ({:.0} MB/s)",
+        "image committed: {} pages ({} zero), {} bytes in {secs:.2} s ({:.0} MB/s)",
         report.layout.total_pages,
         report.layout.zero_pages,
         report.layout.image_len,
-        secs,
         report.input_bytes as f64 / secs.max(1e-9) / 1e6
     ));
     Ok(Plan {
         mode: manifest.mode,
-        entry: entry.unwrap_or_default(),
+        entry,
+    })
+}
+
+/// R: the image on the target back into memory.
+fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
+    let iomem =
+        std::fs::read_to_string("/proc/iomem").map_err(|e| format!("reading /proc/iomem: {e}"))?;
+    let own = ranges::parse_iomem("/proc/iomem", &iomem).map_err(|e| e.to_string())?;
+    say(format_args!(
+        "restoring {} (kernel {})",
+        manifest.target, manifest.kernel_release
+    ));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let target = Path::new(&manifest.target);
+    let report = kjump_restorer::restore(
+        target,
+        Path::new("/dev/mem"),
+        &MemoryMap::merged(own),
+        threads,
+    )
+    .map_err(|e| error_chain(&e))?;
+    let mb = report.bytes as f64 / 1e6;
+    say(format_args!(
+        "verified in {:.2} s, wrote {mb:.0} MB of memory in {:.2} s ({:.0} MB/s)",
+        report.verify.as_secs_f64(),
+        report.write.as_secs_f64(),
+        mb / report.write.as_secs_f64().max(1e-9)
+    ));
+    Ok(Plan {
+        mode: Mode::Restore,
+        entry: report.entry,
     })
 }
 
@@ -149,28 +210,41 @@ fn finish(plan: Plan) -> ! {
             say("checkpoint: jumping back to the saved kernel");
             jump_back(plan.entry);
             say("the jump back failed; powering off (the image is committed)");
-            power_off_now();
+            power_off_now()
+        }
+        Mode::Restore => {
+            say(format_args!(
+                "jumping to the saved kernel at {:#x}",
+                plan.entry
+            ));
+            jump_back(plan.entry);
+            say("the jump failed; restarting into a normal boot (the image is consumed)");
+            restart_now()
         }
         Mode::Reboot => {
             say("rebooting");
-            let e = kexec::power(PowerAction::Restart);
-            say(format_args!("reboot failed: {e}"));
-            power_off_now();
+            restart_now()
         }
         Mode::Poweroff => {
             say("powering off");
-            power_off_now();
+            power_off_now()
         }
     }
 }
 
 fn jump_back(entry: u64) {
     match kexec::load_jump_back(entry).and_then(|()| kexec::jump()) {
-        // A jump back that returns means the saved kernel jumped here again:
-        // it has no further use for this kernel.
-        Ok(()) => say("the saved kernel returned to the capture kernel"),
-        Err(e) => say(crate::error_chain(&e)),
+        // A jump that returns means the saved kernel jumped here again: it
+        // has no further use for this kernel.
+        Ok(()) => say("the saved kernel returned here"),
+        Err(e) => say(error_chain(&e)),
     }
+}
+
+fn restart_now() -> ! {
+    let e = kexec::power(PowerAction::Restart);
+    say(format_args!("restart failed: {e}"));
+    power_off_now()
 }
 
 fn power_off_now() -> ! {
@@ -183,7 +257,19 @@ fn power_off_now() -> ! {
     }
 }
 
-fn fail(what: impl fmt::Display, entry: Option<u64>) -> ! {
+fn countdown(what: &str) {
+    for left in (1..=COUNTDOWN).rev() {
+        say(format_args!("{what} in {left} s"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn fail(what: impl fmt::Display, state: &State) -> ! {
+    if state.restoring {
+        say(format_args!("resume failed: {what}"));
+        countdown("restarting into a normal boot");
+        restart_now();
+    }
     say(format_args!("capture failed: {what}"));
     say("no image was committed; the saved kernel's memory is untouched");
     if Path::new(RESCUE_SHELL).exists() {
@@ -191,15 +277,12 @@ fn fail(what: impl fmt::Display, entry: Option<u64>) -> ! {
             "starting a rescue shell ({RESCUE_SHELL}); exit it to power off"
         ));
         let _ = std::process::Command::new(RESCUE_SHELL).status();
-    } else if let Some(entry) = entry {
+    } else if let Some(entry) = state.entry {
         say(format_args!(
             "jumping back to the saved kernel at {entry:#x}"
         ));
         jump_back(entry);
     }
-    for left in (1..=COUNTDOWN).rev() {
-        say(format_args!("powering off in {left} s"));
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    countdown("powering off");
     power_off_now()
 }

@@ -11,6 +11,7 @@ pub mod cpio;
 pub mod hibernate;
 pub mod init;
 pub mod manifest;
+pub mod resume;
 
 use cpio::{Archive, CpioError, Kind};
 

@@ -21,6 +21,8 @@ pub enum Mode {
     Reboot,
     /// Jump straight back to the saved kernel: a whole-machine checkpoint.
     Checkpoint,
+    /// Not a capture: restore the image on `target` and jump into it.
+    Restore,
 }
 
 impl Mode {
@@ -30,6 +32,7 @@ impl Mode {
             Mode::Poweroff => "poweroff",
             Mode::Reboot => "reboot",
             Mode::Checkpoint => "checkpoint",
+            Mode::Restore => "restore",
         }
     }
 
@@ -39,6 +42,7 @@ impl Mode {
             "poweroff" => Some(Mode::Poweroff),
             "reboot" => Some(Mode::Reboot),
             "checkpoint" => Some(Mode::Checkpoint),
+            "restore" => Some(Mode::Restore),
             _ => None,
         }
     }
@@ -140,7 +144,7 @@ impl Manifest {
         let (line, mode) = get("mode")?;
         let mode = Mode::parse(mode).ok_or_else(|| ManifestError {
             line,
-            reason: format!("mode {mode:?} is not poweroff, reboot or checkpoint"),
+            reason: format!("mode {mode:?} is not poweroff, reboot, checkpoint or restore"),
         })?;
         let (line, started) = get("started-ns")?;
         let started_ns = started.parse().map_err(|e| ManifestError {

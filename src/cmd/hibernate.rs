@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kjump_initramfs::hibernate::{hibernate, HibernateOptions};
 use kjump_initramfs::manifest::Mode;
+use kjump_initramfs::resume::{self, Outcome, ResumeError, ResumeOptions};
 use kjump_initramfs::ExtraFile;
 
 use crate::Failure;
@@ -32,19 +33,55 @@ pub struct HibernateArgs {
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
-    Mode::parse(s).ok_or_else(|| format!("{s:?} is not poweroff, reboot or checkpoint"))
+    match Mode::parse(s) {
+        Some(Mode::Restore) | None => Err(format!("{s:?} is not poweroff, reboot or checkpoint")),
+        Some(m) => Ok(m),
+    }
 }
 
-pub fn run(args: HibernateArgs) -> Result<(), Failure> {
-    let kernel = match args.kernel {
-        Some(k) => k,
+/// The kernel to load: as given, or the running kernel's image in /boot.
+fn kernel_or_running(kernel: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    match kernel {
+        Some(k) => Ok(k),
         None => {
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| {
                 Failure::error(anyhow::anyhow!("reading /proc/sys/kernel/osrelease: {e}"))
             })?;
-            PathBuf::from(format!("/boot/vmlinuz-{}", release.trim()))
+            Ok(PathBuf::from(format!("/boot/vmlinuz-{}", release.trim())))
         }
+    }
+}
+
+pub fn resume_boot(
+    device: PathBuf,
+    kernel: Option<PathBuf>,
+    kexec: PathBuf,
+    dry_run: bool,
+) -> Result<(), Failure> {
+    let opts = ResumeOptions {
+        device,
+        kernel: kernel_or_running(kernel)?,
+        kexec,
+        dry_run,
     };
+    match resume::resume(&opts) {
+        Ok(Outcome::Nothing(why)) => {
+            println!("nothing to resume: {why}; continuing the normal boot");
+            Ok(())
+        }
+        Ok(Outcome::DryRun) => {
+            println!("dry run: nothing was changed");
+            Ok(())
+        }
+        Err(e @ ResumeError::Refused { .. }) => Err(Failure::invalid(
+            anyhow::Error::new(e).context("continuing the normal boot"),
+        )),
+        Err(e) => Err(Failure::error(e)),
+    }
+}
+
+pub fn run(args: HibernateArgs) -> Result<(), Failure> {
+    let kernel = kernel_or_running(args.kernel)?;
     let opts = HibernateOptions {
         target: args.target,
         kernel,

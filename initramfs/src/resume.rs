@@ -1,0 +1,210 @@
+//! `kjump resume`, early in a normal boot (R0): find a committed image and
+//! kexec the restore kernel R into the same confinement the capture kernel
+//! had. Anything short of a whole image on the same memory layout is
+//! reported and the normal boot goes on.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Command;
+
+use kjump_image_format::reader::read_superblock;
+use kjump_image_format::{Image, ImageState, PhysAddr, PhysRange};
+use kjump_restorer::kexec;
+use kjump_writer::ranges;
+
+use crate::hibernate::{capture_cmdline, JumpPlan};
+use crate::manifest::{Manifest, Mode};
+
+/// What `resume` found or did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing to resume; the reason, for the boot log.
+    Nothing(String),
+    /// A dry run stopped before loading R.
+    DryRun,
+}
+
+/// Why an image is refused or resuming failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The image is there but fails a check: it is left as it is.
+    #[error("image on {device} refused: {reason}")]
+    Refused {
+        /// The device.
+        device: String,
+        /// Why.
+        reason: String,
+    },
+    /// Loading or starting the restore kernel failed.
+    #[error("loading the restore kernel: {0}")]
+    Load(String),
+    /// The jump into R failed.
+    #[error(transparent)]
+    Jump(#[from] kexec::KexecError),
+    /// The initramfs could not be built.
+    #[error(transparent)]
+    Initramfs(#[from] crate::InitramfsError),
+}
+
+/// How to resume.
+#[derive(Clone, Debug)]
+pub struct ResumeOptions {
+    /// Device (or file) that may hold an image.
+    pub device: PathBuf,
+    /// The restore kernel (bzImage with CONFIG_KEXEC_JUMP).
+    pub kernel: PathBuf,
+    /// kexec-tools' `kexec`.
+    pub kexec: PathBuf,
+    /// Print what would be done and stop.
+    pub dry_run: bool,
+}
+
+fn parse_region(text: &str) -> Option<PhysRange> {
+    let r = ranges::parse_range_list(text).ok()?;
+    (r.len() == 1).then(|| r[0])
+}
+
+/// Checks the image and this machine; returns the plan R will run under.
+fn check(opts: &ResumeOptions) -> Result<Result<(JumpPlan, String), String>, ResumeError> {
+    let device = opts.device.display().to_string();
+    let refuse = |reason: String| ResumeError::Refused {
+        device: device.clone(),
+        reason,
+    };
+    let file = match File::open(&opts.device) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(format!("cannot open {device}: {e}"))),
+    };
+    let sb = match read_superblock(&file) {
+        Ok(sb) => sb,
+        Err(e) => return Ok(Err(format!("no kjump image on {device} ({e})"))),
+    };
+    match sb.state {
+        ImageState::Writing => {
+            return Ok(Err(format!(
+                "the image on {device} is incomplete (its capture never committed it)"
+            )))
+        }
+        ImageState::Consumed => {
+            return Ok(Err(format!(
+                "the image on {device} was already resumed once"
+            )))
+        }
+        ImageState::Committed => {}
+    }
+    let image = Image::open(&file).map_err(|e| refuse(crate::error_chain(&e)))?;
+    kjump_restorer::verify(&file, &image, 2, false).map_err(|e| refuse(crate::error_chain(&e)))?;
+    let meta = &image.metadata;
+    let region = meta
+        .extra
+        .iter()
+        .find(|(k, _)| k == "region")
+        .and_then(|(_, v)| parse_region(v))
+        .ok_or_else(|| {
+            refuse(
+                "the image records no capture region: it was not written by kjump hibernate".into(),
+            )
+        })?;
+    let iomem = std::fs::read_to_string("/proc/iomem")
+        .map_err(|e| refuse(format!("reading /proc/iomem: {e}")))?;
+    let ram = ranges::memory_map(
+        ranges::parse_iomem("/proc/iomem", &iomem).map_err(|e| refuse(e.to_string()))?,
+    );
+    let wanted = kjump_image_format::MemoryMap::merged(
+        meta.ranges
+            .ranges()
+            .iter()
+            .copied()
+            .chain([region])
+            .collect(),
+    );
+    let missing = wanted.subtract(&ram);
+    if let Some(r) = missing.ranges().first() {
+        return Err(refuse(format!(
+            "this machine's RAM lacks {r}, which the image saved or ran its capture kernel in: the memory map changed"
+        )));
+    }
+    let low = PhysRange::new(
+        PhysAddr(crate::hibernate::B_LOW_MEMORY.0),
+        PhysAddr(crate::hibernate::B_LOW_MEMORY.1),
+    )
+    .map_err(|e| refuse(e.to_string()))?;
+    let plan = JumpPlan {
+        region,
+        saved: meta.ranges.clone(),
+    };
+    if meta
+        .ranges
+        .ranges()
+        .iter()
+        .any(|r| r.intersect(&low).is_some() || r.intersect(&region).is_some())
+    {
+        return Err(refuse(
+            "the image's ranges overlap the restore kernel's memory".into(),
+        ));
+    }
+    Ok(Ok((plan, meta.kernel_release.clone().unwrap_or_default())))
+}
+
+/// Runs R0. Returns only when there is nothing to resume, on a dry run, or
+/// on failure; otherwise the machine is in R.
+pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
+    let (plan, release) = match check(opts)? {
+        Ok(p) => p,
+        Err(nothing) => return Ok(Outcome::Nothing(nothing)),
+    };
+    let cmdline = capture_cmdline(
+        &plan,
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    );
+    let manifest = Manifest {
+        mode: Mode::Restore,
+        target: opts.device.display().to_string(),
+        ram: plan.ram_list(),
+        region: format!(
+            "{:#x}-{:#x}",
+            plan.region.start().0,
+            plan.region.end().0 - 1
+        ),
+        kernel_release: release,
+        started_ns: kjump_writer::now_ns(),
+    };
+    let initrd_path = std::env::temp_dir().join("kjump-restore-initramfs.cpio");
+    let load = [
+        "--load".to_string(),
+        format!("--mem-min={:#x}", plan.region.start().0),
+        format!("--mem-max={:#x}", plan.region.end().0 - 1),
+        opts.kernel.display().to_string(),
+        format!("--initrd={}", initrd_path.display()),
+        format!("--append={cmdline}"),
+    ];
+    println!(
+        "restore kernel: {} in {}",
+        opts.kernel.display(),
+        plan.region
+    );
+    println!("{} {}", opts.kexec.display(), load.join(" "));
+    if opts.dry_run {
+        return Ok(Outcome::DryRun);
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| ResumeError::Load(format!("finding this kjump binary: {e}")))?;
+    let generated = [(crate::manifest::PATH, 0o644, manifest.encode().into_bytes())];
+    let initrd = crate::build_with(&exe, &[], &generated)?;
+    std::fs::write(&initrd_path, initrd)
+        .map_err(|e| ResumeError::Load(format!("writing {}: {e}", initrd_path.display())))?;
+    let out = Command::new(&opts.kexec)
+        .args(&load)
+        .output()
+        .map_err(|e| ResumeError::Load(format!("running {}: {e}", opts.kexec.display())))?;
+    if !out.status.success() {
+        return Err(ResumeError::Load(format!(
+            "{} exited with {}: {}",
+            opts.kexec.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    kexec::jump()?;
+    Err(ResumeError::Load("the restore kernel returned".into()))
+}
