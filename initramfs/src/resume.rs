@@ -64,14 +64,19 @@ fn parse_region(text: &str) -> Option<PhysRange> {
     (r.len() == 1).then(|| r[0])
 }
 
-/// Checks the image and this machine; returns the plan R will run under.
-fn check(opts: &ResumeOptions) -> Result<Result<(JumpPlan, String), String>, ResumeError> {
-    let device = opts.device.display().to_string();
+/// What [`check`] decided: resume under this plan (with the saved
+/// kernel's release), or nothing to resume and why.
+pub type Decision = Result<(JumpPlan, String), String>;
+
+/// Checks the image on `device` against this machine's /proc/iomem text;
+/// returns the plan R will run under.
+pub fn check(device_path: &std::path::Path, iomem: &str) -> Result<Decision, ResumeError> {
+    let device = device_path.display().to_string();
     let refuse = |reason: String| ResumeError::Refused {
         device: device.clone(),
         reason,
     };
-    let file = match File::open(&opts.device) {
+    let file = match File::open(device_path) {
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("cannot open {device}: {e}"))),
     };
@@ -105,10 +110,8 @@ fn check(opts: &ResumeOptions) -> Result<Result<(JumpPlan, String), String>, Res
                 "the image records no capture region: it was not written by kjump hibernate".into(),
             )
         })?;
-    let iomem = std::fs::read_to_string("/proc/iomem")
-        .map_err(|e| refuse(format!("reading /proc/iomem: {e}")))?;
     let ram = ranges::memory_map(
-        ranges::parse_iomem("/proc/iomem", &iomem).map_err(|e| refuse(e.to_string()))?,
+        ranges::parse_iomem("/proc/iomem", iomem).map_err(|e| refuse(e.to_string()))?,
     );
     let wanted = kjump_image_format::MemoryMap::merged(
         meta.ranges
@@ -149,7 +152,11 @@ fn check(opts: &ResumeOptions) -> Result<Result<(JumpPlan, String), String>, Res
 /// Runs R0. Returns only when there is nothing to resume, on a dry run, or
 /// on failure; otherwise the machine is in R.
 pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
-    let (plan, release) = match check(opts)? {
+    let iomem = std::fs::read_to_string("/proc/iomem").map_err(|e| ResumeError::Refused {
+        device: opts.device.display().to_string(),
+        reason: format!("reading /proc/iomem: {e}"),
+    })?;
+    let (plan, release) = match check(&opts.device, &iomem)? {
         Ok(p) => p,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };

@@ -1,0 +1,120 @@
+//! What `kjump resume` (R0) decides for each state of the device and each
+//! memory layout of the machine, before anything is loaded.
+
+mod common;
+
+use std::path::Path;
+
+use common::cores::TempDir;
+use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Superblock};
+use kjump_initramfs::resume::{check, ResumeError};
+use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
+
+const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
+                     000a0000-000fffff : Reserved\n00100000-3fffffff : System RAM\n";
+
+fn range(start: u64, len: u64) -> PhysRange {
+    PhysRange::from_start_len(PhysAddr(start), len).unwrap()
+}
+
+/// An image of two ranges captured from a file standing in for /dev/mem.
+fn image(dir: &TempDir, name: &str, region: Option<&str>) -> std::path::PathBuf {
+    let mem: Vec<u8> = (0..0x24_0000u32).map(|i| (i / 4096 % 7) as u8).collect();
+    std::fs::write(dir.path("mem"), &mem).unwrap();
+    let map = MemoryMap::from_sorted(vec![range(0x10_0000, 0x4_0000), range(0x20_0000, 0x4_0000)])
+        .unwrap();
+    let source = MemorySource::open(&dir.path("mem"), Some(map)).unwrap();
+    let mut meta: Metadata = source.metadata();
+    meta.jump_back_entry = Some(0x1_0000_0000);
+    meta.kernel_release = Some("6.12.117".into());
+    if let Some(r) = region {
+        meta.extra.push(("region".into(), r.into()));
+    }
+    let path = dir.path(name);
+    capture(
+        &source,
+        &Target::open(&path).unwrap(),
+        &meta,
+        &CaptureOptions::new(),
+    )
+    .unwrap();
+    path
+}
+
+fn nothing(path: &Path, iomem: &str) -> String {
+    match check(path, iomem) {
+        Ok(Err(why)) => why,
+        other => panic!("expected nothing to resume, got {other:?}"),
+    }
+}
+
+fn refused(path: &Path, iomem: &str) -> String {
+    match check(path, iomem) {
+        Err(ResumeError::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_whole_image_on_the_same_layout_is_resumed() {
+    let dir = TempDir::new("resume-ok");
+    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let (plan, release) = check(&img, IOMEM).unwrap().unwrap();
+    assert_eq!(release, "6.12.117");
+    assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
+    let args = plan.memmap_args();
+    assert!(
+        args.contains(&"memmap=0xf00000@0x1000000".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"memmap=0x40000#0x200000".to_string()),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn nothing_to_resume_lets_the_boot_continue() {
+    let dir = TempDir::new("resume-nothing");
+    std::fs::write(dir.path("zeros"), vec![0u8; 8192]).unwrap();
+    assert!(nothing(&dir.path("zeros"), IOMEM).contains("no kjump image"));
+    assert!(nothing(&dir.path("absent"), IOMEM).contains("cannot open"));
+    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[..4096].copy_from_slice(&Superblock::writing([3; 16], 1).encode());
+    std::fs::write(dir.path("incomplete"), &bytes).unwrap();
+    assert!(nothing(&dir.path("incomplete"), IOMEM).contains("incomplete"));
+    let f = std::fs::File::open(&img).unwrap();
+    let mut sb = kjump_image_format::reader::read_superblock(&f).unwrap();
+    sb.state = kjump_image_format::ImageState::Consumed;
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[..4096].copy_from_slice(&sb.encode());
+    std::fs::write(dir.path("consumed"), &bytes).unwrap();
+    assert!(nothing(&dir.path("consumed"), IOMEM).contains("already resumed once"));
+}
+
+#[test]
+fn bad_images_and_changed_machines_are_refused() {
+    let dir = TempDir::new("resume-refuse");
+    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let mut bytes = std::fs::read(&img).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(dir.path("flipped"), &bytes).unwrap();
+    refused(&dir.path("flipped"), IOMEM);
+    let small = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n";
+    let why = refused(&img, small);
+    assert!(
+        why.contains("lacks 0x200000-0x23ffff") && why.contains("memory map changed"),
+        "{why}"
+    );
+    let why = refused(
+        &img,
+        "00100000-00ffffff : System RAM\n00200000-00ffffff : System RAM\n",
+    );
+    assert!(why.contains("lacks 0x1000000-0x1ffffff"), "{why}");
+    let no_region = image(&dir, "noregion", None);
+    assert!(refused(&no_region, IOMEM).contains("records no capture region"));
+    let inside = image(&dir, "inside", Some("0x100000-0x1ffffff"));
+    assert!(refused(&inside, IOMEM).contains("overlap the restore kernel"));
+}
