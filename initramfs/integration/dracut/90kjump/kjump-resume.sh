@@ -1,0 +1,13 @@
+#!/bin/sh
+# dracut pre-mount hook: resume a kjump hibernation image when the
+# configured device holds a whole one; otherwise the boot goes on.
+[ -r /etc/kjump/kjump.conf ] || return 0
+# shellcheck source=/dev/null
+. /etc/kjump/kjump.conf
+[ -n "$KJUMP_DEVICE" ] || return 0
+if getargbool 0 kjump.noresume; then
+	info "kjump: resume skipped (kjump.noresume)"
+	return 0
+fi
+kjump resume --device "$KJUMP_DEVICE" --kernel /usr/lib/kjump/vmlinuz
+info "kjump: resume returned $?: continuing the normal boot"

@@ -1,0 +1,247 @@
+//! The files that hook kjump into real systems, built by the real tools:
+//! initramfs-tools' mkinitramfs with kjump's hook and premount script,
+//! dracut with kjump's module, and systemd-analyze on the hibernate unit.
+//! Each initramfs must carry kjump, kexec, the restore kernel, the config and
+//! the resume step in its place.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cores::TempDir;
+
+const KVER: &str = "0.0.0-kjump-test";
+
+fn integration(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("initramfs/integration")
+        .join(path)
+}
+
+/// Whether the tools are here and we are root (mkinitramfs needs a
+/// /boot/config and /lib/modules entry for the kernel version it packs).
+fn ready(tools: &[&str]) -> bool {
+    let ci = std::env::var_os("CI").is_some();
+    let root = nix_is_root();
+    let missing: Vec<&&str> = tools.iter().filter(|t| which(t).is_none()).collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = format!("root: {root}, missing tools: {missing:?} (tests/setup.sh installs them)");
+    assert!(!ci, "CI must run this test: {why}");
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A kjump.conf naming a kernel image to pack (any file will do for a build).
+fn config(dir: &TempDir) -> PathBuf {
+    let kernel = dir.path("vmlinuz");
+    std::fs::write(&kernel, b"kernel image stand-in").unwrap();
+    let conf = dir.path("kjump.conf");
+    let text = std::fs::read_to_string(integration("kjump.conf")).unwrap();
+    let text = text.replace(
+        "KJUMP_KERNEL=\n",
+        &format!("KJUMP_KERNEL={}\n", kernel.display()),
+    );
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_contains(listing: &str, paths: &[&str]) {
+    for p in paths {
+        assert!(
+            listing.lines().any(|l| l.trim_start_matches("./") == *p),
+            "{p} missing from:\n{listing}"
+        );
+    }
+}
+
+/// Creates what mkinitramfs wants for KVER and removes it again.
+struct FakeKernel {
+    created_modules_root: bool,
+}
+
+impl FakeKernel {
+    fn new() -> Self {
+        let created_modules_root = !Path::new("/lib/modules").exists();
+        std::fs::create_dir_all(format!("/lib/modules/{KVER}")).unwrap();
+        std::fs::write(
+            format!("/boot/config-{KVER}"),
+            "CONFIG_RD_GZIP=y\nCONFIG_BLK_DEV_INITRD=y\n",
+        )
+        .unwrap();
+        FakeKernel {
+            created_modules_root,
+        }
+    }
+}
+
+impl Drop for FakeKernel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/boot/config-{KVER}"));
+        let _ = std::fs::remove_dir_all(format!("/lib/modules/{KVER}"));
+        if self.created_modules_root {
+            let _ = std::fs::remove_dir("/lib/modules");
+        }
+    }
+}
+
+#[test]
+fn initramfs_tools_hook_and_script_build_into_an_initramfs() {
+    if !ready(&["mkinitramfs", "lsinitramfs", "kexec"]) {
+        return;
+    }
+    let dir = TempDir::new("it-initramfs-tools");
+    let conf = config(&dir);
+    let confdir = dir.path("initramfs-tools");
+    std::fs::create_dir_all(confdir.join("hooks")).unwrap();
+    std::fs::create_dir_all(confdir.join("scripts/local-premount")).unwrap();
+    std::fs::copy(
+        "/etc/initramfs-tools/initramfs.conf",
+        confdir.join("initramfs.conf"),
+    )
+    .unwrap();
+    for f in ["hooks/kjump", "scripts/local-premount/kjump"] {
+        std::fs::copy(
+            integration(&format!("initramfs-tools/{f}")),
+            confdir.join(f),
+        )
+        .unwrap();
+    }
+    let out = dir.path("initrd.img");
+    let _fake = FakeKernel::new();
+    run(Command::new("mkinitramfs")
+        .arg("-d")
+        .arg(&confdir)
+        .arg("-o")
+        .arg(&out)
+        .arg(KVER)
+        .env("KJUMP_BIN", env!("CARGO_BIN_EXE_kjump"))
+        .env("KJUMP_CONF", &conf));
+    let listing = run(Command::new("lsinitramfs").arg(&out));
+    assert_contains(
+        &listing,
+        &[
+            "usr/bin/kjump",
+            "usr/sbin/kexec",
+            "etc/kjump/kjump.conf",
+            "usr/lib/kjump/vmlinuz",
+            "scripts/local-premount/kjump",
+        ],
+    );
+    let order = run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && unmkinitramfs {} x >/dev/null && cat x/scripts/local-premount/ORDER",
+        dir.0.display(),
+        out.display()
+    )));
+    assert!(
+        order.contains("/scripts/local-premount/kjump"),
+        "premount ORDER lacks kjump:\n{order}"
+    );
+}
+
+#[test]
+fn dracut_module_builds_into_an_initramfs() {
+    if !ready(&["dracut", "kexec", "cpio"]) {
+        return;
+    }
+    let dir = TempDir::new("it-dracut");
+    let conf = config(&dir);
+    // A private copy of dracut's modules with kjump's added, so nothing is
+    // installed on this machine.
+    let base = dir.path("dracut");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("/usr/lib/dracut")
+        .arg(&base));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(integration("dracut/90kjump"))
+        .arg(base.join("modules.d")));
+    std::fs::create_dir(dir.path("conf.d")).unwrap();
+    let out = dir.path("initrd.img");
+    run(Command::new("dracut")
+        .args([
+            "--no-kernel",
+            "--kver",
+            KVER,
+            "--force",
+            "--no-hostonly",
+            "--no-compress",
+        ])
+        .args([
+            "--modules",
+            "bash kjump",
+            "--conf",
+            "/dev/null",
+            "--confdir",
+        ])
+        .arg(dir.path("conf.d"))
+        .arg(&out)
+        .env("dracutbasedir", &base)
+        .env("KJUMP_BIN", env!("CARGO_BIN_EXE_kjump"))
+        .env("KJUMP_CONF", &conf));
+    let listing = run(Command::new("cpio").args(["-t", "--quiet", "-F"]).arg(&out));
+    assert_contains(
+        &listing,
+        &[
+            "usr/bin/kjump",
+            "etc/kjump/kjump.conf",
+            "usr/lib/kjump/vmlinuz",
+            "usr/lib/dracut/hooks/pre-mount/10-kjump-resume.sh",
+        ],
+    );
+    assert!(
+        listing.lines().any(|l| l.ends_with("bin/kexec")),
+        "kexec missing:\n{listing}"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    if which("systemd-analyze").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have systemd-analyze"
+        );
+        eprintln!("SKIPPED: systemd-analyze not found (apt-get install systemd)");
+        return;
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(integration("systemd/kjump-hibernate.service"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
