@@ -1,0 +1,17 @@
+//! The text parsers: --ranges lists, /proc/iomem files, the manifest and
+//! the kernel command line's jump-back entry.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = kjump_writer::ranges::parse_range_list(text);
+    let _ = kjump_writer::ranges::parse_iomem("fuzz", text);
+    let _ = kjump_writer::ranges::parse_iomem_named("fuzz", text, "Crash kernel");
+    let _ = kjump_initramfs::manifest::Manifest::parse(text);
+    let _ = kjump_restorer::kexec::jump_back_entry(text);
+    let _ = kjump_initramfs::hibernate::JumpPlan::from_iomem(text).map(|p| p.memmap_args());
+});
