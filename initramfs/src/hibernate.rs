@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::SystemTime;
 
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange};
 use kjump_restorer::kexec;
@@ -276,9 +276,13 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<std::time::Duration>,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let left = Instant::now();
+    // The wall clock: the monotonic clock stands still while this kernel is
+    // away, and the kernel sets the wall clock from the RTC when it resumes.
+    let left = SystemTime::now();
     kexec::jump()?;
-    Ok(Some(left.elapsed()))
+    Ok(Some(
+        SystemTime::now().duration_since(left).unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

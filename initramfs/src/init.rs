@@ -67,8 +67,13 @@ pub const MOUNTS: [MountStep; 3] = [
 pub const RESCUE_SHELL: &str = "/bin/sh";
 const COUNTDOWN: u64 = 10;
 
+/// One console line, in one write: stderr is unbuffered, so `eprintln!`
+/// writes each formatted piece separately and the kernel's own messages land
+/// in the middle of the line.
 fn say(msg: impl fmt::Display) {
-    eprintln!("kjump: {msg}");
+    use std::io::Write as _;
+    let line = format!("kjump: {msg}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// What a phase decided.

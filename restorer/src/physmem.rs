@@ -34,6 +34,15 @@ pub enum PhysMemError {
         #[source]
         source: std::io::Error,
     },
+    /// Flushing a file standing in for memory failed.
+    #[error("flushing the writes to {path}")]
+    Flush {
+        /// The stand-in file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A write falls outside every mapped range.
     #[error("physical {addr:#x}+{len:#x} lies outside the mapped ranges")]
     Outside {
@@ -47,6 +56,10 @@ pub enum PhysMemError {
 /// Writable mappings of a set of physical ranges.
 pub struct PhysMem {
     maps: Vec<(PhysRange, MmapRaw)>,
+    /// The regular file standing in for memory, which needs an msync;
+    /// `None` for /dev/mem, whose writes land in memory directly (and whose
+    /// mappings msync refuses with EINVAL: the device has no fsync).
+    file: Option<PathBuf>,
 }
 
 impl PhysMem {
@@ -60,6 +73,7 @@ impl PhysMem {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let is_file = file.metadata().is_ok_and(|m| m.is_file());
         let mut maps = Vec::with_capacity(map.ranges().len());
         for r in map.ranges() {
             let m = MmapOptions::new()
@@ -73,7 +87,10 @@ impl PhysMem {
                 })?;
             maps.push((*r, m));
         }
-        Ok(PhysMem { maps })
+        Ok(PhysMem {
+            maps,
+            file: is_file.then(|| path.to_path_buf()),
+        })
     }
 
     /// Copies `bytes` to physical address `addr`.
@@ -110,8 +127,17 @@ impl PhysMem {
         Ok(())
     }
 
-    /// Flushes the mappings (a no-op for /dev/mem, a msync for files).
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.maps.iter().try_for_each(|(_, m)| m.flush())
+    /// Flushes the mappings: an msync for a file, nothing for /dev/mem.
+    pub fn flush(&self) -> Result<(), PhysMemError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        self.maps
+            .iter()
+            .try_for_each(|(_, m)| m.flush())
+            .map_err(|source| PhysMemError::Flush {
+                path: path.clone(),
+                source,
+            })
     }
 }

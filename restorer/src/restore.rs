@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kjump_image_format::{FormatError, Image, ImageState, MemoryMap, PAGE_SIZE};
+use kjump_image_format::{Image, ImageState, MemoryMap, PAGE_SIZE};
 use kjump_writer::Target;
 
 use crate::physmem::{PhysMem, PhysMemError};
@@ -135,13 +135,8 @@ pub fn restore(
         write_chunk(&mem, &image, i, pages)
     })
     .map_err(RestoreError::Write)?;
-    mem.flush().map_err(|e| {
-        RestoreError::Write(ScanError::Image(FormatError::Io {
-            what: "flushing restored memory",
-            offset: kjump_image_format::ImageOffset(0),
-            source: e,
-        }))
-    })?;
+    mem.flush()
+        .map_err(|e| RestoreError::Write(ScanError::Consumer(e)))?;
     Ok(RestoreReport {
         entry,
         bytes: image.metadata.ranges.total_bytes(),
