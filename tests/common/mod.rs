@@ -6,4 +6,5 @@
 #![allow(dead_code)]
 
 pub mod cores;
+pub mod hibvm;
 pub mod vm;

@@ -1,0 +1,456 @@
+//! QEMU machines that hibernate with kjump for real: the kernel A boots a
+//! busybox /init that runs `kjump resume`, puts a workload in RAM and runs
+//! `kjump hibernate`; the capture kernel B and the restore kernel R are the
+//! same bzImage (tests/vm/build-kernel.sh builds it with CONFIG_KEXEC_JUMP).
+//!
+//! A [`Boot`] is one QEMU process. Its serial console is a pipe read by a
+//! thread that stamps every line with the time since QEMU started, so the
+//! phases of a hibernation can be timed from the host. The stamped console
+//! goes to `console-<name>.log` in the work directory; QEMU's own output to
+//! `qemu-<name>.log`. Dropping a `Boot` kills and reaps QEMU.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, sleep, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::vm::QEMU;
+
+/// Guest RAM.
+pub const MEM: &str = "1G";
+/// Size of the sparse raw disk that holds the image (/dev/vda).
+pub const DISK_BYTES: u64 = 1536 << 20;
+/// The host's busybox-static, copied into A's initramfs.
+const BUSYBOX: &str = "/bin/busybox";
+/// kexec-tools, dynamically linked: its libraries come along.
+const KEXEC: &str = "/usr/sbin/kexec";
+const KERNEL_SCRIPT: &str = "tests/vm/build-kernel.sh";
+/// How much console an error quotes.
+const TAIL_LINES: usize = 80;
+const POLL: Duration = Duration::from_millis(50);
+
+/// A's /init. The mode of `kjump hibernate --then` comes from the kernel
+/// command line (`kjump.mode=`); `none` skips hibernating. After a resume the
+/// script continues where `kjump hibernate` returned, with the command line
+/// of the boot that hibernated.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /tmp
+up() { cut -d' ' -f1 /proc/uptime; }
+mode=$(sed -n 's/.*kjump\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+echo "A: up, uptime $(up) s, mode ${mode:-none}"
+echo "A: resume start"
+kjump resume --device /dev/vda --kernel /boot/bzImage
+echo "A: RESUME-EXIT $?"
+dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
+echo "MD5 $(md5sum </tmp/blob | cut -d' ' -f1)"
+( n=0; while :; do n=$((n + 1)); echo "COUNT $n"; sleep 1; done ) &
+sleep 3
+if [ "$mode" != none ] && [ -n "$mode" ]; then
+	# Write throughput reference, past where the image goes.
+	t0=$(up)
+	dd if=/dev/zero of=/dev/vda bs=1M seek=1024 count=256 oflag=direct 2>/dev/null
+	t1=$(up)
+	echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
+	echo "A: HIBERNATE --then $mode"
+	kjump hibernate --target /dev/vda --kernel /boot/bzImage --then "$mode"
+	echo "A: HIBERNATE-EXIT $?"
+	echo "RESUMED"
+	echo "MD5 $(md5sum </tmp/blob | cut -d' ' -f1)"
+	sleep 4
+	kjump info /dev/vda
+fi
+echo "A: DONE"
+poweroff -f
+"#;
+
+/// The kernel, A's initramfs and a work directory shared by the tests.
+#[derive(Debug)]
+pub struct Rig {
+    /// The bzImage (A, B and R).
+    pub kernel: PathBuf,
+    /// A's initramfs.
+    pub initramfs: PathBuf,
+    /// Where disks and logs go.
+    pub dir: PathBuf,
+}
+
+/// The rig, built once per test process.
+pub fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(|| build_rig().unwrap_or_else(|e| panic!("setting up the VM rig: {e}")))
+}
+
+fn build_rig() -> Result<Rig, String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hibernate-vm");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let kernel = kernel()?;
+    let initramfs = build_initramfs(&dir, &kernel)?;
+    Ok(Rig {
+        kernel,
+        initramfs,
+        dir,
+    })
+}
+
+/// The KEXEC_JUMP kernel's path; builds it (minutes) when not cached.
+fn kernel() -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(KERNEL_SCRIPT);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || !Path::new(&printed).is_file() {
+        return Err(format!(
+            "{} exited with {} and printed {printed:?}",
+            script.display(),
+            out.status
+        ));
+    }
+    Ok(PathBuf::from(printed))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    fs::copy(from, to)
+        .map(drop)
+        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+}
+
+/// The kjump under test, without its debug information: `kjump hibernate`
+/// and `kjump resume` put their own executable into the capture and restore
+/// initramfs, and a test build's 60 MB of DWARF would slow every kexec load
+/// and fill the 256 MiB the capture kernel lives in. Falls back to a plain
+/// copy where `strip` is missing.
+fn install_kjump(dest: &Path) -> Result<(), String> {
+    let kjump = Path::new(env!("CARGO_BIN_EXE_kjump"));
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(dest)
+        .arg(kjump)
+        .status()
+        .is_ok_and(|s| s.success());
+    if stripped {
+        return Ok(());
+    }
+    println!("strip failed: installing kjump with its debug information");
+    copy(kjump, dest)
+}
+
+/// The libraries `ldd` lists for `program`.
+fn libraries(program: &str) -> Result<Vec<PathBuf>, String> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| format!("running ldd {program}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect())
+}
+
+fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
+    let root = dir.join("root");
+    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "boot"] {
+        fs::create_dir_all(root.join(d)).map_err(|e| format!("creating {d}: {e}"))?;
+    }
+    copy(Path::new(BUSYBOX), &root.join("bin/busybox"))
+        .map_err(|e| format!("{e} (apt-get install busybox-static)"))?;
+    install_kjump(&root.join("bin/kjump"))?;
+    copy(Path::new(KEXEC), &root.join("sbin/kexec"))
+        .map_err(|e| format!("{e} (apt-get install kexec-tools)"))?;
+    for lib in libraries(KEXEC)? {
+        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+        copy(&lib, &dest)?;
+    }
+    copy(kernel, &root.join("boot/bzImage"))?;
+    let init = root.join("init");
+    fs::write(&init, INIT).map_err(|e| format!("writing {}: {e}", init.display()))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", init.display()))?;
+    let cpio = dir.join("a.cpio");
+    let script = format!(
+        "cd '{}' && find . | sort | cpio -o -H newc --quiet --owner=0:0 > '{}'",
+        root.display(),
+        cpio.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| format!("running cpio: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cpio failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(cpio)
+}
+
+/// Creates a fresh sparse disk of [`DISK_BYTES`].
+pub fn new_disk(path: &Path) -> PathBuf {
+    let _ = fs::remove_file(path);
+    let f = fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    f.set_len(DISK_BYTES)
+        .unwrap_or_else(|e| panic!("sizing {}: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// One console line and when it arrived, since QEMU started.
+#[derive(Clone, Debug)]
+pub struct Line {
+    /// Seconds since QEMU started.
+    pub at: f64,
+    /// The text, without line end.
+    pub text: String,
+}
+
+#[derive(Default)]
+struct Console {
+    lines: Vec<Line>,
+    closed: bool,
+}
+
+/// One QEMU run of the rig's kernel and initramfs.
+pub struct Boot {
+    /// Name used in file names and messages.
+    pub name: String,
+    child: Option<Child>,
+    console: Arc<Mutex<Console>>,
+    reader: Option<JoinHandle<()>>,
+    qemu_log: PathBuf,
+    console_log: PathBuf,
+}
+
+impl Boot {
+    /// Starts QEMU with `disk` as /dev/vda, `smp` CPUs and `kjump.mode=mode`.
+    pub fn start(name: &str, disk: &Path, smp: u32, mode: &str) -> Boot {
+        let rig = rig();
+        let qemu_log = rig.dir.join(format!("qemu-{name}.log"));
+        let console_log = rig.dir.join(format!("console-{name}.log"));
+        let log = fs::File::create(&qemu_log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", qemu_log.display()));
+        let append = format!("console=ttyS0 crashkernel=256M panic=-1 kjump.mode={mode}");
+        let started = Instant::now();
+        let mut child = Command::new(QEMU)
+            .args(["-accel", "tcg", "-cpu", "max", "-m", MEM])
+            .args(["-smp", &smp.to_string()])
+            .args(["-display", "none", "-monitor", "none", "-nic", "none"])
+            .args(["-serial", "stdio", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()))
+            .arg("-kernel")
+            .arg(&rig.kernel)
+            .arg("-initrd")
+            .arg(&rig.initramfs)
+            .args(["-append", &append])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {QEMU}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let console = Arc::new(Mutex::new(Console::default()));
+        let shared = Arc::clone(&console);
+        let log_path = console_log.clone();
+        let reader = thread::spawn(move || read_console(stdout, started, &shared, &log_path));
+        println!("[{name}] qemu -smp {smp} -append {append:?}");
+        Boot {
+            name: name.to_owned(),
+            child: Some(child),
+            console,
+            reader: Some(reader),
+            qemu_log,
+            console_log,
+        }
+    }
+
+    /// Every console line so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.console
+            .lock()
+            .map(|c| c.lines.clone())
+            .unwrap_or_default()
+    }
+
+    /// The console's last lines and QEMU's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let lines = self.lines();
+        let from = lines.len().saturating_sub(TAIL_LINES);
+        let mut s = format!(
+            "--- last {} console lines of {} ({}) ---\n",
+            lines.len() - from,
+            self.name,
+            self.console_log.display()
+        );
+        for l in &lines[from..] {
+            s.push_str(&format!("{:7.2} {}\n", l.at, l.text));
+        }
+        let qemu = fs::read_to_string(&self.qemu_log).unwrap_or_default();
+        s.push_str(&format!(
+            "--- {} ---\n{}",
+            self.qemu_log.display(),
+            qemu.trim()
+        ));
+        s
+    }
+
+    /// The first line containing `needle`, waiting up to `timeout` for it.
+    /// Panics with the console tail when it does not come or QEMU ends.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Line {
+        let started = Instant::now();
+        loop {
+            let closed = {
+                let c = self.console.lock().expect("console lock");
+                if let Some(l) = c.lines.iter().find(|l| l.text.contains(needle)) {
+                    return l.clone();
+                }
+                c.closed
+            };
+            if closed {
+                let status = self.reap();
+                panic!(
+                    "[{}] qemu ended ({status:?}) without printing {needle:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "[{}] no {needle:?} on the console after {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Waits for QEMU to exit by itself (power off, or a panic with
+    /// `panic=-1 -no-reboot`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            let polled = self.child.as_mut().map(|c| c.try_wait());
+            match polled {
+                Some(Ok(Some(status))) => {
+                    self.child = None;
+                    self.join_reader();
+                    return status;
+                }
+                Some(Ok(None)) => {}
+                Some(Err(e)) => panic!("[{}] polling qemu: {e}", self.name),
+                None => panic!("[{}] qemu was already reaped", self.name),
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "[{}] qemu still running after {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            sleep(POLL);
+        }
+    }
+
+    fn reap(&mut self) -> Option<ExitStatus> {
+        let status = self.child.take().and_then(|mut c| c.wait().ok());
+        self.join_reader();
+        status
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // Errors mean the process is gone already.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.join_reader();
+    }
+}
+
+fn read_console(
+    stdout: impl io::Read,
+    started: Instant,
+    console: &Mutex<Console>,
+    log_path: &Path,
+) {
+    use std::io::Write as _;
+    let mut log = fs::File::create(log_path).ok();
+    let mut reader = BufReader::new(stdout);
+    let mut buf = Vec::new();
+    // A program's line the kernel's printk cut in two: its first part.
+    let mut pending = String::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let at = started.elapsed().as_secs_f64();
+        let raw = String::from_utf8_lossy(&buf);
+        let raw = raw.trim_end_matches(['\r', '\n']);
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{at:7.2} {raw}");
+        }
+        let text = match printk_start(raw) {
+            Some(cut) if cut > 0 => {
+                pending.push_str(&raw[..cut]);
+                raw[cut..].to_owned()
+            }
+            Some(_) => raw.to_owned(),
+            None => std::mem::take(&mut pending) + raw,
+        };
+        if let Ok(mut c) = console.lock() {
+            c.lines.push(Line { at, text });
+        }
+    }
+    if let Ok(mut c) = console.lock() {
+        c.closed = true;
+    }
+}
+
+/// Where a kernel message (`[    8.613697] ...`) starts in a console line.
+fn printk_start(line: &str) -> Option<usize> {
+    line.match_indices('[').map(|(i, _)| i).find(|&i| {
+        let rest = &line[i + 1..];
+        let Some(close) = rest.find(']') else {
+            return false;
+        };
+        let stamp = rest[..close].trim_start();
+        let (secs, micros) = stamp.split_once('.').unwrap_or(("", ""));
+        !secs.is_empty()
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && micros.len() == 6
+            && micros.bytes().all(|b| b.is_ascii_digit())
+    })
+}
