@@ -410,3 +410,47 @@ fn checkpoint_then_resume() {
     );
     assert_eq!(state(&disk), "consumed");
 }
+
+/// A capture kernel that cannot write its target (a read-only disk, which A's
+/// checks cannot tell from a writable one) says why, saves nothing, and
+/// jumps back: A runs on with its memory as it was, and `kjump hibernate`
+/// fails with the reason instead of claiming a resume.
+#[test]
+fn failed_capture_jumps_back_to_a() {
+    let Some(_machine) = machine() else { return };
+    let disk = disk("readonly");
+    let mut boot = Boot::start_with("readonly", &disk, 1, "poweroff", true);
+    let failed = boot.wait_for("kjump: capture failed", PHASE);
+    assert!(failed.text.contains("/dev/vda"), "{}", failed.text);
+    boot.wait_for("kjump: jumping back to the saved kernel", PHASE);
+    let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);
+    assert_eq!(
+        exit.text.trim_end(),
+        "A: HIBERNATE-EXIT 1",
+        "{}",
+        boot.logs()
+    );
+    let resumed = boot.wait_for("RESUMED", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    let lines = boot.lines();
+    assert!(
+        lines.iter().any(|l| l
+            .text
+            .contains("the capture kernel did not save this machine")),
+        "{}",
+        boot.logs()
+    );
+    let (before, after): (Vec<Line>, Vec<Line>) =
+        lines.iter().cloned().partition(|l| l.at < resumed.at);
+    assert_eq!(md5s(&before), md5s(&after), "{}", boot.logs());
+    let (b, a): (Vec<Line>, Vec<Line>) = lines.iter().cloned().partition(|l| l.at < failed.at);
+    let (b, a) = (counts(&b), counts(&a));
+    let last = *b.last().expect("COUNT before");
+    assert!(
+        a.first().is_some_and(|&f| f > last && f <= last + 3),
+        "counter {b:?} then {a:?}"
+    );
+    let (code, out) = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "nothing was saved, so nothing verifies: {out}");
+}

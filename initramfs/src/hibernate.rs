@@ -214,9 +214,38 @@ fn which(name: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Hibernates: returns the time spent away once this kernel is resumed
-/// (or `None` for a dry run).
-pub fn hibernate(opts: &HibernateOptions) -> Result<Option<std::time::Duration>, HibernateError> {
+/// What `hibernate` found when this kernel ran again.
+#[derive(Debug)]
+pub struct Return {
+    /// Wall time away.
+    pub away: std::time::Duration,
+    /// The state of the image this hibernation wrote ("committed" after a
+    /// checkpoint, "consumed" after a resume from disk), or why there is none:
+    /// the capture kernel failed and jumped back without saving.
+    pub image: Result<&'static str, String>,
+}
+
+/// Whether the target holds the image of the hibernation that started at
+/// `started_ns` (the manifest's stamp, which the capture records).
+fn saved_image(target: &Path, started_ns: u64) -> Result<&'static str, String> {
+    let file =
+        std::fs::File::open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
+    let image = kjump_image_format::Image::open(&file).map_err(|e| crate::error_chain(&e))?;
+    let stamp = started_ns.to_string();
+    let ours = image
+        .metadata
+        .extra
+        .iter()
+        .any(|(k, v)| k == "started-ns" && *v == stamp);
+    if !ours {
+        return Err("the image on the target is from another hibernation".into());
+    }
+    Ok(image.superblock.state.name())
+}
+
+/// Hibernates: returns when this kernel runs again (or `None` for a dry
+/// run).
+pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateError> {
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?)?;
     preflight(opts, &plan)?;
     let a_cmdline = read("/proc/cmdline")?;
@@ -280,9 +309,11 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<std::time::Duration>,
     // away, and the kernel sets the wall clock from the RTC when it resumes.
     let left = SystemTime::now();
     kexec::jump()?;
-    Ok(Some(
-        SystemTime::now().duration_since(left).unwrap_or_default(),
-    ))
+    let away = SystemTime::now().duration_since(left).unwrap_or_default();
+    Ok(Some(Return {
+        away,
+        image: saved_image(&opts.target, manifest.started_ns),
+    }))
 }
 
 #[cfg(test)]

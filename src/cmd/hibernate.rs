@@ -92,10 +92,17 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
     };
     match hibernate(&opts).map_err(Failure::error)? {
         None => println!("dry run: nothing was changed"),
-        Some(away) => println!(
-            "resumed: this kernel was away for {:.1} s",
-            away.as_secs_f64()
-        ),
+        Some(back) => {
+            let away = back.away.as_secs_f64();
+            match back.image {
+                Ok(state) => println!("resumed: this kernel was away for {away:.1} s; its image is {state}"),
+                Err(why) => {
+                    return Err(Failure::invalid(anyhow::anyhow!(
+                        "the capture kernel did not save this machine ({why}); it jumped back after {away:.1} s: see its messages on the console"
+                    )))
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -246,6 +246,11 @@ pub struct Boot {
 impl Boot {
     /// Starts QEMU with `disk` as /dev/vda, `smp` CPUs and `kjump.mode=mode`.
     pub fn start(name: &str, disk: &Path, smp: u32, mode: &str) -> Boot {
+        Boot::start_with(name, disk, smp, mode, false)
+    }
+
+    /// [`Boot::start`], with the disk read-only when `readonly`.
+    pub fn start_with(name: &str, disk: &Path, smp: u32, mode: &str, readonly: bool) -> Boot {
         let rig = rig();
         let qemu_log = rig.dir.join(format!("qemu-{name}.log"));
         let console_log = rig.dir.join(format!("console-{name}.log"));
@@ -259,7 +264,11 @@ impl Boot {
             .args(["-display", "none", "-monitor", "none", "-nic", "none"])
             .args(["-serial", "stdio", "-no-reboot"])
             .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", disk.display()))
+            .arg(format!(
+                "file={},format=raw,if=virtio,readonly={}",
+                disk.display(),
+                if readonly { "on" } else { "off" }
+            ))
             .arg("-kernel")
             .arg(&rig.kernel)
             .arg("-initrd")
