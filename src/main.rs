@@ -149,7 +149,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("kjump: {:#}", f.error);
+            // One write, so a console's kernel messages cannot split the line.
+            use std::io::Write as _;
+            let line = format!("kjump: {:#}\n", f.error);
+            let _ = std::io::stderr().write_all(line.as_bytes());
             ExitCode::from(f.code)
         }
     }
