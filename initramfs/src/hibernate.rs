@@ -252,7 +252,7 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
     let cmdline = capture_cmdline(&plan, &a_cmdline);
     let manifest = Manifest {
         mode: opts.mode,
-        target: opts.target.display().to_string(),
+        target: crate::kernel_name(opts.target.as_path()),
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",

@@ -15,6 +15,16 @@ pub mod resume;
 
 use cpio::{Archive, CpioError, Kind};
 
+/// The name the next kernel gives a device: the capture and restore kernels
+/// run no udev, so `/dev/disk/by-*` links do not exist there, while the
+/// devtmpfs node the link points to (`/dev/sdb2`) does.
+pub fn kernel_name(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// An error with its causes, as the CLI prints them (`a: b: c`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -90,4 +100,24 @@ pub fn build_with(
         a.add(path, *mode, Kind::File(data.clone()))?;
     }
     Ok(a.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn links_resolve_to_the_node_the_next_kernel_has() {
+        let dir = std::env::temp_dir().join(format!("kjump-kernel-name-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = dir.join("sdb2");
+        std::fs::write(&node, b"").unwrap();
+        let link = dir.join("by-partlabel-kjump");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&node, &link).unwrap();
+        assert_eq!(super::kernel_name(&link), node.display().to_string());
+        assert_eq!(
+            super::kernel_name(std::path::Path::new("/nonexistent/x")),
+            "/nonexistent/x"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -166,7 +166,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
     );
     let manifest = Manifest {
         mode: Mode::Restore,
-        target: opts.device.display().to_string(),
+        target: crate::kernel_name(opts.device.as_path()),
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",
