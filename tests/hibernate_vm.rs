@@ -34,17 +34,7 @@ const DATA_OFFSET_FIELD: u64 = 104;
 static MACHINE: Mutex<()> = Mutex::new(());
 
 fn machine() -> Option<std::sync::MutexGuard<'static, ()>> {
-    if !vm::qemu_available() {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-        assert!(
-            !ci,
-            "{} not found, but CI is set: CI must install qemu-system-x86",
-            vm::QEMU
-        );
-        println!(
-            "SKIPPED: {} not found (apt-get install qemu-system-x86)",
-            vm::QEMU
-        );
+    if !vm::require_qemu() {
         return None;
     }
     Some(MACHINE.lock().unwrap_or_else(|p| p.into_inner()))

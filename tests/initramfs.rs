@@ -15,7 +15,7 @@ fn have_cpio() -> bool {
             std::env::var_os("CI").is_none(),
             "cpio missing under CI: tests/setup.sh installs it"
         );
-        eprintln!("SKIPPED: cpio not found (apt-get install cpio)");
+        common::skip("cpio not found (apt-get install cpio)");
     }
     found
 }

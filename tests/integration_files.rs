@@ -30,7 +30,7 @@ fn ready(tools: &[&str]) -> bool {
     }
     let why = format!("root: {root}, missing tools: {missing:?} (tests/setup.sh installs them)");
     assert!(!ci, "CI must run this test: {why}");
-    eprintln!("SKIPPED: {why}");
+    common::skip(why);
     false
 }
 
@@ -231,7 +231,7 @@ fn systemd_unit_verifies() {
             std::env::var_os("CI").is_none(),
             "CI must have systemd-analyze"
         );
-        eprintln!("SKIPPED: systemd-analyze not found (apt-get install systemd)");
+        common::skip("systemd-analyze not found (apt-get install systemd)");
         return;
     }
     let out = Command::new("systemd-analyze")

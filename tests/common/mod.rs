@@ -8,3 +8,10 @@
 pub mod cores;
 pub mod hibvm;
 pub mod vm;
+
+/// Says that a test is skipped, where a plain `cargo test` shows it: libtest
+/// captures `println!`/`eprintln!`, not writes to the stderr handle.
+pub fn skip(why: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
+}

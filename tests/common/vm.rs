@@ -182,6 +182,24 @@ pub fn qemu_available() -> bool {
     find_in_path(QEMU).is_some()
 }
 
+/// For a test that boots QEMU: true when it can. Without QEMU it prints a
+/// visible `SKIPPED:` line and returns false, except under CI, which
+/// installs QEMU and so fails instead.
+pub fn require_qemu() -> bool {
+    if qemu_available() {
+        return true;
+    }
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    assert!(
+        !ci,
+        "{QEMU} not found, but CI is set: CI must install qemu-system-x86"
+    );
+    super::skip(format!(
+        "{QEMU} not found (apt-get install qemu-system-x86)"
+    ));
+    false
+}
+
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -204,7 +204,11 @@ fn available(test: &str, what: &str, ok: bool) -> bool {
         std::env::var_os("CI").is_none(),
         "{test} needs {what}, and CI is set"
     );
-    eprintln!("SKIPPED: {test}: needs {what}");
+    {
+        use std::io::Write as _;
+        // Uncaptured, so a plain `cargo test` shows it.
+        let _ = std::io::stderr().write_all(format!("SKIPPED: {test}: needs {what}\n").as_bytes());
+    }
     false
 }
 
