@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
@@ -68,7 +68,11 @@ pub struct Target {
     block_device: bool,
     capacity: Option<u64>,
     direct: AtomicBool,
+    /// Bytes still allowed to land before a simulated power cut.
+    budget: AtomicU64,
 }
+
+const NO_CUT: u64 = u64::MAX;
 
 /// Alignment of direct I/O buffers, lengths and offsets.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -184,6 +188,7 @@ impl Target {
             block_device,
             capacity,
             direct: AtomicBool::new(direct),
+            budget: AtomicU64::new(NO_CUT),
         })
     }
 
@@ -276,7 +281,32 @@ impl Target {
         self.write_at(a.as_slice(), offset)
     }
 
+    /// Fault injection for power-cut tests: after `bytes` more bytes have
+    /// been written, every write fails as if the machine lost power, the
+    /// last one part way. Direct I/O is turned off so the cut can fall on
+    /// any byte.
+    pub fn cut_power_after(&self, bytes: u64) {
+        self.stop_direct("power-cut test");
+        self.budget.store(bytes, Ordering::SeqCst);
+    }
+
     fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
+        let budget = self.budget.load(Ordering::SeqCst);
+        if budget != NO_CUT {
+            let allowed = budget.min(buf.len() as u64);
+            self.budget.store(budget - allowed, Ordering::SeqCst);
+            let allowed = allowed as usize;
+            self.write_all_at_raw(&buf[..allowed], offset)?;
+            if allowed < buf.len() {
+                let cut = std::io::Error::other("simulated power cut");
+                return Err(self.write_error(offset + allowed as u64, buf.len() - allowed, cut));
+            }
+            return Ok(());
+        }
+        self.write_all_at_raw(buf, offset)
+    }
+
+    fn write_all_at_raw(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
