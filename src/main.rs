@@ -76,6 +76,9 @@ enum Command {
         /// Check the image and print the kexec command, and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Resume even when a filesystem the saved kernel had mounted was written since (risks corrupting it)
+        #[arg(long)]
+        force_stale_filesystems: bool,
     },
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
@@ -139,7 +142,8 @@ fn main() -> ExitCode {
             kernel,
             kexec,
             dry_run,
-        } => cmd::hibernate::resume_boot(device, kernel, kexec, dry_run),
+            force_stale_filesystems,
+        } => cmd::hibernate::resume_boot(device, kernel, kexec, dry_run, force_stale_filesystems),
         Command::Mkinitramfs {
             output,
             init,

@@ -261,6 +261,10 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
         ),
         kernel_release: read("/proc/sys/kernel/osrelease")?.trim().to_string(),
         started_ns: kjump_writer::now_ns(),
+        filesystems: crate::fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)
+            .iter()
+            .map(|d| crate::kernel_name(Path::new(d)))
+            .collect(),
     };
     let exe = std::env::current_exe().map_err(|source| HibernateError::Read {
         path: "/proc/self/exe".into(),

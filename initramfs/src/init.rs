@@ -161,6 +161,16 @@ fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
     metadata
         .extra
         .extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    // The on-disk state of the saved kernel's filesystems, for the
+    // stale-filesystem guard of the resume.
+    for dev in &manifest.filesystems {
+        let fp = crate::fsguard::fingerprint(Path::new(dev))
+            .unwrap_or_else(|e| format!("unreadable in the capture kernel: {e}"));
+        say(format_args!("filesystem on {dev}: {fp}"));
+        metadata
+            .extra
+            .push((format!("{}{dev}", crate::fsguard::META_PREFIX), fp));
+    }
     let target = Target::open(Path::new(&manifest.target)).map_err(|e| error_chain(&e))?;
     let report = capture(&source, &target, &metadata, &CaptureOptions::new())
         .map_err(|e| error_chain(&e))?;

@@ -75,6 +75,9 @@ pub struct Manifest {
     pub kernel_release: String,
     /// When the saved kernel started hibernating, ns since the epoch.
     pub started_ns: u64,
+    /// Block devices the saved kernel had filesystems mounted on, whose
+    /// fingerprints the capture records for the stale-filesystem guard.
+    pub filesystems: Vec<String>,
 }
 
 impl Manifest {
@@ -88,12 +91,13 @@ impl Manifest {
         let _ = writeln!(s, "region={}", self.region);
         let _ = writeln!(s, "kernel-release={}", self.kernel_release);
         let _ = writeln!(s, "started-ns={}", self.started_ns);
+        let _ = writeln!(s, "filesystems={}", self.filesystems.join(","));
         s
     }
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 7] = [
+        let mut fields: [(&str, Option<(usize, &str)>); 8] = [
             ("version", None),
             ("mode", None),
             ("target", None),
@@ -101,6 +105,7 @@ impl Manifest {
             ("region", None),
             ("kernel-release", None),
             ("started-ns", None),
+            ("filesystems", None),
         ];
         for (n, line) in text.lines().enumerate() {
             let line_no = n + 1;
@@ -158,6 +163,12 @@ impl Manifest {
             region: get("region")?.1.to_string(),
             kernel_release: get("kernel-release")?.1.to_string(),
             started_ns,
+            filesystems: get("filesystems")?
+                .1
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect(),
         })
     }
 }
@@ -174,6 +185,7 @@ mod tests {
             region: "0x2f000000-0x3effffff".into(),
             kernel_release: "6.12.117".into(),
             started_ns: 42,
+            filesystems: vec!["/dev/vdb".into(), "/dev/vda1".into()],
         }
     }
 
@@ -186,7 +198,7 @@ mod tests {
     fn errors_name_the_line() {
         let text = sample().encode();
         let e = Manifest::parse(&format!("{text}mode=poweroff\n")).unwrap_err();
-        assert_eq!(e.to_string(), "manifest line 9: mode given twice");
+        assert_eq!(e.to_string(), "manifest line 10: mode given twice");
         let e = Manifest::parse(&text.replace("mode=checkpoint", "mode=sleep")).unwrap_err();
         assert_eq!(e.line, 3);
         let e = Manifest::parse(&text.replace("version=1", "version=2")).unwrap_err();

@@ -57,6 +57,8 @@ pub struct ResumeOptions {
     pub kexec: PathBuf,
     /// Print what would be done and stop.
     pub dry_run: bool,
+    /// Resume even when a filesystem changed since the hibernation.
+    pub force_stale: bool,
 }
 
 fn parse_region(text: &str) -> Option<PhysRange> {
@@ -70,7 +72,14 @@ pub type Decision = Result<(JumpPlan, String), String>;
 
 /// Checks the image on `device` against this machine's /proc/iomem text;
 /// returns the plan R will run under.
-pub fn check(device_path: &std::path::Path, iomem: &str) -> Result<Decision, ResumeError> {
+///
+/// With `force_stale`, a filesystem that changed since the hibernation is
+/// reported but does not stop the resume.
+pub fn check(
+    device_path: &std::path::Path,
+    iomem: &str,
+    force_stale: bool,
+) -> Result<Decision, ResumeError> {
     let device = device_path.display().to_string();
     let refuse = |reason: String| ResumeError::Refused {
         device: device.clone(),
@@ -146,6 +155,22 @@ pub fn check(device_path: &std::path::Path, iomem: &str) -> Result<Decision, Res
             "the image's ranges overlap the restore kernel's memory".into(),
         ));
     }
+    let recorded: Vec<(String, String)> = meta
+        .extra
+        .iter()
+        .filter_map(|(k, v)| {
+            let dev = k.strip_prefix(crate::fsguard::META_PREFIX)?;
+            Some((dev.to_string(), v.clone()))
+        })
+        .collect();
+    if let Some(change) = crate::fsguard::first_change(&recorded) {
+        if !force_stale {
+            return Err(refuse(format!(
+                "{change} (boot normally; --force-stale-filesystems resumes anyway)"
+            )));
+        }
+        eprintln!("kjump: resuming despite a changed filesystem, as forced: {change}");
+    }
     Ok(Ok((plan, meta.kernel_release.clone().unwrap_or_default())))
 }
 
@@ -156,7 +181,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         device: opts.device.display().to_string(),
         reason: format!("reading /proc/iomem: {e}"),
     })?;
-    let (plan, release) = match check(&opts.device, &iomem)? {
+    let (plan, release) = match check(&opts.device, &iomem, opts.force_stale)? {
         Ok(p) => p,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };
@@ -175,6 +200,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         ),
         kernel_release: release,
         started_ns: kjump_writer::now_ns(),
+        filesystems: Vec::new(),
     };
     let initrd_path = std::env::temp_dir().join("kjump-restore-initramfs.cpio");
     let load = [

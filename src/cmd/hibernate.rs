@@ -57,12 +57,14 @@ pub fn resume_boot(
     kernel: Option<PathBuf>,
     kexec: PathBuf,
     dry_run: bool,
+    force_stale: bool,
 ) -> Result<(), Failure> {
     let opts = ResumeOptions {
         device,
         kernel: kernel_or_running(kernel)?,
         kexec,
         dry_run,
+        force_stale,
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {
