@@ -10,7 +10,6 @@
 //! read that memory through /dev/mem.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange};
@@ -45,9 +44,6 @@ pub enum HibernateError {
     /// The jump failed.
     #[error(transparent)]
     Jump(#[from] kexec::KexecError),
-    /// The initramfs could not be built.
-    #[error(transparent)]
-    Initramfs(#[from] crate::InitramfsError),
 }
 
 /// The memory layout of a jump, derived from A's /proc/iomem.
@@ -266,19 +262,14 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
             .map(|d| crate::kernel_name(Path::new(d)))
             .collect(),
     };
-    let exe = std::env::current_exe().map_err(|source| HibernateError::Read {
-        path: "/proc/self/exe".into(),
-        source,
-    })?;
-    let initrd_path = std::env::temp_dir().join("kjump-capture-initramfs.cpio");
-    let load = [
-        "--load-preserve-context".to_string(),
-        format!("--mem-min={:#x}", plan.region.start().0),
-        format!("--mem-max={:#x}", plan.region.end().0 - 1),
-        opts.kernel.display().to_string(),
-        format!("--initrd={}", initrd_path.display()),
-        format!("--append={cmdline}"),
-    ];
+    let load = crate::load::KexecLoad {
+        kexec: &opts.kexec,
+        flag: "--load-preserve-context",
+        region: plan.region,
+        kernel: &opts.kernel,
+        cmdline,
+        initrd: std::env::temp_dir().join("kjump-capture-initramfs.cpio"),
+    };
     println!("capture kernel region: {}", plan.region);
     println!(
         "RAM to save: {} bytes in {} ranges",
@@ -286,29 +277,12 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
         plan.saved.ranges().len()
     );
     println!("manifest:\n{}", manifest.encode().trim_end());
-    println!("{} {}", opts.kexec.display(), load.join(" "));
+    println!("{}", load.shown());
     if opts.dry_run {
         return Ok(None);
     }
-    let generated = [(crate::manifest::PATH, 0o644, manifest.encode().into_bytes())];
-    let initrd = crate::build_with(&exe, &opts.extra, &generated)?;
-    std::fs::write(&initrd_path, initrd).map_err(|source| HibernateError::Read {
-        path: initrd_path.display().to_string(),
-        source,
-    })?;
-    let out = Command::new(&opts.kexec)
-        .args(&load)
-        .output()
-        .map_err(|e| HibernateError::Load(format!("running {}: {e}", opts.kexec.display())))?;
-    let _ = std::fs::remove_file(&initrd_path);
-    if !out.status.success() {
-        return Err(HibernateError::Load(format!(
-            "{} exited with {}: {}",
-            opts.kexec.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    load.run(&manifest, &opts.extra)
+        .map_err(HibernateError::Load)?;
     // The wall clock: the monotonic clock stands still while this kernel is
     // away, and the kernel sets the wall clock from the RTC when it resumes.
     let left = SystemTime::now();

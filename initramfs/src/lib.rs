@@ -11,6 +11,7 @@ pub mod cpio;
 pub mod fsguard;
 pub mod hibernate;
 pub mod init;
+pub mod load;
 pub mod manifest;
 pub mod resume;
 

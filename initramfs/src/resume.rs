@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::Command;
 
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{Image, ImageState, PhysAddr, PhysRange};
@@ -41,9 +40,6 @@ pub enum ResumeError {
     /// The jump into R failed.
     #[error(transparent)]
     Jump(#[from] kexec::KexecError),
-    /// The initramfs could not be built.
-    #[error(transparent)]
-    Initramfs(#[from] crate::InitramfsError),
 }
 
 /// How to resume.
@@ -202,42 +198,24 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         started_ns: kjump_writer::now_ns(),
         filesystems: Vec::new(),
     };
-    let initrd_path = std::env::temp_dir().join("kjump-restore-initramfs.cpio");
-    let load = [
-        "--load".to_string(),
-        format!("--mem-min={:#x}", plan.region.start().0),
-        format!("--mem-max={:#x}", plan.region.end().0 - 1),
-        opts.kernel.display().to_string(),
-        format!("--initrd={}", initrd_path.display()),
-        format!("--append={cmdline}"),
-    ];
+    let load = crate::load::KexecLoad {
+        kexec: &opts.kexec,
+        flag: "--load",
+        region: plan.region,
+        kernel: &opts.kernel,
+        cmdline,
+        initrd: std::env::temp_dir().join("kjump-restore-initramfs.cpio"),
+    };
     println!(
         "restore kernel: {} in {}",
         opts.kernel.display(),
         plan.region
     );
-    println!("{} {}", opts.kexec.display(), load.join(" "));
+    println!("{}", load.shown());
     if opts.dry_run {
         return Ok(Outcome::DryRun);
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| ResumeError::Load(format!("finding this kjump binary: {e}")))?;
-    let generated = [(crate::manifest::PATH, 0o644, manifest.encode().into_bytes())];
-    let initrd = crate::build_with(&exe, &[], &generated)?;
-    std::fs::write(&initrd_path, initrd)
-        .map_err(|e| ResumeError::Load(format!("writing {}: {e}", initrd_path.display())))?;
-    let out = Command::new(&opts.kexec)
-        .args(&load)
-        .output()
-        .map_err(|e| ResumeError::Load(format!("running {}: {e}", opts.kexec.display())))?;
-    if !out.status.success() {
-        return Err(ResumeError::Load(format!(
-            "{} exited with {}: {}",
-            opts.kexec.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    load.run(&manifest, &[]).map_err(ResumeError::Load)?;
     kexec::jump()?;
     Err(ResumeError::Load("the restore kernel returned".into()))
 }
