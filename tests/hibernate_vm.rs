@@ -177,6 +177,25 @@ struct Saved {
 fn hibernate_poweroff(name: &str, disk: &Path, smp: u32) -> Saved {
     let mut boot = Boot::start(name, disk, smp, "poweroff");
     boot.wait_for("A: RESUME-EXIT 0", PHASE);
+    // The dry run prints the plan and the load, and changes nothing.
+    let dry = boot.wait_for("A: DRY-RUN-EXIT", PHASE);
+    assert_eq!(dry.text.trim_end(), "A: DRY-RUN-EXIT 0", "{}", boot.logs());
+    let before_dry: Vec<Line> = boot
+        .lines()
+        .into_iter()
+        .filter(|l| l.at <= dry.at)
+        .collect();
+    for want in [
+        "dry run: nothing was changed",
+        "kexec --load-preserve-context --mem-min=",
+        "mode=poweroff",
+    ] {
+        assert!(
+            before_dry.iter().any(|l| l.text.contains(want)),
+            "dry run lacks {want:?}\n{}",
+            boot.logs()
+        );
+    }
     boot.wait_for("A: HIBERNATE", PHASE);
     boot.wait_for("kjump: capture kernel started", PHASE);
     boot.wait_for("kjump: image committed", PHASE);

@@ -61,6 +61,8 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 	dd if=/dev/zero of=/dev/vda bs=1M seek=1024 count=256 oflag=direct 2>/dev/null
 	t1=$(up)
 	echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
+	kjump hibernate --target /dev/vda --kernel /boot/bzImage --then "$mode" --dry-run
+	echo "A: DRY-RUN-EXIT $?"
 	echo "A: HIBERNATE --then $mode"
 	kjump hibernate --target /dev/vda --kernel /boot/bzImage --then "$mode"
 	echo "A: HIBERNATE-EXIT $?"
