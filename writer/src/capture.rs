@@ -189,22 +189,26 @@ pub fn capture(
 }
 
 /// Groups the chunk sequence into windows of consecutive frames of one range.
-fn windows(metadata: &Metadata, window_pages: usize) -> Vec<Vec<(u32, ChunkSpec)>> {
+fn windows(
+    metadata: &Metadata,
+    window_pages: usize,
+) -> impl Iterator<Item = Vec<(u32, ChunkSpec)>> + '_ {
+    // Produced one at a time: the whole chunk plan of a large machine would
+    // itself be tens of megabytes, more than the capture kernel should hold.
     let per_window = (window_pages / kjump_image_format::CHUNK_PAGES).max(1);
-    let mut out: Vec<Vec<(u32, ChunkSpec)>> = Vec::new();
-    for (seq, spec) in chunk_specs(&metadata.ranges).enumerate() {
-        let start_new = match out.last() {
-            Some(w) => w.len() >= per_window || w[0].1.range != spec.range,
-            None => true,
-        };
-        if start_new {
-            out.push(Vec::with_capacity(per_window));
+    let mut specs = chunk_specs(&metadata.ranges).enumerate().peekable();
+    std::iter::from_fn(move || {
+        let (seq, first) = specs.next()?;
+        let mut window = Vec::with_capacity(per_window);
+        window.push((seq as u32, first));
+        while window.len() < per_window {
+            match specs.next_if(|(_, s)| s.range == first.range) {
+                Some((seq, spec)) => window.push((seq as u32, spec)),
+                None => break,
+            }
         }
-        if let Some(w) = out.last_mut() {
-            w.push((seq as u32, spec));
-        }
-    }
-    out
+        Some(window)
+    })
 }
 
 fn produce(
