@@ -35,30 +35,43 @@ enum Command {
     Capture(cmd::capture::CaptureArgs),
     /// Describe an image
     Info {
-        /// Image file or block device
-        image: PathBuf,
+        #[command(flatten)]
+        at: cmd::ImageAt,
         /// Print JSON for scripts
         #[arg(long)]
         json: bool,
     },
     /// Check every checksum of an image; exit 0 only when it is whole
     Verify {
-        /// Image file or block device
-        image: PathBuf,
+        #[command(flatten)]
+        at: cmd::ImageAt,
         /// Worker threads (default: all CPUs)
         #[arg(long)]
         threads: Option<usize>,
     },
     /// Write the saved memory out as an ELF64 core (for crash, drgn, gdb)
     Export {
-        /// Image file or block device
-        image: PathBuf,
+        #[command(flatten)]
+        at: cmd::ImageAt,
         /// The ELF core to write
         #[arg(long, short)]
         output: PathBuf,
         /// Worker threads (default: all CPUs)
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Invalidate an image so that it is never resumed, and give a swap area back to swap
+    Discard {
+        #[command(flatten)]
+        at: cmd::ImageAt,
+    },
+    /// Allocate a file target on ext2/3/4 or XFS for `hibernate --target FILE` and print where its map lies
+    Prepare {
+        /// The file to allocate (or check and grow)
+        file: PathBuf,
+        /// Room for the image: a size like 4G, or the worst case for this machine's RAM when omitted
+        #[arg(long, value_parser = cmd::parse_size)]
+        size: Option<u64>,
     },
     /// Hibernate this machine: jump into a capture kernel that saves RAM to TARGET
     Hibernate(cmd::hibernate::HibernateArgs),
@@ -67,6 +80,9 @@ enum Command {
         /// Device (or file) that may hold an image
         #[arg(long)]
         device: PathBuf,
+        /// The device offset (hex) of a file target's extent map, as `kjump prepare` prints it
+        #[arg(long, value_parser = cmd::parse_hex)]
+        offset: Option<u64>,
         /// Restore kernel, built with CONFIG_KEXEC_JUMP (default: /boot/vmlinuz-$(uname -r))
         #[arg(long)]
         kernel: Option<PathBuf>,
@@ -123,27 +139,45 @@ fn main() -> ExitCode {
         // The capture kernel runs kjump as /init.
         kjump_initramfs::init::main();
     }
+    // Die quietly of SIGPIPE, as command-line tools do, when the reader of
+    // the output goes away (`kjump info DEV | head`), rather than fail a
+    // write and panic.
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
+    // code; nothing else in this process handles SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => cmd::capture::run(args),
-        Command::Info { image, json } => cmd::inspect::info(&image, json),
-        Command::Verify { image, threads } => cmd::inspect::verify(&image, threads),
+        Command::Info { at, json } => cmd::inspect::info(&at, json),
+        Command::Verify { at, threads } => cmd::inspect::verify(&at, threads),
         Command::Export {
-            image,
+            at,
             output,
             threads,
-        } => cmd::inspect::export(&image, &output, threads),
+        } => cmd::inspect::export(&at, &output, threads),
+        Command::Discard { at } => cmd::discard::discard(&at),
+        Command::Prepare { file, size } => cmd::discard::prepare(&file, size),
         Command::Hibernate(args) => cmd::hibernate::run(args),
         Command::Resume {
             device,
+            offset,
             kernel,
             kexec,
             dry_run,
             force_stale_filesystems,
-        } => cmd::hibernate::resume_boot(device, kernel, kexec, dry_run, force_stale_filesystems),
+        } => cmd::hibernate::resume_boot(
+            device,
+            offset,
+            kernel,
+            kexec,
+            dry_run,
+            force_stale_filesystems,
+        ),
         Command::Mkinitramfs {
             output,
             init,

@@ -93,7 +93,12 @@ fn restored(dir: &TempDir, image: &Path) -> Result<Vec<u8>, RestoreError> {
         0x1000,
     )
     .unwrap()]);
-    match restore(image, &blank, &own, 2) {
+    match restore(
+        &kjump_writer::Place::locate(image, None).unwrap(),
+        &blank,
+        &own,
+        2,
+    ) {
         Ok(_) => Ok(std::fs::read(&blank).unwrap()),
         Err(e) => {
             let after = std::fs::read(&blank).unwrap();

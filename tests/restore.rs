@@ -10,7 +10,7 @@ use common::cores::{read_core, TempDir};
 use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange};
 use kjump_restorer::{restore, RestoreError};
-use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
+use kjump_writer::{capture, CaptureOptions, MemorySource, Place, Target};
 
 const FILL: u8 = 0xee;
 
@@ -51,6 +51,10 @@ fn setup(dir: &TempDir, entry: Option<u64>) -> (Vec<u8>, MemoryMap) {
     (mem, map)
 }
 
+fn place(path: &Path) -> Place {
+    Place::locate(path, None).unwrap()
+}
+
 fn blank_memory(dir: &TempDir, len: usize) {
     std::fs::write(dir.path("blank"), vec![FILL; len]).unwrap();
 }
@@ -75,7 +79,7 @@ fn restore_writes_exactly_the_saved_bytes_and_consumes_the_image() {
     let dir = TempDir::new("restore-ok");
     let (mem, map) = setup(&dir, Some(0x1234_5000));
     blank_memory(&dir, mem.len());
-    let report = restore(&dir.path("img"), &dir.path("blank"), &own_ram(), 2).unwrap();
+    let report = restore(&place(&dir.path("img")), &dir.path("blank"), &own_ram(), 2).unwrap();
     assert_eq!(report.entry, 0x1234_5000);
     assert_eq!(report.bytes, map.total_bytes());
     let got = std::fs::read(dir.path("blank")).unwrap();
@@ -99,14 +103,14 @@ fn restore_writes_exactly_the_saved_bytes_and_consumes_the_image() {
     let image = Image::open(&f).unwrap();
     assert!(image.superblock.consumed_time_ns > 0);
     kjump_restorer::verify(&f, &image, 2, false).unwrap();
-    let e = restore(&dir.path("img"), &dir.path("blank"), &own_ram(), 2).unwrap_err();
+    let e = restore(&place(&dir.path("img")), &dir.path("blank"), &own_ram(), 2).unwrap_err();
     assert!(matches!(e, RestoreError::Consumed { .. }), "{e}");
 }
 
 fn assert_refused_untouched(dir: &TempDir, own: &MemoryMap, check: impl Fn(&RestoreError) -> bool) {
     let len = std::fs::metadata(dir.path("mem")).unwrap().len() as usize;
     blank_memory(dir, len);
-    let e = restore(&dir.path("img"), &dir.path("blank"), own, 2).unwrap_err();
+    let e = restore(&place(&dir.path("img")), &dir.path("blank"), own, 2).unwrap_err();
     assert!(check(&e), "unexpected refusal: {e}");
     assert_eq!(state(&dir.path("img")), ImageState::Committed, "{e}");
     let got = std::fs::read(dir.path("blank")).unwrap();

@@ -42,14 +42,14 @@ fn image(dir: &TempDir, name: &str, region: Option<&str>) -> std::path::PathBuf 
 }
 
 fn nothing(path: &Path, iomem: &str) -> String {
-    match check(path, iomem, false) {
+    match check(path, None, iomem, false) {
         Ok(Err(why)) => why,
         other => panic!("expected nothing to resume, got {other:?}"),
     }
 }
 
 fn refused(path: &Path, iomem: &str) -> String {
-    match check(path, iomem, false) {
+    match check(path, None, iomem, false) {
         Err(ResumeError::Refused { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -59,7 +59,7 @@ fn refused(path: &Path, iomem: &str) -> String {
 fn a_whole_image_on_the_same_layout_is_resumed() {
     let dir = TempDir::new("resume-ok");
     let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
-    let (plan, release) = check(&img, IOMEM, false).unwrap().unwrap();
+    let (plan, release) = check(&img, None, IOMEM, false).unwrap().unwrap();
     assert_eq!(release, "6.12.117");
     assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
     let args = plan.memmap_args();

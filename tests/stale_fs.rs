@@ -121,11 +121,11 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
     dev.write_as_another_boot(&dir.path("mnt"));
     let img = image_with_fingerprint(&dir, &dev.0);
     assert!(
-        matches!(check(&img, IOMEM, false), Ok(Ok(_))),
+        matches!(check(&img, None, IOMEM, false), Ok(Ok(_))),
         "unchanged filesystem must not block"
     );
     dev.write_as_another_boot(&dir.path("mnt"));
-    match check(&img, IOMEM, false) {
+    match check(&img, None, IOMEM, false) {
         Err(ResumeError::Refused { reason, .. }) => {
             let name = dev.0.display().to_string();
             assert!(
@@ -139,7 +139,7 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
         other => panic!("a written filesystem must refuse the resume, got {other:?}"),
     }
     assert!(
-        matches!(check(&img, IOMEM, true), Ok(Ok(_))),
+        matches!(check(&img, None, IOMEM, true), Ok(Ok(_))),
         "forced resume goes on"
     );
 }

@@ -30,6 +30,14 @@ pub enum FormatError {
         /// Size of the image.
         available: u64,
     },
+    /// An extent map (the start of a file that holds an image) is malformed.
+    #[error("extent map at device offset {offset}: {problem}")]
+    ExtentMap {
+        /// Device offset of the map.
+        offset: ImageOffset,
+        /// What is wrong.
+        problem: String,
+    },
     /// A structure does not start with its magic.
     #[error("bad magic in {what} at offset {offset}: expected {expected:?}, found {found:?}")]
     BadMagic {

@@ -24,6 +24,7 @@ pub mod chunk;
 mod error;
 mod le;
 pub mod metadata;
+pub mod placement;
 pub mod reader;
 pub mod superblock;
 pub mod trailer;
@@ -35,6 +36,7 @@ pub use chunk::{
 };
 pub use error::FormatError;
 pub use metadata::Metadata;
+pub use placement::{Placement, Segment};
 pub use reader::{Image, ReadAt};
 pub use superblock::{ImageState, Layout, Superblock, SUPERBLOCK_SIZE};
 pub use trailer::{Trailer, TRAILER_SIZE};

@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange};
+use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Placement};
 use kjump_restorer::kexec;
-use kjump_writer::ranges;
+use kjump_writer::{ranges, Place};
 
 use crate::manifest::{Manifest, Mode};
 
@@ -152,8 +152,9 @@ fn read(path: &str) -> Result<String, HibernateError> {
     })
 }
 
-/// Refuses early, with the reason, what would make the jump fail later.
-fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<(), HibernateError> {
+/// Refuses early, with the reason, what would make the jump fail later;
+/// returns where the image will go.
+fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<Place, HibernateError> {
     let fail = |s: String| Err(HibernateError::Preflight(s));
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/kexec_load_disabled") {
         if v.trim() == "1" {
@@ -186,21 +187,64 @@ fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<(), HibernateEr
             opts.kexec.display()
         ));
     }
-    let target = kjump_writer::Target::open_check(&opts.target)
-        .map_err(|e| HibernateError::Preflight(crate::error_chain(&e)))?;
     let metadata = Metadata {
         ranges: plan.saved.clone(),
         ..Metadata::default()
     };
     let worst = kjump_writer::worst_case_len(&metadata).unwrap_or(u64::MAX);
-    match target {
+    let (place, capacity) = target_place(opts, worst)?;
+    match capacity {
         Some(capacity) if capacity < worst => fail(format!(
             "target {} holds {capacity} bytes, but the image of {} bytes of RAM can take up to {worst}",
-            opts.target.display(),
+            place.describe(),
             plan.saved.total_bytes()
         )),
-        _ => Ok(()),
+        _ => Ok(place),
     }
+}
+
+/// Where the image goes and how many bytes it may take there. A regular
+/// file becomes a file target: allocated (on a dry run only when it is
+/// one already) and written by the capture kernel through its extents on
+/// the raw device. A block device takes the image whole, or after the
+/// header of a swap area that is not in use.
+fn target_place(
+    opts: &HibernateOptions,
+    worst: u64,
+) -> Result<(Place, Option<u64>), HibernateError> {
+    let pre = |e: &dyn std::error::Error| HibernateError::Preflight(crate::error_chain(e));
+    let is_dev = std::fs::metadata(&opts.target)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if !is_dev {
+        let place = if opts.dry_run {
+            Place::locate(&opts.target, None).map_err(|e| pre(&e))?
+        } else {
+            kjump_writer::place::prepare_file(&opts.target, worst).map_err(|e| pre(&e))?
+        };
+        if place.placement == Placement::Whole {
+            // Dry run on a file not yet prepared: the real run allocates it.
+            println!(
+                "file target {}: the real run allocates {worst} bytes for it",
+                opts.target.display()
+            );
+            return Ok((place, None));
+        }
+        let room = place.reader().map_err(|e| pre(&e))?.len();
+        return Ok((place, Some(room)));
+    }
+    let place = Place::locate(&opts.target, None).map_err(|e| pre(&e))?;
+    if matches!(place.placement, Placement::Swap(_))
+        && kjump_writer::place::is_active_swap(&opts.target)
+    {
+        return Err(pre(&kjump_writer::PlaceError::ActiveSwap {
+            path: opts.target.clone(),
+        }));
+    }
+    let size = kjump_writer::Target::open_check(&opts.target)
+        .map_err(|e| pre(&e))?
+        .unwrap_or(0);
+    let room = place.placement.segments(size).iter().map(|s| s.len).sum();
+    Ok((place, Some(room)))
 }
 
 fn which(name: &Path) -> Option<PathBuf> {
@@ -223,9 +267,9 @@ pub struct Return {
 
 /// Whether the target holds the image of the hibernation that started at
 /// `started_ns` (the manifest's stamp, which the capture records).
-fn saved_image(target: &Path, started_ns: u64) -> Result<&'static str, String> {
-    let file =
-        std::fs::File::open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
+fn saved_image(place: &Place, started_ns: u64) -> Result<&'static str, String> {
+    let place = Place::locate(&place.holder, place.map_at()).map_err(|e| crate::error_chain(&e))?;
+    let file = place.reader().map_err(|e| crate::error_chain(&e))?;
     let image = kjump_image_format::Image::open(&file).map_err(|e| crate::error_chain(&e))?;
     let stamp = started_ns.to_string();
     let ours = image
@@ -243,12 +287,13 @@ fn saved_image(target: &Path, started_ns: u64) -> Result<&'static str, String> {
 /// run).
 pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateError> {
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?)?;
-    preflight(opts, &plan)?;
+    let place = preflight(opts, &plan)?;
     let a_cmdline = read("/proc/cmdline")?;
     let cmdline = capture_cmdline(&plan, &a_cmdline);
     let manifest = Manifest {
         mode: opts.mode,
-        target: crate::kernel_name(opts.target.as_path()),
+        target: crate::kernel_name(&place.holder),
+        target_offset: place.map_at(),
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",
@@ -290,7 +335,7 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
     let away = SystemTime::now().duration_since(left).unwrap_or_default();
     Ok(Some(Return {
         away,
-        image: saved_image(&opts.target, manifest.started_ns),
+        image: saved_image(&place, manifest.started_ns),
     }))
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use kjump_image_format::MemoryMap;
 use kjump_restorer::kexec::{self, PowerAction};
-use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Target};
+use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target};
 use nix::mount::{mount, MsFlags};
 
 use crate::error_chain;
@@ -171,7 +171,10 @@ fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
             .extra
             .push((format!("{}{dev}", crate::fsguard::META_PREFIX), fp));
     }
-    let target = Target::open(Path::new(&manifest.target)).map_err(|e| error_chain(&e))?;
+    let place = Place::locate(Path::new(&manifest.target), manifest.target_offset)
+        .map_err(|e| error_chain(&e))?;
+    say(format_args!("writing the image to {}", place.describe()));
+    let target = Target::open_place(&place).map_err(|e| error_chain(&e))?;
     let report = capture(&source, &target, &metadata, &CaptureOptions::new())
         .map_err(|e| error_chain(&e))?;
     let secs = report.elapsed.as_secs_f64();
@@ -198,9 +201,10 @@ fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
         manifest.target, manifest.kernel_release
     ));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let target = Path::new(&manifest.target);
+    let place = Place::locate(Path::new(&manifest.target), manifest.target_offset)
+        .map_err(|e| error_chain(&e))?;
     let report = kjump_restorer::restore(
-        target,
+        &place,
         Path::new("/dev/mem"),
         &MemoryMap::merged(own),
         threads,

@@ -66,6 +66,9 @@ pub struct Manifest {
     /// The block device (or file) to write the image to, as the capture
     /// kernel names it.
     pub target: String,
+    /// When the image goes into a file's blocks on `target`: the device
+    /// offset of the file's extent map (optional key `target-offset`, hex).
+    pub target_offset: Option<u64>,
     /// The saved kernel's physical memory to capture: `start-end` pairs with
     /// inclusive ends, as in /proc/iomem.
     pub ram: String,
@@ -87,6 +90,9 @@ impl Manifest {
         let _ = writeln!(s, "version={VERSION}");
         let _ = writeln!(s, "mode={}", self.mode.name());
         let _ = writeln!(s, "target={}", self.target);
+        if let Some(at) = self.target_offset {
+            let _ = writeln!(s, "target-offset={at:#x}");
+        }
         let _ = writeln!(s, "ram={}", self.ram);
         let _ = writeln!(s, "region={}", self.region);
         let _ = writeln!(s, "kernel-release={}", self.kernel_release);
@@ -97,10 +103,11 @@ impl Manifest {
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 8] = [
+        let mut fields: [(&str, Option<(usize, &str)>); 9] = [
             ("version", None),
             ("mode", None),
             ("target", None),
+            ("target-offset", None),
             ("ram", None),
             ("region", None),
             ("kernel-release", None),
@@ -156,9 +163,21 @@ impl Manifest {
             line,
             reason: format!("started-ns {started:?}: {e}"),
         })?;
+        let target_offset = match get("target-offset") {
+            Ok((line, v)) => Some(
+                u64::from_str_radix(v.strip_prefix("0x").unwrap_or(v), 16).map_err(|e| {
+                    ManifestError {
+                        line,
+                        reason: format!("target-offset {v:?} is not a hex offset: {e}"),
+                    }
+                })?,
+            ),
+            Err(_) => None,
+        };
         Ok(Manifest {
             mode,
             target: get("target")?.1.to_string(),
+            target_offset,
             ram: get("ram")?.1.to_string(),
             region: get("region")?.1.to_string(),
             kernel_release: get("kernel-release")?.1.to_string(),
@@ -181,6 +200,7 @@ mod tests {
         Manifest {
             mode: Mode::Checkpoint,
             target: "/dev/vdb".into(),
+            target_offset: None,
             ram: "0x1000-0xffff,0x20000-0x9efff".into(),
             region: "0x2f000000-0x3effffff".into(),
             kernel_release: "6.12.117".into(),
@@ -192,6 +212,12 @@ mod tests {
     #[test]
     fn round_trip() {
         assert_eq!(Manifest::parse(&sample().encode()).unwrap(), sample());
+        let mut m = sample();
+        m.target_offset = Some(0x1234_5000);
+        assert!(m.encode().contains("target-offset=0x12345000\n"));
+        assert_eq!(Manifest::parse(&m.encode()).unwrap(), m);
+        let e = Manifest::parse(&m.encode().replace("0x12345000", "0xg")).unwrap_err();
+        assert!(e.to_string().contains("not a hex offset"), "{e}");
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! had. Anything short of a whole image on the same memory layout is
 //! reported and the normal boot goes on.
 
-use std::fs::File;
 use std::path::PathBuf;
 
+use kjump_image_format::placement::SwapSignature;
 use kjump_image_format::reader::read_superblock;
-use kjump_image_format::{Image, ImageState, PhysAddr, PhysRange};
+use kjump_image_format::{Image, ImageState, PhysAddr, PhysRange, Placement};
 use kjump_restorer::kexec;
-use kjump_writer::ranges;
+use kjump_writer::{ranges, Place};
 
 use crate::hibernate::{capture_cmdline, JumpPlan};
 use crate::manifest::{Manifest, Mode};
@@ -47,6 +47,8 @@ pub enum ResumeError {
 pub struct ResumeOptions {
     /// Device (or file) that may hold an image.
     pub device: PathBuf,
+    /// With a device: the offset of a file target's extent map on it.
+    pub offset: Option<u64>,
     /// The restore kernel (bzImage with CONFIG_KEXEC_JUMP).
     pub kernel: PathBuf,
     /// kexec-tools' `kexec`.
@@ -73,17 +75,32 @@ pub type Decision = Result<(JumpPlan, String), String>;
 /// reported but does not stop the resume.
 pub fn check(
     device_path: &std::path::Path,
+    offset: Option<u64>,
     iomem: &str,
     force_stale: bool,
 ) -> Result<Decision, ResumeError> {
-    let device = device_path.display().to_string();
+    let place = match Place::locate(device_path, offset) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(format!("no image found: {}", crate::error_chain(&e)))),
+    };
+    let device = place.describe();
     let refuse = |reason: String| ResumeError::Refused {
         device: device.clone(),
         reason,
     };
-    let file = match File::open(device_path) {
+    if place.placement == Placement::Swap(SwapSignature::Free) {
+        return Ok(Err(format!(
+            "{device} is a swap area with its swap signature in place, so it holds no image to resume"
+        )));
+    }
+    let file = match place.reader() {
         Ok(f) => f,
-        Err(e) => return Ok(Err(format!("cannot open {device}: {e}"))),
+        Err(e) => {
+            return Ok(Err(format!(
+                "cannot open {device}: {}",
+                crate::error_chain(&e)
+            )))
+        }
     };
     let sb = match read_superblock(&file) {
         Ok(sb) => sb,
@@ -177,7 +194,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         device: opts.device.display().to_string(),
         reason: format!("reading /proc/iomem: {e}"),
     })?;
-    let (plan, release) = match check(&opts.device, &iomem, opts.force_stale)? {
+    let (plan, release) = match check(&opts.device, opts.offset, &iomem, opts.force_stale)? {
         Ok(p) => p,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };
@@ -188,6 +205,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
     let manifest = Manifest {
         mode: Mode::Restore,
         target: crate::kernel_name(opts.device.as_path()),
+        target_offset: opts.offset,
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",

@@ -6,12 +6,11 @@
 //! consumed (a crash from here on must not loop into it again), and only
 //! then is a single byte of memory written.
 
-use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kjump_image_format::{Image, ImageState, MemoryMap, PAGE_SIZE};
-use kjump_writer::Target;
+use kjump_writer::{Place, Target};
 
 use crate::physmem::{PhysMem, PhysMemError};
 use crate::scan::{scan_chunks, ScanError};
@@ -26,7 +25,7 @@ pub enum RestoreError {
         path: String,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: Box<kjump_writer::PlaceError>,
     },
     /// The image fails a check; nothing was changed.
     #[error("image {path} is not whole; it was left as it is")]
@@ -90,15 +89,15 @@ pub struct RestoreReport {
 /// Checks `image_path` and writes its memory through `mem_path` (/dev/mem, or
 /// a file standing in for it). `own_ram` is the running kernel's RAM.
 pub fn restore(
-    image_path: &Path,
+    place: &Place,
     mem_path: &Path,
     own_ram: &MemoryMap,
     threads: usize,
 ) -> Result<RestoreReport, RestoreError> {
-    let shown = image_path.display().to_string();
-    let file = File::open(image_path).map_err(|source| RestoreError::Open {
+    let shown = place.describe();
+    let file = place.reader().map_err(|source| RestoreError::Open {
         path: shown.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let invalid = |source| RestoreError::Invalid {
         path: shown.clone(),
@@ -125,7 +124,7 @@ pub fn restore(
     let started = Instant::now();
     crate::verify(&file, &image, threads, false).map_err(invalid)?;
     let verify = started.elapsed();
-    mark_consumed(image_path, &image).map_err(|source| RestoreError::MarkConsumed {
+    mark_consumed(place, &image).map_err(|source| RestoreError::MarkConsumed {
         path: shown.clone(),
         source,
     })?;
@@ -145,14 +144,16 @@ pub fn restore(
     })
 }
 
-/// Rewrites the superblock in state consumed and flushes it.
-fn mark_consumed(path: &Path, image: &Image) -> Result<(), kjump_writer::TargetError> {
+/// Rewrites the superblock in state consumed and flushes it; a swap area
+/// then gets its swap signature back.
+fn mark_consumed(place: &Place, image: &Image) -> Result<(), kjump_writer::TargetError> {
     let mut sb = image.superblock;
     sb.state = ImageState::Consumed;
     sb.consumed_time_ns = kjump_writer::now_ns().max(1);
-    let target = Target::open(path)?;
+    let target = Target::open_place(place)?;
     target.write_copy_at(&sb.encode(), 0)?;
-    target.sync()
+    target.sync()?;
+    target.release()
 }
 
 /// Writes chunk `i`'s pages, clipped to its range (a partial edge page

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use kjump_image_format::{MemoryMap, PAGE_SIZE};
-use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Target};
+use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target};
 
 use crate::Failure;
 
@@ -14,9 +14,12 @@ pub struct CaptureArgs {
     /// ELF core (/proc/vmcore, QEMU dump-guest-memory), or /dev/mem (or a file standing in for it) with --ranges/--memmap
     #[arg(long)]
     source: PathBuf,
-    /// Image to write: a regular file or a block device (not mounted)
+    /// Image to write: a regular file, a block device (not mounted), a swap partition (not in use: the image goes after its header), or a file target made by `kjump prepare`
     #[arg(long)]
     target: PathBuf,
+    /// With a block device as --target: the device offset (hex) of a file target's extent map
+    #[arg(long, value_parser = super::parse_hex)]
+    offset: Option<u64>,
     /// Physical ranges to read, hex with inclusive ends: 0x1000-0x9ffff,0x100000-0x3ffdffff
     #[arg(long)]
     ranges: Option<String>,
@@ -82,7 +85,8 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
     }
     metadata.jump_back_entry = args.jump_back_entry.or(metadata.jump_back_entry);
     metadata.extra.extend(args.meta.iter().cloned());
-    let target = Target::open(&args.target).map_err(Failure::error)?;
+    let place = Place::locate(&args.target, args.offset).map_err(Failure::error)?;
+    let target = Target::open_place(&place).map_err(Failure::error)?;
     let mut opts = CaptureOptions::new();
     opts.threads = super::threads(args.threads);
     opts.window_pages = (args.window_mib as usize) << 20 >> 12;
@@ -93,7 +97,7 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
         args.source.display(),
         super::human(metadata.ranges.total_bytes()),
         metadata.ranges.ranges().len(),
-        args.target.display(),
+        place.describe(),
         opts.threads
     );
     let report = capture(&source, &target, &metadata, &opts).map_err(Failure::error)?;

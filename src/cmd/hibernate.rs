@@ -12,7 +12,7 @@ use crate::Failure;
 
 #[derive(Args)]
 pub struct HibernateArgs {
-    /// Block device (not mounted) or file to write the image to
+    /// Where the image goes: a block device (not mounted), a swap partition (not in use; the image goes after its header), or a file on ext2/3/4 or XFS (allocated, and written on the raw device beneath)
     #[arg(long)]
     target: PathBuf,
     /// Capture kernel, built with CONFIG_KEXEC_JUMP (default: /boot/vmlinuz-$(uname -r))
@@ -54,6 +54,7 @@ fn kernel_or_running(kernel: Option<PathBuf>) -> Result<PathBuf, Failure> {
 
 pub fn resume_boot(
     device: PathBuf,
+    offset: Option<u64>,
     kernel: Option<PathBuf>,
     kexec: PathBuf,
     dry_run: bool,
@@ -61,6 +62,7 @@ pub fn resume_boot(
 ) -> Result<(), Failure> {
     let opts = ResumeOptions {
         device,
+        offset,
         kernel: kernel_or_running(kernel)?,
         kexec,
         dry_run,

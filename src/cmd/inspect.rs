@@ -1,27 +1,20 @@
 //! `kjump info`, `kjump verify` and `kjump export`.
 
-use std::fs::File;
 use std::path::Path;
 
-use anyhow::Context;
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{FormatError, Image, ImageState, Superblock, PAGE_SIZE};
 use kjump_restorer::ScanError;
+use kjump_writer::{Place, PlaceReader};
 use serde_json::json;
 
-use super::human;
+use super::{human, ImageAt};
 use crate::Failure;
 
-fn open_file(path: &Path) -> Result<File, Failure> {
-    File::open(path)
-        .with_context(|| format!("opening image {}", path.display()))
-        .map_err(Failure::error)
-}
-
 /// A read failure is an I/O error; anything else means the image is bad.
-fn classify(path: &Path, e: FormatError) -> Failure {
+fn classify(path: &str, e: FormatError) -> Failure {
     let io = matches!(e, FormatError::Io { .. });
-    let e = anyhow::Error::new(e).context(format!("image {}", path.display()));
+    let e = anyhow::Error::new(e).context(format!("image {path}"));
     if io {
         Failure::error(e)
     } else {
@@ -30,7 +23,7 @@ fn classify(path: &Path, e: FormatError) -> Failure {
 }
 
 fn classify_scan<E: std::error::Error + Send + Sync + 'static>(
-    path: &Path,
+    path: &str,
     e: ScanError<E>,
 ) -> Failure {
     match e {
@@ -39,7 +32,7 @@ fn classify_scan<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-fn open_image(path: &Path, file: &File) -> Result<Image, Failure> {
+fn open_image(path: &str, file: &PlaceReader) -> Result<Image, Failure> {
     Image::open(file).map_err(|e| classify(path, e))
 }
 
@@ -77,9 +70,13 @@ fn utc_text(ns: u64) -> String {
     )
 }
 
-fn info_json(path: &Path, sb: &Superblock, image: Option<&Image>) -> serde_json::Value {
+fn info_json(place: &Place, sb: &Superblock, image: Option<&Image>) -> serde_json::Value {
+    let path = &place.named;
     let mut v = json!({
         "image": path.display().to_string(),
+        "placement": place.placement.kind(),
+        "holder": place.holder.display().to_string(),
+        "map_offset": place.map_at(),
         "state": sb.state.name(),
         "version": format!("{}.{}", kjump_image_format::superblock::VERSION_MAJOR, sb.version_minor),
         "uuid": uuid_text(&sb.uuid),
@@ -123,8 +120,8 @@ fn info_json(path: &Path, sb: &Superblock, image: Option<&Image>) -> serde_json:
     v
 }
 
-fn info_text(path: &Path, sb: &Superblock, image: Option<&Image>) {
-    println!("image:      {}", path.display());
+fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
+    println!("image:      {}", place.describe());
     println!("state:      {}", sb.state.name());
     println!(
         "version:    {}.{}",
@@ -179,23 +176,27 @@ fn info_text(path: &Path, sb: &Superblock, image: Option<&Image>) {
     }
 }
 
-pub fn info(path: &Path, as_json: bool) -> Result<(), Failure> {
-    let file = open_file(path)?;
+pub fn info(at: &ImageAt, as_json: bool) -> Result<(), Failure> {
+    let (place, file) = at.open()?;
+    let shown = place.describe();
+    let path = shown.as_str();
     let sb = read_superblock(&file).map_err(|e| classify(path, e))?;
     let image = match sb.state {
         ImageState::Writing => None,
         _ => Some(open_image(path, &file)?),
     };
     if as_json {
-        println!("{:#}", info_json(path, &sb, image.as_ref()));
+        println!("{:#}", info_json(&place, &sb, image.as_ref()));
     } else {
-        info_text(path, &sb, image.as_ref());
+        info_text(&place, &sb, image.as_ref());
     }
     Ok(())
 }
 
-pub fn verify(path: &Path, threads: Option<usize>) -> Result<(), Failure> {
-    let file = open_file(path)?;
+pub fn verify(at: &ImageAt, threads: Option<usize>) -> Result<(), Failure> {
+    let (place, file) = at.open()?;
+    let shown = place.describe();
+    let path = shown.as_str();
     let image = open_image(path, &file)?;
     let report = kjump_restorer::verify(
         &file,
@@ -211,7 +212,7 @@ pub fn verify(path: &Path, threads: Option<usize>) -> Result<(), Failure> {
     };
     println!(
         "ok: {} is whole{state}: {} chunks, {} stored and {} zero pages, {} checked in {:.2} s ({:.2} GB/s)",
-        path.display(),
+        path,
         report.chunks,
         report.stored_pages,
         report.zero_pages,
@@ -222,8 +223,10 @@ pub fn verify(path: &Path, threads: Option<usize>) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn export(path: &Path, output: &Path, threads: Option<usize>) -> Result<(), Failure> {
-    let file = open_file(path)?;
+pub fn export(at: &ImageAt, output: &Path, threads: Option<usize>) -> Result<(), Failure> {
+    let (place, file) = at.open()?;
+    let shown = place.describe();
+    let path = shown.as_str();
     let image = open_image(path, &file)?;
     let report = kjump_restorer::export(
         &file,
@@ -238,7 +241,7 @@ pub fn export(path: &Path, output: &Path, threads: Option<usize>) -> Result<(), 
     })?;
     println!(
         "exported {} to {}: ELF core of {} with {} PT_LOAD segments in {:.2} s",
-        path.display(),
+        path,
         output.display(),
         human(report.file_len),
         report.segments,

@@ -1,11 +1,64 @@
 //! The subcommands.
 
 pub mod capture;
+pub mod discard;
 pub mod hibernate;
 pub mod initramfs;
 pub mod inspect;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use kjump_writer::{Place, PlaceReader};
+
+use crate::Failure;
+
+/// Where an image is: a file or device, and for a file target's blocks
+/// named by their device, the device offset of the file's extent map.
+#[derive(Args, Clone)]
+pub struct ImageAt {
+    /// Image file, block device, swap partition, or a file target (prepared by `kjump prepare` or `kjump hibernate`)
+    pub image: PathBuf,
+    /// With a block device: the device offset (hex) of a file target's extent map, as `kjump prepare` prints it
+    #[arg(long, value_parser = parse_hex)]
+    pub offset: Option<u64>,
+}
+
+impl ImageAt {
+    /// Finds the image's place and opens it for reading.
+    pub fn open(&self) -> Result<(Place, PlaceReader), Failure> {
+        let place = Place::locate(&self.image, self.offset).map_err(Failure::error)?;
+        let reader = place
+            .reader()
+            .with_context(|| format!("opening image {}", place.describe()))
+            .map_err(Failure::error)?;
+        Ok((place, reader))
+    }
+}
+
+/// A hex number, with or without `0x`.
+pub fn parse_hex(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    u64::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex number: {e}"))
+}
+
+/// A size in bytes with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|e| format!("{s:?} is not a size (like 512M or 4G): {e}"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
 
 /// Threads to use: as asked, or every CPU available.
 pub fn threads(asked: Option<usize>) -> usize {

@@ -123,12 +123,15 @@ fn cli_verify_exit_codes_name_the_structure_and_offset() {
         err.contains("image is truncated: image at offset 0x0"),
         "{err}"
     );
-    // A directory is not an image: reading it is an I/O error, its cause
-    // named once.
+    // A directory is not an image: a usage error that says what it is not.
     let (_, err) = run(&[&"verify", &dir.0], 2);
-    let want = "reading superblock at offset 0x0: Is a directory";
+    let want = "neither a regular file nor a block device";
     assert!(err.contains(want), "{err}");
-    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+    assert_eq!(err.matches(want).count(), 1, "{err}");
+    // Nor is a path that does not exist.
+    let missing = dir.0.join("missing");
+    let (_, err) = run(&[&"verify", &missing], 2);
+    assert!(err.contains("No such file or directory"), "{err}");
 }
 
 #[test]

@@ -274,6 +274,7 @@ pub fn sig(e: &FormatError) -> String {
             available,
         } => format!("Truncated({what}@{offset} needs {needed} of {available})"),
         E::BadMagic { what, offset, .. } => format!("BadMagic({what}@{offset})"),
+        E::ExtentMap { offset, problem } => format!("ExtentMap(@{offset} {problem})"),
         E::WrongArchitecture { found, .. } => format!("WrongArchitecture({found})"),
         E::UnsupportedVersion { major, minor, .. } => {
             format!("UnsupportedVersion({major}.{minor})")

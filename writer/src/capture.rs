@@ -156,6 +156,7 @@ pub fn capture(
     // Invalidate whatever the target held before the first byte of the new
     // image lands: from here on, until the commit, it reads as incomplete.
     let mut sb = Superblock::writing(opts.uuid, opts.capture_time_ns);
+    target.claim()?;
     target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
 

@@ -7,12 +7,14 @@
 
 pub mod capture;
 pub mod elf;
+pub mod place;
 pub mod progress;
 pub mod ranges;
 pub mod source;
 pub mod target;
 
 pub use capture::{capture, worst_case_len, CaptureError, CaptureOptions, CaptureReport};
+pub use place::{Place, PlaceError, PlaceReader};
 pub use source::{MemorySource, SourceError};
 pub use target::{Target, TargetError};
 

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use kjump_image_format::ImageOffset;
+use kjump_image_format::placement::for_each_piece;
+use kjump_image_format::{ImageOffset, Placement, Segment};
+
+use crate::place::{is_active_swap, Place, PlaceError};
 
 /// A target that cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,19 @@ pub enum TargetError {
         #[source]
         source: std::io::Error,
     },
+    /// The place the image goes cannot take it.
+    #[error(transparent)]
+    Place(Box<PlaceError>),
+    /// A write fell outside the device runs that hold the image.
+    #[error("offset {offset} is past the end of the space for the image on {path} ({len} bytes)")]
+    OutOfSpace {
+        /// The target.
+        path: PathBuf,
+        /// The first image offset outside the space.
+        offset: ImageOffset,
+        /// Bytes of space.
+        len: u64,
+    },
     /// Flushing to stable storage failed.
     #[error("flushing {path} to stable storage")]
     Sync {
@@ -58,6 +74,12 @@ pub enum TargetError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<PlaceError> for TargetError {
+    fn from(e: PlaceError) -> Self {
+        TargetError::Place(Box::new(e))
+    }
 }
 
 /// An open target.
@@ -70,6 +92,10 @@ pub struct Target {
     direct: AtomicBool,
     /// Bytes still allowed to land before a simulated power cut.
     budget: AtomicU64,
+    /// Where image bytes go on a swap partition or in a file's extents.
+    segments: Option<Vec<Segment>>,
+    /// How the image lies, for claiming and releasing a swap area.
+    place: Option<Place>,
 }
 
 const NO_CUT: u64 = u64::MAX;
@@ -189,7 +215,85 @@ impl Target {
             capacity,
             direct: AtomicBool::new(direct),
             budget: AtomicU64::new(NO_CUT),
+            segments: None,
+            place: None,
         })
+    }
+
+    /// Opens the place an image goes: a whole file or device as
+    /// [`Target::open`] does, a swap partition after its header (refused
+    /// while it is an active swap area), or a file's extents on its device.
+    /// Offsets given to the writes are image offsets either way.
+    pub fn open_place(place: &Place) -> Result<Target, TargetError> {
+        if place.placement == Placement::Whole {
+            return Target::open(&place.holder);
+        }
+        let path = &place.holder;
+        let swap = matches!(place.placement, Placement::Swap(_));
+        if swap && is_active_swap(path) {
+            return Err(PlaceError::ActiveSwap { path: path.clone() }.into());
+        }
+        let err = |source| TargetError::Open {
+            path: path.clone(),
+            source,
+        };
+        // A swap partition is unused and taken whole: claim it. A file's
+        // blocks lie under a filesystem that may be mounted, whose other
+        // blocks are not touched.
+        let open = |direct: bool| {
+            let mut flags = if direct { libc::O_DIRECT } else { 0 };
+            if swap {
+                flags |= libc::O_EXCL;
+            }
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let (mut file, direct) = match open(true) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false).map_err(err)?, false),
+            Err(e) => return Err(err(e)),
+        };
+        let size = file.seek(SeekFrom::End(0)).map_err(err)?;
+        let segments = place.placement.segments(size);
+        let capacity = segments.iter().map(|s| s.len).sum();
+        Ok(Target {
+            path: place.named.clone(),
+            file,
+            block_device: true,
+            capacity: Some(capacity),
+            direct: AtomicBool::new(direct),
+            budget: AtomicU64::new(NO_CUT),
+            segments: Some(segments),
+            place: Some(place.clone()),
+        })
+    }
+
+    /// Takes the place for a new image before its first byte is written:
+    /// a swap area gets kjump's signature so that `swapon` leaves it alone.
+    pub fn claim(&self) -> Result<(), TargetError> {
+        if let Some(place) = &self.place {
+            if place.hold_swap()? {
+                log::info!(
+                    "{}: swap signature set aside for the image",
+                    place.holder.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a swap area back once its image is resumed or discarded: its
+    /// swap signature is written back. Nothing to do for other places.
+    pub fn release(&self) -> Result<(), TargetError> {
+        if let Some(place) = &self.place {
+            if place.release_swap()? {
+                log::info!("{}: swap signature restored", place.holder.display());
+            }
+        }
+        Ok(())
     }
 
     /// Whether writes currently bypass the page cache.
@@ -281,6 +385,13 @@ impl Target {
         self.write_at(a.as_slice(), offset)
     }
 
+    /// Writes `len` zero bytes at `offset`.
+    pub fn write_at_zeroed(&self, len: usize, offset: u64) -> Result<(), TargetError> {
+        let mut a = AlignedBuf::with_capacity(len);
+        a.push_zeros(len);
+        self.write_at(a.as_slice(), offset)
+    }
+
     /// Fault injection for power-cut tests: after `bytes` more bytes have
     /// been written, every write fails as if the machine lost power, the
     /// last one part way. Direct I/O is turned off so the cut can fall on
@@ -307,20 +418,40 @@ impl Target {
     }
 
     fn write_all_at_raw(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
+        let Some(segments) = &self.segments else {
+            return self.write_device_at(buf, offset, offset);
+        };
+        for_each_piece(
+            segments,
+            offset,
+            buf.len(),
+            |at, a, b| self.write_device_at(&buf[a..b], at, offset + a as u64),
+            |at| TargetError::OutOfSpace {
+                path: self.path.clone(),
+                offset: ImageOffset(at),
+                len: self.capacity.unwrap_or(0),
+            },
+        )
+    }
+
+    /// Writes `buf` at device offset `offset`; `image` is its image offset,
+    /// which errors name.
+    fn write_device_at(&self, buf: &[u8], offset: u64, image: u64) -> Result<(), TargetError> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
+            let named = image + done as u64;
             match self.file.write_at(&buf[done..], at) {
                 Ok(0) => {
                     return Err(self.write_error(
-                        at,
+                        named,
                         buf.len() - done,
                         std::io::ErrorKind::WriteZero.into(),
                     ))
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.write_error(at, buf.len() - done, e)),
+                Err(e) => return Err(self.write_error(named, buf.len() - done, e)),
             }
         }
         Ok(())
