@@ -6,9 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::cores::TempDir;
+use common::loopdev::{self, Loop};
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
 use kjump_initramfs::fsguard;
 use kjump_initramfs::resume::{check, ResumeError};
@@ -17,68 +17,7 @@ use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
 const IOMEM: &str = "00001000-0009fbff : System RAM\n00100000-3fffffff : System RAM\n";
 
 fn ready() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
-    let tools = ["losetup", "mkfs.ext4", "mount", "umount"].iter().all(|t| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run this test (root: {root}, tools: {tools})"
-    );
-    common::skip(format!(
-        "needs root and losetup/mkfs.ext4/mount (root: {root})"
-    ));
-    false
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A loop device over a fresh ext4 filesystem, detached on drop.
-struct Loop(PathBuf);
-
-impl Loop {
-    fn ext4(file: &Path) -> Loop {
-        sh(&format!(
-            "truncate -s 32M {0} && mkfs.ext4 -q -F {0}",
-            file.display()
-        ));
-        Loop(PathBuf::from(sh(&format!(
-            "losetup -f --show {}",
-            file.display()
-        ))))
-    }
-
-    /// Mounts, writes a file, unmounts: what another boot does.
-    fn write_as_another_boot(&self, mnt: &Path) {
-        std::fs::create_dir_all(mnt).unwrap();
-        sh(&format!("mount {} {}", self.0.display(), mnt.display()));
-        let _ = std::fs::write(mnt.join("written-by-another-boot"), b"x");
-        sh(&format!("umount {}", mnt.display()));
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
+    loopdev::ready(&["losetup", "mkfs.ext4", "mount", "umount"])
 }
 
 /// An image recording `dev`'s fingerprint as the capture kernel would.

@@ -105,7 +105,7 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
     let secs = report.elapsed.as_secs_f64();
     println!(
         "committed {}: {} of memory, {} pages ({} zero, {:.1}%), image {} (ratio {:.2}), {:.2} s, {:.2} GB/s",
-        args.target.display(),
+        place.describe(),
         super::human(report.input_bytes),
         l.total_pages,
         l.zero_pages,

@@ -7,6 +7,7 @@
 
 pub mod cores;
 pub mod hibvm;
+pub mod loopdev;
 pub mod vm;
 
 /// Says that a test is skipped, where a plain `cargo test` shows it: libtest
