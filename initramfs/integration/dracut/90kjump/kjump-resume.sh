@@ -9,5 +9,5 @@ if getargbool 0 kjump.noresume; then
 	info "kjump: resume skipped (kjump.noresume)"
 	return 0
 fi
-kjump resume --device "$KJUMP_DEVICE" --kernel /usr/lib/kjump/vmlinuz
+kjump resume --device "$KJUMP_DEVICE" ${KJUMP_OFFSET:+--offset "$KJUMP_OFFSET"} --kernel /usr/lib/kjump/vmlinuz
 info "kjump: resume returned $?: continuing the normal boot"
