@@ -3,11 +3,19 @@
 //! `kjump hibernate`; the capture kernel B and the restore kernel R are the
 //! same bzImage (tests/vm/build-kernel.sh builds it with CONFIG_KEXEC_JUMP).
 //!
-//! A [`Boot`] is one QEMU process. Its serial console is a pipe read by a
-//! thread that stamps every line with the time since QEMU started, so the
-//! phases of a hibernation can be timed from the host. The stamped console
-//! goes to `console-<name>.log` in the work directory; QEMU's own output to
+//! A [`Boot`] is one QEMU process, started as a [`BootOpts`] says: the image
+//! disk (/dev/vda), optionally read-only or with write errors injected by
+//! QEMU's blkdebug driver, more disks (/dev/vdb, ...), CPUs, and the kernel
+//! command-line words that steer A's /init (`hibvm/init.sh`). Its serial
+//! console is a pipe read by a thread that stamps every line with the time
+//! since QEMU started, so the phases of a hibernation can be timed from the
+//! host. The stamped console goes to `console-<name>.log` in the work
+//! directory (`target/tmp/<test binary>/`); QEMU's own output to
 //! `qemu-<name>.log`. Dropping a `Boot` kills and reaps QEMU.
+//!
+//! [`flows`] has the boots the tests share and their assertions.
+
+pub mod flows;
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -33,47 +41,12 @@ const KERNEL_SCRIPT: &str = "tests/vm/build-kernel.sh";
 const TAIL_LINES: usize = 80;
 const POLL: Duration = Duration::from_millis(50);
 
-/// A's /init. The mode of `kjump hibernate --then` comes from the kernel
-/// command line (`kjump.mode=`); `none` skips hibernating. After a resume the
-/// script continues where `kjump hibernate` returned, with the command line
-/// of the boot that hibernated.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-/bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t tmpfs tmp /tmp
-up() { cut -d' ' -f1 /proc/uptime; }
-mode=$(sed -n 's/.*kjump\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
-echo "A: up, uptime $(up) s, mode ${mode:-none}"
-echo "A: resume start"
-kjump resume --device /dev/vda --kernel /boot/bzImage
-echo "A: RESUME-EXIT $?"
-dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
-echo "MD5 $(md5sum </tmp/blob | cut -d' ' -f1)"
-( n=0; while :; do n=$((n + 1)); echo "COUNT $n"; sleep 1; done ) &
-sleep 3
-if [ "$mode" != none ] && [ -n "$mode" ]; then
-	# Write throughput reference, past where the image goes.
-	t0=$(up)
-	dd if=/dev/zero of=/dev/vda bs=1M seek=1024 count=256 oflag=direct 2>/dev/null
-	t1=$(up)
-	echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
-	kjump hibernate --target /dev/vda --kernel /boot/bzImage --then "$mode" --dry-run
-	echo "A: DRY-RUN-EXIT $?"
-	echo "A: HIBERNATE --then $mode"
-	kjump hibernate --target /dev/vda --kernel /boot/bzImage --then "$mode"
-	echo "A: HIBERNATE-EXIT $?"
-	echo "RESUMED"
-	echo "MD5 $(md5sum </tmp/blob | cut -d' ' -f1)"
-	sleep 4
-	kjump info /dev/vda
-fi
-echo "A: DONE"
-poweroff -f
-"#;
+/// A's /init: busybox sh. Its keys on the kernel command line
+/// (`kjump.mode=`, `kjump.target=`, `kjump.fs=`, `kjump.precheck=`,
+/// `kjump.otherboot=`, `kjump.force=`) are described at its top. After a
+/// resume it continues where `kjump hibernate` returned, with the command
+/// line of the boot that hibernated.
+const INIT: &str = include_str!("hibvm/init.sh");
 
 /// The kernel, A's initramfs and a work directory shared by the tests.
 #[derive(Debug)]
@@ -93,7 +66,10 @@ pub fn rig() -> &'static Rig {
 }
 
 fn build_rig() -> Result<Rig, String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hibernate-vm");
+    // One directory per test binary (hibernate_vm -> hibernate-vm): each
+    // binary builds its rig afresh, and must not delete another's logs.
+    let name = env!("CARGO_CRATE_NAME").replace('_', "-");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
     }
@@ -212,11 +188,190 @@ fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
 
 /// Creates a fresh sparse disk of [`DISK_BYTES`].
 pub fn new_disk(path: &Path) -> PathBuf {
+    new_disk_of(path, DISK_BYTES)
+}
+
+/// Creates a fresh sparse disk of `bytes`.
+pub fn new_disk_of(path: &Path, bytes: u64) -> PathBuf {
     let _ = fs::remove_file(path);
     let f = fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    f.set_len(DISK_BYTES)
+    f.set_len(bytes)
         .unwrap_or_else(|e| panic!("sizing {}: {e}", path.display()));
     path.to_path_buf()
+}
+
+/// Creates a fresh sparse disk of `bytes` holding an empty ext4 filesystem
+/// (mkfs.ext4 from e2fsprogs).
+pub fn new_ext4_disk(path: &Path, bytes: u64) -> PathBuf {
+    new_disk_of(path, bytes);
+    let out = Command::new("mkfs.ext4")
+        .args(["-F", "-q"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("running mkfs.ext4 (apt-get install e2fsprogs): {e}"));
+    assert!(
+        out.status.success(),
+        "mkfs.ext4 {} failed ({}): {}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_path_buf()
+}
+
+/// A QEMU blkdebug rule on the main disk: every guest write that overlaps
+/// `sector` fails with `errno`, or only the first one with `once`.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteError {
+    /// The 512-byte sector.
+    pub sector: u64,
+    /// The errno the guest's request completes with (QEMU passes EIO on to
+    /// a virtio-blk guest as an I/O error; ENOSPC would stop the VM).
+    pub errno: i32,
+    /// Only the first matching write fails.
+    pub once: bool,
+}
+
+impl WriteError {
+    /// Every write that overlaps the byte at `offset` fails with EIO.
+    pub fn eio_at(offset: u64) -> WriteError {
+        WriteError {
+            sector: offset / 512,
+            errno: 5,
+            once: false,
+        }
+    }
+
+    /// blkdebug's configuration file (docs/devel/blkdebug.txt in QEMU):
+    /// `write_aio` is the event the raw format driver raises for a guest
+    /// write, so the rule is armed for every write and fires on those that
+    /// overlap the sector.
+    fn config(&self) -> String {
+        format!(
+            "[inject-error]\nevent = \"write_aio\"\niotype = \"write\"\nerrno = \"{}\"\nsector = \"{}\"\nonce = \"{}\"\n",
+            self.errno,
+            self.sector,
+            if self.once { "on" } else { "off" }
+        )
+    }
+}
+
+/// How to start a [`Boot`]: the machine, and the words that steer A's
+/// /init (see [`INIT`]).
+#[derive(Clone, Debug)]
+pub struct BootOpts {
+    /// /dev/vda: where `kjump resume` looks, and the image's target unless
+    /// a `kjump.target=` word names another disk.
+    pub disk: PathBuf,
+    /// Virtual CPUs.
+    pub smp: u32,
+    /// `kjump.mode=`: poweroff, reboot, checkpoint, or none (no hibernation).
+    pub mode: String,
+    /// /dev/vda read-only: the guest sees a writable disk whose writes fail.
+    pub readonly: bool,
+    /// Write errors injected into /dev/vda by QEMU's blkdebug driver.
+    pub write_error: Option<WriteError>,
+    /// More virtio disks: /dev/vdb, /dev/vdc, ...
+    pub extra_disks: Vec<PathBuf>,
+    /// More kernel command-line words.
+    pub cmdline: Vec<String>,
+}
+
+impl BootOpts {
+    /// One CPU, `disk` as /dev/vda, `kjump.mode=mode`.
+    pub fn new(disk: &Path, mode: &str) -> BootOpts {
+        BootOpts {
+            disk: disk.to_path_buf(),
+            smp: 1,
+            mode: mode.to_owned(),
+            readonly: false,
+            write_error: None,
+            extra_disks: Vec::new(),
+            cmdline: Vec::new(),
+        }
+    }
+
+    /// With `smp` CPUs.
+    pub fn smp(mut self, smp: u32) -> BootOpts {
+        self.smp = smp;
+        self
+    }
+
+    /// With /dev/vda read-only.
+    pub fn readonly(mut self) -> BootOpts {
+        self.readonly = true;
+        self
+    }
+
+    /// With `error` injected into /dev/vda's writes.
+    pub fn write_error(mut self, error: WriteError) -> BootOpts {
+        self.write_error = Some(error);
+        self
+    }
+
+    /// With `disk` as the next virtio disk (/dev/vdb first).
+    pub fn disk(mut self, disk: &Path) -> BootOpts {
+        self.extra_disks.push(disk.to_path_buf());
+        self
+    }
+
+    /// With `word` on the kernel command line (e.g. `kjump.fs=/dev/vdb`).
+    pub fn arg(mut self, word: &str) -> BootOpts {
+        self.cmdline.push(word.to_owned());
+        self
+    }
+
+    /// The kernel command line.
+    fn append(&self) -> String {
+        let mut words = vec![
+            "console=ttyS0".to_owned(),
+            "crashkernel=256M".to_owned(),
+            "panic=-1".to_owned(),
+            format!("kjump.mode={}", self.mode),
+        ];
+        words.extend(self.cmdline.iter().cloned());
+        words.join(" ")
+    }
+
+    /// QEMU's `-drive` values, /dev/vda first; writes the blkdebug
+    /// configuration next to the logs.
+    fn drives(&self, name: &str, dir: &Path) -> Vec<String> {
+        let main = qemu_path(&self.disk);
+        let file = match &self.write_error {
+            None => main,
+            Some(e) => {
+                let conf = dir.join(format!("blkdebug-{name}.conf"));
+                fs::write(&conf, e.config())
+                    .unwrap_or_else(|err| panic!("writing {}: {err}", conf.display()));
+                let (conf, main) = (qemu_path(&conf), main);
+                assert!(
+                    !conf.contains(':') && !main.contains(':'),
+                    "blkdebug:CONFIG:IMAGE cannot name paths with a colon: {conf}, {main}"
+                );
+                format!("blkdebug:{conf}:{main}")
+            }
+        };
+        let readonly = if self.readonly { "on" } else { "off" };
+        let mut drives = vec![format!(
+            "file={file},format=raw,if=virtio,readonly={readonly}"
+        )];
+        for d in &self.extra_disks {
+            drives.push(format!("file={},format=raw,if=virtio", qemu_path(d)));
+        }
+        drives
+    }
+}
+
+/// `path` as QEMU's option syntax can take it: UTF-8 without commas.
+fn qemu_path(path: &Path) -> String {
+    let s = path
+        .to_str()
+        .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()));
+    assert!(
+        !s.contains(','),
+        "qemu options cannot name a path with a comma: {s}"
+    );
+    s.to_owned()
 }
 
 /// One console line and when it arrived, since QEMU started.
@@ -248,37 +403,36 @@ pub struct Boot {
 impl Boot {
     /// Starts QEMU with `disk` as /dev/vda, `smp` CPUs and `kjump.mode=mode`.
     pub fn start(name: &str, disk: &Path, smp: u32, mode: &str) -> Boot {
-        Boot::start_with(name, disk, smp, mode, false)
+        Boot::start_opts(name, &BootOpts::new(disk, mode).smp(smp))
     }
 
-    /// [`Boot::start`], with the disk read-only when `readonly`.
-    pub fn start_with(name: &str, disk: &Path, smp: u32, mode: &str, readonly: bool) -> Boot {
+    /// Starts QEMU as `opts` say.
+    pub fn start_opts(name: &str, opts: &BootOpts) -> Boot {
         let rig = rig();
         let qemu_log = rig.dir.join(format!("qemu-{name}.log"));
         let console_log = rig.dir.join(format!("console-{name}.log"));
         let log = fs::File::create(&qemu_log)
             .unwrap_or_else(|e| panic!("creating {}: {e}", qemu_log.display()));
-        let append = format!("console=ttyS0 crashkernel=256M panic=-1 kjump.mode={mode}");
-        let started = Instant::now();
-        let mut child = Command::new(QEMU)
-            .args(["-accel", "tcg", "-cpu", "max", "-m", MEM])
-            .args(["-smp", &smp.to_string()])
+        let append = opts.append();
+        let drives = opts.drives(name, &rig.dir);
+        let mut qemu = Command::new(QEMU);
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-m", MEM])
+            .args(["-smp", &opts.smp.to_string()])
             .args(["-display", "none", "-monitor", "none", "-nic", "none"])
-            .args(["-serial", "stdio", "-no-reboot"])
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio,readonly={}",
-                disk.display(),
-                if readonly { "on" } else { "off" }
-            ))
-            .arg("-kernel")
+            .args(["-serial", "stdio", "-no-reboot"]);
+        for d in &drives {
+            qemu.arg("-drive").arg(d);
+        }
+        qemu.arg("-kernel")
             .arg(&rig.kernel)
             .arg("-initrd")
             .arg(&rig.initramfs)
             .args(["-append", &append])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log);
+        let started = Instant::now();
+        let mut child = qemu
             .spawn()
             .unwrap_or_else(|e| panic!("starting {QEMU}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
@@ -286,7 +440,11 @@ impl Boot {
         let shared = Arc::clone(&console);
         let log_path = console_log.clone();
         let reader = thread::spawn(move || read_console(stdout, started, &shared, &log_path));
-        println!("[{name}] qemu -smp {smp} -append {append:?}");
+        println!(
+            "[{name}] qemu -smp {} -drive {} -append {append:?}",
+            opts.smp,
+            drives.join(" -drive ")
+        );
         Boot {
             name: name.to_owned(),
             child: Some(child),

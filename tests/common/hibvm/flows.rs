@@ -1,0 +1,351 @@
+//! The steps the QEMU hibernation tests share, with their assertions: a
+//! boot that hibernates and powers off, a boot that resumes, a boot that
+//! must not resume, and the host's view of the image disk (`kjump info
+//! --json`, `kjump verify`).
+//!
+//! A proves it is the same A after a resume: its 16 MiB tmpfs file keeps its
+//! md5 (`MD5` lines) and its shell loop goes on counting (`COUNT` lines).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::super::vm;
+use super::{rig, Boot, BootOpts, Line};
+
+/// One boot phase (boot to hibernate, capture, resume) under TCG.
+pub const PHASE: Duration = Duration::from_secs(180);
+
+/// The machines are heavy (1 GiB, one host core per vCPU): one at a time.
+static MACHINE: Mutex<()> = Mutex::new(());
+
+/// The right to run a machine, or `None` when QEMU is missing (the test is
+/// then skipped, except under CI).
+pub fn machine() -> Option<MutexGuard<'static, ()>> {
+    if !vm::require_qemu() {
+        return None;
+    }
+    Some(MACHINE.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// A fresh image disk in the rig's directory.
+pub fn disk(name: &str) -> PathBuf {
+    super::new_disk(&rig().dir.join(format!("{name}.img")))
+}
+
+/// Runs the host's kjump; returns its exit code and output.
+pub fn kjump(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kjump"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running kjump {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `kjump info --json` of an image disk.
+pub fn info(disk: &Path) -> serde_json::Value {
+    let (code, text) = kjump(&["info", "--json", &disk.display().to_string()]);
+    assert_eq!(code, 0, "kjump info --json {}: {text}", disk.display());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("kjump info --json: {e}\n{text}"))
+}
+
+/// The image's state: writing, committed or consumed.
+pub fn state(disk: &Path) -> String {
+    info(disk)["state"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Values of `PREFIX value` lines, with their times.
+pub fn values<'a>(lines: &'a [Line], prefix: &'a str) -> impl Iterator<Item = (f64, &'a str)> + 'a {
+    lines.iter().filter_map(move |l| {
+        l.text
+            .strip_prefix(prefix)
+            .map(|v| (l.at, v.split_whitespace().next().unwrap_or("")))
+    })
+}
+
+/// A's counter values, in order.
+pub fn counts(lines: &[Line]) -> Vec<u64> {
+    values(lines, "COUNT ")
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect()
+}
+
+/// The md5s A printed of its tmpfs file, in order.
+pub fn md5s(lines: &[Line]) -> Vec<String> {
+    values(lines, "MD5 ").map(|(_, v)| v.to_owned()).collect()
+}
+
+/// The lines before `at` and from `at` on.
+pub fn split_at(lines: &[Line], at: f64) -> (Vec<Line>, Vec<Line>) {
+    lines.iter().cloned().partition(|l| l.at < at)
+}
+
+/// The first line containing `needle`.
+pub fn find<'a>(lines: &'a [Line], needle: &str) -> Option<&'a Line> {
+    lines.iter().find(|l| l.text.contains(needle))
+}
+
+/// A's counter went on across `at` (a jump away and back): the first value
+/// after it follows the last before it within 3 s. Returns that last value.
+pub fn assert_counter_continues(boot: &Boot, at: f64) -> u64 {
+    let (before, after) = split_at(&boot.lines(), at);
+    let (b, a) = (counts(&before), counts(&after));
+    let last = *b
+        .last()
+        .unwrap_or_else(|| panic!("no COUNT before {at} s\n{}", boot.logs()));
+    assert!(
+        a.first().is_some_and(|&f| f > last && f <= last + 3),
+        "the counter did not continue across {at} s: {b:?} then {a:?}\n{}",
+        boot.logs()
+    );
+    last
+}
+
+/// Prints the lines that mark the phases of a boot, with their times.
+pub fn print_phases(boot: &Boot) {
+    const MARKS: [&str; 20] = [
+        "Linux version",
+        "A: up",
+        "A: DD-BASELINE",
+        "A: HIBERNATE",
+        "A: FS-",
+        "A: OTHER-BOOT",
+        "kjump: capture kernel started",
+        "kjump: saving",
+        "kjump: filesystem on",
+        "kjump: image committed",
+        "kjump: capture failed",
+        "kjump: powering off",
+        "kjump: checkpoint",
+        "A: resume start",
+        "restore kernel:",
+        "kjump: restore kernel started",
+        "kjump: verified in",
+        "kjump: jumping",
+        "RESUMED",
+        "resumed: this kernel was away",
+    ];
+    /// Durations worth naming: (label, from, to); `to` is looked for after `from`.
+    const SPANS: [(&str, &str, &str); 9] = [
+        (
+            "A: hibernate called -> B's kernel booting",
+            "A: HIBERNATE",
+            "Linux version",
+        ),
+        (
+            "A: hibernate called -> B's /init",
+            "A: HIBERNATE",
+            "kjump: capture kernel started",
+        ),
+        ("B: capture", "kjump: saving", "kjump: image committed"),
+        (
+            "B: commit -> back in A (checkpoint)",
+            "kjump: checkpoint",
+            "RESUMED",
+        ),
+        (
+            "boot -> kjump resume (A or R0)",
+            "Linux version",
+            "A: resume start",
+        ),
+        (
+            "R0: kjump resume checks the image",
+            "A: resume start",
+            "restore kernel:",
+        ),
+        (
+            "R0 -> R's /init (kexec load, R boots)",
+            "restore kernel:",
+            "kjump: restore kernel started",
+        ),
+        (
+            "R: verify and write memory",
+            "kjump: restore kernel started",
+            "kjump: verified in",
+        ),
+        ("R -> A prints RESUMED", "kjump: jumping", "RESUMED"),
+    ];
+    let lines = boot.lines();
+    println!("[{}] phases (seconds since qemu started):", boot.name);
+    for l in &lines {
+        if MARKS.iter().any(|m| l.text.contains(m)) {
+            println!("[{}] {:7.2}  {}", boot.name, l.at, l.text);
+        }
+    }
+    for (label, from, to) in SPANS {
+        let Some(start) = lines.iter().find(|l| l.text.contains(from)) else {
+            continue;
+        };
+        let end = lines
+            .iter()
+            .find(|l| l.at >= start.at && !std::ptr::eq(*l, start) && l.text.contains(to));
+        if let Some(end) = end {
+            println!("[{}] {label}: {:.2} s", boot.name, end.at - start.at);
+        }
+    }
+}
+
+/// What a hibernating boot left: A's file checksum and the counter before
+/// the jump.
+pub struct Saved {
+    /// md5 of A's tmpfs file.
+    pub md5: String,
+    /// The last COUNT A printed before it went away.
+    pub last_count: u64,
+}
+
+/// A hibernates with `--then poweroff`; B saves and powers off. Returns what
+/// A held and the boot's console.
+pub fn hibernate_poweroff(name: &str, opts: &BootOpts) -> (Saved, Vec<Line>) {
+    assert_eq!(opts.mode, "poweroff", "{name}: hibernate_poweroff's mode");
+    let mut boot = Boot::start_opts(name, opts);
+    boot.wait_for("A: RESUME-EXIT 0", PHASE);
+    // The dry run prints the plan and the load, and changes nothing.
+    let dry = boot.wait_for("A: DRY-RUN-EXIT", PHASE);
+    assert_eq!(dry.text.trim_end(), "A: DRY-RUN-EXIT 0", "{}", boot.logs());
+    let before_dry: Vec<Line> = boot
+        .lines()
+        .into_iter()
+        .filter(|l| l.at <= dry.at)
+        .collect();
+    for want in [
+        "dry run: nothing was changed",
+        "kexec --load-preserve-context --mem-min=",
+        "mode=poweroff",
+    ] {
+        assert!(
+            find(&before_dry, want).is_some(),
+            "dry run lacks {want:?}\n{}",
+            boot.logs()
+        );
+    }
+    boot.wait_for("A: HIBERNATE", PHASE);
+    boot.wait_for("kjump: capture kernel started", PHASE);
+    boot.wait_for("kjump: image committed", PHASE);
+    let status = boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    assert!(
+        !lines.iter().any(|l| l.text == "RESUMED"),
+        "A went on after --then poweroff\n{}",
+        boot.logs()
+    );
+    println!("[{name}] qemu exited: {status}");
+    let md5 = md5s(&lines).into_iter().next().expect("an MD5 line");
+    let last_count = counts(&lines).into_iter().max().expect("COUNT lines");
+    check_committed(name, &opts.disk, "poweroff");
+    (Saved { md5, last_count }, lines)
+}
+
+/// Host side: the disk holds a whole, committed image.
+pub fn check_committed(name: &str, disk: &Path, mode: &str) {
+    let (code, text) = kjump(&["verify", &disk.display().to_string()]);
+    assert_eq!(code, 0, "kjump verify after {name}: {text}");
+    let v = info(disk);
+    assert_eq!(v["state"], "committed", "{v:#}");
+    assert_eq!(v["extra"]["mode"], mode, "{v:#}");
+    let mib = |key: &str| v[key].as_f64().unwrap_or(0.0) / f64::from(1 << 20);
+    println!(
+        "[{name}] image: {:.1} MiB for {:.1} MiB of RAM ({:.1} MiB of chunk data, {} of {} pages zero)",
+        mib("image_bytes"),
+        mib("memory_bytes"),
+        mib("data_bytes"),
+        v["pages"]["zero"],
+        v["pages"]["total"],
+    );
+}
+
+/// A later boot: R0 finds the image, R restores it, A runs on with the
+/// same file and counter. Returns the boot's console.
+pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
+    let mut boot = Boot::start_opts(name, opts);
+    boot.wait_for("kjump: restore kernel started", PHASE);
+    boot.wait_for("kjump: verified in", PHASE);
+    let resumed = boot.wait_for("RESUMED", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    let (_, after) = split_at(&lines, resumed.at);
+    assert_eq!(
+        md5s(&after),
+        std::slice::from_ref(&saved.md5),
+        "A's tmpfs file changed across the resume\n{}",
+        boot.logs()
+    );
+    assert_disk_works(&after, "consumed", &boot);
+    let resumed_counts = counts(&lines);
+    let first = *resumed_counts.first().unwrap_or(&0);
+    assert!(
+        first > saved.last_count && first <= saved.last_count + 3,
+        "the counter did not continue: last {} before, {resumed_counts:?} after\n{}",
+        saved.last_count,
+        boot.logs()
+    );
+    assert!(
+        resumed_counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "the counter skipped: {resumed_counts:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.text.starts_with("A: RESUME-EXIT")),
+        "R0's kjump resume returned\n{}",
+        boot.logs()
+    );
+    println!(
+        "[{name}] resumed: md5 {} intact, counter {} -> {first}..{}",
+        saved.md5,
+        saved.last_count,
+        resumed_counts.last().unwrap_or(&0)
+    );
+    lines
+}
+
+/// A boot where `kjump resume` must not resume: it exits with `code`, prints
+/// `why`, and the normal boot goes on to a fresh workload. Returns the
+/// boot's console.
+pub fn no_resume(name: &str, opts: &BootOpts, code: i32, why: &str) -> Vec<Line> {
+    assert_eq!(opts.mode, "none", "{name}: a no-resume boot hibernates not");
+    let mut boot = Boot::start_opts(name, opts);
+    boot.wait_for(&format!("A: RESUME-EXIT {code}"), PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    assert!(
+        find(&lines, why).is_some(),
+        "kjump resume did not say {why:?}\n{}",
+        boot.logs()
+    );
+    assert!(
+        !lines.iter().any(|l| l.text == "RESUMED"),
+        "resumed anyway\n{}",
+        boot.logs()
+    );
+    assert!(
+        find(&lines, "kjump: restore kernel started").is_none(),
+        "the restore kernel ran\n{}",
+        boot.logs()
+    );
+    assert_eq!(md5s(&lines).len(), 1, "no fresh workload\n{}", boot.logs());
+    for l in lines.iter().filter(|l| l.text.contains(why)) {
+        println!("[{name}] {:7.2}  {}", l.at, l.text);
+    }
+    lines
+}
+
+/// A, resumed, read its disk again: `kjump info` of its target printed
+/// `state`.
+pub fn assert_disk_works(after: &[Line], state: &str, boot: &Boot) {
+    let want = format!("state:      {state}");
+    assert!(
+        after.iter().any(|l| l.text.starts_with(&want)),
+        "A's kjump info after the resume did not print {want:?}\n{}",
+        boot.logs()
+    );
+}

@@ -1,0 +1,101 @@
+#!/bin/busybox sh
+# Kernel A's /init in the QEMU tests (tests/common/hibvm.rs). POSIX sh for
+# busybox. What it does is chosen by words on the kernel command line:
+#
+#   kjump.mode=M       `kjump hibernate --then M` (poweroff, reboot,
+#                      checkpoint); none or absent: no hibernation
+#   kjump.target=DEV   the image's target for hibernate and info
+#                      (default /dev/vda); resume always reads /dev/vda
+#   kjump.fs=DEV       after the resume attempt, mount the ext4 on DEV at
+#                      /mnt/a and write a file there; it stays mounted while
+#                      A hibernates, as a root filesystem would
+#   kjump.precheck=1   first, `kjump resume --dry-run`: the checks a resume
+#                      makes, without resuming
+#   kjump.otherboot=DEV  then, before `kjump resume`: mount the ext4 on DEV,
+#                      write a file and unmount it, as another boot would
+#   kjump.force=1      `kjump resume --force-stale-filesystems`
+#
+# After a resume the script continues where `kjump hibernate` returned, with
+# the variables of the boot that hibernated.
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /tmp
+up() { cut -d' ' -f1 /proc/uptime; }
+key() { sed -n "s/.*kjump\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+md5() { md5sum <"$1" | cut -d' ' -f1; }
+mode=$(key mode)
+target=$(key target)
+target=${target:-/dev/vda}
+fs=$(key fs)
+other=$(key otherboot)
+force=
+[ "$(key force)" = 1 ] && force=--force-stale-filesystems
+echo "A: up, uptime $(up) s, mode ${mode:-none}, target $target"
+if [ "$(key precheck)" = 1 ]; then
+	kjump resume --device /dev/vda --kernel /boot/bzImage --dry-run
+	echo "A: RESUME-DRY-RUN-EXIT $?"
+fi
+if [ -n "$other" ]; then
+	mkdir -p /mnt/b
+	if mount -t ext4 "$other" /mnt/b &&
+		echo "another boot was here at $(up) s" >/mnt/b/other-boot &&
+		umount /mnt/b; then
+		echo "A: OTHER-BOOT wrote to $other"
+	else
+		echo "A: OTHER-BOOT-FAILED on $other"
+	fi
+fi
+echo "A: resume start"
+# $force is one word or none.
+# shellcheck disable=SC2086
+kjump resume --device /dev/vda --kernel /boot/bzImage $force
+echo "A: RESUME-EXIT $?"
+if [ -n "$fs" ]; then
+	mkdir -p /mnt/a
+	if mount -t ext4 "$fs" /mnt/a &&
+		dd if=/dev/urandom of=/mnt/a/a-file bs=64k count=16 2>/dev/null; then
+		echo "A: FS-MOUNTED $fs, a-file md5 $(md5 /mnt/a/a-file)"
+	else
+		echo "A: FS-FAILED $fs"
+	fi
+fi
+dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
+echo "MD5 $(md5 /tmp/blob)"
+(
+	n=0
+	while :; do
+		n=$((n + 1))
+		echo "COUNT $n"
+		sleep 1
+	done
+) &
+sleep 3
+if [ "$mode" != none ] && [ -n "$mode" ]; then
+	# Write throughput reference, past where the image goes, on a target
+	# with room for it (1280 MiB).
+	sectors=$(cat "/sys/class/block/${target##*/}/size" 2>/dev/null || echo 0)
+	if [ "$sectors" -ge 2621440 ]; then
+		t0=$(up)
+		dd if=/dev/zero of="$target" bs=1M seek=1024 count=256 oflag=direct 2>/dev/null
+		t1=$(up)
+		echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
+	fi
+	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" --dry-run
+	echo "A: DRY-RUN-EXIT $?"
+	echo "A: HIBERNATE --then $mode"
+	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode"
+	echo "A: HIBERNATE-EXIT $?"
+	echo "RESUMED"
+	echo "MD5 $(md5 /tmp/blob)"
+	if [ -n "$fs" ]; then
+		echo "A: FS-AFTER a-file md5 $(md5 /mnt/a/a-file)"
+	fi
+	sleep 4
+	kjump info "$target"
+fi
+echo "A: DONE"
+poweroff -f
