@@ -107,7 +107,7 @@ pub enum FormatError {
         computed: u32,
     },
     /// The capture that wrote the image never committed it.
-    #[error("image is incomplete: its capture never committed it (superblock state {state})")]
+    #[error("image is incomplete: its capture never committed it")]
     NotCommitted {
         /// The state found.
         state: &'static str,

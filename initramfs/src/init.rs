@@ -292,15 +292,24 @@ fn fail(what: impl fmt::Display, state: &State) -> ! {
     say(format_args!("capture failed: {what}"));
     say("no image was committed; the saved kernel's memory is untouched");
     if Path::new(RESCUE_SHELL).exists() {
+        let then = if state.entry.is_some() {
+            "jump back to the saved kernel"
+        } else {
+            "power off"
+        };
         say(format_args!(
-            "starting a rescue shell ({RESCUE_SHELL}); exit it to power off"
+            "starting a rescue shell ({RESCUE_SHELL}); exit it to {then}"
         ));
         let _ = std::process::Command::new(RESCUE_SHELL).status();
-    } else if let Some(entry) = state.entry {
+    }
+    // The saved kernel runs on as if it had never left: its session is
+    // worth more than a clean power-off.
+    if let Some(entry) = state.entry {
         say(format_args!(
             "jumping back to the saved kernel at {entry:#x}"
         ));
         jump_back(entry);
+        say("the jump back failed");
     }
     countdown("powering off");
     power_off_now()
