@@ -82,3 +82,33 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
         "forced resume goes on"
     );
 }
+
+#[test]
+fn a_journal_replay_by_a_read_only_mount_is_a_change() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("stale-fs-replay");
+    let fs = dir.path("fs.img");
+    let live = Loop::ext4(&fs);
+    // A: mounted read-write and written; its disk says "needs recovery".
+    let mnt = dir.path("mnt");
+    let _a = loopdev::Mount::new(&live.0, &mnt);
+    std::fs::write(mnt.join("a-file"), vec![1u8; 1 << 20]).unwrap();
+    loopdev::sh("sync");
+    // The disk as the capture kernel sees it while A is away.
+    let copy = dir.path("copy.img");
+    std::fs::copy(&fs, &copy).unwrap();
+    let disk = Loop::over(&copy);
+    let then = fsguard::fingerprint(&disk.0).unwrap();
+    assert!(then.contains("incompat=0x"), "{then}");
+    // Another boot mounts it read-only, which replays the journal.
+    let other = dir.path("other");
+    drop(loopdev::Mount::new_with(&disk.0, &other, "-o ro"));
+    let now = fsguard::fingerprint(&disk.0).unwrap();
+    println!("then: {then}\nnow:  {now}");
+    assert_ne!(
+        then, now,
+        "a read-only mount replayed the journal and the fingerprint did not change"
+    );
+}

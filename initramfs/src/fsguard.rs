@@ -36,9 +36,14 @@ pub fn fingerprint_of(head: &[u8]) -> String {
     if let Some(sb) = sb.filter(|sb| u16_at(sb, 0x38) == EXT_MAGIC) {
         let wtime = u64::from(u32_at(sb, 0x30)) | u64::from(sb[0x274]) << 32;
         let kbytes = u64::from(u32_at(sb, 0x178)) | u64::from(u32_at(sb, 0x17c)) << 32;
+        // s_state and s_feature_incompat: a journal replay by another
+        // boot (even a read-only mount replays) clears the "needs
+        // recovery" bit a mounted ext3/4 has on disk.
         return format!(
-            "ext wtime={wtime} mounts={} kbytes-written={kbytes}",
-            u16_at(sb, 0x34)
+            "ext wtime={wtime} mounts={} kbytes-written={kbytes} state={:#x} incompat={:#x}",
+            u16_at(sb, 0x34),
+            u16_at(sb, 0x3a),
+            u32_at(sb, 0x60)
         );
     }
     format!(
@@ -114,9 +119,11 @@ mod tests {
         head[EXT_SUPER + 0x30..EXT_SUPER + 0x34].copy_from_slice(&1_700_000_000u32.to_le_bytes());
         head[EXT_SUPER + 0x34] = 7;
         head[EXT_SUPER + 0x178] = 42;
+        head[EXT_SUPER + 0x3a] = 1;
+        head[EXT_SUPER + 0x60..EXT_SUPER + 0x64].copy_from_slice(&0x246u32.to_le_bytes());
         assert_eq!(
             fingerprint_of(&head),
-            "ext wtime=1700000000 mounts=7 kbytes-written=42"
+            "ext wtime=1700000000 mounts=7 kbytes-written=42 state=0x1 incompat=0x246"
         );
         head[EXT_SUPER + 0x38] = 0;
         assert!(fingerprint_of(&head).starts_with("crc32 of first 4096 bytes="));

@@ -87,8 +87,17 @@ pub struct Mount(pub PathBuf);
 impl Mount {
     /// Mounts `dev` at `at`, creating the directory.
     pub fn new(dev: &Path, at: &Path) -> Mount {
+        Mount::new_with(dev, at, "")
+    }
+
+    /// Mounts `dev` at `at` with extra `mount` options, e.g. `-o ro`.
+    pub fn new_with(dev: &Path, at: &Path, options: &str) -> Mount {
         std::fs::create_dir_all(at).unwrap();
-        sh(&format!("mount {} {}", dev.display(), at.display()));
+        sh(&format!(
+            "mount {options} {} {}",
+            dev.display(),
+            at.display()
+        ));
         Mount(at.to_path_buf())
     }
 }
