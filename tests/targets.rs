@@ -232,6 +232,9 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
     assert_eq!(v["placement"], "swap");
     assert_eq!(v["state"], "committed");
     ok(&[&"verify", &dev.0]);
+    // A copy of the partition in a file reads the same way.
+    let out = ok(&[&"verify", &file]);
+    assert!(out.contains("(after its swap header) is whole"), "{out}");
 
     // R0 would resume it; R restores it, marks it consumed and gives the
     // swap area back with its header as it was.
@@ -326,6 +329,10 @@ fn file_on_ext4_is_written_on_the_raw_device() {
         err.contains("bad magic in extent map at offset 0x0"),
         "{err}"
     );
+    // The filesystem's disk image file, read with the offset, says the same.
+    let (code, _, err) = kjump(&[&"info", &fs, &"--offset", &offset]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bad magic in superblock"), "{err}");
     sh(&format!("e2fsck -fn {} >/dev/null", dev.0.display()));
     let _m = Mount::new(&dev.0, &mnt);
     assert_eq!(
@@ -375,6 +382,11 @@ fn discard_touches_nothing_that_is_not_a_kjump_image() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no kjump image on"), "{err}");
     assert!(err.contains("nothing discarded"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // Nor does prepare overwrite it.
+    let (code, _, err) = kjump(&[&"prepare", &path, &"--size", &"1M"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a kjump file target"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     // An incomplete image (a capture cut short) is discarded.
     let mem = memory(&dir);

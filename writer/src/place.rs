@@ -92,11 +92,12 @@ fn drop_cache(file: &File) {
 
 impl Place {
     /// Finds the image named by `path`. With `map_at`, `path` is a block
-    /// device and a file's extent map lies at that device offset. Without,
-    /// a block device holds the image whole or after a swap header, and a
-    /// regular file holds it whole, or, when it starts with an extent map,
-    /// in its blocks on the device beneath its filesystem. A path that does
-    /// not exist yet is a new regular file.
+    /// device (or a copy of one in a file) and a file's extent map lies at
+    /// that offset. Without, a device or file holds the image whole or
+    /// after a swap header; a regular file that starts with an extent map
+    /// is a file target, whose image lies in its blocks on the device
+    /// beneath its filesystem. A path that does not exist yet is a new
+    /// regular file.
     pub fn locate(path: &Path, map_at: Option<u64>) -> Result<Place, PlaceError> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -111,7 +112,7 @@ impl Place {
             Err(e) => return Err(io("opening", path)(e)),
         };
         let kind = meta.file_type();
-        if kind.is_block_device() {
+        if kind.is_block_device() || (kind.is_file() && map_at.is_some()) {
             let dev = File::open(path).map_err(io("opening", path))?;
             drop_cache(&dev);
             let placement = detect(&dev, map_at).map_err(|source| PlaceError::Format {
@@ -121,7 +122,7 @@ impl Place {
             return Ok(Place {
                 named: path.to_path_buf(),
                 holder: path.to_path_buf(),
-                block_device: true,
+                block_device: kind.is_block_device(),
                 placement,
             });
         }
@@ -131,25 +132,22 @@ impl Place {
                 why: "neither a regular file nor a block device".into(),
             });
         }
-        if let Some(at) = map_at {
-            return Err(PlaceError::Unsupported {
-                path: path.to_path_buf(),
-                why: format!(
-                    "an extent map offset ({at:#x}) names a place on a block device, and this is a regular file"
-                ),
-            });
-        }
         let file = File::open(path).map_err(io("opening", path))?;
         let mut magic = [0u8; 8];
         let mapped = meta.len() >= MAP_LEN
             && FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
             && &magic == MAP_MAGIC;
         if !mapped {
+            // A copy of a swap partition holds its image after the header.
+            let placement = detect(&file, None).map_err(|source| PlaceError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
             return Ok(Place {
                 named: path.to_path_buf(),
                 holder: path.to_path_buf(),
                 block_device: false,
-                placement: Placement::Whole,
+                placement,
             });
         }
         // The file's own copy of its map says where the file begins on the
@@ -281,13 +279,21 @@ fn set_swap_signature(device: &Path, to: SwapSignature) -> Result<bool, PlaceErr
     Ok(true)
 }
 
-/// Whether `device` is listed as an active swap area.
-pub fn is_active_swap(device: &Path) -> bool {
+/// Whether `path` (a device or a swap file) is listed as an active swap
+/// area.
+pub fn is_active_swap(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/swaps") else {
         return false;
     };
-    let Ok(want) = std::fs::metadata(device).map(|m| m.rdev()) else {
+    let Ok(want) = std::fs::metadata(path) else {
         return false;
+    };
+    let same = |m: &std::fs::Metadata| {
+        if want.file_type().is_block_device() {
+            m.file_type().is_block_device() && m.rdev() == want.rdev()
+        } else {
+            m.dev() == want.dev() && m.ino() == want.ino()
+        }
     };
     text.lines().skip(1).any(|l| {
         let name = l
@@ -295,7 +301,7 @@ pub fn is_active_swap(device: &Path) -> bool {
             .next()
             .unwrap_or("")
             .replace("\\040", " ");
-        std::fs::metadata(&name).is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == want)
+        std::fs::metadata(&name).is_ok_and(|m| same(&m))
     })
 }
 
@@ -516,6 +522,19 @@ pub fn prepare_file(path: &Path, image_len: u64) -> Result<Place, PlaceError> {
     let meta = file.metadata().map_err(io("inspecting", path))?;
     if !meta.file_type().is_file() {
         return Err(unsupported("not a regular file".into()));
+    }
+    // Never overwrite a file that is not kjump's: a swap file, an image
+    // written whole, anyone's data.
+    if meta.len() > 0 {
+        let mut magic = [0u8; 8];
+        let ours = FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && &magic == MAP_MAGIC;
+        if !ours {
+            return Err(unsupported(format!(
+                "it exists ({} bytes) and is not a kjump file target (it does not start with {}): remove it or name a new file",
+                meta.len(),
+                String::from_utf8_lossy(MAP_MAGIC)
+            )));
+        }
     }
     let fs = nix::sys::statfs::fstatfs(&file)
         .map_err(|e| io("inspecting the filesystem of", path)(std::io::Error::from(e)))?;
