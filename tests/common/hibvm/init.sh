@@ -14,6 +14,11 @@
 #   kjump.otherboot=DEV  then, before `kjump resume`: mount the ext4 on DEV,
 #                      write a file and unmount it, as another boot would
 #   kjump.force=1      `kjump resume --force-stale-filesystems`
+#   kjump.resume=DEV   the device `kjump resume` reads (default /dev/vda)
+#   kjump.offset=HEX   `kjump resume --offset HEX`: a file target's map
+#   kjump.swap=1       the target is a swap area: before hibernating,
+#                      swapon it and check that hibernate refuses it, then
+#                      swapoff; after the resume, swapon must work again
 #
 # After a resume the script continues where `kjump hibernate` returned, with
 # the variables of the boot that hibernated.
@@ -34,6 +39,10 @@ fs=$(key fs)
 other=$(key otherboot)
 force=
 [ "$(key force)" = 1 ] && force=--force-stale-filesystems
+resume=$(key resume)
+resume=${resume:-/dev/vda}
+offset=$(key offset)
+swap=$(key swap)
 echo "A: up, uptime $(up) s, mode ${mode:-none}, target $target"
 if [ "$(key precheck)" = 1 ]; then
 	kjump resume --device /dev/vda --kernel /boot/bzImage --dry-run
@@ -50,9 +59,9 @@ if [ -n "$other" ]; then
 	fi
 fi
 echo "A: resume start"
-# $force is one word or none.
+# $force is one word or none; the offset two or none.
 # shellcheck disable=SC2086
-kjump resume --device /dev/vda --kernel /boot/bzImage $force
+kjump resume --device "$resume" ${offset:+--offset "$offset"} --kernel /boot/bzImage $force
 echo "A: RESUME-EXIT $?"
 if [ -n "$fs" ]; then
 	mkdir -p /mnt/a
@@ -84,6 +93,12 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 		t1=$(up)
 		echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
 	fi
+	if [ "$swap" = 1 ]; then
+		swapon "$target" && echo "A: SWAPON $target"
+		kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" --dry-run
+		echo "A: ACTIVE-SWAP-EXIT $?"
+		swapoff "$target"
+	fi
 	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" --dry-run
 	echo "A: DRY-RUN-EXIT $?"
 	echo "A: HIBERNATE --then $mode"
@@ -96,6 +111,16 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 	fi
 	sleep 4
 	kjump info "$target"
+	if [ "$swap" = 1 ]; then
+		if swapon "$target" && swapoff "$target"; then
+			echo "A: SWAPON-OK $target"
+		else
+			echo "A: SWAPON-FAILED $target"
+		fi
+	fi
+fi
+if [ -n "$fs" ]; then
+	umount /mnt/a && echo "A: FS-UNMOUNTED $fs"
 fi
 echo "A: DONE"
 poweroff -f

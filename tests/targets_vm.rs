@@ -1,0 +1,136 @@
+//! The whole cycle on the targets a machine usually has, in QEMU (TCG):
+//! a swap partition and a preallocated file on A's ext4 filesystem.
+//!
+//! - **Swap:** /dev/vda is a swap area (mkswap on the host). A checks that
+//!   `kjump hibernate` refuses it while it is active, then hibernates to it
+//!   swapped off; B writes the image after the header and sets the
+//!   signature aside; a later boot resumes A, and A can swapon the area
+//!   again, its header as it was.
+//! - **File:** /dev/vda is A's ext4 filesystem, mounted at /mnt/a. `kjump
+//!   hibernate --target /mnt/a/kjump.img` allocates the file and maps its
+//!   extents; B writes them on the raw device without mounting anything; a
+//!   later boot resumes from `--device /dev/vda --offset`, A's file and
+//!   mounted filesystem are intact, and e2fsck finds the filesystem clean.
+//!
+//! Needs what hibernate_vm.rs needs, and mkswap and e2fsprogs on the host.
+//! The console logs stay in target/tmp/targets-vm/.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::hibvm::flows::{
+    check_committed_at, find, hibernate_poweroff, hibernate_poweroff_unchecked, kjump, machine,
+    resume,
+};
+use common::hibvm::{self, BootOpts, Line};
+use kjump_image_format::placement::SWAP_MAGIC_OFFSET;
+
+/// Room for A's 1 GiB of RAM in the worst case, and a filesystem around it.
+const DISK: u64 = 1536 << 20;
+
+fn line<'a>(lines: &'a [Line], needle: &str, boot: &str) -> &'a Line {
+    find(lines, needle).unwrap_or_else(|| panic!("[{boot}] no {needle:?} on the console"))
+}
+
+fn header(disk: &Path) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    let f = std::fs::File::open(disk).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).unwrap();
+    b
+}
+
+#[test]
+fn swap_partition_cycle() {
+    let Some(_machine) = machine() else { return };
+    let disk = hibvm::new_disk_of(&hibvm::rig().dir.join("swap.img"), DISK);
+    let out = Command::new("mkswap")
+        .args(["-L", "kjump-vm"])
+        .arg(&disk)
+        .output()
+        .expect("running mkswap (util-linux)");
+    assert!(out.status.success(), "mkswap: {out:?}");
+    let original = header(&disk);
+
+    let opts = BootOpts::new(&disk, "poweroff").arg("kjump.swap=1");
+    let (saved, lines) = hibernate_poweroff("swap-hibernate", &opts);
+    line(&lines, "A: SWAPON /dev/vda", "swap-hibernate");
+    line(&lines, "A: ACTIVE-SWAP-EXIT 2", "swap-hibernate");
+    line(
+        &lines,
+        "/dev/vda is an active swap area (listed in /proc/swaps)",
+        "swap-hibernate",
+    );
+    line(
+        &lines,
+        "writing the image to /dev/vda (after its swap header)",
+        "swap-hibernate",
+    );
+    let held = header(&disk);
+    assert_eq!(&held[SWAP_MAGIC_OFFSET..], b"KJUMPSWAP1");
+    assert_eq!(held[..SWAP_MAGIC_OFFSET], original[..SWAP_MAGIC_OFFSET]);
+
+    let lines = resume("swap-resume", &BootOpts::new(&disk, "none"), &saved);
+    line(&lines, "A: SWAPON-OK /dev/vda", "swap-resume");
+    assert_eq!(header(&disk), original, "the swap header did not come back");
+    let (code, text) = kjump(&["info", &disk.display().to_string()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("state:      consumed"), "{text}");
+}
+
+#[test]
+fn file_on_ext4_cycle() {
+    let Some(_machine) = machine() else { return };
+    let disk = hibvm::new_ext4_disk(&hibvm::rig().dir.join("ext4.img"), DISK);
+    let opts = BootOpts::new(&disk, "poweroff")
+        .arg("kjump.fs=/dev/vda")
+        .arg("kjump.target=/mnt/a/kjump.img");
+    // The image is found on the host from the map's offset, which
+    // hibernate prints in the capture manifest.
+    let (saved, lines) = hibernate_poweroff_unchecked("file-hibernate", &opts);
+    let manifest = line(&lines, "target-offset=0x", "file-hibernate");
+    let offset = manifest
+        .text
+        .trim()
+        .trim_start_matches("target-offset=")
+        .to_string();
+    let mounted = line(
+        &lines,
+        "A: FS-MOUNTED /dev/vda, a-file md5 ",
+        "file-hibernate",
+    );
+    let a_file = mounted.text.rsplit(' ').next().unwrap().to_string();
+    line(&lines, "target=/dev/vda", "file-hibernate");
+    line(
+        &lines,
+        "writing the image to /dev/vda (a file's blocks, map at offset",
+        "file-hibernate",
+    );
+    let host = disk.display().to_string();
+    check_committed_at("file-hibernate", &[&host, "--offset", &offset], "poweroff");
+
+    let resume_opts = BootOpts::new(&disk, "none").arg(&format!("kjump.offset={offset}"));
+    let lines = resume("file-resume", &resume_opts, &saved);
+    line(
+        &lines,
+        &format!("A: FS-AFTER a-file md5 {a_file}"),
+        "file-resume",
+    );
+    line(&lines, "A: FS-UNMOUNTED /dev/vda", "file-resume");
+    let (code, text) = kjump(&["info", &host, "--offset", &offset]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("state:      consumed"), "{text}");
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&disk)
+        .output()
+        .expect("running e2fsck (e2fsprogs)");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn after the cycle: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    println!("[file] e2fsck -fn: clean; a-file md5 {a_file} intact; map at {offset}");
+}
