@@ -179,9 +179,19 @@ impl ChunkHeader {
         b
     }
 
-    /// Decodes a header found at `offset`, checking its magic, CRC, reserved
-    /// bytes and internal consistency.
+    /// Decodes a header of an unencrypted image found at `offset`, checking
+    /// its magic, CRC, reserved bytes and internal consistency.
     pub fn decode(b: &[u8; CHUNK_HEADER_SIZE], offset: u64) -> Result<Self, FormatError> {
+        Self::decode_as(b, offset, false)
+    }
+
+    /// Decodes a header found at `offset`; `sealed` for an encrypted image,
+    /// whose payloads carry a tag and whose contents CRC is zero.
+    pub fn decode_as(
+        b: &[u8; CHUNK_HEADER_SIZE],
+        offset: u64,
+        sealed: bool,
+    ) -> Result<Self, FormatError> {
         if b[0..4] != CHUNK_MAGIC {
             return Err(FormatError::BadMagic {
                 what: "chunk header",
@@ -225,10 +235,8 @@ impl ChunkHeader {
         check_shape(
             "chunk header",
             offset,
-            h.codec,
-            h.page_count,
-            h.zero_bitmap,
-            h.stored_len,
+            &h.index_entry(ImageOffset(offset)),
+            sealed,
         )?;
         Ok(h)
     }
@@ -258,15 +266,16 @@ fn decode_codec(c: u8, what: &'static str, offset: u64) -> Result<Codec, FormatE
 }
 
 /// Checks what a header or entry says about itself: page count, bitmap,
-/// codec and payload length must agree.
+/// codec and payload length must agree. A sealed payload carries a tag,
+/// and no CRC over plaintext is stored.
 fn check_shape(
     what: &'static str,
     offset: u64,
-    codec: Codec,
-    page_count: u8,
-    zero_bitmap: u64,
-    stored_len: u32,
+    e: &IndexEntry,
+    sealed: bool,
 ) -> Result<(), FormatError> {
+    let (codec, page_count, zero_bitmap, stored_len) =
+        (e.codec, e.page_count, e.zero_bitmap, e.stored_len);
     let invalid = |field, value| FormatError::InvalidValue {
         what,
         field,
@@ -281,13 +290,26 @@ fn check_shape(
         return Err(invalid("zero bitmap", zero_bitmap));
     }
     let raw_len = (u64::from(page_count) - u64::from(zero_bitmap.count_ones())) * PAGE_SIZE as u64;
-    let ok = match codec {
-        Codec::Zero => zero_bitmap == mask && stored_len == 0,
-        Codec::Raw => raw_len > 0 && u64::from(stored_len) == raw_len,
-        Codec::Lz4 => raw_len > 0 && stored_len > 0 && u64::from(stored_len) < raw_len,
+    let tag = if sealed {
+        crate::crypto::TAG_SIZE as u64
+    } else {
+        0
+    };
+    let body = u64::from(stored_len).checked_sub(tag);
+    let ok = match (codec, body) {
+        (Codec::Zero, _) => zero_bitmap == mask && stored_len == 0,
+        (_, None) => false,
+        (Codec::Raw, Some(n)) => raw_len > 0 && n == raw_len,
+        (Codec::Lz4, Some(n)) => raw_len > 0 && n > 0 && n < raw_len,
     };
     if !ok {
         return Err(invalid("stored length", stored_len.into()));
+    }
+    if sealed && e.data_crc != 0 {
+        return Err(invalid(
+            "contents crc (zero in an encrypted image)",
+            e.data_crc.into(),
+        ));
     }
     Ok(())
 }
@@ -307,9 +329,15 @@ impl IndexEntry {
         b
     }
 
-    /// Decodes an entry found at `offset`, checking its reserved bytes and
-    /// internal consistency (the index CRC is checked by the reader).
+    /// Decodes an entry of an unencrypted image found at `offset`, checking
+    /// its reserved bytes and internal consistency (the index CRC is checked
+    /// by the reader).
     pub fn decode(b: &[u8], offset: u64) -> Result<Self, FormatError> {
+        Self::decode_as(b, offset, false)
+    }
+
+    /// Decodes an entry found at `offset`; `sealed` for an encrypted image.
+    pub fn decode_as(b: &[u8], offset: u64, sealed: bool) -> Result<Self, FormatError> {
         if b[38] != 0 || b[39] != 0 {
             return Err(FormatError::ReservedNotZero {
                 what: "index entry",
@@ -327,14 +355,7 @@ impl IndexEntry {
             codec: decode_codec(b[36], "index entry", offset)?,
             page_count: b[37],
         };
-        check_shape(
-            "index entry",
-            offset,
-            e.codec,
-            e.page_count,
-            e.zero_bitmap,
-            e.stored_len,
-        )?;
+        check_shape("index entry", offset, &e, sealed)?;
         Ok(e)
     }
 
@@ -446,15 +467,11 @@ pub fn encode_chunk(spec: &ChunkSpec, seq: u32, uuid: [u8; 16], pages: &[u8]) ->
     }
 }
 
-/// Decodes a chunk's payload into `out` (`page_count` whole pages), zero
-/// pages included, after checking both CRCs. `scratch` is reused between
-/// calls to avoid an allocation per chunk.
-pub fn decode_chunk(
+/// Checks a payload's length and CRC against its index entry.
+pub(crate) fn check_payload(
     entry: &IndexEntry,
     index: u64,
     payload: &[u8],
-    out: &mut [u8],
-    scratch: &mut Vec<u8>,
 ) -> Result<(), FormatError> {
     let at = entry.offset.0;
     if payload.len() != entry.stored_len as usize {
@@ -475,6 +492,43 @@ pub fn decode_chunk(
             computed,
         ));
     }
+    Ok(())
+}
+
+/// Decompresses an lz4 block into exactly `target.len()` bytes.
+pub(crate) fn decompress_exact(
+    src: &[u8],
+    target: &mut [u8],
+    index: u64,
+    at: u64,
+) -> Result<(), FormatError> {
+    let n = lz4_flex::block::decompress_into(src, target).map_err(|e| FormatError::Decompress {
+        index,
+        offset: ImageOffset(at),
+        reason: e.to_string(),
+    })?;
+    if n != target.len() {
+        return Err(FormatError::Decompress {
+            index,
+            offset: ImageOffset(at),
+            reason: format!("produced {n} bytes, expected {}", target.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a chunk's payload into `out` (`page_count` whole pages), zero
+/// pages included, after checking both CRCs. `scratch` is reused between
+/// calls to avoid an allocation per chunk.
+pub fn decode_chunk(
+    entry: &IndexEntry,
+    index: u64,
+    payload: &[u8],
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let at = entry.offset.0;
+    check_payload(entry, index, payload)?;
     let raw_len = entry.raw_len();
     let check_data = |raw: &[u8]| {
         let computed = crc32fast::hash(raw);
@@ -489,23 +543,7 @@ pub fn decode_chunk(
             ))
         }
     };
-    let decompress = |target: &mut [u8]| {
-        let n = lz4_flex::block::decompress_into(payload, target).map_err(|e| {
-            FormatError::Decompress {
-                index,
-                offset: ImageOffset(at),
-                reason: e.to_string(),
-            }
-        })?;
-        if n != raw_len {
-            return Err(FormatError::Decompress {
-                index,
-                offset: ImageOffset(at),
-                reason: format!("produced {n} bytes, expected {raw_len}"),
-            });
-        }
-        Ok(())
-    };
+    let decompress = |target: &mut [u8]| decompress_exact(payload, target, index, at);
     match (entry.codec, entry.zero_bitmap == 0) {
         (Codec::Zero, _) => out.fill(0),
         (Codec::Raw, direct) => {

@@ -189,6 +189,36 @@ pub enum FormatError {
         /// The range the page belongs to.
         range: String,
     },
+    /// The image is encrypted and no key or passphrase was given.
+    #[error("image is encrypted: give --key-file or --passphrase-file")]
+    KeyRequired,
+    /// The key or passphrase does not open the image: it fails the image's
+    /// key check value. Nothing of the key is shown.
+    #[error("wrong key or passphrase: it does not match the image's key check value (superblock offset {offset})")]
+    WrongKey {
+        /// Where the key check value is.
+        offset: ImageOffset,
+    },
+    /// A key file was given for a passphrase image, or the reverse.
+    #[error("the image is encrypted with {sealed_with}, but {given} was given")]
+    KeyKind {
+        /// What the image was sealed with.
+        sealed_with: &'static str,
+        /// What was given.
+        given: &'static str,
+    },
+    /// A sealed structure fails authentication: it was changed, or comes
+    /// from another image.
+    #[error("{what} at offset {offset} fails authentication: it was altered or comes from another image")]
+    Authentication {
+        /// The structure.
+        what: String,
+        /// Where it starts.
+        offset: ImageOffset,
+    },
+    /// The key derivation refused its parameters.
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
 }
 
 impl FormatError {

@@ -21,6 +21,7 @@
 
 pub mod addr;
 pub mod chunk;
+pub mod crypto;
 mod error;
 mod le;
 pub mod metadata;
@@ -34,6 +35,7 @@ pub use chunk::{
     chunk_count, chunk_specs, decode_chunk, encode_chunk, ChunkHeader, ChunkSpec, Codec,
     EncodedChunk, IndexEntry, CHUNK_HEADER_SIZE, CHUNK_PAGES, INDEX_ENTRY_SIZE,
 };
+pub use crypto::{CryptoParams, ImageKeys, Kdf, Secret, SecretError};
 pub use error::FormatError;
 pub use metadata::Metadata;
 pub use placement::{Placement, Segment};

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::addr::{ImageOffset, Pfn};
 use crate::chunk::{chunk_count, chunk_specs, ChunkHeader, ChunkSpec, IndexEntry};
+use crate::crypto::{decode_sealed_chunk, ImageKeys, Secret};
 use crate::error::FormatError;
 use crate::metadata::{Metadata, MAX_METADATA_LEN};
 use crate::superblock::{ImageState, Superblock};
@@ -115,6 +116,8 @@ pub struct Image {
     pub specs: Vec<ChunkSpec>,
     /// Bytes in the image source (at least the image's own length).
     pub source_size: u64,
+    /// The keys of an encrypted image.
+    keys: Option<ImageKeys>,
 }
 
 impl Image {
@@ -122,12 +125,28 @@ impl Image {
     /// against each other. Chunk payloads are not read: see
     /// [`Image::read_chunk`] and [`Image::check_padding`].
     pub fn open<R: ReadAt + ?Sized>(src: &R) -> Result<Image, FormatError> {
+        Self::open_with(src, None)
+    }
+
+    /// [`Image::open`], with the key or passphrase of an encrypted image. A
+    /// wrong one is refused first; then the image seal is checked over the
+    /// superblock, metadata, index and trailer before the metadata is
+    /// decrypted. A secret given for an unencrypted image is not used.
+    pub fn open_with<R: ReadAt + ?Sized>(
+        src: &R,
+        secret: Option<&Secret>,
+    ) -> Result<Image, FormatError> {
         let sb = read_superblock(src)?;
         if sb.state == ImageState::Writing {
             return Err(FormatError::NotCommitted {
                 state: sb.state.name(),
             });
         }
+        let keys = match (&sb.crypto, secret) {
+            (None, _) => None,
+            (Some(_), None) => return Err(FormatError::KeyRequired),
+            (Some(c), Some(s)) => Some(ImageKeys::unlock(s, c, &sb.uuid)?),
+        };
         let size = src.size().map_err(|source| FormatError::Io {
             what: "image size",
             offset: ImageOffset(0),
@@ -145,7 +164,15 @@ impl Image {
                 crc,
             ));
         }
-        let metadata = Metadata::decode(&meta_bytes, l.metadata_offset)?;
+        let sealed = match &keys {
+            Some(k) => Some(open_sealed(src, &sb, k, &meta_bytes, size)?),
+            None => None,
+        };
+        let plain_meta = match &sealed {
+            Some((plain, _)) => plain.as_slice(),
+            None => meta_bytes.as_slice(),
+        };
+        let metadata = Metadata::decode(plain_meta, l.metadata_offset)?;
         let expected_chunks = chunk_count(&metadata.ranges);
         if expected_chunks != l.chunk_count {
             return Err(FormatError::mismatch(
@@ -166,18 +193,13 @@ impl Image {
                 l.total_pages,
             ));
         }
-        check_trailer(src, &sb, size)?;
-        let index_len = l.chunk_count * INDEX_ENTRY_SIZE as u64;
-        let index_bytes = read_region(src, "chunk index", l.index_offset, index_len, size)?;
-        let crc = crc32fast::hash(&index_bytes);
-        if crc != l.index_crc {
-            return Err(FormatError::checksum(
-                "chunk index",
-                l.index_offset,
-                l.index_crc,
-                crc,
-            ));
-        }
+        let index_bytes = match sealed {
+            Some((_, index_bytes)) => index_bytes,
+            None => {
+                check_trailer(src, &sb, size)?;
+                read_index(src, &sb, size)?
+            }
+        };
         let specs: Vec<ChunkSpec> = chunk_specs(&metadata.ranges).collect();
         let index = decode_index(&index_bytes, &specs, &sb)?;
         Ok(Image {
@@ -186,7 +208,13 @@ impl Image {
             index,
             specs,
             source_size: size,
+            keys,
         })
+    }
+
+    /// Whether the image is encrypted (and was opened with its key).
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
     }
 
     /// Pages stored in chunks (neither zero nor outside the ranges).
@@ -228,7 +256,7 @@ impl Image {
         let e = &self.index[i];
         let mut hb = [0u8; CHUNK_HEADER_SIZE];
         hb.copy_from_slice(&encoded[..CHUNK_HEADER_SIZE]);
-        let h = ChunkHeader::decode(&hb, e.offset.0)?;
+        let h = ChunkHeader::decode_as(&hb, e.offset.0, self.keys.is_some())?;
         let what = || format!("chunk {i} header");
         if h.uuid != self.superblock.uuid {
             return Err(FormatError::ForeignUuid {
@@ -254,7 +282,11 @@ impl Image {
                 found,
             ));
         }
-        decode_chunk(e, i as u64, &encoded[CHUNK_HEADER_SIZE..], out, scratch)?;
+        let payload = &encoded[CHUNK_HEADER_SIZE..];
+        match &self.keys {
+            Some(k) => decode_sealed_chunk(k, &h, e, i as u64, payload, out, scratch)?,
+            None => decode_chunk(e, i as u64, payload, out, scratch)?,
+        }
         self.check_edges(i, out)
     }
 
@@ -386,7 +418,7 @@ fn check_trailer<R: ReadAt + ?Sized>(
     src: &R,
     sb: &Superblock,
     size: u64,
-) -> Result<(), FormatError> {
+) -> Result<[u8; TRAILER_SIZE], FormatError> {
     let l = sb.layout;
     let bytes = read_region(src, "trailer", l.trailer_offset, TRAILER_SIZE as u64, size)?;
     let mut b = [0u8; TRAILER_SIZE];
@@ -416,7 +448,58 @@ fn check_trailer<R: ReadAt + ?Sized>(
             ));
         }
     }
-    Ok(())
+    Ok(b)
+}
+
+/// Reads the index and checks its CRC.
+fn read_index<R: ReadAt + ?Sized>(
+    src: &R,
+    sb: &Superblock,
+    size: u64,
+) -> Result<Vec<u8>, FormatError> {
+    let l = sb.layout;
+    let index_len = l.chunk_count * INDEX_ENTRY_SIZE as u64;
+    let index_bytes = read_region(src, "chunk index", l.index_offset, index_len, size)?;
+    let crc = crc32fast::hash(&index_bytes);
+    if crc != l.index_crc {
+        return Err(FormatError::checksum(
+            "chunk index",
+            l.index_offset,
+            l.index_crc,
+            crc,
+        ));
+    }
+    Ok(index_bytes)
+}
+
+/// The sealed part of opening an encrypted image: the trailer and index are
+/// read and CRC-checked (so bit rot still reads as a checksum error), the
+/// image seal is checked over metadata, index, trailer and superblock, and
+/// only then is the metadata decrypted. Returns the plain metadata and the
+/// index bytes.
+fn open_sealed<R: ReadAt + ?Sized>(
+    src: &R,
+    sb: &Superblock,
+    keys: &ImageKeys,
+    meta_bytes: &[u8],
+    size: u64,
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), FormatError> {
+    let l = sb.layout;
+    let trailer = check_trailer(src, sb, size)?;
+    let index_bytes = read_index(src, sb, size)?;
+    let mut seal = keys.seal_hasher();
+    seal.update(meta_bytes);
+    seal.update(&index_bytes);
+    seal.update(&trailer);
+    let stored = sb.crypto.map(|c| c.seal).unwrap_or_default();
+    if !keys.check_seal(seal, &sb.authenticated_fields(), &stored) {
+        return Err(FormatError::Authentication {
+            what: "image seal (superblock, metadata, index and trailer)".into(),
+            offset: ImageOffset(crate::crypto::area::SEAL as u64),
+        });
+    }
+    let plain = keys.open_metadata(meta_bytes, &sb.uuid, l.metadata_offset)?;
+    Ok((plain, index_bytes))
 }
 
 /// Decodes the index and checks it against the chunk sequence the ranges
@@ -432,7 +515,7 @@ fn decode_index(
     let mut zero_pages = 0u64;
     for (i, (raw, spec)) in bytes.chunks_exact(INDEX_ENTRY_SIZE).zip(specs).enumerate() {
         let at = l.index_offset + (i * INDEX_ENTRY_SIZE) as u64;
-        let e = IndexEntry::decode(raw, at)?;
+        let e = IndexEntry::decode_as(raw, at, sb.crypto.is_some())?;
         let what = || format!("index entry {i}");
         if e.first_pfn != spec.first_pfn {
             return Err(FormatError::mismatch(

@@ -7,6 +7,7 @@
 //! fails the CRC and the image reads as corrupt, never as whole.
 
 use crate::addr::ImageOffset;
+use crate::crypto::{area, CryptoParams};
 use crate::error::FormatError;
 use crate::le::{first_nonzero, put_u16, put_u32, put_u64, show_bytes, u16_at, u32_at, u64_at};
 use crate::{ARCH_NAME, BLOCK_SIZE, PAGE_SIZE};
@@ -19,8 +20,11 @@ pub const MAGIC_PREFIX: [u8; 8] = *b"KJUMPIMG";
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this build writes.
 pub const VERSION_MINOR: u16 = 0;
-/// Incompatible features this build understands (none yet).
-pub const KNOWN_INCOMPAT: u64 = 0;
+/// Incompatible feature: the image is encrypted and authenticated; the
+/// crypto area (bytes 168..280) holds its parameters.
+pub const INCOMPAT_ENCRYPTED: u64 = 1;
+/// Incompatible features this build understands.
+pub const KNOWN_INCOMPAT: u64 = INCOMPAT_ENCRYPTED;
 
 const OFF_MAGIC: usize = 0;
 const OFF_MAJOR: usize = 16;
@@ -141,6 +145,8 @@ pub struct Superblock {
     pub consumed_time_ns: u64,
     /// Where the rest of the image is.
     pub layout: Layout,
+    /// The crypto parameters of an encrypted image.
+    pub crypto: Option<CryptoParams>,
 }
 
 impl Superblock {
@@ -154,7 +160,21 @@ impl Superblock {
             capture_time_ns,
             consumed_time_ns: 0,
             layout: Layout::default(),
+            crypto: None,
         }
+    }
+
+    /// The bytes the image seal covers: the encoded fields with the state,
+    /// the consumed time (a restore changes both) and the seal itself zero.
+    pub fn authenticated_fields(&self) -> Vec<u8> {
+        let mut b = self.encode();
+        b.truncate(OFF_CRC);
+        b[OFF_STATE..OFF_STATE + 4].fill(0);
+        b[OFF_CONSUMED_TIME..OFF_CONSUMED_TIME + 8].fill(0);
+        if self.crypto.is_some() {
+            b[area::SEAL..area::SEAL + 32].fill(0);
+        }
+        b
     }
 
     /// Encodes into a full block (512 bytes of fields, then zeros).
@@ -165,7 +185,12 @@ impl Superblock {
         put_u16(&mut b, OFF_MAJOR, VERSION_MAJOR);
         put_u16(&mut b, OFF_MINOR, self.version_minor);
         put_u32(&mut b, OFF_SB_SIZE, SUPERBLOCK_SIZE as u32);
-        put_u64(&mut b, OFF_INCOMPAT, 0);
+        let incompat = if self.crypto.is_some() {
+            INCOMPAT_ENCRYPTED
+        } else {
+            0
+        };
+        put_u64(&mut b, OFF_INCOMPAT, incompat);
         put_u64(&mut b, OFF_COMPAT, self.compat);
         put_u32(&mut b, OFF_PAGE_SIZE, PAGE_SIZE as u32);
         put_u32(&mut b, OFF_STATE, self.state.code());
@@ -184,6 +209,9 @@ impl Superblock {
         put_u64(&mut b, OFF_IMAGE_LEN, l.image_len);
         put_u64(&mut b, OFF_TOTAL_PAGES, l.total_pages);
         put_u64(&mut b, OFF_ZERO_PAGES, l.zero_pages);
+        if let Some(c) = &self.crypto {
+            c.encode_into(&mut b);
+        }
         let crc = crc32fast::hash(&b[..OFF_CRC]);
         put_u32(&mut b, OFF_CRC, crc);
         b
@@ -243,13 +271,20 @@ impl Superblock {
                 page_size.into(),
             ));
         }
-        if let Some(p) = first_nonzero(&block[OFF_RESERVED..OFF_CRC]) {
+        let encrypted = incompat & INCOMPAT_ENCRYPTED != 0;
+        let reserved = if encrypted { area::END } else { OFF_RESERVED };
+        if let Some(p) = first_nonzero(&block[reserved..OFF_CRC]) {
             return Err(FormatError::ReservedNotZero {
                 what: "superblock",
-                offset: ImageOffset((OFF_RESERVED + p) as u64),
-                found: block[OFF_RESERVED + p].into(),
+                offset: ImageOffset((reserved + p) as u64),
+                found: block[reserved + p].into(),
             });
         }
+        let crypto = if encrypted {
+            Some(CryptoParams::decode_from(block)?)
+        } else {
+            None
+        };
         if let Some(p) = first_nonzero(&block[SUPERBLOCK_SIZE..BLOCK_SIZE]) {
             return Err(FormatError::PaddingNotZero {
                 what: "after the superblock",
@@ -273,6 +308,7 @@ impl Superblock {
             capture_time_ns: u64_at(block, OFF_CAPTURE_TIME),
             consumed_time_ns: u64_at(block, OFF_CONSUMED_TIME),
             layout: decode_layout(block),
+            crypto,
         })
     }
 }
@@ -343,6 +379,27 @@ mod tests {
         let b = sb.encode();
         assert_eq!(b.len(), BLOCK_SIZE);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
+    }
+
+    #[test]
+    fn crypto_area_round_trips_and_is_sealed_except_state() {
+        let mut sb = Superblock::writing([7; 16], 123);
+        sb.crypto = Some(CryptoParams {
+            kdf: crate::crypto::DEFAULT_KDF,
+            salt: [1; 32],
+            check: [2; 32],
+            seal: [3; 32],
+        });
+        let b = sb.encode();
+        assert_eq!(u64_at(&b, OFF_INCOMPAT), INCOMPAT_ENCRYPTED);
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        let before = sb.authenticated_fields();
+        sb.state = ImageState::Consumed;
+        sb.consumed_time_ns = 5;
+        sb.crypto.as_mut().unwrap().seal = [4; 32];
+        assert_eq!(sb.authenticated_fields(), before);
+        sb.capture_time_ns += 1;
+        assert_ne!(sb.authenticated_fields(), before);
     }
 
     #[test]

@@ -326,6 +326,11 @@ pub fn sig(e: &FormatError) -> String {
             addr,
             range,
         } => format!("OutsideRangeNotZero(chunk {index}@{offset} page {addr:#x} of {range})"),
+        E::KeyRequired => "KeyRequired".into(),
+        E::WrongKey { offset } => format!("WrongKey(@{offset})"),
+        E::KeyKind { sealed_with, given } => format!("KeyKind({sealed_with}, {given})"),
+        E::Authentication { what, offset } => format!("Authentication({what}@{offset})"),
+        E::Kdf(reason) => format!("Kdf({reason})"),
     }
 }
 

@@ -57,11 +57,18 @@ fn magic_architecture_version_and_features_are_checked() {
     );
     c("major 0", sb::MAJOR, &[0, 0], "UnsupportedVersion(0.0)");
     let unknown = "UnknownIncompatFeatures(@0x18";
+    // Bit 0 (encrypted) is known: without a crypto area it names the cipher.
     c(
         "incompat bit 0",
         sb::INCOMPAT,
         &[1],
-        &format!("{unknown} 0x1)"),
+        "InvalidValue(superblock.cipher@0xa8 0x0)",
+    );
+    c(
+        "incompat bit 1",
+        sb::INCOMPAT,
+        &[2],
+        &format!("{unknown} 0x2)"),
     );
     let high = format!("{unknown} 0x8000000000000000)");
     c("incompat bit 63", sb::INCOMPAT + 7, &[0x80], &high);

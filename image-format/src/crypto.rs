@@ -1,0 +1,746 @@
+//! Encrypted images: keys, sealed chunks and metadata, and the image seal.
+//!
+//! A master key comes from a key file (HKDF-SHA256) or a passphrase
+//! (Argon2id, parameters in the superblock). Per image, HKDF-SHA256 with the
+//! image's random salt and uuid derives three values from it: the AES-256-GCM
+//! data key, the HMAC-SHA256 seal key and a key check value. Chunk payloads
+//! and the metadata are sealed with the data key; the seal, an HMAC over
+//! the metadata, index, trailer and superblock fields, ties every structure
+//! to the others. `FORMAT.md` is the normative description.
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::addr::ImageOffset;
+use crate::chunk::{Codec, EncodedChunk, IndexEntry, CHUNK_HEADER_SIZE};
+use crate::error::FormatError;
+use crate::le::{put_u32, put_u64, u32_at};
+use crate::{ChunkHeader, PAGE_SIZE};
+
+/// Bytes of an AES-GCM tag, appended to every sealed payload.
+pub const TAG_SIZE: usize = 16;
+/// Bytes of the per-image random salt.
+pub const SALT_SIZE: usize = 32;
+/// Shortest key file accepted: 256 bits.
+pub const MIN_KEY_FILE_LEN: usize = 32;
+/// Largest Argon2 memory cost a reader accepts: it must fit the 256 MiB
+/// capture and restore kernels.
+pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
+/// Most Argon2 passes a reader accepts (bounds the time an image can cost).
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+/// Most Argon2 lanes a reader accepts.
+pub const MAX_KDF_LANES: u32 = 16;
+/// The Argon2id cost a capture uses unless told otherwise: 0.13 s on one
+/// core of these machines, 64 MiB.
+pub const DEFAULT_KDF: Kdf = Kdf::Argon2id {
+    memory_kib: 64 * 1024,
+    iterations: 3,
+    lanes: 1,
+};
+
+/// Cipher code of AES-256-GCM, the only one defined.
+pub const CIPHER_AES256_GCM: u8 = 1;
+const KDF_KEY_FILE: u8 = 1;
+const KDF_ARGON2ID: u8 = 2;
+
+/// Nonce domains: a nonce is `domain, 0, 0, 0, counter: u64`, so no two
+/// structures of one image share a nonce under its data key.
+const DOMAIN_CHUNK: u8 = 1;
+const DOMAIN_METADATA: u8 = 2;
+
+const LABEL_KEY_FILE: &[u8] = b"kjump v1 key file";
+const LABEL_DATA: &[u8] = b"kjump v1 data key";
+const LABEL_SEAL: &[u8] = b"kjump v1 seal key";
+const LABEL_CHECK: &[u8] = b"kjump v1 key check";
+const LABEL_IMAGE_SEAL: &[u8] = b"kjump v1 image seal";
+
+/// Where the master key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kdf {
+    /// A key file of at least [`MIN_KEY_FILE_LEN`] bytes, through HKDF-SHA256.
+    KeyFile,
+    /// A passphrase through Argon2id (version 0x13).
+    Argon2id {
+        /// Memory cost in KiB.
+        memory_kib: u32,
+        /// Passes.
+        iterations: u32,
+        /// Lanes (parallelism).
+        lanes: u32,
+    },
+}
+
+impl Kdf {
+    /// How `kjump info` names it.
+    pub fn describe(&self) -> String {
+        match self {
+            Kdf::KeyFile => "key file (HKDF-SHA256)".into(),
+            Kdf::Argon2id {
+                memory_kib,
+                iterations,
+                lanes,
+            } => format!(
+                "passphrase (Argon2id, {} MiB, {iterations} passes, {lanes} lanes)",
+                memory_kib / 1024
+            ),
+        }
+    }
+}
+
+/// The public crypto parameters in the superblock of an encrypted image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CryptoParams {
+    /// Where the master key comes from.
+    pub kdf: Kdf,
+    /// Random per image: the Argon2 salt and the HKDF salt.
+    pub salt: [u8; SALT_SIZE],
+    /// Key check value: tells a wrong key from a damaged image.
+    pub check: [u8; 32],
+    /// HMAC-SHA256 over the metadata, index, trailer and superblock fields;
+    /// zero until the commit.
+    pub seal: [u8; 32],
+}
+
+/// Offsets inside the superblock of the crypto area (FORMAT.md).
+pub(crate) mod area {
+    pub const CIPHER: usize = 168;
+    pub const KDF: usize = 169;
+    pub const RESERVED: usize = 170;
+    pub const MEMORY: usize = 172;
+    pub const ITERATIONS: usize = 176;
+    pub const LANES: usize = 180;
+    pub const SALT: usize = 184;
+    pub const CHECK: usize = 216;
+    pub const SEAL: usize = 248;
+    pub const END: usize = 280;
+}
+
+impl CryptoParams {
+    /// Writes the area into a superblock block.
+    pub(crate) fn encode_into(&self, b: &mut [u8]) {
+        b[area::CIPHER] = CIPHER_AES256_GCM;
+        let (kdf, m, t, p) = match self.kdf {
+            Kdf::KeyFile => (KDF_KEY_FILE, 0, 0, 0),
+            Kdf::Argon2id {
+                memory_kib,
+                iterations,
+                lanes,
+            } => (KDF_ARGON2ID, memory_kib, iterations, lanes),
+        };
+        b[area::KDF] = kdf;
+        put_u32(b, area::MEMORY, m);
+        put_u32(b, area::ITERATIONS, t);
+        put_u32(b, area::LANES, p);
+        b[area::SALT..area::SALT + SALT_SIZE].copy_from_slice(&self.salt);
+        b[area::CHECK..area::CHECK + 32].copy_from_slice(&self.check);
+        b[area::SEAL..area::SEAL + 32].copy_from_slice(&self.seal);
+    }
+
+    /// Reads and bounds the area: unknown codes and costs a small kernel
+    /// cannot pay are refused here, before anything is allocated.
+    pub(crate) fn decode_from(b: &[u8]) -> Result<Self, FormatError> {
+        let invalid = |field, at: usize, value: u64| FormatError::InvalidValue {
+            what: "superblock",
+            field,
+            offset: ImageOffset(at as u64),
+            value,
+        };
+        if b[area::CIPHER] != CIPHER_AES256_GCM {
+            return Err(invalid("cipher", area::CIPHER, b[area::CIPHER].into()));
+        }
+        if b[area::RESERVED] != 0 || b[area::RESERVED + 1] != 0 {
+            return Err(FormatError::ReservedNotZero {
+                what: "superblock crypto area",
+                offset: ImageOffset(area::RESERVED as u64),
+                found: u64::from(b[area::RESERVED]) | u64::from(b[area::RESERVED + 1]) << 8,
+            });
+        }
+        let (m, t, p) = (
+            u32_at(b, area::MEMORY),
+            u32_at(b, area::ITERATIONS),
+            u32_at(b, area::LANES),
+        );
+        let kdf = match b[area::KDF] {
+            KDF_KEY_FILE => {
+                for (field, at, v) in [
+                    ("argon2 memory", area::MEMORY, m),
+                    ("argon2 iterations", area::ITERATIONS, t),
+                    ("argon2 lanes", area::LANES, p),
+                ] {
+                    if v != 0 {
+                        return Err(invalid(field, at, v.into()));
+                    }
+                }
+                Kdf::KeyFile
+            }
+            KDF_ARGON2ID => {
+                let too_large = |what, at: usize, value: u32, limit: u32| FormatError::TooLarge {
+                    what,
+                    offset: ImageOffset(at as u64),
+                    value: value.into(),
+                    limit: limit.into(),
+                };
+                if m > MAX_KDF_MEMORY_KIB {
+                    return Err(too_large(
+                        "argon2 memory cost (KiB)",
+                        area::MEMORY,
+                        m,
+                        MAX_KDF_MEMORY_KIB,
+                    ));
+                }
+                if t > MAX_KDF_ITERATIONS {
+                    return Err(too_large(
+                        "argon2 iterations",
+                        area::ITERATIONS,
+                        t,
+                        MAX_KDF_ITERATIONS,
+                    ));
+                }
+                if p > MAX_KDF_LANES {
+                    return Err(too_large("argon2 lanes", area::LANES, p, MAX_KDF_LANES));
+                }
+                if t == 0 {
+                    return Err(invalid("argon2 iterations", area::ITERATIONS, 0));
+                }
+                if p == 0 {
+                    return Err(invalid("argon2 lanes", area::LANES, 0));
+                }
+                if m < 8 * p {
+                    return Err(invalid("argon2 memory", area::MEMORY, m.into()));
+                }
+                Kdf::Argon2id {
+                    memory_kib: m,
+                    iterations: t,
+                    lanes: p,
+                }
+            }
+            other => return Err(invalid("key derivation", area::KDF, other.into())),
+        };
+        let mut p = CryptoParams {
+            kdf,
+            salt: [0; SALT_SIZE],
+            check: [0; 32],
+            seal: [0; 32],
+        };
+        p.salt
+            .copy_from_slice(&b[area::SALT..area::SALT + SALT_SIZE]);
+        p.check.copy_from_slice(&b[area::CHECK..area::CHECK + 32]);
+        p.seal.copy_from_slice(&b[area::SEAL..area::SEAL + 32]);
+        Ok(p)
+    }
+}
+
+/// What the user holds: a key file's bytes or a passphrase. Wiped on drop,
+/// never printed.
+pub enum Secret {
+    /// The contents of a key file.
+    KeyFile(Zeroizing<Vec<u8>>),
+    /// A passphrase, without its trailing newline.
+    Passphrase(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::KeyFile(_) => f.write_str("Secret::KeyFile(..)"),
+            Secret::Passphrase(_) => f.write_str("Secret::Passphrase(..)"),
+        }
+    }
+}
+
+/// A key file or passphrase that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The key file is too short to hold 256 bits.
+    #[error(
+        "key file holds {len} bytes, at least {min} are needed (e.g. head -c 32 /dev/urandom)"
+    )]
+    KeyFileTooShort {
+        /// Its length.
+        len: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// The passphrase is empty.
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
+}
+
+impl Secret {
+    /// A key file's contents, used whole.
+    pub fn key_file(bytes: Vec<u8>) -> Result<Secret, SecretError> {
+        let bytes = Zeroizing::new(bytes);
+        if bytes.len() < MIN_KEY_FILE_LEN {
+            return Err(SecretError::KeyFileTooShort {
+                len: bytes.len(),
+                min: MIN_KEY_FILE_LEN,
+            });
+        }
+        Ok(Secret::KeyFile(bytes))
+    }
+
+    /// A passphrase as a file holds it: one trailing newline is dropped.
+    pub fn passphrase(bytes: Vec<u8>) -> Result<Secret, SecretError> {
+        let mut bytes = Zeroizing::new(bytes);
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        if bytes.is_empty() {
+            return Err(SecretError::EmptyPassphrase);
+        }
+        Ok(Secret::Passphrase(bytes))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Secret::KeyFile(_) => "a key file",
+            Secret::Passphrase(_) => "a passphrase",
+        }
+    }
+}
+
+/// The master key: from the secret and the image's KDF parameters.
+fn master_key(
+    secret: &Secret,
+    kdf: &Kdf,
+    salt: &[u8; SALT_SIZE],
+) -> Result<Zeroizing<[u8; 32]>, FormatError> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    match (secret, kdf) {
+        (Secret::KeyFile(bytes), Kdf::KeyFile) => {
+            Hkdf::<Sha256>::new(Some(LABEL_KEY_FILE), bytes)
+                .expand(b"master", out.as_mut())
+                .map_err(|e| FormatError::Kdf(e.to_string()))?;
+        }
+        (
+            Secret::Passphrase(p),
+            Kdf::Argon2id {
+                memory_kib,
+                iterations,
+                lanes,
+            },
+        ) => {
+            let params = argon2::Params::new(*memory_kib, *iterations, *lanes, Some(32))
+                .map_err(|e| FormatError::Kdf(e.to_string()))?;
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_into(p, salt, out.as_mut())
+                .map_err(|e| FormatError::Kdf(e.to_string()))?;
+        }
+        (s, k) => {
+            return Err(FormatError::KeyKind {
+                sealed_with: match k {
+                    Kdf::KeyFile => "a key file",
+                    Kdf::Argon2id { .. } => "a passphrase",
+                },
+                given: s.kind(),
+            })
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of one image. The AES key schedule and the seal key are wiped
+/// on drop; `Debug` shows nothing of them.
+pub struct ImageKeys {
+    cipher: Aes256Gcm,
+    seal_key: Zeroizing<[u8; 32]>,
+    check: [u8; 32],
+}
+
+impl std::fmt::Debug for ImageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImageKeys(..)")
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// An image seal being computed: fed the sealed structures in their order.
+pub struct SealHasher(HmacSha256);
+
+impl SealHasher {
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The seal, after the superblock's authenticated fields.
+    pub fn finish(mut self, superblock_fields: &[u8]) -> [u8; 32] {
+        self.0.update(superblock_fields);
+        self.0.finalize().into_bytes().into()
+    }
+}
+
+fn nonce(domain: u8, counter: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[0] = domain;
+    put_u64(&mut n, 4, counter);
+    n
+}
+
+/// The associated data of a chunk: its header with the payload CRC (which
+/// covers the ciphertext, so follows the sealing) and the header CRC zero.
+fn chunk_aad(h: &ChunkHeader) -> [u8; CHUNK_HEADER_SIZE] {
+    let mut b = h.encode();
+    b[28..32].fill(0);
+    b[60..64].fill(0);
+    b
+}
+
+impl ImageKeys {
+    /// Derives the keys of the image `uuid` whose salt and KDF are given.
+    pub fn derive(
+        secret: &Secret,
+        kdf: &Kdf,
+        salt: &[u8; SALT_SIZE],
+        uuid: &[u8; 16],
+    ) -> Result<ImageKeys, FormatError> {
+        let master = master_key(secret, kdf, salt)?;
+        let hk = Hkdf::<Sha256>::new(Some(salt), master.as_ref());
+        let expand = |label: &[u8], out: &mut [u8]| {
+            hk.expand_multi_info(&[label, uuid], out)
+                .map_err(|e| FormatError::Kdf(e.to_string()))
+        };
+        let mut data = Zeroizing::new([0u8; 32]);
+        expand(LABEL_DATA, data.as_mut())?;
+        let mut seal_key = Zeroizing::new([0u8; 32]);
+        expand(LABEL_SEAL, seal_key.as_mut())?;
+        let mut check = [0u8; 32];
+        expand(LABEL_CHECK, &mut check)?;
+        let cipher = Aes256Gcm::new_from_slice(data.as_ref())
+            .map_err(|e| FormatError::Kdf(e.to_string()))?;
+        Ok(ImageKeys {
+            cipher,
+            seal_key,
+            check,
+        })
+    }
+
+    /// Derives the keys of an image and checks them against its key check
+    /// value: a wrong key is refused here, before any structure is read.
+    pub fn unlock(
+        secret: &Secret,
+        params: &CryptoParams,
+        uuid: &[u8; 16],
+    ) -> Result<ImageKeys, FormatError> {
+        let keys = Self::derive(secret, &params.kdf, &params.salt, uuid)?;
+        // Constant time, though the stored value is not secret: a habit.
+        let diff = keys
+            .check
+            .iter()
+            .zip(&params.check)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return Err(FormatError::WrongKey {
+                offset: ImageOffset(area::CHECK as u64),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// The key check value to store.
+    pub fn check_value(&self) -> [u8; 32] {
+        self.check
+    }
+
+    /// A seal computation under this image's seal key.
+    pub fn seal_hasher(&self) -> SealHasher {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.seal_key.as_ref())
+            .expect("HMAC takes keys of any length");
+        mac.update(LABEL_IMAGE_SEAL);
+        SealHasher(mac)
+    }
+
+    /// Checks a stored seal (constant time).
+    pub fn check_seal(&self, hasher: SealHasher, sb_fields: &[u8], stored: &[u8; 32]) -> bool {
+        let mut mac = hasher.0;
+        mac.update(sb_fields);
+        mac.verify_slice(stored).is_ok()
+    }
+
+    /// Seals an encoded chunk in place: the payload is encrypted with the
+    /// header as associated data and gains a tag; the contents CRC (over
+    /// plaintext) becomes zero and the payload CRC covers the ciphertext.
+    /// An all-zero chunk stores nothing and stays as it is.
+    pub fn seal_chunk(&self, c: &mut EncodedChunk) {
+        c.header.data_crc = 0;
+        if c.header.codec == Codec::Zero {
+            return;
+        }
+        c.header.stored_len += TAG_SIZE as u32;
+        c.header.payload_crc = 0;
+        let aad = chunk_aad(&c.header);
+        let n = nonce(DOMAIN_CHUNK, c.header.seq.into());
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&n), &aad, &mut c.payload)
+            .expect("a chunk is far below AES-GCM's 64 GiB message limit");
+        c.payload.extend_from_slice(&tag);
+        c.header.payload_crc = crc32fast::hash(&c.payload);
+    }
+
+    /// Seals the metadata section: ciphertext then tag.
+    pub fn seal_metadata(&self, plain: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plain.len() + TAG_SIZE);
+        out.extend_from_slice(plain);
+        let n = nonce(DOMAIN_METADATA, 0);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&n), uuid, &mut out)
+            .expect("metadata is far below AES-GCM's 64 GiB message limit");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens the metadata section found at `offset`.
+    pub fn open_metadata(
+        &self,
+        sealed: &[u8],
+        uuid: &[u8; 16],
+        offset: u64,
+    ) -> Result<Zeroizing<Vec<u8>>, FormatError> {
+        let fail = || FormatError::Authentication {
+            what: "metadata".into(),
+            offset: ImageOffset(offset),
+        };
+        let n = sealed.len().checked_sub(TAG_SIZE).ok_or_else(fail)?;
+        let mut plain = Zeroizing::new(sealed[..n].to_vec());
+        let tag = Tag::from_slice(&sealed[n..]);
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce(DOMAIN_METADATA, 0)),
+                uuid,
+                &mut plain,
+                tag,
+            )
+            .map_err(|_aead_error_has_no_detail| fail())?;
+        Ok(plain)
+    }
+
+    fn open_in_place(&self, h: &ChunkHeader, buf: &mut [u8], tag: &[u8]) -> bool {
+        let n = nonce(DOMAIN_CHUNK, h.seq.into());
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&n),
+                &chunk_aad(h),
+                buf,
+                Tag::from_slice(tag),
+            )
+            .is_ok()
+    }
+}
+
+/// Checks, decrypts and decodes a sealed chunk's payload into `out`
+/// (`page_count` whole pages). `header` is the chunk's header, already
+/// checked against `entry`. Its payload CRC is checked first, so bit rot
+/// reads as a checksum error and only a deliberate change as a failed
+/// authentication.
+pub fn decode_sealed_chunk(
+    keys: &ImageKeys,
+    header: &ChunkHeader,
+    entry: &IndexEntry,
+    index: u64,
+    payload: &[u8],
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let at = entry.offset.0;
+    crate::chunk::check_payload(entry, index, payload)?;
+    let raw_len = entry.raw_len();
+    let auth = || FormatError::Authentication {
+        what: format!("chunk {index}"),
+        offset: ImageOffset(at),
+    };
+    let Some(body) = payload.len().checked_sub(TAG_SIZE) else {
+        // A zero chunk: nothing stored, nothing sealed; its header and index
+        // entry are covered by the image seal.
+        out.fill(0);
+        return Ok(());
+    };
+    let (cipher, tag) = payload.split_at(body);
+    match header.codec {
+        Codec::Zero => out.fill(0),
+        Codec::Raw => {
+            out[..raw_len].copy_from_slice(cipher);
+            if !keys.open_in_place(header, &mut out[..raw_len], tag) {
+                return Err(auth());
+            }
+        }
+        Codec::Lz4 => {
+            scratch.clear();
+            scratch.extend_from_slice(cipher);
+            if !keys.open_in_place(header, scratch, tag) {
+                return Err(auth());
+            }
+            crate::chunk::decompress_exact(scratch, &mut out[..raw_len], index, at)?;
+        }
+    }
+    if header.zero_bitmap != 0 {
+        scatter_in_place(header.zero_bitmap, out);
+    }
+    Ok(())
+}
+
+/// Moves the stored pages, packed at the front of `out`, to their slots
+/// and zero-fills the others. Working from the last slot down, a page is
+/// never overwritten before it is moved (its slot is at or after it).
+fn scatter_in_place(zero_bitmap: u64, out: &mut [u8]) {
+    let slots = out.len() / PAGE_SIZE;
+    let mut stored = slots - zero_bitmap.count_ones() as usize;
+    for slot in (0..slots).rev() {
+        let at = slot * PAGE_SIZE;
+        if zero_bitmap & (1 << slot) != 0 {
+            out[at..at + PAGE_SIZE].fill(0);
+        } else {
+            stored -= 1;
+            if stored != slot {
+                out.copy_within(stored * PAGE_SIZE..(stored + 1) * PAGE_SIZE, at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Pfn;
+    use crate::chunk::{encode_chunk, ChunkSpec};
+    use proptest::prelude::*;
+
+    fn keys(uuid: [u8; 16]) -> ImageKeys {
+        let s = Secret::key_file(vec![7; 32]).unwrap();
+        ImageKeys::derive(&s, &Kdf::KeyFile, &[1; SALT_SIZE], &uuid).unwrap()
+    }
+
+    fn sealed(pages: &[u8], seq: u32, k: &ImageKeys) -> EncodedChunk {
+        let spec = ChunkSpec {
+            first_pfn: Pfn(128),
+            page_count: (pages.len() / PAGE_SIZE) as u8,
+            range: 0,
+        };
+        let mut c = encode_chunk(&spec, seq, [3; 16], pages);
+        k.seal_chunk(&mut c);
+        c
+    }
+
+    fn open(c: &EncodedChunk, k: &ImageKeys) -> Result<Vec<u8>, FormatError> {
+        let h = ChunkHeader::decode_as(&c.header.encode(), 0, true)?;
+        let e = h.index_entry(ImageOffset(4096));
+        let mut out = vec![0xee; usize::from(h.page_count) * PAGE_SIZE];
+        decode_sealed_chunk(k, &h, &e, 0, &c.payload, &mut out, &mut Vec::new())?;
+        Ok(out)
+    }
+
+    fn page_kinds(kinds: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, k) in kinds.iter().enumerate() {
+            let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            out.extend((0..PAGE_SIZE).map(|j| match k % 3 {
+                0 => 0,
+                1 => (j % 13) as u8,
+                _ => {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                }
+            }));
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn sealed_chunks_round_trip(kinds in proptest::collection::vec(0u8..3, 1..=64), seq: u32) {
+            let k = keys([3; 16]);
+            let pages = page_kinds(&kinds);
+            let c = sealed(&pages, seq, &k);
+            prop_assert_eq!(c.header.data_crc, 0);
+            prop_assert_eq!(open(&c, &k).unwrap(), pages);
+        }
+    }
+
+    #[test]
+    fn any_change_to_a_sealed_chunk_fails_authentication() {
+        let k = keys([3; 16]);
+        let pages = page_kinds(&[1, 0, 2, 1]);
+        let c = sealed(&pages, 5, &k);
+        assert_eq!(c.header.codec, Codec::Lz4);
+        // A change the CRC does not see (the CRC is updated with it).
+        for at in [0, c.payload.len() / 2, c.payload.len() - 1] {
+            let mut d = c.clone();
+            d.payload[at] ^= 0x40;
+            d.header.payload_crc = crc32fast::hash(&d.payload);
+            let e = open(&d, &k).unwrap_err();
+            assert!(matches!(e, FormatError::Authentication { .. }), "{e}");
+        }
+        // The header is associated data: another sequence number or frame.
+        let mut d = c.clone();
+        d.header.seq = 6;
+        assert!(matches!(
+            open(&d, &k),
+            Err(FormatError::Authentication { .. })
+        ));
+        let mut d = c.clone();
+        d.header.first_pfn = Pfn(192);
+        assert!(matches!(
+            open(&d, &k),
+            Err(FormatError::Authentication { .. })
+        ));
+        // Another image's key (another uuid), same secret and salt.
+        assert!(matches!(
+            open(&c, &keys([4; 16])),
+            Err(FormatError::Authentication { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_secrets_are_refused_by_the_check_value() {
+        let uuid = [9; 16];
+        let kdf = Kdf::Argon2id {
+            memory_kib: 64,
+            iterations: 1,
+            lanes: 1,
+        };
+        let good = Secret::passphrase(b"correct horse\n".to_vec()).unwrap();
+        let k = ImageKeys::derive(&good, &kdf, &[2; SALT_SIZE], &uuid).unwrap();
+        let params = CryptoParams {
+            kdf,
+            salt: [2; SALT_SIZE],
+            check: k.check_value(),
+            seal: [0; 32],
+        };
+        assert!(ImageKeys::unlock(&good, &params, &uuid).is_ok());
+        let bad = Secret::passphrase(b"correct horse!".to_vec()).unwrap();
+        assert!(matches!(
+            ImageKeys::unlock(&bad, &params, &uuid),
+            Err(FormatError::WrongKey { .. })
+        ));
+        let file = Secret::key_file(vec![0; 40]).unwrap();
+        assert!(matches!(
+            ImageKeys::unlock(&file, &params, &uuid),
+            Err(FormatError::KeyKind { .. })
+        ));
+        assert!(Secret::key_file(vec![0; 31]).is_err());
+        assert!(Secret::passphrase(b"\n".to_vec()).is_err());
+    }
+
+    #[test]
+    fn scatter_in_place_matches_the_bitmap() {
+        let mut out = vec![0u8; 4 * PAGE_SIZE];
+        out[..PAGE_SIZE].fill(1);
+        out[PAGE_SIZE..2 * PAGE_SIZE].fill(2);
+        out[2 * PAGE_SIZE..].fill(9);
+        scatter_in_place(0b1010, &mut out);
+        let firsts: Vec<u8> = out.chunks(PAGE_SIZE).map(|p| p[0]).collect();
+        assert_eq!(firsts, [1, 0, 2, 0]);
+        assert!(out.chunks(PAGE_SIZE).all(|p| p.iter().all(|&b| b == p[0])));
+    }
+}
