@@ -22,7 +22,7 @@ pub const EXIT_ERROR: u8 = 2;
     about = "Linux hibernation through kexec jump"
 )]
 #[command(
-    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error.\nLogging: RUST_LOG=debug|info|warn (default info)."
+    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error (a missing or wrong key included).\nLogging: RUST_LOG=debug|info|warn (default info)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +37,8 @@ enum Command {
     Info {
         #[command(flatten)]
         at: cmd::ImageAt,
+        #[command(flatten)]
+        key: cmd::KeyArgs,
         /// Print JSON for scripts
         #[arg(long)]
         json: bool,
@@ -45,6 +47,8 @@ enum Command {
     Verify {
         #[command(flatten)]
         at: cmd::ImageAt,
+        #[command(flatten)]
+        key: cmd::KeyArgs,
         /// Worker threads (default: all CPUs)
         #[arg(long)]
         threads: Option<usize>,
@@ -53,6 +57,8 @@ enum Command {
     Export {
         #[command(flatten)]
         at: cmd::ImageAt,
+        #[command(flatten)]
+        key: cmd::KeyArgs,
         /// The ELF core to write
         #[arg(long, short)]
         output: PathBuf,
@@ -153,13 +159,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => cmd::capture::run(args),
-        Command::Info { at, json } => cmd::inspect::info(&at, json),
-        Command::Verify { at, threads } => cmd::inspect::verify(&at, threads),
+        Command::Info { at, key, json } => cmd::inspect::info(&at, &key, json),
+        Command::Verify { at, key, threads } => cmd::inspect::verify(&at, &key, threads),
         Command::Export {
             at,
+            key,
             output,
             threads,
-        } => cmd::inspect::export(&at, &output, threads),
+        } => cmd::inspect::export(&at, &key, &output, threads),
         Command::Discard { at } => cmd::discard::discard(&at),
         Command::Prepare { file, size } => cmd::discard::prepare(&file, size),
         Command::Hibernate(args) => cmd::hibernate::run(args),

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kjump_image_format::{Image, ImageState, MemoryMap, PAGE_SIZE};
+use kjump_image_format::{Image, ImageState, MemoryMap, Secret, PAGE_SIZE};
 use kjump_writer::{Place, Target};
 
 use crate::physmem::{PhysMem, PhysMemError};
@@ -94,6 +94,20 @@ pub fn restore(
     own_ram: &MemoryMap,
     threads: usize,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_with_key(place, mem_path, own_ram, threads, None)
+}
+
+/// [`restore`] with the key or passphrase of an encrypted image. A wrong
+/// key, or any sealed structure that fails authentication, is refused
+/// during the verification pass, before the image is marked consumed and
+/// before a byte of memory is written.
+pub fn restore_with_key(
+    place: &Place,
+    mem_path: &Path,
+    own_ram: &MemoryMap,
+    threads: usize,
+    secret: Option<&Secret>,
+) -> Result<RestoreReport, RestoreError> {
     let shown = place.describe();
     let file = place.reader().map_err(|source| RestoreError::Open {
         path: shown.clone(),
@@ -103,7 +117,7 @@ pub fn restore(
         path: shown.clone(),
         source,
     };
-    let image = Image::open(&file).map_err(|e| invalid(ScanError::Image(e)))?;
+    let image = Image::open_with(&file, secret).map_err(|e| invalid(ScanError::Image(e)))?;
     if image.superblock.state == ImageState::Consumed {
         return Err(RestoreError::Consumed { path: shown });
     }

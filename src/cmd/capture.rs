@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kjump_image_format::{MemoryMap, PAGE_SIZE};
-use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target};
+use kjump_image_format::{Kdf, MemoryMap, Secret, PAGE_SIZE};
+use kjump_writer::{
+    capture, capture_encrypted, ranges, CaptureOptions, Encryption, MemorySource, Place, Target,
+};
 
 use crate::Failure;
 
@@ -44,6 +46,15 @@ pub struct CaptureArgs {
     /// Skip the up-front check that the worst-case image fits the target
     #[arg(long)]
     assume_fits: bool,
+    /// Encrypt and authenticate the image with this key or passphrase
+    #[command(flatten)]
+    key: super::KeyArgs,
+    /// With --passphrase-file: Argon2id memory cost in MiB (the restore kernel must have it)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=256))]
+    kdf_memory_mib: u32,
+    /// With --passphrase-file: Argon2id passes
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    kdf_iterations: u32,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {
@@ -100,12 +111,35 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
         place.describe(),
         opts.threads
     );
-    let report = capture(&source, &target, &metadata, &opts).map_err(Failure::error)?;
+    let secret = args.key.secret()?;
+    let report = match &secret {
+        None => capture(&source, &target, &metadata, &opts),
+        Some(secret) => {
+            let kdf = match secret {
+                Secret::KeyFile(_) => Kdf::KeyFile,
+                Secret::Passphrase(_) => Kdf::Argon2id {
+                    memory_kib: args.kdf_memory_mib * 1024,
+                    iterations: args.kdf_iterations,
+                    lanes: 1,
+                },
+            };
+            log::info!("encrypting with AES-256-GCM, key from a {}", kdf.describe());
+            capture_encrypted(
+                &source,
+                &target,
+                &metadata,
+                &opts,
+                &Encryption { secret, kdf },
+            )
+        }
+    }
+    .map_err(Failure::error)?;
     let l = &report.layout;
     let secs = report.elapsed.as_secs_f64();
     println!(
-        "committed {}: {} of memory, {} pages ({} zero, {:.1}%), image {} (ratio {:.2}), {:.2} s, {:.2} GB/s",
+        "committed {}{}: {} of memory, {} pages ({} zero, {:.1}%), image {} (ratio {:.2}), {:.2} s, {:.2} GB/s",
         place.describe(),
+        if secret.is_some() { " (encrypted)" } else { "" },
         super::human(report.input_bytes),
         l.total_pages,
         l.zero_pages,

@@ -3,17 +3,25 @@
 use std::path::Path;
 
 use kjump_image_format::reader::read_superblock;
-use kjump_image_format::{FormatError, Image, ImageState, Superblock, PAGE_SIZE};
+use kjump_image_format::{FormatError, Image, ImageState, Kdf, Secret, Superblock, PAGE_SIZE};
 use kjump_restorer::ScanError;
 use kjump_writer::{Place, PlaceReader};
 use serde_json::json;
 
-use super::{human, ImageAt};
+use super::{human, ImageAt, KeyArgs};
 use crate::Failure;
 
-/// A read failure is an I/O error; anything else means the image is bad.
+/// A read failure, a missing or wrong key is an I/O or usage error;
+/// anything else means the image is bad.
 fn classify(path: &str, e: FormatError) -> Failure {
-    let io = matches!(e, FormatError::Io { .. });
+    let io = matches!(
+        e,
+        FormatError::Io { .. }
+            | FormatError::KeyRequired
+            | FormatError::WrongKey { .. }
+            | FormatError::KeyKind { .. }
+            | FormatError::Kdf(_)
+    );
     let e = anyhow::Error::new(e).context(format!("image {path}"));
     if io {
         Failure::error(e)
@@ -32,8 +40,30 @@ fn classify_scan<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-fn open_image(path: &str, file: &PlaceReader) -> Result<Image, Failure> {
-    Image::open(file).map_err(|e| classify(path, e))
+fn open_image(path: &str, file: &PlaceReader, secret: Option<&Secret>) -> Result<Image, Failure> {
+    Image::open_with(file, secret).map_err(|e| classify(path, e))
+}
+
+/// The public crypto parameters, shown without the key.
+fn encryption_json(sb: &Superblock) -> serde_json::Value {
+    let Some(c) = &sb.crypto else {
+        return serde_json::Value::Null;
+    };
+    let mut v = json!({"cipher": "aes-256-gcm"});
+    match c.kdf {
+        Kdf::KeyFile => v["kdf"] = json!("key-file-hkdf-sha256"),
+        Kdf::Argon2id {
+            memory_kib,
+            iterations,
+            lanes,
+        } => {
+            v["kdf"] = json!("argon2id");
+            v["memory_kib"] = json!(memory_kib);
+            v["iterations"] = json!(iterations);
+            v["lanes"] = json!(lanes);
+        }
+    }
+    v
 }
 
 fn uuid_text(u: &[u8; 16]) -> String {
@@ -82,10 +112,18 @@ fn info_json(place: &Place, sb: &Superblock, image: Option<&Image>) -> serde_jso
         "uuid": uuid_text(&sb.uuid),
         "capture_time_ns": sb.capture_time_ns,
         "capture_time": utc_text(sb.capture_time_ns),
+        "encryption": encryption_json(sb),
     });
     if sb.state == ImageState::Consumed {
         v["consumed_time_ns"] = json!(sb.consumed_time_ns);
     }
+    if sb.state != ImageState::Writing {
+        let l = &sb.layout;
+        v["pages"] = json!({"total": l.total_pages, "zero": l.zero_pages});
+        v["image_bytes"] = json!(l.image_len);
+        v["chunks"] = json!(l.chunk_count);
+    }
+    v["locked"] = json!(sb.state != ImageState::Writing && image.is_none());
     let Some(image) = image else { return v };
     let l = &sb.layout;
     let m = &image.metadata;
@@ -133,8 +171,24 @@ fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
     if sb.state == ImageState::Consumed {
         println!("consumed:   {}", utc_text(sb.consumed_time_ns));
     }
+    match &sb.crypto {
+        None => println!("encryption: none"),
+        Some(c) => println!("encryption: AES-256-GCM, key from a {}", c.kdf.describe()),
+    }
     let Some(image) = image else {
-        println!("(the capture never committed this image: it cannot be resumed or exported)");
+        if sb.state == ImageState::Writing {
+            println!("(the capture never committed this image: it cannot be resumed or exported)");
+            return;
+        }
+        let l = &sb.layout;
+        println!(
+            "pages:      {} total, {} zero; image {} in {} chunks",
+            l.total_pages,
+            l.zero_pages,
+            human(l.image_len),
+            l.chunk_count
+        );
+        println!("(encrypted: give --key-file or --passphrase-file to check it and see its ranges, kernel and metadata)");
         return;
     };
     let (l, m) = (&sb.layout, &image.metadata);
@@ -176,14 +230,17 @@ fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
     }
 }
 
-pub fn info(at: &ImageAt, as_json: bool) -> Result<(), Failure> {
+pub fn info(at: &ImageAt, key: &KeyArgs, as_json: bool) -> Result<(), Failure> {
     let (place, file) = at.open()?;
     let shown = place.describe();
     let path = shown.as_str();
     let sb = read_superblock(&file).map_err(|e| classify(path, e))?;
+    let secret = key.secret()?;
     let image = match sb.state {
         ImageState::Writing => None,
-        _ => Some(open_image(path, &file)?),
+        // Without the key, what the superblock says in the clear.
+        _ if sb.crypto.is_some() && secret.is_none() => None,
+        _ => Some(open_image(path, &file, secret.as_ref())?),
     };
     if as_json {
         println!("{:#}", info_json(&place, &sb, image.as_ref()));
@@ -193,11 +250,11 @@ pub fn info(at: &ImageAt, as_json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn verify(at: &ImageAt, threads: Option<usize>) -> Result<(), Failure> {
+pub fn verify(at: &ImageAt, key: &KeyArgs, threads: Option<usize>) -> Result<(), Failure> {
     let (place, file) = at.open()?;
     let shown = place.describe();
     let path = shown.as_str();
-    let image = open_image(path, &file)?;
+    let image = open_image(path, &file, key.secret()?.as_ref())?;
     let report = kjump_restorer::verify(
         &file,
         &image,
@@ -210,8 +267,13 @@ pub fn verify(at: &ImageAt, threads: Option<usize>) -> Result<(), Failure> {
         ImageState::Consumed => " (consumed: a restore has taken it, it will not be resumed again)",
         _ => "",
     };
+    let sealed = if image.is_encrypted() {
+        ", encrypted and authentic"
+    } else {
+        ""
+    };
     println!(
-        "ok: {} is whole{state}: {} chunks, {} stored and {} zero pages, {} checked in {:.2} s ({:.2} GB/s)",
+        "ok: {} is whole{sealed}{state}: {} chunks, {} stored and {} zero pages, {} checked in {:.2} s ({:.2} GB/s)",
         path,
         report.chunks,
         report.stored_pages,
@@ -223,11 +285,16 @@ pub fn verify(at: &ImageAt, threads: Option<usize>) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn export(at: &ImageAt, output: &Path, threads: Option<usize>) -> Result<(), Failure> {
+pub fn export(
+    at: &ImageAt,
+    key: &KeyArgs,
+    output: &Path,
+    threads: Option<usize>,
+) -> Result<(), Failure> {
     let (place, file) = at.open()?;
     let shown = place.describe();
     let path = shown.as_str();
-    let image = open_image(path, &file)?;
+    let image = open_image(path, &file, key.secret()?.as_ref())?;
     let report = kjump_restorer::export(
         &file,
         &image,

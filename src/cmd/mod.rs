@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use kjump_image_format::Secret;
 use kjump_writer::{Place, PlaceReader};
 
 use crate::Failure;
@@ -35,6 +36,38 @@ impl ImageAt {
             .with_context(|| format!("opening image {}", place.describe()))
             .map_err(Failure::error)?;
         Ok((place, reader))
+    }
+}
+
+/// The key of an encrypted image: a key file or a passphrase in a file.
+#[derive(Args, Clone, Default)]
+pub struct KeyArgs {
+    /// Key file of an encrypted image: 32 bytes or more (e.g. head -c 64 /dev/urandom)
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
+    pub key_file: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted image (a trailing newline is dropped)
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// Reads the secret named, if any. Errors name the file, never its bytes.
+    pub fn secret(&self) -> Result<Option<Secret>, Failure> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .with_context(|| format!("reading the {what} {}", path.display()))
+                .map_err(Failure::error)
+        };
+        let secret = if let Some(p) = &self.key_file {
+            Secret::key_file(read(p, "key file")?)
+                .with_context(|| format!("key file {}", p.display()))
+        } else if let Some(p) = &self.passphrase_file {
+            Secret::passphrase(read(p, "passphrase file")?)
+                .with_context(|| format!("passphrase file {}", p.display()))
+        } else {
+            return Ok(None);
+        };
+        secret.map(Some).map_err(Failure::error)
     }
 }
 

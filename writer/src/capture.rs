@@ -9,10 +9,11 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
+use kjump_image_format::crypto::{SealHasher, SALT_SIZE, TAG_SIZE};
 use kjump_image_format::{
-    chunk_count, chunk_specs, encode_chunk, plan_layout, ChunkSpec, EncodedChunk, ImageState,
-    IndexEntry, Layout, Metadata, Superblock, Trailer, BLOCK_SIZE, CHUNK_HEADER_SIZE,
-    INDEX_ENTRY_SIZE, PAGE_SIZE,
+    chunk_count, chunk_specs, encode_chunk, plan_layout, ChunkSpec, CryptoParams, EncodedChunk,
+    FormatError, ImageKeys, ImageState, IndexEntry, Kdf, Layout, Metadata, Secret, Superblock,
+    Trailer, BLOCK_SIZE, CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE,
 };
 use rayon::prelude::*;
 
@@ -60,6 +61,12 @@ pub enum CaptureError {
     /// A pipeline thread died.
     #[error("the image writer thread stopped unexpectedly")]
     WriterDied,
+    /// The image keys could not be derived.
+    #[error("deriving the image keys")]
+    Keys(#[source] FormatError),
+    /// The kernel gave no random bytes for the image's salt.
+    #[error("reading random bytes for the image salt (getrandom)")]
+    Random(#[source] std::io::Error),
 }
 
 /// How to capture.
@@ -125,6 +132,61 @@ pub fn worst_case_len(metadata: &Metadata) -> Option<u64> {
     plan_layout(meta_len, data, count).map(|l| l.image_len)
 }
 
+/// How to encrypt a capture: the user's secret, and where the master key
+/// comes from ([`Kdf::KeyFile`] for a key file, an Argon2id cost for a
+/// passphrase, such as [`kjump_image_format::crypto::DEFAULT_KDF`]).
+#[derive(Debug)]
+pub struct Encryption<'a> {
+    /// The key file's contents or the passphrase.
+    pub secret: &'a Secret,
+    /// The key derivation, recorded in the image.
+    pub kdf: Kdf,
+}
+
+/// The keys and public parameters of an encrypted capture.
+struct Sealing {
+    keys: ImageKeys,
+    params: CryptoParams,
+}
+
+impl Sealing {
+    fn new(enc: &Encryption, uuid: &[u8; 16]) -> Result<Sealing, CaptureError> {
+        let salt = random_salt().map_err(CaptureError::Random)?;
+        let keys =
+            ImageKeys::derive(enc.secret, &enc.kdf, &salt, uuid).map_err(CaptureError::Keys)?;
+        let params = CryptoParams {
+            kdf: enc.kdf,
+            salt,
+            check: keys.check_value(),
+            seal: [0; 32],
+        };
+        Ok(Sealing { keys, params })
+    }
+}
+
+/// A salt from the kernel's random pool, waiting for it to be ready: a
+/// repeated salt and uuid would repeat nonces under one key, so unlike the
+/// uuid there is no fallback to the clock.
+fn random_salt() -> std::io::Result<[u8; SALT_SIZE]> {
+    let mut b = [0u8; SALT_SIZE];
+    let mut filled = 0;
+    while filled < b.len() {
+        let rest = &mut b[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`,
+        // which we own.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            filled += n as usize;
+        }
+    }
+    Ok(b)
+}
+
 /// Captures `source` into `target` and commits the image.
 pub fn capture(
     source: &MemorySource,
@@ -132,11 +194,41 @@ pub fn capture(
     metadata: &Metadata,
     opts: &CaptureOptions,
 ) -> Result<CaptureReport, CaptureError> {
+    capture_with(source, target, metadata, opts, None)
+}
+
+/// Captures `source` into `target` as an encrypted image and commits it:
+/// every chunk payload and the metadata sealed with AES-256-GCM, and the
+/// structures tied together by the image seal (FORMAT.md, Encryption).
+pub fn capture_encrypted(
+    source: &MemorySource,
+    target: &Target,
+    metadata: &Metadata,
+    opts: &CaptureOptions,
+    encryption: &Encryption,
+) -> Result<CaptureReport, CaptureError> {
+    capture_with(source, target, metadata, opts, Some(encryption))
+}
+
+fn capture_with(
+    source: &MemorySource,
+    target: &Target,
+    metadata: &Metadata,
+    opts: &CaptureOptions,
+    encryption: Option<&Encryption>,
+) -> Result<CaptureReport, CaptureError> {
     let started = Instant::now();
     if metadata.ranges != *source.map() {
         return Err(CaptureError::RangesMismatch);
     }
-    let worst_case = worst_case_len(metadata).ok_or(CaptureError::TooLarge)?;
+    let mut worst_case = worst_case_len(metadata).ok_or(CaptureError::TooLarge)?;
+    if encryption.is_some() {
+        // A tag per chunk and one for the metadata.
+        let tags = (chunk_count(&metadata.ranges) + 1) * TAG_SIZE as u64;
+        worst_case = worst_case
+            .checked_add(tags + 2 * BLOCK_SIZE as u64)
+            .ok_or(CaptureError::TooLarge)?;
+    }
     if let Some(capacity) = target.capacity() {
         if opts.check_worst_case && worst_case > capacity {
             return Err(CaptureError::TooSmall {
@@ -155,17 +247,28 @@ pub fn capture(
         })?;
     // Invalidate whatever the target held before the first byte of the new
     // image lands: from here on, until the commit, it reads as incomplete.
+    // Keys first: a passphrase that cannot be used must not cost the
+    // target its old image.
+    let sealing = encryption
+        .map(|e| Sealing::new(e, &opts.uuid))
+        .transpose()?;
     let mut sb = Superblock::writing(opts.uuid, opts.capture_time_ns);
+    sb.crypto = sealing.as_ref().map(|s| s.params);
     target.claim()?;
     target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
 
-    let meta_bytes = metadata.encode();
+    let keys = sealing.as_ref().map(|s| &s.keys);
+    let meta_bytes = match keys {
+        Some(k) => k.seal_metadata(&zeroize::Zeroizing::new(metadata.encode()), &opts.uuid),
+        None => metadata.encode(),
+    };
     let count = chunk_count(&metadata.ranges);
     let (tx, rx) = sync_channel::<Vec<EncodedChunk>>(1);
     let stream = std::thread::scope(|s| {
-        let writer = s.spawn(|| write_stream(target, &meta_bytes, count, opts.uuid, rx));
-        let produced = produce(source, metadata, opts, &pool, tx);
+        let seal = keys.map(ImageKeys::seal_hasher);
+        let writer = s.spawn(|| write_stream(target, &meta_bytes, count, opts.uuid, seal, rx));
+        let produced = produce(source, metadata, opts, keys, &pool, tx);
         let written = writer.join().map_err(|_| CaptureError::WriterDied)?;
         // A producer that stops on a write error returns Ok and leaves the
         // error to the writer; a writer that runs short of chunks leaves it
@@ -179,6 +282,11 @@ pub fn capture(
     target.sync()?;
     sb.state = ImageState::Committed;
     sb.layout = layout;
+    if let (Some(hasher), Some(mut params)) = (stream.seal, sb.crypto) {
+        // The seal field is zero in what the seal covers.
+        params.seal = hasher.finish(&sb.authenticated_fields());
+        sb.crypto = Some(params);
+    }
     target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
     Ok(CaptureReport {
@@ -216,6 +324,7 @@ fn produce(
     source: &MemorySource,
     metadata: &Metadata,
     opts: &CaptureOptions,
+    keys: Option<&ImageKeys>,
     pool: &rayon::ThreadPool,
     tx: std::sync::mpsc::SyncSender<Vec<EncodedChunk>>,
 ) -> Result<(), CaptureError> {
@@ -232,7 +341,11 @@ fn produce(
                 .map(|(seq, spec)| {
                     let at = ((spec.first_pfn.0 - first.0) as usize) * PAGE_SIZE;
                     let len = usize::from(spec.page_count) * PAGE_SIZE;
-                    encode_chunk(spec, *seq, opts.uuid, &data[at..at + len])
+                    let mut c = encode_chunk(spec, *seq, opts.uuid, &data[at..at + len]);
+                    if let Some(k) = keys {
+                        k.seal_chunk(&mut c);
+                    }
+                    c
                 })
                 .collect()
         });
@@ -250,6 +363,7 @@ fn produce(
 struct Stream {
     layout: Layout,
     stored_pages: u64,
+    seal: Option<SealHasher>,
 }
 
 /// Positional writes gathered into large aligned blocks.
@@ -308,8 +422,14 @@ fn write_stream(
     meta_bytes: &[u8],
     count: u64,
     uuid: [u8; 16],
+    mut seal: Option<SealHasher>,
     rx: Receiver<Vec<EncodedChunk>>,
 ) -> Result<Stream, CaptureError> {
+    // The seal covers metadata, index and trailer in this order; the
+    // superblock fields are added at the commit.
+    if let Some(h) = seal.as_mut() {
+        h.update(meta_bytes);
+    }
     let meta_len = meta_bytes.len() as u64;
     let start = plan_layout(meta_len, 0, 0).ok_or(CaptureError::TooLarge)?;
     let mut w = BlockWriter {
@@ -342,6 +462,9 @@ fn write_stream(
     for e in &index {
         let b = e.encode();
         crc.update(&b);
+        if let Some(h) = seal.as_mut() {
+            h.update(&b);
+        }
         w.push(&b)?;
     }
     debug_assert_eq!(
@@ -360,12 +483,17 @@ fn write_stream(
         metadata_crc: layout.metadata_crc,
         data_len,
     };
-    w.push(&trailer.encode())?;
+    let trailer = trailer.encode();
+    if let Some(h) = seal.as_mut() {
+        h.update(&trailer);
+    }
+    w.push(&trailer)?;
     w.pad_to(layout.image_len)?;
     debug_assert_eq!(w.pos() % BLOCK_SIZE as u64, 0);
     w.flush_blocks()?;
     Ok(Stream {
         layout,
         stored_pages,
+        seal,
     })
 }

@@ -13,7 +13,10 @@ pub mod ranges;
 pub mod source;
 pub mod target;
 
-pub use capture::{capture, worst_case_len, CaptureError, CaptureOptions, CaptureReport};
+pub use capture::{
+    capture, capture_encrypted, worst_case_len, CaptureError, CaptureOptions, CaptureReport,
+    Encryption,
+};
 pub use place::{Place, PlaceError, PlaceReader};
 pub use source::{MemorySource, SourceError};
 pub use target::{Target, TargetError};
