@@ -15,7 +15,9 @@
 //! | `trailer_offset` | trailer (64 bytes), zero padding to the block |
 //!
 //! All integers are little-endian; every byte is covered by a CRC32 or must
-//! be zero.
+//! be zero. An encrypted image (incompatible feature bit 0, [`crypto`])
+//! seals its metadata and chunk payloads with AES-256-GCM and ties every
+//! structure together with an HMAC-SHA256 image seal.
 
 #![forbid(unsafe_code)]
 
