@@ -3,7 +3,10 @@
 #
 # Generates (or reuses) a seeded memory dump with kjump-dumpgen, warms the page
 # cache with it, then runs each command RUNS times in turn and prints medians:
-# GB/s of dump bytes, output size and compression ratio, peak RSS.
+# GB/s of dump bytes, output size and compression ratio, peak RSS. kjump's
+# capture, verify and export also run on an encrypted image of the same dump
+# (a key file, and for capture a passphrase with the default Argon2id cost),
+# and their times are compared with the unencrypted ones.
 #
 # Every compressing/copying command ends durable: kjump capture fsyncs its
 # image before committing it, so each peer is followed by `sync -d OUTPUT`
@@ -100,6 +103,10 @@ prepare_dump() {
     note "warming the page cache with the dump"
     cat "$DUMP" >/dev/null
     rm -f "$DIR"/out.*
+    KEY=$DIR/bench.key
+    PASS=$DIR/bench.pass
+    head -c 64 /dev/urandom >"$KEY"
+    echo "kjump benchmark passphrase" >"$PASS"
 }
 
 # Results, keyed by command name: space-separated per-run values.
@@ -144,6 +151,16 @@ run_once() {
     timed "kjump verify" - "$KJUMP" verify "$image"
     timed "kjump export" "$DIR/out.elf" "$KJUMP" export "$image" --output "$DIR/out.elf"
     rm -f "$DIR/out.elf" "$image"
+    # The same three on an encrypted image, right after the plain ones.
+    timed "capture enc" "$image" \
+        "$KJUMP" capture --source "$DUMP" --target "$image" --threads "$THREADS" --key-file "$KEY"
+    timed "verify enc" - "$KJUMP" verify "$image" --key-file "$KEY"
+    timed "export enc" "$DIR/out.elf" \
+        "$KJUMP" export "$image" --key-file "$KEY" --output "$DIR/out.elf"
+    rm -f "$DIR/out.elf" "$image"
+    timed "capture pass" "$image" \
+        "$KJUMP" capture --source "$DUMP" --target "$image" --threads "$THREADS" --passphrase-file "$PASS"
+    rm -f "$image"
 }
 
 # median VALUES...: the median of numbers ('-' if any is '-').
@@ -221,6 +238,24 @@ print_ratios() {
     # shellcheck disable=SC2086
     l=$(median ${OUTBYTES["lz4 -1"]})
     awk -v k="$k" -v l="$l" 'BEGIN { printf "kjump image size / lz4 -1 output size: %.3f\n", k / l }'
+    echo
+    enc_line "kjump capture" "capture enc"
+    enc_line "kjump capture" "capture pass"
+    enc_line "kjump verify" "verify enc"
+    enc_line "kjump export" "export enc"
+}
+
+# enc_line PLAIN ENCRYPTED: how much longer the encrypted command took.
+enc_line() {
+    local p e
+    # shellcheck disable=SC2086
+    p=$(median ${SECS[$1]})
+    # shellcheck disable=SC2086
+    e=$(median ${SECS[$2]})
+    awk -v p="$p" -v e="$e" -v n="$2 / $1:" 'BEGIN {
+        if (p > 0) printf "%-34s %5.2fx time (%+.0f%%)\n", n, e / p, (e / p - 1) * 100
+        else printf "%-34s (too fast to time)\n", n
+    }'
 }
 
 main() {
