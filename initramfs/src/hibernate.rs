@@ -143,6 +143,8 @@ pub struct HibernateOptions {
     pub extra: Vec<crate::ExtraFile>,
     /// Only print what would be done.
     pub dry_run: bool,
+    /// Drop caches and zero free RAM first, for a smaller image.
+    pub free_memory: bool,
 }
 
 fn read(path: &str) -> Result<String, HibernateError> {
@@ -233,18 +235,109 @@ fn target_place(
         return Ok((place, Some(room)));
     }
     let place = Place::locate(&opts.target, None).map_err(|e| pre(&e))?;
-    if matches!(place.placement, Placement::Swap(_))
-        && kjump_writer::place::is_active_swap(&opts.target)
-    {
-        return Err(pre(&kjump_writer::PlaceError::ActiveSwap {
-            path: opts.target.clone(),
-        }));
-    }
-    let size = kjump_writer::Target::open_check(&opts.target)
-        .map_err(|e| pre(&e))?
-        .unwrap_or(0);
+    let active = matches!(place.placement, Placement::Swap(_))
+        && kjump_writer::place::is_active_swap(&opts.target);
+    let size = if active {
+        // The kernel holds it: no exclusive open until it is swapped off.
+        check_swapoff_fits(&opts.target)?;
+        kjump_writer::place::device_size(&opts.target).map_err(|e| pre(&e))?
+    } else {
+        kjump_writer::Target::open_check(&opts.target)
+            .map_err(|e| pre(&e))?
+            .unwrap_or(0)
+    };
     let room = place.placement.segments(size).iter().map(|s| s.len).sum();
     Ok((place, Some(room)))
+}
+
+/// Bytes of RAM missing to swap off an area holding `used` bytes of
+/// swapped-out pages, keeping the kernel a margin (5% of RAM, at least
+/// 64 MiB); `None` when it fits.
+pub fn swapoff_shortfall(used: u64, mem: &crate::freemem::MemInfo) -> Option<u64> {
+    let margin = (mem.total / 20).max(64 << 20);
+    let need = used.saturating_add(margin);
+    (need > mem.available).then(|| need - mem.available)
+}
+
+/// An active swap area can take the image once it is swapped off, which
+/// needs room in RAM for every page swapped out to it.
+fn check_swapoff_fits(target: &Path) -> Result<(), HibernateError> {
+    let used = kjump_writer::place::swap_used_bytes(target).unwrap_or(0);
+    let mem = crate::freemem::MemInfo::read().map_err(HibernateError::Preflight)?;
+    match swapoff_shortfall(used, &mem) {
+        None => Ok(()),
+        Some(missing) => Err(HibernateError::Preflight(format!(
+            "{} is an active swap area holding {} MiB of swapped-out pages; swapping it off needs that much RAM and a margin for the kernel, and {} MiB is available: {} MiB is missing (close programs, or hibernate to another target)",
+            target.display(),
+            used >> 20,
+            mem.available >> 20,
+            missing.div_ceil(1 << 20)
+        ))),
+    }
+}
+
+/// Before the jump: swap off an active swap target and, when asked, free
+/// memory. Returns whether the target was swapped off (and so is swapped on
+/// again afterwards).
+fn prepare_ram(opts: &HibernateOptions, place: &Place) -> Result<bool, HibernateError> {
+    let active = matches!(place.placement, Placement::Swap(_))
+        && kjump_writer::place::is_active_swap(&place.holder);
+    if active {
+        let used = kjump_writer::place::swap_used_bytes(&place.holder).unwrap_or(0);
+        if opts.dry_run {
+            println!(
+                "would swap off {} ({} MiB in use) and swap it on again after the resume",
+                place.holder.display(),
+                used >> 20
+            );
+        } else {
+            kjump_writer::place::swap_off(&place.holder)
+                .map_err(|e| HibernateError::Preflight(crate::error_chain(&e)))?;
+            println!(
+                "swapped off {} ({} MiB read back into RAM); it is swapped on again after the resume",
+                place.holder.display(),
+                used >> 20
+            );
+        }
+    }
+    if opts.free_memory {
+        if opts.dry_run {
+            println!("would drop the page cache and zero free RAM (--free-memory)");
+        } else {
+            match crate::freemem::free_memory() {
+                Ok(report) => report.lines().iter().for_each(|l| println!("{l}")),
+                Err(e) => {
+                    if active {
+                        let _ = kjump_writer::place::swap_on(&place.holder);
+                    }
+                    return Err(HibernateError::Preflight(e));
+                }
+            }
+        }
+    }
+    Ok(active && !opts.dry_run)
+}
+
+/// After this kernel runs again: a swap area it swapped off is given back
+/// (its signature restored if the capture left it held) and swapped on,
+/// unless it holds a checkpoint image that a later boot may still resume.
+fn give_swap_back(place: &Place, mode: Mode, image: &Result<&'static str, String>) -> String {
+    let dev = place.holder.display();
+    if mode == Mode::Checkpoint && matches!(image, Ok("committed")) {
+        return format!(
+            "{dev} stays swapped off: it holds the checkpoint image (kjump discard {dev} gives it back)"
+        );
+    }
+    let back = place
+        .release_swap()
+        .and_then(|_| kjump_writer::place::swap_on(&place.holder));
+    match back {
+        Ok(()) => format!("{dev} is swapped on again"),
+        Err(e) => format!(
+            "{dev} could not be swapped on again: {}",
+            crate::error_chain(&e)
+        ),
+    }
 }
 
 fn which(name: &Path) -> Option<PathBuf> {
@@ -263,6 +356,8 @@ pub struct Return {
     /// checkpoint, "consumed" after a resume from disk), or why there is none:
     /// the capture kernel failed and jumped back without saving.
     pub image: Result<&'static str, String>,
+    /// What else happened on the way back, for the user.
+    pub notes: Vec<String>,
 }
 
 /// Whether the target holds the image of the hibernation that started at
@@ -324,24 +419,81 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
     println!("manifest:\n{}", manifest.encode().trim_end());
     println!("{}", load.shown());
     if opts.dry_run {
+        prepare_ram(opts, &place)?;
         return Ok(None);
     }
     load.run(&manifest, &opts.extra)
         .map_err(HibernateError::Load)?;
+    // After the load, so that its memory is taken while the swap area can
+    // still absorb the pressure: swap off, free memory, jump.
+    let swapped_off = match prepare_ram(opts, &place) {
+        Ok(off) => off,
+        Err(e) => {
+            load.unload();
+            return Err(e);
+        }
+    };
     // The wall clock: the monotonic clock stands still while this kernel is
     // away, and the kernel sets the wall clock from the RTC when it resumes.
     let left = SystemTime::now();
-    kexec::jump()?;
+    if let Err(e) = kexec::jump() {
+        load.unload();
+        if swapped_off {
+            let _ = kjump_writer::place::swap_on(&place.holder);
+        }
+        return Err(e.into());
+    }
     let away = SystemTime::now().duration_since(left).unwrap_or_default();
-    Ok(Some(Return {
-        away,
-        image: saved_image(&place, manifest.started_ns),
-    }))
+    let mut image = saved_image(&place, manifest.started_ns);
+    let mut notes = Vec::new();
+    if opts.mode == Mode::Suspend && matches!(image, Ok("committed")) {
+        // The capture kernel woke from suspend to RAM and jumped back: this
+        // kernel runs on, so the image on disk is stale from now on.
+        match kjump_restorer::consume(&place) {
+            Ok(_) => {
+                image = Ok("consumed");
+                notes.push(
+                    "woke from suspend to RAM: the disk image is marked consumed, as this kernel runs on"
+                        .into(),
+                );
+            }
+            Err(e) => notes.push(format!(
+                "woke from suspend to RAM, but marking the disk image consumed failed: {} (run kjump discard before the next boot)",
+                crate::error_chain(&e)
+            )),
+        }
+    }
+    if swapped_off {
+        notes.push(give_swap_back(&place, opts.mode, &image));
+    }
+    Ok(Some(Return { away, image, notes }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swapoff_needs_room_for_the_swapped_pages_and_a_margin() {
+        let mem = crate::freemem::MemInfo {
+            total: 1 << 30,
+            free: 300 << 20,
+            available: 500 << 20,
+            cached: 0,
+        };
+        // 1 GiB of RAM: a 64 MiB margin (5% is 51 MiB).
+        assert_eq!(swapoff_shortfall(0, &mem), None);
+        assert_eq!(swapoff_shortfall(436 << 20, &mem), None);
+        assert_eq!(swapoff_shortfall(437 << 20, &mem), Some(1 << 20));
+        assert_eq!(
+            swapoff_shortfall(2 << 30, &mem),
+            Some((2 << 30) + (64 << 20) - (500 << 20))
+        );
+        assert_eq!(
+            swapoff_shortfall(u64::MAX, &mem),
+            Some(u64::MAX - (500 << 20))
+        );
+    }
 
     const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
         000a0000-000fffff : Reserved\n00100000-3ffdffff : System RAM\n  \

@@ -244,11 +244,36 @@ fn finish(plan: Plan) -> ! {
             say("rebooting");
             restart_now()
         }
+        Mode::Suspend => suspend_then_jump_back(plan.entry),
         Mode::Poweroff => {
             say("powering off");
             power_off_now()
         }
     }
+}
+
+/// Suspends to RAM; on wake, jumps back to the saved kernel, which then
+/// marks the image consumed. The image is committed and on stable storage
+/// already: if the power fails while suspended, the next boot resumes from
+/// it. A machine that cannot suspend is powered off instead.
+fn suspend_then_jump_back(entry: u64) -> ! {
+    say("suspending to RAM; on wake this kernel jumps back to the saved one, if the power fails the next boot resumes from the image");
+    // The wall clock: the monotonic clock stands still while suspended.
+    let slept = std::time::SystemTime::now();
+    match std::fs::write("/sys/power/state", "mem") {
+        Ok(()) => {
+            say(format_args!(
+                "woke from suspend to RAM after {:.1} s: RAM is intact, jumping back to the saved kernel at {entry:#x}",
+                slept.elapsed().unwrap_or_default().as_secs_f64()
+            ));
+            jump_back(entry);
+            say("the jump back failed; powering off (the image is committed: the next boot resumes from it)");
+        }
+        Err(e) => say(format_args!(
+            "suspend to RAM failed (writing mem to /sys/power/state: {e}); powering off instead (the image is committed: the next boot resumes from it)"
+        )),
+    }
+    power_off_now()
 }
 
 fn jump_back(entry: u64) {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpio;
+pub mod freemem;
 pub mod fsguard;
 pub mod hibernate;
 pub mod init;

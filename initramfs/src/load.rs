@@ -65,4 +65,10 @@ impl KexecLoad<'_> {
         }
         Ok(())
     }
+
+    /// Unloads the kernel again (`kexec -u`), when what was to follow the
+    /// load failed. Best effort: a loaded kernel only waits for a jump.
+    pub fn unload(&self) {
+        let _ = Command::new(self.kexec).arg("-u").output();
+    }
 }

@@ -21,6 +21,9 @@ pub enum Mode {
     Reboot,
     /// Jump straight back to the saved kernel: a whole-machine checkpoint.
     Checkpoint,
+    /// Suspend to RAM; on wake, jump back to the saved kernel. If the power
+    /// fails meanwhile, the next boot resumes from the image.
+    Suspend,
     /// Not a capture: restore the image on `target` and jump into it.
     Restore,
 }
@@ -32,6 +35,7 @@ impl Mode {
             Mode::Poweroff => "poweroff",
             Mode::Reboot => "reboot",
             Mode::Checkpoint => "checkpoint",
+            Mode::Suspend => "suspend",
             Mode::Restore => "restore",
         }
     }
@@ -42,6 +46,7 @@ impl Mode {
             "poweroff" => Some(Mode::Poweroff),
             "reboot" => Some(Mode::Reboot),
             "checkpoint" => Some(Mode::Checkpoint),
+            "suspend" => Some(Mode::Suspend),
             "restore" => Some(Mode::Restore),
             _ => None,
         }
@@ -156,7 +161,9 @@ impl Manifest {
         let (line, mode) = get("mode")?;
         let mode = Mode::parse(mode).ok_or_else(|| ManifestError {
             line,
-            reason: format!("mode {mode:?} is not poweroff, reboot, checkpoint or restore"),
+            reason: format!(
+                "mode {mode:?} is not poweroff, reboot, checkpoint, suspend or restore"
+            ),
         })?;
         let (line, started) = get("started-ns")?;
         let started_ns = started.parse().map_err(|e| ManifestError {

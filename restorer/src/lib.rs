@@ -18,6 +18,6 @@ pub mod scan;
 pub mod verify;
 
 pub use export::{export, ExportError, ExportReport};
-pub use restore::{restore, RestoreError, RestoreReport};
+pub use restore::{consume, restore, RestoreError, RestoreReport};
 pub use scan::{scan_chunks, ScanError};
 pub use verify::{verify, VerifyError, VerifyReport};

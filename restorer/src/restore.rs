@@ -158,6 +158,30 @@ pub fn restore_with_key(
     })
 }
 
+/// Marks the committed image at `place` consumed without restoring it:
+/// what the saved kernel does when it runs on after its capture kernel woke
+/// from suspend to RAM, so that the disk image, now stale, is never
+/// resumed. Returns false when the image was not committed.
+pub fn consume(place: &Place) -> Result<bool, RestoreError> {
+    let shown = place.describe();
+    let file = place.reader().map_err(|source| RestoreError::Open {
+        path: shown.clone(),
+        source: Box::new(source),
+    })?;
+    let image = Image::open(&file).map_err(|e| RestoreError::Invalid {
+        path: shown.clone(),
+        source: ScanError::Image(e),
+    })?;
+    if image.superblock.state != ImageState::Committed {
+        return Ok(false);
+    }
+    mark_consumed(place, &image).map_err(|source| RestoreError::MarkConsumed {
+        path: shown,
+        source,
+    })?;
+    Ok(true)
+}
+
 /// Rewrites the superblock in state consumed and flushes it; a swap area
 /// then gets its swap signature back.
 fn mark_consumed(place: &Place, image: &Image) -> Result<(), kjump_writer::TargetError> {

@@ -603,3 +603,53 @@ pub fn device_size(path: &Path) -> Result<u64, PlaceError> {
     let mut f = File::open(path).map_err(io("opening", path))?;
     f.seek(SeekFrom::End(0)).map_err(io("measuring", path))
 }
+
+/// Bytes of swapped-out pages on the active swap area `path` (the `Used`
+/// column of /proc/swaps), or `None` when it is not active.
+pub fn swap_used_bytes(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/swaps").ok()?;
+    let want = std::fs::metadata(path).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let name = f.first()?.replace("\\040", " ");
+        let m = std::fs::metadata(&name).ok()?;
+        let same = if want.file_type().is_block_device() {
+            m.file_type().is_block_device() && m.rdev() == want.rdev()
+        } else {
+            m.dev() == want.dev() && m.ino() == want.ino()
+        };
+        same.then(|| f.get(3)?.parse::<u64>().ok().map(|kib| kib * 1024))?
+    })
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString, PlaceError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| PlaceError::Unsupported {
+        path: path.to_path_buf(),
+        why: "the path holds a NUL byte".into(),
+    })
+}
+
+/// Stops swapping to `path` (swapoff(2)): the kernel reads every page
+/// swapped out there back into RAM first.
+pub fn swap_off(path: &Path) -> Result<(), PlaceError> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, which
+    // only reads it.
+    let rc = unsafe { libc::swapoff(c.as_ptr()) };
+    if rc != 0 {
+        return Err(io("swapping off", path)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Swaps to `path` again (swapon(2), default priority).
+pub fn swap_on(path: &Path) -> Result<(), PlaceError> {
+    let c = c_path(path)?;
+    // SAFETY: as in swap_off: a NUL-terminated path, only read.
+    let rc = unsafe { libc::swapon(c.as_ptr(), 0) };
+    if rc != 0 {
+        return Err(io("swapping on", path)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
