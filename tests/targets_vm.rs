@@ -1,11 +1,10 @@
 //! The whole cycle on the targets a machine usually has, in QEMU (TCG):
 //! a swap partition and a preallocated file on A's ext4 filesystem.
 //!
-//! - **Swap:** /dev/vda is a swap area (mkswap on the host). A checks that
-//!   `kjump hibernate` refuses it while it is active, then hibernates to it
-//!   swapped off; B writes the image after the header and sets the
-//!   signature aside; a later boot resumes A, and A can swapon the area
-//!   again, its header as it was.
+//! - **Swap:** /dev/vda is a swap area (mkswap on the host), active while A
+//!   runs. `kjump hibernate` swaps it off; B writes the image after the
+//!   header and sets the signature aside; a later boot resumes A, the header
+//!   is as it was, and hibernate has swapped the area on again.
 //! - **File:** /dev/vda is A's ext4 filesystem, mounted at /mnt/a. `kjump
 //!   hibernate --target /mnt/a/kjump.img` allocates the file and maps its
 //!   extents; B writes them on the raw device without mounting anything; a
@@ -53,15 +52,29 @@ fn swap_partition_cycle() {
     assert!(out.status.success(), "mkswap: {out:?}");
     let original = header(&disk);
 
-    let opts = BootOpts::new(&disk, "poweroff").arg("kjump.swap=1");
+    // Two 400 MiB files in a tmpfs push part of A's memory out to the swap
+    // area: too much to swap back in, until one of them is removed.
+    let opts = BootOpts::new(&disk, "poweroff")
+        .arg("kjump.swap=1")
+        .arg("kjump.hog=400");
     let (saved, lines) = hibernate_poweroff("swap-hibernate", &opts);
     line(&lines, "A: SWAPON /dev/vda", "swap-hibernate");
-    line(&lines, "A: ACTIVE-SWAP-EXIT 2", "swap-hibernate");
-    line(
-        &lines,
-        "/dev/vda is an active swap area (listed in /proc/swaps)",
-        "swap-hibernate",
+    let refused = line(&lines, "is missing (close programs", "swap-hibernate");
+    assert!(
+        refused
+            .text
+            .contains("/dev/vda is an active swap area holding"),
+        "{}",
+        refused.text
     );
+    line(&lines, "A: HOG-REFUSED-EXIT 2", "swap-hibernate");
+    let kept = line(&lines, "A: HOG-KEPT md5 ", "swap-hibernate");
+    let hog_md5 = kept.text.split_whitespace().nth(3).unwrap().to_string();
+    line(&lines, "would swap off /dev/vda (", "swap-hibernate");
+    let off = line(&lines, "swapped off /dev/vda (", "swap-hibernate");
+    for l in [refused, kept, off] {
+        println!("[swap-hibernate] {}", l.text);
+    }
     line(
         &lines,
         "writing the image to /dev/vda (after its swap header)",
@@ -72,7 +85,13 @@ fn swap_partition_cycle() {
     assert_eq!(held[..SWAP_MAGIC_OFFSET], original[..SWAP_MAGIC_OFFSET]);
 
     let lines = resume("swap-resume", &BootOpts::new(&disk, "none"), &saved);
-    line(&lines, "A: SWAPON-OK /dev/vda", "swap-resume");
+    line(&lines, "/dev/vda is swapped on again", "swap-resume");
+    line(
+        &lines,
+        &format!("A: HOG-AFTER md5 {hog_md5}"),
+        "swap-resume",
+    );
+    line(&lines, "A: SWAP-ACTIVE-AFTER /dev/vda", "swap-resume");
     assert_eq!(header(&disk), original, "the swap header did not come back");
     let (code, text) = kjump(&["info", &disk.display().to_string()]);
     assert_eq!(code, 0, "{text}");

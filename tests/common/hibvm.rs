@@ -275,6 +275,8 @@ pub struct BootOpts {
     pub extra_disks: Vec<PathBuf>,
     /// More kernel command-line words.
     pub cmdline: Vec<String>,
+    /// ACPI S3 (suspend to RAM) enabled, and a QMP socket to wake the guest.
+    pub s3: bool,
 }
 
 impl BootOpts {
@@ -288,7 +290,14 @@ impl BootOpts {
             write_error: None,
             extra_disks: Vec::new(),
             cmdline: Vec::new(),
+            s3: false,
         }
+    }
+
+    /// With suspend to RAM (S3) enabled and a QMP socket ([`Boot::qmp`]).
+    pub fn s3(mut self) -> BootOpts {
+        self.s3 = true;
+        self
     }
 
     /// With `smp` CPUs.
@@ -398,6 +407,7 @@ pub struct Boot {
     reader: Option<JoinHandle<()>>,
     qemu_log: PathBuf,
     console_log: PathBuf,
+    qmp_socket: Option<PathBuf>,
 }
 
 impl Boot {
@@ -422,6 +432,13 @@ impl Boot {
             .args(["-serial", "stdio", "-no-reboot"]);
         for d in &drives {
             qemu.arg("-drive").arg(d);
+        }
+        let qmp_socket = opts.s3.then(|| rig.dir.join(format!("qmp-{name}.sock")));
+        if let Some(sock) = &qmp_socket {
+            let _ = fs::remove_file(sock);
+            qemu.args(["-global", "PIIX4_PM.disable_s3=0"])
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", sock.display()));
         }
         qemu.arg("-kernel")
             .arg(&rig.kernel)
@@ -452,7 +469,27 @@ impl Boot {
             reader: Some(reader),
             qemu_log,
             console_log,
+            qmp_socket,
         }
+    }
+
+    /// A QMP connection to this QEMU (started with [`BootOpts::s3`]).
+    pub fn qmp(&self) -> super::vm::Qmp {
+        let sock = self
+            .qmp_socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("[{}] started without a QMP socket", self.name));
+        super::vm::Qmp::connect(sock)
+            .unwrap_or_else(|e| panic!("[{}] QMP: {e:?}\n{}", self.name, self.logs()))
+    }
+
+    /// Kills QEMU at once, as a power failure would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.join_reader();
     }
 
     /// Every console line so far.

@@ -560,11 +560,14 @@ impl Drop for Guest<'_> {
 }
 
 /// A failed QMP exchange, before the guest's logs are attached.
-struct QmpError {
-    command: &'static str,
-    detail: String,
+#[derive(Debug)]
+pub struct QmpError {
+    /// The command.
+    pub command: &'static str,
+    /// What went wrong.
+    pub detail: String,
     /// QEMU closed the socket (expected after `quit`).
-    closed: bool,
+    pub closed: bool,
 }
 
 impl QmpError {
@@ -579,13 +582,14 @@ impl QmpError {
 
 /// A minimal QMP client: one JSON object per line each way, responses told
 /// apart from asynchronous events by their first key.
-struct Qmp {
+pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
 
 impl Qmp {
-    fn connect(socket: &Path) -> Result<Self, QmpError> {
+    /// Connects to QEMU's QMP socket and negotiates capabilities.
+    pub fn connect(socket: &Path) -> Result<Self, QmpError> {
         let error = |detail: String| QmpError {
             command: "greeting",
             detail,
@@ -630,7 +634,7 @@ impl Qmp {
     }
 
     /// Sends `request` and returns its `{"return": ...}` line, skipping events.
-    fn execute(&mut self, command: &'static str, request: &str) -> Result<String, QmpError> {
+    pub fn execute(&mut self, command: &'static str, request: &str) -> Result<String, QmpError> {
         writeln!(self.writer, "{request}").map_err(|e| QmpError {
             command,
             detail: format!("write to qmp socket: {e}"),

@@ -16,9 +16,15 @@
 #   kjump.force=1      `kjump resume --force-stale-filesystems`
 #   kjump.resume=DEV   the device `kjump resume` reads (default /dev/vda)
 #   kjump.offset=HEX   `kjump resume --offset HEX`: a file target's map
-#   kjump.swap=1       the target is a swap area: before hibernating,
-#                      swapon it and check that hibernate refuses it, then
-#                      swapoff; after the resume, swapon must work again
+#   kjump.swap=1       the target is a swap area, swapped on while A runs:
+#                      hibernate swaps it off, and on again once A is back
+#   kjump.hog=N        with kjump.swap: fill a tmpfs with two N MiB files
+#                      so that part of it is swapped out; hibernate must
+#                      refuse (the swapped pages no longer fit in RAM) until
+#                      one is removed; the other is checked after the resume
+#   kjump.cache=N      with kjump.fs: write N MiB to a file there, which
+#                      stays in the page cache
+#   kjump.free=1       `kjump hibernate --free-memory`
 #
 # After a resume the script continues where `kjump hibernate` returned, with
 # the variables of the boot that hibernated.
@@ -43,6 +49,9 @@ resume=$(key resume)
 resume=${resume:-/dev/vda}
 offset=$(key offset)
 swap=$(key swap)
+cache=$(key cache)
+free=
+[ "$(key free)" = 1 ] && free=--free-memory
 echo "A: up, uptime $(up) s, mode ${mode:-none}, target $target"
 if [ "$(key precheck)" = 1 ]; then
 	kjump resume --device /dev/vda --kernel /boot/bzImage --dry-run
@@ -72,6 +81,28 @@ if [ -n "$fs" ]; then
 		echo "A: FS-FAILED $fs"
 	fi
 fi
+if [ -n "$fs" ] && [ -n "$cache" ]; then
+	dd if=/dev/urandom of=/mnt/a/cache-file bs=1M count="$cache" 2>/dev/null
+	sync
+	echo "A: CACHE-FILE $cache MiB, md5 $(md5 /mnt/a/cache-file)"
+	grep -E '^(MemFree|Cached):' /proc/meminfo | tr -s ' ' | tr '\n' ' '
+	echo
+fi
+hog=$(key hog)
+if [ "$swap" = 1 ]; then
+	swapon "$target" && echo "A: SWAPON $target"
+	if [ -n "$hog" ]; then
+		mkdir -p /mnt/hog
+		mount -t tmpfs -o size=$((2 * hog + 64))m hog /mnt/hog
+		dd if=/dev/urandom of=/mnt/hog/one bs=1M count="$hog" 2>/dev/null
+		dd if=/dev/urandom of=/mnt/hog/two bs=1M count="$hog" 2>/dev/null
+		echo "A: HOG $(grep -E '^(MemAvailable|SwapFree):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
+		kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" --dry-run
+		echo "A: HOG-REFUSED-EXIT $?"
+		rm /mnt/hog/one
+		echo "A: HOG-KEPT md5 $(md5 /mnt/hog/two) $(grep -E '^(MemAvailable|SwapFree):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
+	fi
+fi
 dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
 echo "MD5 $(md5 /tmp/blob)"
 (
@@ -87,37 +118,41 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 	# Write throughput reference, past where the image goes, on a target
 	# with room for it (1280 MiB).
 	sectors=$(cat "/sys/class/block/${target##*/}/size" 2>/dev/null || echo 0)
-	if [ "$sectors" -ge 2621440 ]; then
+	# Not on a swap area in use.
+	if [ "$sectors" -ge 2621440 ] && [ "$swap" != 1 ]; then
 		t0=$(up)
 		dd if=/dev/zero of="$target" bs=1M seek=1024 count=256 oflag=direct 2>/dev/null
 		t1=$(up)
 		echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
 	fi
-	if [ "$swap" = 1 ]; then
-		swapon "$target" && echo "A: SWAPON $target"
-		kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" --dry-run
-		echo "A: ACTIVE-SWAP-EXIT $?"
-		swapoff "$target"
-	fi
-	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" --dry-run
+	# $free is one word or none.
+	# shellcheck disable=SC2086
+	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" $free --dry-run
 	echo "A: DRY-RUN-EXIT $?"
 	echo "A: HIBERNATE --then $mode"
-	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode"
+	# shellcheck disable=SC2086
+	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" $free
 	echo "A: HIBERNATE-EXIT $?"
 	echo "RESUMED"
 	echo "MD5 $(md5 /tmp/blob)"
 	if [ -n "$fs" ]; then
 		echo "A: FS-AFTER a-file md5 $(md5 /mnt/a/a-file)"
+		if [ -n "$cache" ]; then
+			echo "A: CACHE-AFTER md5 $(md5 /mnt/a/cache-file)"
+		fi
+	fi
+	if [ -n "$hog" ]; then
+		echo "A: HOG-AFTER md5 $(md5 /mnt/hog/two)"
+	fi
+	if [ "$swap" = 1 ]; then
+		if grep "^$target " /proc/swaps >/dev/null; then
+			echo "A: SWAP-ACTIVE-AFTER $target"
+		else
+			echo "A: SWAP-INACTIVE-AFTER $target"
+		fi
 	fi
 	sleep 4
 	kjump info "$target"
-	if [ "$swap" = 1 ]; then
-		if swapon "$target" && swapoff "$target"; then
-			echo "A: SWAPON-OK $target"
-		else
-			echo "A: SWAPON-FAILED $target"
-		fi
-	fi
 fi
 if [ -n "$fs" ]; then
 	umount /mnt/a && echo "A: FS-UNMOUNTED $fs"
