@@ -82,26 +82,7 @@ enum Command {
     /// Hibernate this machine: jump into a capture kernel that saves RAM to TARGET
     Hibernate(cmd::hibernate::HibernateArgs),
     /// Early in a normal boot: resume the image on DEVICE if there is a whole one
-    Resume {
-        /// Device (or file) that may hold an image
-        #[arg(long)]
-        device: PathBuf,
-        /// The device offset (hex) of a file target's extent map, as `kjump prepare` prints it
-        #[arg(long, value_parser = cmd::parse_hex)]
-        offset: Option<u64>,
-        /// Restore kernel, built with CONFIG_KEXEC_JUMP (default: /boot/vmlinuz-$(uname -r))
-        #[arg(long)]
-        kernel: Option<PathBuf>,
-        /// kexec-tools' kexec binary
-        #[arg(long, default_value = "kexec")]
-        kexec: PathBuf,
-        /// Check the image and print the kexec command, and change nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Resume even when a filesystem the saved kernel had mounted was written since (risks corrupting it)
-        #[arg(long)]
-        force_stale_filesystems: bool,
-    },
+    Resume(cmd::hibernate::ResumeArgs),
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
         /// The cpio archive to write
@@ -170,21 +151,7 @@ fn main() -> ExitCode {
         Command::Discard { at } => cmd::discard::discard(&at),
         Command::Prepare { file, size } => cmd::discard::prepare(&file, size),
         Command::Hibernate(args) => cmd::hibernate::run(args),
-        Command::Resume {
-            device,
-            offset,
-            kernel,
-            kexec,
-            dry_run,
-            force_stale_filesystems,
-        } => cmd::hibernate::resume_boot(
-            device,
-            offset,
-            kernel,
-            kexec,
-            dry_run,
-            force_stale_filesystems,
-        ),
+        Command::Resume(args) => cmd::hibernate::resume_boot(args),
         Command::Mkinitramfs {
             output,
             init,

@@ -129,7 +129,7 @@ pub fn capture_cmdline(plan: &JumpPlan, a_cmdline: &str) -> String {
 }
 
 /// How to hibernate.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct HibernateOptions {
     /// Where the image goes, as both kernels name it.
     pub target: PathBuf,
@@ -145,6 +145,9 @@ pub struct HibernateOptions {
     pub dry_run: bool,
     /// Drop caches and zero free RAM first, for a smaller image.
     pub free_memory: bool,
+    /// Encrypt the image with this key file or passphrase; it reaches the
+    /// capture kernel in RAM only.
+    pub encrypt: Option<kjump_image_format::Secret>,
 }
 
 fn read(path: &str) -> Result<String, HibernateError> {
@@ -360,22 +363,25 @@ pub struct Return {
     pub notes: Vec<String>,
 }
 
-/// Whether the target holds the image of the hibernation that started at
-/// `started_ns` (the manifest's stamp, which the capture records).
-fn saved_image(place: &Place, started_ns: u64) -> Result<&'static str, String> {
+/// Whether the target holds the image this hibernation asked for (the
+/// uuid it gave the capture kernel), and its state. Only the superblock is
+/// read: it is all an encrypted image shows without its key, and its
+/// checksum and uuid are enough to tell the capture's outcome.
+fn saved_image(place: &Place, uuid: &[u8; 16]) -> Result<&'static str, String> {
     let place = Place::locate(&place.holder, place.map_at()).map_err(|e| crate::error_chain(&e))?;
     let file = place.reader().map_err(|e| crate::error_chain(&e))?;
-    let image = kjump_image_format::Image::open(&file).map_err(|e| crate::error_chain(&e))?;
-    let stamp = started_ns.to_string();
-    let ours = image
-        .metadata
-        .extra
-        .iter()
-        .any(|(k, v)| k == "started-ns" && *v == stamp);
-    if !ours {
+    let sb =
+        kjump_image_format::reader::read_superblock(&file).map_err(|e| crate::error_chain(&e))?;
+    if sb.uuid != *uuid {
         return Err("the image on the target is from another hibernation".into());
     }
-    Ok(image.superblock.state.name())
+    if sb.state == kjump_image_format::ImageState::Writing {
+        return Err(kjump_image_format::FormatError::NotCommitted {
+            state: sb.state.name(),
+        }
+        .to_string());
+    }
+    Ok(sb.state.name())
 }
 
 /// Hibernates: returns when this kernel runs again (or `None` for a dry
@@ -385,7 +391,13 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
     let place = preflight(opts, &plan)?;
     let a_cmdline = read("/proc/cmdline")?;
     let cmdline = capture_cmdline(&plan, &a_cmdline);
+    let uuid = kjump_writer::random_uuid();
     let manifest = Manifest {
+        encrypt: opts.encrypt.as_ref().map(|s| match s {
+            kjump_image_format::Secret::KeyFile(_) => crate::manifest::SecretKind::KeyFile,
+            kjump_image_format::Secret::Passphrase(_) => crate::manifest::SecretKind::Passphrase,
+        }),
+        image_uuid: Some(uuid),
         mode: opts.mode,
         target: crate::kernel_name(&place.holder),
         target_offset: place.map_at(),
@@ -408,7 +420,6 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
         region: plan.region,
         kernel: &opts.kernel,
         cmdline,
-        initrd: std::env::temp_dir().join("kjump-capture-initramfs.cpio"),
     };
     println!("capture kernel region: {}", plan.region);
     println!(
@@ -422,7 +433,12 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
         prepare_ram(opts, &place)?;
         return Ok(None);
     }
-    load.run(&manifest, &opts.extra)
+    let secret = opts.encrypt.as_ref().map(|s| match s {
+        kjump_image_format::Secret::KeyFile(b) | kjump_image_format::Secret::Passphrase(b) => {
+            b.as_slice()
+        }
+    });
+    load.run(&manifest, &opts.extra, secret)
         .map_err(HibernateError::Load)?;
     // After the load, so that its memory is taken while the swap area can
     // still absorb the pressure: swap off, free memory, jump.
@@ -444,7 +460,7 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
         return Err(e.into());
     }
     let away = SystemTime::now().duration_since(left).unwrap_or_default();
-    let mut image = saved_image(&place, manifest.started_ns);
+    let mut image = saved_image(&place, &uuid);
     let mut notes = Vec::new();
     if opts.mode == Mode::Suspend && matches!(image, Ok("committed")) {
         // The capture kernel woke from suspend to RAM and jumped back: this

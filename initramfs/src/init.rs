@@ -26,7 +26,8 @@ use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target}
 use nix::mount::{mount, MsFlags};
 
 use crate::error_chain;
-use crate::manifest::{Manifest, Mode};
+use crate::manifest::{Manifest, Mode, SecretKind};
+use kjump_image_format::{Kdf, Secret};
 
 /// A filesystem /init mounts.
 #[derive(Clone, Copy, Debug)]
@@ -175,8 +176,27 @@ fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
         .map_err(|e| error_chain(&e))?;
     say(format_args!("writing the image to {}", place.describe()));
     let target = Target::open_place(&place).map_err(|e| error_chain(&e))?;
-    let report = capture(&source, &target, &metadata, &CaptureOptions::new())
-        .map_err(|e| error_chain(&e))?;
+    let mut opts = CaptureOptions::new();
+    if let Some(uuid) = manifest.image_uuid {
+        opts.uuid = uuid;
+    }
+    let report = match manifest.encrypt {
+        None => capture(&source, &target, &metadata, &opts),
+        Some(kind) => {
+            let secret = take_secret(kind)?;
+            let kdf = match kind {
+                SecretKind::KeyFile => Kdf::KeyFile,
+                SecretKind::Passphrase => kjump_image_format::crypto::DEFAULT_KDF,
+            };
+            say("the image is encrypted (AES-256-GCM)");
+            let enc = kjump_writer::Encryption {
+                secret: &secret,
+                kdf,
+            };
+            kjump_writer::capture_encrypted(&source, &target, &metadata, &opts, &enc)
+        }
+    }
+    .map_err(|e| error_chain(&e))?;
     let secs = report.elapsed.as_secs_f64();
     say(format_args!(
         "image committed: {} pages ({} zero), {} bytes in {secs:.2} s ({:.0} MB/s)",
@@ -203,13 +223,16 @@ fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let place = Place::locate(Path::new(&manifest.target), manifest.target_offset)
         .map_err(|e| error_chain(&e))?;
-    let report = kjump_restorer::restore(
+    let secret = manifest.encrypt.map(take_secret).transpose()?;
+    let report = kjump_restorer::restore::restore_with_key(
         &place,
         Path::new("/dev/mem"),
         &MemoryMap::merged(own),
         threads,
+        secret.as_ref(),
     )
     .map_err(|e| error_chain(&e))?;
+    drop(secret);
     let mb = report.bytes as f64 / 1e6;
     say(format_args!(
         "verified in {:.2} s, wrote {mb:.0} MB of memory in {:.2} s ({:.0} MB/s)",
@@ -221,6 +244,27 @@ fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
         mode: Mode::Restore,
         entry: report.entry,
     })
+}
+
+/// The secret of an encrypted image, which the saved or normal kernel put
+/// into this initramfs (RAM only): read, then overwritten and removed, so
+/// that only the copy in use remains until it is wiped on drop.
+fn take_secret(kind: SecretKind) -> Result<Secret, String> {
+    let path = Path::new("/").join(crate::load::SECRET_PATH);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "the manifest says the image is encrypted, and the secret is missing ({}: {e})",
+            path.display()
+        )
+    })?;
+    let len = bytes.len();
+    let _ = std::fs::write(&path, vec![0u8; len]);
+    let _ = std::fs::remove_file(&path);
+    match kind {
+        SecretKind::KeyFile => Secret::key_file(bytes),
+        SecretKind::Passphrase => Secret::passphrase(bytes),
+    }
+    .map_err(|e| e.to_string())
 }
 
 fn finish(plan: Plan) -> ! {

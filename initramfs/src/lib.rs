@@ -14,6 +14,7 @@ pub mod hibernate;
 pub mod init;
 pub mod load;
 pub mod manifest;
+pub mod prompt;
 pub mod resume;
 
 use cpio::{Archive, CpioError, Kind};

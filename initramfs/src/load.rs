@@ -1,8 +1,18 @@
 //! Loading the capture or restore kernel with kexec-tools, confined to the
 //! crashkernel region, with kjump's initramfs carrying a manifest.
+//!
+//! The initramfs never touches a disk: it is built in memory and handed to
+//! kexec-tools as an anonymous memory file (memfd) it reads through
+//! /proc/self/fd, so the key of an encrypted image it may carry stays in RAM, and
+//! that memory is overwritten once the kernel is loaded.
 
-use std::path::{Path, PathBuf};
+use std::io::{Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::Command;
+
+use zeroize::Zeroizing;
 
 use kjump_image_format::PhysRange;
 
@@ -21,39 +31,68 @@ pub struct KexecLoad<'a> {
     pub kernel: &'a Path,
     /// Its command line.
     pub cmdline: String,
-    /// Where the initramfs is written for kexec-tools to read.
-    pub initrd: PathBuf,
 }
 
+/// Path of the file in an initramfs that carries the secret of an
+/// encrypted image (a key file's bytes or a passphrase).
+pub const SECRET_PATH: &str = "etc/kjump/secret";
+
 impl KexecLoad<'_> {
-    /// kexec's arguments.
-    pub fn args(&self) -> Vec<String> {
+    /// kexec's arguments, with the initramfs at `initrd`.
+    pub fn args(&self, initrd: &str) -> Vec<String> {
         vec![
             self.flag.to_string(),
             format!("--mem-min={:#x}", self.region.start().0),
             format!("--mem-max={:#x}", self.region.end().0 - 1),
             self.kernel.display().to_string(),
-            format!("--initrd={}", self.initrd.display()),
+            format!("--initrd={initrd}"),
             format!("--append={}", self.cmdline),
         ]
     }
 
     /// The command as a shell line, for dry runs and logs.
     pub fn shown(&self) -> String {
-        format!("{} {}", self.kexec.display(), self.args().join(" "))
+        format!(
+            "{} {}",
+            self.kexec.display(),
+            self.args("/proc/self/fd/N").join(" ")
+        )
     }
 
     /// Builds the initramfs (this kjump as /init, `extra` files, the
-    /// manifest), loads the kernel, and removes the initramfs file again.
-    pub fn run(&self, manifest: &Manifest, extra: &[crate::ExtraFile]) -> Result<(), String> {
+    /// manifest, and the secret of an encrypted image if any) in memory and
+    /// loads the kernel with it; every copy of the initramfs is overwritten
+    /// afterwards.
+    pub fn run(
+        &self,
+        manifest: &Manifest,
+        extra: &[crate::ExtraFile],
+        secret: Option<&[u8]>,
+    ) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("finding this kjump binary: {e}"))?;
-        let generated = [(crate::manifest::PATH, 0o644, manifest.encode().into_bytes())];
-        let initrd =
-            crate::build_with(&exe, extra, &generated).map_err(|e| crate::error_chain(&e))?;
-        std::fs::write(&self.initrd, initrd)
-            .map_err(|e| format!("writing {}: {e}", self.initrd.display()))?;
-        let out = Command::new(self.kexec).args(self.args()).output();
-        let _ = std::fs::remove_file(&self.initrd);
+        let mut generated = vec![(crate::manifest::PATH, 0o644, manifest.encode().into_bytes())];
+        if let Some(s) = secret {
+            generated.push((SECRET_PATH, 0o600, s.to_vec()));
+        }
+        let built = crate::build_with(&exe, extra, &generated);
+        // The secret's copy in `generated`.
+        for (_, _, bytes) in &mut generated {
+            zeroize::Zeroize::zeroize(bytes);
+        }
+        let initrd = Zeroizing::new(built.map_err(|e| crate::error_chain(&e))?);
+        let memfd =
+            nix::sys::memfd::memfd_create(c"kjump-initramfs", nix::sys::memfd::MFdFlags::empty())
+                .map_err(|e| format!("creating an in-memory file for the initramfs: {e}"))?;
+        let mut file = std::fs::File::from(memfd);
+        file.write_all(&initrd)
+            .map_err(|e| format!("writing the initramfs to memory: {e}"))?;
+        let _ = file.rewind();
+        // The child inherits the descriptor (no close-on-exec) and reads it
+        // through /proc/self/fd.
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let out = Command::new(self.kexec).args(self.args(&path)).output();
+        let _ = file.write_all_at(&vec![0u8; initrd.len()], 0);
+        drop(file);
         let out = out.map_err(|e| format!("running {}: {e}", self.kexec.display()))?;
         if !out.status.success() {
             return Err(format!(

@@ -86,6 +86,47 @@ pub struct Manifest {
     /// Block devices the saved kernel had filesystems mounted on, whose
     /// fingerprints the capture records for the stale-filesystem guard.
     pub filesystems: Vec<String>,
+    /// The image is encrypted with the secret the initramfs carries
+    /// (optional key `encrypt`).
+    pub encrypt: Option<SecretKind>,
+    /// The uuid the image gets, so that the saved kernel can tell its own
+    /// image (optional key `image-uuid`, 32 hex digits).
+    pub image_uuid: Option<[u8; 16]>,
+}
+
+/// What kind of secret an encrypted image is sealed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A key file's bytes.
+    KeyFile,
+    /// A passphrase.
+    Passphrase,
+}
+
+impl SecretKind {
+    /// The manifest's word.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretKind::KeyFile => "key-file",
+            SecretKind::Passphrase => "passphrase",
+        }
+    }
+}
+
+/// A uuid as 32 hex digits.
+pub fn uuid_hex(u: &[u8; 16]) -> String {
+    u.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut u = [0u8; 16];
+    for (i, b) in u.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(u)
 }
 
 impl Manifest {
@@ -103,16 +144,24 @@ impl Manifest {
         let _ = writeln!(s, "kernel-release={}", self.kernel_release);
         let _ = writeln!(s, "started-ns={}", self.started_ns);
         let _ = writeln!(s, "filesystems={}", self.filesystems.join(","));
+        if let Some(k) = self.encrypt {
+            let _ = writeln!(s, "encrypt={}", k.name());
+        }
+        if let Some(u) = &self.image_uuid {
+            let _ = writeln!(s, "image-uuid={}", uuid_hex(u));
+        }
         s
     }
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 9] = [
+        let mut fields: [(&str, Option<(usize, &str)>); 11] = [
             ("version", None),
             ("mode", None),
             ("target", None),
             ("target-offset", None),
+            ("encrypt", None),
+            ("image-uuid", None),
             ("ram", None),
             ("region", None),
             ("kernel-release", None),
@@ -181,6 +230,24 @@ impl Manifest {
             ),
             Err(_) => None,
         };
+        let encrypt = match get("encrypt") {
+            Ok((_, "key-file")) => Some(SecretKind::KeyFile),
+            Ok((_, "passphrase")) => Some(SecretKind::Passphrase),
+            Ok((line, v)) => {
+                return Err(ManifestError {
+                    line,
+                    reason: format!("encrypt {v:?} is not key-file or passphrase"),
+                })
+            }
+            Err(_) => None,
+        };
+        let image_uuid = match get("image-uuid") {
+            Ok((line, v)) => Some(parse_uuid(v).ok_or_else(|| ManifestError {
+                line,
+                reason: format!("image-uuid {v:?} is not 32 hex digits"),
+            })?),
+            Err(_) => None,
+        };
         Ok(Manifest {
             mode,
             target: get("target")?.1.to_string(),
@@ -195,6 +262,8 @@ impl Manifest {
                 .filter(|d| !d.is_empty())
                 .map(String::from)
                 .collect(),
+            encrypt,
+            image_uuid,
         })
     }
 }
@@ -213,6 +282,8 @@ mod tests {
             kernel_release: "6.12.117".into(),
             started_ns: 42,
             filesystems: vec!["/dev/vdb".into(), "/dev/vda1".into()],
+            encrypt: None,
+            image_uuid: None,
         }
     }
 
@@ -225,6 +296,18 @@ mod tests {
         assert_eq!(Manifest::parse(&m.encode()).unwrap(), m);
         let e = Manifest::parse(&m.encode().replace("0x12345000", "0xg")).unwrap_err();
         assert!(e.to_string().contains("not a hex offset"), "{e}");
+        m.encrypt = Some(SecretKind::Passphrase);
+        m.image_uuid = Some(*b"0123456789abcdef");
+        let text = m.encode();
+        assert!(
+            text.contains("encrypt=passphrase\nimage-uuid=30313233343536373839616263646566\n"),
+            "{text}"
+        );
+        assert_eq!(Manifest::parse(&text).unwrap(), m);
+        let e = Manifest::parse(&text.replace("encrypt=passphrase", "encrypt=rot13")).unwrap_err();
+        assert!(e.to_string().contains("not key-file or passphrase"), "{e}");
+        let e = Manifest::parse(&text.replace("image-uuid=3031", "image-uuid=zz31")).unwrap_err();
+        assert!(e.to_string().contains("not 32 hex digits"), "{e}");
     }
 
     #[test]

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 
 use kjump_image_format::placement::SwapSignature;
 use kjump_image_format::reader::read_superblock;
-use kjump_image_format::{Image, ImageState, PhysAddr, PhysRange, Placement};
+use kjump_image_format::{Image, ImageKeys, ImageState, PhysAddr, PhysRange, Placement, Secret};
 use kjump_restorer::kexec;
 use kjump_writer::{ranges, Place};
 
 use crate::hibernate::{capture_cmdline, JumpPlan};
-use crate::manifest::{Manifest, Mode};
+use crate::manifest::{Manifest, Mode, SecretKind};
 
 /// What `resume` found or did.
 #[derive(Debug)]
@@ -57,7 +57,18 @@ pub struct ResumeOptions {
     pub dry_run: bool,
     /// Resume even when a filesystem changed since the hibernation.
     pub force_stale: bool,
+    /// For an encrypted image: its key file (or a device holding it, with
+    /// `key_size`); without one, the passphrase is asked on `tty`.
+    pub key_file: Option<PathBuf>,
+    /// Bytes of `key_file` that are the key (all of a regular file when
+    /// `None`; required for a device).
+    pub key_size: Option<usize>,
+    /// Where the passphrase is asked.
+    pub tty: PathBuf,
 }
+
+/// Passphrase attempts before the normal boot goes on.
+pub const PASSPHRASE_TRIES: u32 = 3;
 
 fn parse_region(text: &str) -> Option<PhysRange> {
     let r = ranges::parse_range_list(text).ok()?;
@@ -78,6 +89,17 @@ pub fn check(
     offset: Option<u64>,
     iomem: &str,
     force_stale: bool,
+) -> Result<Decision, ResumeError> {
+    check_with(device_path, offset, iomem, force_stale, None)
+}
+
+/// [`check`], with the secret of an encrypted image.
+pub fn check_with(
+    device_path: &std::path::Path,
+    offset: Option<u64>,
+    iomem: &str,
+    force_stale: bool,
+    secret: Option<&Secret>,
 ) -> Result<Decision, ResumeError> {
     let place = match Place::locate(device_path, offset) {
         Ok(p) => p,
@@ -119,7 +141,7 @@ pub fn check(
         }
         ImageState::Committed => {}
     }
-    let image = Image::open(&file).map_err(|e| refuse(crate::error_chain(&e)))?;
+    let image = Image::open_with(&file, secret).map_err(|e| refuse(crate::error_chain(&e)))?;
     kjump_restorer::verify(&file, &image, 2, false).map_err(|e| refuse(crate::error_chain(&e)))?;
     let meta = &image.metadata;
     let region = meta
@@ -187,6 +209,79 @@ pub fn check(
     Ok(Ok((plan, meta.kernel_release.clone().unwrap_or_default())))
 }
 
+/// The secret of the image on the device, when it is a committed,
+/// encrypted one: the key file named, or a passphrase asked on the
+/// terminal, each checked against the image's key check value. `None` for
+/// anything else, which [`check`] then judges.
+fn image_secret(opts: &ResumeOptions) -> Result<Option<Secret>, ResumeError> {
+    let Ok(place) = Place::locate(&opts.device, opts.offset) else {
+        return Ok(None);
+    };
+    let Ok(file) = place.reader() else {
+        return Ok(None);
+    };
+    let sb = match read_superblock(&file) {
+        Ok(sb) if sb.state == ImageState::Committed => sb,
+        _ => return Ok(None),
+    };
+    let Some(params) = sb.crypto.as_ref() else {
+        return Ok(None);
+    };
+    let refuse = |reason: String| ResumeError::Refused {
+        device: place.describe(),
+        reason,
+    };
+    let unlock = |secret: Secret| {
+        ImageKeys::unlock(&secret, params, &sb.uuid)
+            .map(|_| secret)
+            .map_err(|e| crate::error_chain(&e))
+    };
+    if let Some(path) = &opts.key_file {
+        let bytes = read_key(path, opts.key_size).map_err(refuse)?;
+        let secret = Secret::key_file(bytes).map_err(|e| refuse(e.to_string()))?;
+        return unlock(secret).map(Some).map_err(refuse);
+    }
+    let prompt = format!(
+        "kjump: passphrase for the encrypted image on {}: ",
+        place.describe()
+    );
+    crate::prompt::ask(&opts.tty, &prompt, PASSPHRASE_TRIES, |mut line| {
+        let secret = Secret::passphrase(std::mem::take(&mut *line)).map_err(|e| e.to_string())?;
+        unlock(secret)
+    })
+    .map(Some)
+    .map_err(refuse)
+}
+
+/// Reads a key: all of a regular file, or `size` bytes of a file or device.
+fn read_key(path: &std::path::Path, size: Option<usize>) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| format!("opening the key file {}: {e}", path.display()))?;
+    let is_dev = f
+        .metadata()
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let mut bytes = Vec::new();
+    match size {
+        Some(n) => {
+            bytes.resize(n, 0);
+            f.read_exact(&mut bytes)
+                .map_err(|e| format!("reading {n} key bytes from {}: {e}", path.display()))?;
+        }
+        None if is_dev => {
+            return Err(format!(
+                "{} is a device: say how many of its bytes are the key (--key-size)",
+                path.display()
+            ))
+        }
+        None => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| format!("reading the key file {}: {e}", path.display()))?;
+        }
+    }
+    Ok(bytes)
+}
+
 /// Runs R0. Returns only when there is nothing to resume, on a dry run, or
 /// on failure; otherwise the machine is in R.
 pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
@@ -194,7 +289,15 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         device: opts.device.display().to_string(),
         reason: format!("reading /proc/iomem: {e}"),
     })?;
-    let (plan, release) = match check(&opts.device, opts.offset, &iomem, opts.force_stale)? {
+    let secret = image_secret(opts)?;
+    let decision = check_with(
+        &opts.device,
+        opts.offset,
+        &iomem,
+        opts.force_stale,
+        secret.as_ref(),
+    )?;
+    let (plan, release) = match decision {
         Ok(p) => p,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };
@@ -206,6 +309,11 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         mode: Mode::Restore,
         target: crate::kernel_name(opts.device.as_path()),
         target_offset: opts.offset,
+        encrypt: secret.as_ref().map(|s| match s {
+            Secret::KeyFile(_) => SecretKind::KeyFile,
+            Secret::Passphrase(_) => SecretKind::Passphrase,
+        }),
+        image_uuid: None,
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",
@@ -222,7 +330,6 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         region: plan.region,
         kernel: &opts.kernel,
         cmdline,
-        initrd: std::env::temp_dir().join("kjump-restore-initramfs.cpio"),
     };
     println!(
         "restore kernel: {} in {}",
@@ -233,7 +340,11 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
     if opts.dry_run {
         return Ok(Outcome::DryRun);
     }
-    load.run(&manifest, &[]).map_err(ResumeError::Load)?;
+    let bytes = secret.as_ref().map(|s| match s {
+        Secret::KeyFile(b) | Secret::Passphrase(b) => b.as_slice(),
+    });
+    load.run(&manifest, &[], bytes).map_err(ResumeError::Load)?;
+    drop(secret);
     kexec::jump()?;
     Err(ResumeError::Load("the restore kernel returned".into()))
 }

@@ -138,7 +138,7 @@ pub fn restore_with_key(
     let started = Instant::now();
     crate::verify(&file, &image, threads, false).map_err(invalid)?;
     let verify = started.elapsed();
-    mark_consumed(place, &image).map_err(|source| RestoreError::MarkConsumed {
+    mark_consumed(place, image.superblock).map_err(|source| RestoreError::MarkConsumed {
         path: shown.clone(),
         source,
     })?;
@@ -168,14 +168,17 @@ pub fn consume(place: &Place) -> Result<bool, RestoreError> {
         path: shown.clone(),
         source: Box::new(source),
     })?;
-    let image = Image::open(&file).map_err(|e| RestoreError::Invalid {
-        path: shown.clone(),
-        source: ScanError::Image(e),
-    })?;
-    if image.superblock.state != ImageState::Committed {
+    // The superblock alone: its state is outside an encrypted image's seal,
+    // so no key is needed to retire the image.
+    let sb =
+        kjump_image_format::reader::read_superblock(&file).map_err(|e| RestoreError::Invalid {
+            path: shown.clone(),
+            source: ScanError::Image(e),
+        })?;
+    if sb.state != ImageState::Committed {
         return Ok(false);
     }
-    mark_consumed(place, &image).map_err(|source| RestoreError::MarkConsumed {
+    mark_consumed(place, sb).map_err(|source| RestoreError::MarkConsumed {
         path: shown,
         source,
     })?;
@@ -184,8 +187,10 @@ pub fn consume(place: &Place) -> Result<bool, RestoreError> {
 
 /// Rewrites the superblock in state consumed and flushes it; a swap area
 /// then gets its swap signature back.
-fn mark_consumed(place: &Place, image: &Image) -> Result<(), kjump_writer::TargetError> {
-    let mut sb = image.superblock;
+fn mark_consumed(
+    place: &Place,
+    mut sb: kjump_image_format::Superblock,
+) -> Result<(), kjump_writer::TargetError> {
     sb.state = ImageState::Consumed;
     sb.consumed_time_ns = kjump_writer::now_ns().max(1);
     let target = Target::open_place(place)?;

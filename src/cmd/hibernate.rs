@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kjump_image_format::Secret;
 use kjump_initramfs::hibernate::{hibernate, HibernateOptions};
 use kjump_initramfs::manifest::Mode;
 use kjump_initramfs::resume::{self, Outcome, ResumeError, ResumeOptions};
@@ -33,6 +34,11 @@ pub struct HibernateArgs {
     /// Drop the page cache and zero free RAM first: a smaller image and a faster capture; cached files are read from disk again after the resume
     #[arg(long)]
     free_memory: bool,
+    /// Encrypt the image (AES-256-GCM): with --key-file or --passphrase-file, else a passphrase asked twice on the terminal. The secret reaches the capture kernel in RAM only
+    #[arg(long)]
+    encrypt: bool,
+    #[command(flatten)]
+    key: super::KeyArgs,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -57,21 +63,59 @@ fn kernel_or_running(kernel: Option<PathBuf>) -> Result<PathBuf, Failure> {
     }
 }
 
-pub fn resume_boot(
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// Device (or file) that may hold an image
+    #[arg(long)]
     device: PathBuf,
+    /// The device offset (hex) of a file target's extent map, as `kjump prepare` prints it
+    #[arg(long, value_parser = super::parse_hex)]
     offset: Option<u64>,
+    /// Restore kernel, built with CONFIG_KEXEC_JUMP (default: /boot/vmlinuz-$(uname -r))
+    #[arg(long)]
     kernel: Option<PathBuf>,
+    /// kexec-tools' kexec binary
+    #[arg(long, default_value = "kexec")]
     kexec: PathBuf,
+    /// Check the image and print the kexec command, and change nothing
+    #[arg(long)]
     dry_run: bool,
-    force_stale: bool,
-) -> Result<(), Failure> {
+    /// Resume even when a filesystem the saved kernel had mounted was written since (risks corrupting it)
+    #[arg(long)]
+    force_stale_filesystems: bool,
+    /// Key of an encrypted image: a key file, or a device holding it (with --key-size); without it the passphrase is asked
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Bytes of --key-file that are the key (default: the whole file)
+    #[arg(long, value_name = "BYTES", requires = "key_file")]
+    key_size: Option<usize>,
+    /// Terminal the passphrase is asked on (default: /dev/tty, else /dev/console)
+    #[arg(long)]
+    tty: Option<PathBuf>,
+}
+
+/// The terminal to ask on: this process's own, else the console (early in
+/// a boot there may be no controlling terminal).
+fn default_tty() -> PathBuf {
+    let own = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok();
+    PathBuf::from(if own { "/dev/tty" } else { "/dev/console" })
+}
+
+pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
     let opts = ResumeOptions {
-        device,
-        offset,
-        kernel: kernel_or_running(kernel)?,
-        kexec,
-        dry_run,
-        force_stale,
+        device: args.device,
+        offset: args.offset,
+        kernel: kernel_or_running(args.kernel)?,
+        kexec: args.kexec,
+        dry_run: args.dry_run,
+        force_stale: args.force_stale_filesystems,
+        key_file: args.key_file,
+        key_size: args.key_size,
+        tty: args.tty.unwrap_or_else(default_tty),
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {
@@ -89,7 +133,39 @@ pub fn resume_boot(
     }
 }
 
+/// The secret to encrypt with: from the files named, or asked twice.
+fn encryption_secret(args: &HibernateArgs) -> Result<Option<Secret>, Failure> {
+    let named = args.key.secret()?;
+    if named.is_some() && !args.encrypt {
+        return Err(Failure::error(anyhow::anyhow!(
+            "--key-file and --passphrase-file need --encrypt"
+        )));
+    }
+    if !args.encrypt || named.is_some() {
+        return Ok(named);
+    }
+    let tty = default_tty();
+    let ask = |prompt: &str| {
+        kjump_initramfs::prompt::read_secret_line(&tty, prompt)
+            .map_err(|e| anyhow::anyhow!("reading a passphrase from {}: {e}", tty.display()))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} closed before a passphrase was given", tty.display())
+            })
+    };
+    let first = ask("kjump: passphrase for the image: ").map_err(Failure::error)?;
+    let again = ask("kjump: the same passphrase again: ").map_err(Failure::error)?;
+    if *first != *again {
+        return Err(Failure::error(anyhow::anyhow!(
+            "the two passphrases differ"
+        )));
+    }
+    Secret::passphrase(first.to_vec())
+        .map(Some)
+        .map_err(Failure::error)
+}
+
 pub fn run(args: HibernateArgs) -> Result<(), Failure> {
+    let encrypt = encryption_secret(&args)?;
     let kernel = kernel_or_running(args.kernel)?;
     let opts = HibernateOptions {
         target: args.target,
@@ -99,6 +175,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
         extra: args.files,
         dry_run: args.dry_run,
         free_memory: args.free_memory,
+        encrypt,
     };
     match hibernate(&opts).map_err(Failure::error)? {
         None => println!("dry run: nothing was changed"),
