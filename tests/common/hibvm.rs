@@ -408,6 +408,7 @@ pub struct Boot {
     qemu_log: PathBuf,
     console_log: PathBuf,
     qmp_socket: Option<PathBuf>,
+    serial_in: Option<std::process::ChildStdin>,
 }
 
 impl Boot {
@@ -445,7 +446,7 @@ impl Boot {
             .arg("-initrd")
             .arg(&rig.initramfs)
             .args(["-append", &append])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log);
         let started = Instant::now();
@@ -453,6 +454,7 @@ impl Boot {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {QEMU}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
+        let serial_in = child.stdin.take();
         let console = Arc::new(Mutex::new(Console::default()));
         let shared = Arc::clone(&console);
         let log_path = console_log.clone();
@@ -470,7 +472,22 @@ impl Boot {
             qemu_log,
             console_log,
             qmp_socket,
+            serial_in,
         }
+    }
+
+    /// Types `line` and a newline on the guest's serial console.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write as _;
+        let name = self.name.clone();
+        let input = self
+            .serial_in
+            .as_mut()
+            .unwrap_or_else(|| panic!("[{name}] the serial console's input is closed"));
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| input.flush())
+            .unwrap_or_else(|e| panic!("[{name}] typing on the serial console: {e}"));
     }
 
     /// A QMP connection to this QEMU (started with [`BootOpts::s3`]).

@@ -25,6 +25,7 @@
 #   kjump.cache=N      with kjump.fs: write N MiB to a file there, which
 #                      stays in the page cache
 #   kjump.free=1       `kjump hibernate --free-memory`
+#   kjump.pass=WORD    `kjump hibernate --encrypt` with the passphrase WORD
 #
 # After a resume the script continues where `kjump hibernate` returned, with
 # the variables of the boot that hibernated.
@@ -52,6 +53,11 @@ swap=$(key swap)
 cache=$(key cache)
 free=
 [ "$(key free)" = 1 ] && free=--free-memory
+pass=$(key pass)
+if [ -n "$pass" ]; then
+	printf %s "$pass" >/tmp/pass
+	free="$free --encrypt --passphrase-file /tmp/pass"
+fi
 echo "A: up, uptime $(up) s, mode ${mode:-none}, target $target"
 if [ "$(key precheck)" = 1 ]; then
 	kjump resume --device /dev/vda --kernel /boot/bzImage --dry-run
@@ -125,7 +131,7 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 		t1=$(up)
 		echo "A: DD-BASELINE 268435456 bytes in $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s"
 	fi
-	# $free is one word or none.
+	# $free is a few words or none.
 	# shellcheck disable=SC2086
 	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" $free --dry-run
 	echo "A: DRY-RUN-EXIT $?"
