@@ -386,14 +386,20 @@ fn saved_image(place: &Place, uuid: &[u8; 16]) -> Result<&'static str, String> {
 
 /// Hibernates: returns when this kernel runs again (or `None` for a dry
 /// run).
-pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateError> {
+///
+/// The secret of an encrypted image is taken out of `opts` and wiped as
+/// soon as the capture kernel is loaded with it: this kernel's memory,
+/// which the image saves, keeps no copy of it.
+pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, HibernateError> {
+    let secret = opts.encrypt.take();
+    let opts = &*opts;
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?)?;
     let place = preflight(opts, &plan)?;
     let a_cmdline = read("/proc/cmdline")?;
     let cmdline = capture_cmdline(&plan, &a_cmdline);
     let uuid = kjump_writer::random_uuid();
     let manifest = Manifest {
-        encrypt: opts.encrypt.as_ref().map(|s| match s {
+        encrypt: secret.as_ref().map(|s| match s {
             kjump_image_format::Secret::KeyFile(_) => crate::manifest::SecretKind::KeyFile,
             kjump_image_format::Secret::Passphrase(_) => crate::manifest::SecretKind::Passphrase,
         }),
@@ -433,13 +439,14 @@ pub fn hibernate(opts: &HibernateOptions) -> Result<Option<Return>, HibernateErr
         prepare_ram(opts, &place)?;
         return Ok(None);
     }
-    let secret = opts.encrypt.as_ref().map(|s| match s {
+    let bytes = secret.as_ref().map(|s| match s {
         kjump_image_format::Secret::KeyFile(b) | kjump_image_format::Secret::Passphrase(b) => {
             b.as_slice()
         }
     });
-    load.run(&manifest, &opts.extra, secret)
-        .map_err(HibernateError::Load)?;
+    let loaded = load.run(&manifest, &opts.extra, bytes);
+    drop(secret);
+    loaded.map_err(HibernateError::Load)?;
     // After the load, so that its memory is taken while the swap area can
     // still absorb the pressure: swap off, free memory, jump.
     let swapped_off = match prepare_ram(opts, &place) {

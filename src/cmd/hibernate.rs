@@ -167,7 +167,7 @@ fn encryption_secret(args: &HibernateArgs) -> Result<Option<Secret>, Failure> {
 pub fn run(args: HibernateArgs) -> Result<(), Failure> {
     let encrypt = encryption_secret(&args)?;
     let kernel = kernel_or_running(args.kernel)?;
-    let opts = HibernateOptions {
+    let mut opts = HibernateOptions {
         target: args.target,
         kernel,
         mode: args.then,
@@ -177,7 +177,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
         free_memory: args.free_memory,
         encrypt,
     };
-    match hibernate(&opts).map_err(Failure::error)? {
+    match hibernate(&mut opts).map_err(Failure::error)? {
         None => println!("dry run: nothing was changed"),
         Some(back) => {
             let away = back.away.as_secs_f64();
