@@ -8,10 +8,9 @@
 //! the metadata, index, trailer and superblock fields, ties every structure
 //! to the others. `FORMAT.md` is the normative description.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -349,7 +348,7 @@ fn master_key(
 /// The keys of one image. The AES key schedule and the seal key are wiped
 /// on drop; `Debug` shows nothing of them.
 pub struct ImageKeys {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     seal_key: Zeroizing<[u8; 32]>,
     check: [u8; 32],
 }
@@ -414,7 +413,8 @@ impl ImageKeys {
         expand(LABEL_SEAL, seal_key.as_mut())?;
         let mut check = [0u8; 32];
         expand(LABEL_CHECK, &mut check)?;
-        let cipher = Aes256Gcm::new_from_slice(data.as_ref())
+        let cipher = UnboundKey::new(&AES_256_GCM, data.as_ref())
+            .map(LessSafeKey::new)
             .map_err(|e| FormatError::Kdf(e.to_string()))?;
         Ok(ImageKeys {
             cipher,
@@ -480,9 +480,13 @@ impl ImageKeys {
         let n = nonce(DOMAIN_CHUNK, c.header.seq.into());
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&n), &aad, &mut c.payload)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(&aad),
+                &mut c.payload,
+            )
             .expect("a chunk is far below AES-GCM's 64 GiB message limit");
-        c.payload.extend_from_slice(&tag);
+        c.payload.extend_from_slice(tag.as_ref());
         c.header.payload_crc = crc32fast::hash(&c.payload);
     }
 
@@ -493,9 +497,9 @@ impl ImageKeys {
         let n = nonce(DOMAIN_METADATA, 0);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&n), uuid, &mut out)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(uuid), &mut out)
             .expect("metadata is far below AES-GCM's 64 GiB message limit");
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -512,13 +516,14 @@ impl ImageKeys {
         };
         let n = sealed.len().checked_sub(TAG_SIZE).ok_or_else(fail)?;
         let mut plain = Zeroizing::new(sealed[..n].to_vec());
-        let tag = Tag::from_slice(&sealed[n..]);
+        let tag = tag_of(&sealed[n..]).ok_or_else(fail)?;
         self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce(DOMAIN_METADATA, 0)),
-                uuid,
-                &mut plain,
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce(DOMAIN_METADATA, 0)),
+                Aad::from(uuid),
                 tag,
+                &mut plain,
+                0..,
             )
             .map_err(|_aead_error_has_no_detail| fail())?;
         Ok(plain)
@@ -526,15 +531,24 @@ impl ImageKeys {
 
     fn open_in_place(&self, h: &ChunkHeader, buf: &mut [u8], tag: &[u8]) -> bool {
         let n = nonce(DOMAIN_CHUNK, h.seq.into());
+        let Some(tag) = tag_of(tag) else {
+            return false;
+        };
         self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&n),
-                &chunk_aad(h),
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(&chunk_aad(h)),
+                tag,
                 buf,
-                Tag::from_slice(tag),
+                0..,
             )
             .is_ok()
     }
+}
+
+/// A 16-byte tag from the bytes after a ciphertext.
+fn tag_of(bytes: &[u8]) -> Option<Tag> {
+    <[u8; TAG_SIZE]>::try_from(bytes).ok().map(Tag::from)
 }
 
 /// Checks, decrypts and decodes a sealed chunk's payload into `out`
