@@ -264,6 +264,32 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
     let (code, _, err) = kjump(&[&"verify", &dev.0]);
     assert_eq!(code, 1, "{err}");
     sh(&format!("swapon {0} && swapoff {0}", dev.0.display()));
+
+    // An area that was swapped on when its image was written (the held
+    // signature says so, as the capture kernel writes it for hibernate)
+    // is swapped on again by the discard.
+    capture(&mem, &[&dev.0]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev.0)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"KJUMPSWAPA", SWAP_MAGIC_OFFSET as u64).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let out = ok(&[&"discard", &dev.0]);
+    assert!(
+        out.contains("swapped on as before the hibernation"),
+        "{out}"
+    );
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
+    assert!(
+        swaps
+            .lines()
+            .any(|l| l.starts_with(&dev.0.display().to_string())),
+        "{swaps}"
+    );
+    sh(&format!("swapoff {}", dev.0.display()));
+    assert_eq!(std::fs::read(&file).unwrap()[..4096], header[..]);
 }
 
 #[test]

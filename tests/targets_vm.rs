@@ -81,7 +81,9 @@ fn swap_partition_cycle() {
         "swap-hibernate",
     );
     let held = header(&disk);
-    assert_eq!(&held[SWAP_MAGIC_OFFSET..], b"KJUMPSWAP1");
+    // Held, and marked as swapped on before: whoever gives it back swaps
+    // it on again.
+    assert_eq!(&held[SWAP_MAGIC_OFFSET..], b"KJUMPSWAPA");
     assert_eq!(held[..SWAP_MAGIC_OFFSET], original[..SWAP_MAGIC_OFFSET]);
 
     let lines = resume("swap-resume", &BootOpts::new(&disk, "none"), &saved);

@@ -31,6 +31,9 @@ pub const SWAP_MAGIC_OFFSET: usize = 4086;
 pub const SWAP_MAGIC: &[u8; 10] = b"SWAPSPACE2";
 /// The signature while kjump holds the swap area for an image.
 pub const HELD_SWAP_MAGIC: &[u8; 10] = b"KJUMPSWAP1";
+/// The signature while kjump holds a swap area that was in use when the
+/// image was written: whoever gives it back swaps it on again.
+pub const HELD_ACTIVE_SWAP_MAGIC: &[u8; 10] = b"KJUMPSWAPA";
 
 /// Magic of an extent map.
 pub const MAP_MAGIC: &[u8; 8] = b"KJUMPMAP";
@@ -52,6 +55,25 @@ pub enum SwapSignature {
     Free,
     /// [`HELD_SWAP_MAGIC`]: kjump keeps an image after the header.
     Held,
+    /// [`HELD_ACTIVE_SWAP_MAGIC`]: the same, and the area was swapped on
+    /// before kjump took it.
+    HeldWasActive,
+}
+
+impl SwapSignature {
+    /// Whether kjump holds the area for an image.
+    pub fn is_held(self) -> bool {
+        self != SwapSignature::Free
+    }
+
+    /// The 10 bytes written for this signature.
+    pub fn magic(self) -> &'static [u8; 10] {
+        match self {
+            SwapSignature::Free => SWAP_MAGIC,
+            SwapSignature::Held => HELD_SWAP_MAGIC,
+            SwapSignature::HeldWasActive => HELD_ACTIVE_SWAP_MAGIC,
+        }
+    }
 }
 
 /// Reads the swap signature of a device's first 4 KiB, if it has one.
@@ -61,6 +83,8 @@ pub fn swap_signature(header: &[u8]) -> Option<SwapSignature> {
         Some(SwapSignature::Free)
     } else if magic == HELD_SWAP_MAGIC {
         Some(SwapSignature::Held)
+    } else if magic == HELD_ACTIVE_SWAP_MAGIC {
+        Some(SwapSignature::HeldWasActive)
     } else {
         None
     }
@@ -656,6 +680,11 @@ mod tests {
         assert_eq!(
             detect(&dev, None).unwrap(),
             Placement::Swap(SwapSignature::Held)
+        );
+        dev[SWAP_MAGIC_OFFSET..SWAP_MAGIC_OFFSET + 10].copy_from_slice(HELD_ACTIVE_SWAP_MAGIC);
+        assert_eq!(
+            detect(&dev, None).unwrap(),
+            Placement::Swap(SwapSignature::HeldWasActive)
         );
     }
 }

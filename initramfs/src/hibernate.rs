@@ -398,12 +398,15 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let a_cmdline = read("/proc/cmdline")?;
     let cmdline = capture_cmdline(&plan, &a_cmdline);
     let uuid = kjump_writer::random_uuid();
+    let swap_active = matches!(place.placement, Placement::Swap(_))
+        && kjump_writer::place::is_active_swap(&place.holder);
     let manifest = Manifest {
         encrypt: secret.as_ref().map(|s| match s {
             kjump_image_format::Secret::KeyFile(_) => crate::manifest::SecretKind::KeyFile,
             kjump_image_format::Secret::Passphrase(_) => crate::manifest::SecretKind::Passphrase,
         }),
         image_uuid: Some(uuid),
+        swap_was_active: swap_active,
         mode: opts.mode,
         target: crate::kernel_name(&place.holder),
         target_offset: place.map_at(),

@@ -175,7 +175,8 @@ fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
     let place = Place::locate(Path::new(&manifest.target), manifest.target_offset)
         .map_err(|e| error_chain(&e))?;
     say(format_args!("writing the image to {}", place.describe()));
-    let target = Target::open_place(&place).map_err(|e| error_chain(&e))?;
+    let mut target = Target::open_place(&place).map_err(|e| error_chain(&e))?;
+    target.set_swap_was_active(manifest.swap_was_active);
     let mut opts = CaptureOptions::new();
     if let Some(uuid) = manifest.image_uuid {
         opts.uuid = uuid;

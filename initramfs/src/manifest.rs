@@ -92,6 +92,9 @@ pub struct Manifest {
     /// The uuid the image gets, so that the saved kernel can tell its own
     /// image (optional key `image-uuid`, 32 hex digits).
     pub image_uuid: Option<[u8; 16]>,
+    /// The target is a swap area the saved kernel had swapped on: its held
+    /// signature records that (optional key `swap-was-active=1`).
+    pub swap_was_active: bool,
 }
 
 /// What kind of secret an encrypted image is sealed with.
@@ -150,18 +153,22 @@ impl Manifest {
         if let Some(u) = &self.image_uuid {
             let _ = writeln!(s, "image-uuid={}", uuid_hex(u));
         }
+        if self.swap_was_active {
+            let _ = writeln!(s, "swap-was-active=1");
+        }
         s
     }
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 11] = [
+        let mut fields: [(&str, Option<(usize, &str)>); 12] = [
             ("version", None),
             ("mode", None),
             ("target", None),
             ("target-offset", None),
             ("encrypt", None),
             ("image-uuid", None),
+            ("swap-was-active", None),
             ("ram", None),
             ("region", None),
             ("kernel-release", None),
@@ -248,8 +255,19 @@ impl Manifest {
             })?),
             Err(_) => None,
         };
+        let swap_was_active = match get("swap-was-active") {
+            Ok((_, "1")) => true,
+            Ok((line, v)) => {
+                return Err(ManifestError {
+                    line,
+                    reason: format!("swap-was-active {v:?} is not 1"),
+                })
+            }
+            Err(_) => false,
+        };
         Ok(Manifest {
             mode,
+            swap_was_active,
             target: get("target")?.1.to_string(),
             target_offset,
             ram: get("ram")?.1.to_string(),
@@ -284,6 +302,7 @@ mod tests {
             filesystems: vec!["/dev/vdb".into(), "/dev/vda1".into()],
             encrypt: None,
             image_uuid: None,
+            swap_was_active: false,
         }
     }
 
@@ -298,9 +317,12 @@ mod tests {
         assert!(e.to_string().contains("not a hex offset"), "{e}");
         m.encrypt = Some(SecretKind::Passphrase);
         m.image_uuid = Some(*b"0123456789abcdef");
+        m.swap_was_active = true;
         let text = m.encode();
         assert!(
-            text.contains("encrypt=passphrase\nimage-uuid=30313233343536373839616263646566\n"),
+            text.contains(
+                "encrypt=passphrase\nimage-uuid=30313233343536373839616263646566\nswap-was-active=1\n"
+            ),
             "{text}"
         );
         assert_eq!(Manifest::parse(&text).unwrap(), m);

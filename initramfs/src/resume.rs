@@ -314,6 +314,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
             Secret::Passphrase(_) => SecretKind::Passphrase,
         }),
         image_uuid: None,
+        swap_was_active: false,
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",

@@ -196,7 +196,8 @@ fn mark_consumed(
     let target = Target::open_place(place)?;
     target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
-    target.release()
+    // The saved kernel swaps an area it used on again itself.
+    target.release().map(drop)
 }
 
 /// Writes chunk `i`'s pages, clipped to its range (a partial edge page

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::Context;
-use kjump_image_format::placement::SwapSignature;
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{Metadata, Placement, BLOCK_SIZE};
 use kjump_initramfs::hibernate::JumpPlan;
@@ -20,22 +19,25 @@ pub fn discard(at: &ImageAt) -> Result<(), Failure> {
     let (place, reader) = at.open()?;
     let shown = place.describe();
     let target = || Target::open_place(&place).map_err(Failure::error);
-    match read_superblock(&reader) {
+    let held = matches!(place.placement, Placement::Swap(sig) if sig.is_held());
+    let was_active = match read_superblock(&reader) {
         Ok(sb) => {
             let t = target()?;
             t.write_at_zeroed(BLOCK_SIZE, 0).map_err(Failure::error)?;
             t.sync().map_err(Failure::error)?;
-            t.release().map_err(Failure::error)?;
+            let was_active = t.release().map_err(Failure::error)?;
             println!(
                 "discarded the {} image on {shown}; it will not be resumed",
                 sb.state.name()
             );
+            was_active
         }
-        Err(e) if place.placement == Placement::Swap(SwapSignature::Held) => {
+        Err(e) if held => {
             // A capture cut off before its first superblock: the swap area
             // is held for nothing.
-            target()?.release().map_err(Failure::error)?;
+            let was_active = target()?.release().map_err(Failure::error)?;
             println!("no image on {shown} ({e}); its swap signature is restored");
+            was_active
         }
         Err(e) => {
             return Err(Failure::invalid(
@@ -43,12 +45,14 @@ pub fn discard(at: &ImageAt) -> Result<(), Failure> {
                     .context(format!("no kjump image on {shown}: nothing discarded")),
             ))
         }
-    }
-    if matches!(place.placement, Placement::Swap(_)) {
-        println!(
-            "{} is a swap area again (swapon it)",
-            place.holder.display()
-        );
+    };
+    let dev = place.holder.display();
+    if was_active {
+        // It was swapped on when the image was written: as it was.
+        kjump_writer::place::swap_on(&place.holder).map_err(Failure::error)?;
+        println!("{dev} is a swap area again, swapped on as before the hibernation");
+    } else if matches!(place.placement, Placement::Swap(_)) {
+        println!("{dev} is a swap area again (swapon it)");
     }
     Ok(())
 }

@@ -233,27 +233,37 @@ impl Place {
     }
 
     /// Gives a swap area held for an image back to swap: writes its
-    /// signature back. Nothing to do for other places.
-    pub fn release_swap(&self) -> Result<bool, PlaceError> {
+    /// signature back. `None` when there was nothing to give back (not a
+    /// swap area, or not held); else whether the area was swapped on when
+    /// kjump took it, so that the caller swaps it on again.
+    pub fn release_swap(&self) -> Result<Option<bool>, PlaceError> {
         if !matches!(self.placement, Placement::Swap(_)) {
-            return Ok(false);
+            return Ok(None);
         }
-        set_swap_signature(&self.holder, SwapSignature::Free)
+        let was = set_swap_signature(&self.holder, SwapSignature::Free)?;
+        Ok(was.is_held().then_some(was == SwapSignature::HeldWasActive))
     }
 
-    /// Marks a swap area as holding an image, so that `swapon` refuses it.
-    pub fn hold_swap(&self) -> Result<bool, PlaceError> {
+    /// Marks a swap area as holding an image, so that `swapon` refuses it,
+    /// noting whether it was swapped on before. Returns whether the
+    /// signature changed.
+    pub fn hold_swap(&self, was_active: bool) -> Result<bool, PlaceError> {
         if !matches!(self.placement, Placement::Swap(_)) {
             return Ok(false);
         }
-        set_swap_signature(&self.holder, SwapSignature::Held)
+        let to = if was_active {
+            SwapSignature::HeldWasActive
+        } else {
+            SwapSignature::Held
+        };
+        Ok(set_swap_signature(&self.holder, to)? != to)
     }
 }
 
-/// Rewrites the signature of the swap header on `device`; false when it
-/// was already so.
-fn set_swap_signature(device: &Path, to: SwapSignature) -> Result<bool, PlaceError> {
-    use kjump_image_format::placement::{HELD_SWAP_MAGIC, SWAP_MAGIC, SWAP_MAGIC_OFFSET};
+/// Rewrites the signature of the swap header on `device`; returns the one
+/// it had.
+fn set_swap_signature(device: &Path, to: SwapSignature) -> Result<SwapSignature, PlaceError> {
+    use kjump_image_format::placement::SWAP_MAGIC_OFFSET;
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -266,17 +276,13 @@ fn set_swap_signature(device: &Path, to: SwapSignature) -> Result<bool, PlaceErr
         why: "its swap header has no swap signature any more".into(),
     })?;
     if now == to {
-        return Ok(false);
+        return Ok(now);
     }
-    let magic = match to {
-        SwapSignature::Free => SWAP_MAGIC,
-        SwapSignature::Held => HELD_SWAP_MAGIC,
-    };
-    f.write_all_at(magic, SWAP_MAGIC_OFFSET as u64)
+    f.write_all_at(to.magic(), SWAP_MAGIC_OFFSET as u64)
         .map_err(io("writing the swap signature of", device))?;
     f.sync_data()
         .map_err(io("flushing the swap signature of", device))?;
-    Ok(true)
+    Ok(now)
 }
 
 /// Whether `path` (a device or a swap file) is listed as an active swap

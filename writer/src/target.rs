@@ -96,6 +96,8 @@ pub struct Target {
     segments: Option<Vec<Segment>>,
     /// How the image lies, for claiming and releasing a swap area.
     place: Option<Place>,
+    /// A swap area being claimed was swapped on before the capture.
+    swap_was_active: bool,
 }
 
 const NO_CUT: u64 = u64::MAX;
@@ -217,6 +219,7 @@ impl Target {
             budget: AtomicU64::new(NO_CUT),
             segments: None,
             place: None,
+            swap_was_active: false,
         })
     }
 
@@ -268,6 +271,7 @@ impl Target {
             budget: AtomicU64::new(NO_CUT),
             segments: Some(segments),
             place: Some(place.clone()),
+            swap_was_active: false,
         })
     }
 
@@ -275,7 +279,7 @@ impl Target {
     /// a swap area gets kjump's signature so that `swapon` leaves it alone.
     pub fn claim(&self) -> Result<(), TargetError> {
         if let Some(place) = &self.place {
-            if place.hold_swap()? {
+            if place.hold_swap(self.swap_was_active)? {
                 log::info!(
                     "{}: swap signature set aside for the image",
                     place.holder.display()
@@ -287,13 +291,22 @@ impl Target {
 
     /// Gives a swap area back once its image is resumed or discarded: its
     /// swap signature is written back. Nothing to do for other places.
-    pub fn release(&self) -> Result<(), TargetError> {
+    /// Returns whether the area was swapped on when kjump took it (and so
+    /// is to be swapped on again).
+    pub fn release(&self) -> Result<bool, TargetError> {
         if let Some(place) = &self.place {
-            if place.release_swap()? {
+            if let Some(was_active) = place.release_swap()? {
                 log::info!("{}: swap signature restored", place.holder.display());
+                return Ok(was_active);
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Notes that the swap area this target claims was swapped on before:
+    /// its held signature says so, for whoever gives it back.
+    pub fn set_swap_was_active(&mut self, yes: bool) {
+        self.swap_was_active = yes;
     }
 
     /// Whether writes currently bypass the page cache.
