@@ -578,3 +578,69 @@ fn the_default_kdf_fits_a_small_kernel() {
         Kdf::KeyFile => panic!("the default is for passphrases"),
     }
 }
+
+/// `--passphrase` asks on the terminal, with echo off: through a pseudo
+/// terminal (util-linux `script`), a capture asks twice and a verify once;
+/// a wrong passphrase is refused with exit 2 and the passphrase is never
+/// echoed.
+#[test]
+fn passphrase_asked_on_a_terminal() {
+    let has_script = Command::new("sh")
+        .args(["-c", "command -v script"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs util-linux's script"
+        );
+        return;
+    }
+    let dir = TempDir::new("enc-tty");
+    let mem = dir.0.join("mem");
+    std::fs::write(&mem, vec![0x5au8; 1 << 20]).unwrap();
+    let img = dir.0.join("img");
+    let kjump = env!("CARGO_BIN_EXE_kjump");
+    // Each line is typed a second after the last, as a person would type
+    // after the prompt: what arrives before echo is off is echoed.
+    let on_tty = |input: &str, cmd: String| {
+        let typed: String = input
+            .split("\\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("sleep 1; printf '%s\\n' '{l}'; "))
+            .collect();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("({typed}) | script -q -e -c \"{cmd}\" /dev/null"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = on_tty(
+        "tty-secret-42\\ntty-secret-42\\n",
+        format!(
+            "{kjump} capture --source {} --ranges 0x0-0xfffff --target {} --passphrase",
+            mem.display(),
+            img.display()
+        ),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("the same passphrase again"), "{out}");
+    assert!(!out.contains("tty-secret-42"), "echoed: {out}");
+    let verify = |pass: &str| {
+        on_tty(
+            &format!("{pass}\\n"),
+            format!("{kjump} verify {} --passphrase", img.display()),
+        )
+    };
+    let (code, out) = verify("tty-secret-42");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("encrypted and authentic"), "{out}");
+    let (code, out) = verify("tty-secret-41");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("wrong key or passphrase"), "{out}");
+    assert!(!out.contains("tty-secret"), "echoed: {out}");
+}

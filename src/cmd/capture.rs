@@ -111,7 +111,7 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
         place.describe(),
         opts.threads
     );
-    let secret = args.key.secret()?;
+    let secret = args.key.new_secret()?;
     let report = match &secret {
         None => capture(&source, &target, &metadata, &opts),
         Some(secret) => {

@@ -94,17 +94,6 @@ pub struct ResumeArgs {
     tty: Option<PathBuf>,
 }
 
-/// The terminal to ask on: this process's own, else the console (early in
-/// a boot there may be no controlling terminal).
-fn default_tty() -> PathBuf {
-    let own = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .is_ok();
-    PathBuf::from(if own { "/dev/tty" } else { "/dev/console" })
-}
-
 pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
     let opts = ResumeOptions {
         device: args.device,
@@ -115,7 +104,7 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
         force_stale: args.force_stale_filesystems,
         key_file: args.key_file,
         key_size: args.key_size,
-        tty: args.tty.unwrap_or_else(default_tty),
+        tty: args.tty.unwrap_or_else(super::default_tty),
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {
@@ -135,33 +124,16 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
 
 /// The secret to encrypt with: from the files named, or asked twice.
 fn encryption_secret(args: &HibernateArgs) -> Result<Option<Secret>, Failure> {
-    let named = args.key.secret()?;
+    let named = args.key.new_secret()?;
     if named.is_some() && !args.encrypt {
         return Err(Failure::error(anyhow::anyhow!(
-            "--key-file and --passphrase-file need --encrypt"
+            "--key-file, --passphrase-file and --passphrase need --encrypt"
         )));
     }
     if !args.encrypt || named.is_some() {
         return Ok(named);
     }
-    let tty = default_tty();
-    let ask = |prompt: &str| {
-        kjump_initramfs::prompt::read_secret_line(&tty, prompt)
-            .map_err(|e| anyhow::anyhow!("reading a passphrase from {}: {e}", tty.display()))?
-            .ok_or_else(|| {
-                anyhow::anyhow!("{} closed before a passphrase was given", tty.display())
-            })
-    };
-    let first = ask("kjump: passphrase for the image: ").map_err(Failure::error)?;
-    let again = ask("kjump: the same passphrase again: ").map_err(Failure::error)?;
-    if *first != *again {
-        return Err(Failure::error(anyhow::anyhow!(
-            "the two passphrases differ"
-        )));
-    }
-    Secret::passphrase(first.to_vec())
-        .map(Some)
-        .map_err(Failure::error)
+    super::ask_passphrase(true).map(Some)
 }
 
 pub fn run(args: HibernateArgs) -> Result<(), Failure> {

@@ -46,13 +46,63 @@ pub struct KeyArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
     pub key_file: Option<PathBuf>,
     /// File holding the passphrase of an encrypted image (a trailing newline is dropped)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
     pub passphrase_file: Option<PathBuf>,
+    /// Ask for the passphrase of an encrypted image on the terminal (echo off)
+    #[arg(long, conflicts_with_all = ["key_file", "passphrase_file"])]
+    pub passphrase: bool,
+}
+
+/// The terminal to ask on: this process's own, else the console (early in
+/// a boot there may be no controlling terminal).
+pub fn default_tty() -> PathBuf {
+    let own = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok();
+    PathBuf::from(if own { "/dev/tty" } else { "/dev/console" })
+}
+
+/// Asks for a passphrase on the terminal; `twice` for a new one, which
+/// must be typed the same way again.
+pub fn ask_passphrase(twice: bool) -> Result<Secret, Failure> {
+    let tty = default_tty();
+    let ask = |prompt: &str| {
+        kjump_initramfs::prompt::read_secret_line(&tty, prompt)
+            .map_err(|e| anyhow::anyhow!("reading a passphrase from {}: {e}", tty.display()))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} closed before a passphrase was given", tty.display())
+            })
+    };
+    let first = ask("kjump: passphrase for the image: ").map_err(Failure::error)?;
+    if twice {
+        let again = ask("kjump: the same passphrase again: ").map_err(Failure::error)?;
+        if *first != *again {
+            return Err(Failure::error(anyhow::anyhow!(
+                "the two passphrases differ"
+            )));
+        }
+    }
+    Secret::passphrase(first.to_vec()).map_err(Failure::error)
 }
 
 impl KeyArgs {
-    /// Reads the secret named, if any. Errors name the file, never its bytes.
+    /// The secret for a new image: as [`KeyArgs::secret`], but a passphrase
+    /// asked on the terminal is asked twice.
+    pub fn new_secret(&self) -> Result<Option<Secret>, Failure> {
+        if self.passphrase {
+            return ask_passphrase(true).map(Some);
+        }
+        self.secret()
+    }
+
+    /// Reads the secret named or asks for it, if any. Errors name the
+    /// file, never its bytes.
     pub fn secret(&self) -> Result<Option<Secret>, Failure> {
+        if self.passphrase {
+            return ask_passphrase(false).map(Some);
+        }
         let read = |path: &PathBuf, what: &str| {
             std::fs::read(path)
                 .with_context(|| format!("reading the {what} {}", path.display()))
