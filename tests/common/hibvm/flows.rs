@@ -281,16 +281,14 @@ pub fn check_committed_at(name: &str, at: &[&str], mode: &str) {
     );
 }
 
-/// A later boot: R0 finds the image, R restores it, A runs on with the
-/// same file and counter. Returns the boot's console.
-pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
-    let mut boot = Boot::start_opts(name, opts);
-    boot.wait_for("kjump: restore kernel started", PHASE);
-    boot.wait_for("kjump: verified in", PHASE);
+/// A back after a resume or a wake: waits for it to say RESUMED and to
+/// finish, and checks that its tmpfs file and counter went on and that it
+/// reads its image as consumed. Returns the boot's console.
+pub fn assert_resumed(name: &str, boot: &mut Boot, saved: &Saved) -> Vec<Line> {
     let resumed = boot.wait_for("RESUMED", PHASE);
     boot.wait_for("A: DONE", PHASE);
     boot.wait_exit(PHASE);
-    print_phases(&boot);
+    print_phases(boot);
     let lines = boot.lines();
     let (_, after) = split_at(&lines, resumed.at);
     assert_eq!(
@@ -299,8 +297,8 @@ pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
         "A's tmpfs file changed across the resume\n{}",
         boot.logs()
     );
-    assert_disk_works(&after, "consumed", &boot);
-    let resumed_counts = counts(&lines);
+    assert_disk_works(&after, "consumed", boot);
+    let resumed_counts = counts(&after);
     let first = *resumed_counts.first().unwrap_or(&0);
     assert!(
         first > saved.last_count && first <= saved.last_count + 3,
@@ -312,16 +310,26 @@ pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
         resumed_counts.windows(2).all(|w| w[1] == w[0] + 1),
         "the counter skipped: {resumed_counts:?}"
     );
-    assert!(
-        !lines.iter().any(|l| l.text.starts_with("A: RESUME-EXIT")),
-        "R0's kjump resume returned\n{}",
-        boot.logs()
-    );
     println!(
         "[{name}] resumed: md5 {} intact, counter {} -> {first}..{}",
         saved.md5,
         saved.last_count,
         resumed_counts.last().unwrap_or(&0)
+    );
+    lines
+}
+
+/// A later boot: R0 finds the image, R restores it, A runs on with the
+/// same file and counter. Returns the boot's console.
+pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
+    let mut boot = Boot::start_opts(name, opts);
+    boot.wait_for("kjump: restore kernel started", PHASE);
+    boot.wait_for("kjump: verified in", PHASE);
+    let lines = assert_resumed(name, &mut boot, saved);
+    assert!(
+        !lines.iter().any(|l| l.text.starts_with("A: RESUME-EXIT")),
+        "R0's kjump resume returned\n{}",
+        boot.logs()
     );
     lines
 }
