@@ -112,10 +112,26 @@ impl Place {
             Err(e) => return Err(io("opening", path)(e)),
         };
         let kind = meta.file_type();
-        if kind.is_block_device() || (kind.is_file() && map_at.is_some()) {
-            let dev = File::open(path).map_err(io("opening", path))?;
-            drop_cache(&dev);
-            let placement = detect(&dev, map_at).map_err(|source| PlaceError::Format {
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(PlaceError::Unsupported {
+                path: path.to_path_buf(),
+                why: "neither a regular file nor a block device".into(),
+            });
+        }
+        let file = File::open(path).map_err(io("opening", path))?;
+        if kind.is_block_device() {
+            drop_cache(&file);
+        }
+        let mut magic = [0u8; 8];
+        let file_target = kind.is_file()
+            && map_at.is_none()
+            && meta.len() >= MAP_LEN
+            && FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+            && &magic == MAP_MAGIC;
+        if !file_target {
+            // A device, or a copy of one in a file: whole, after a swap
+            // header, or a file's extents at `map_at`.
+            let placement = detect(&file, map_at).map_err(|source| PlaceError::Format {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -126,37 +142,13 @@ impl Place {
                 placement,
             });
         }
-        if !kind.is_file() {
-            return Err(PlaceError::Unsupported {
-                path: path.to_path_buf(),
-                why: "neither a regular file nor a block device".into(),
-            });
-        }
-        let file = File::open(path).map_err(io("opening", path))?;
-        let mut magic = [0u8; 8];
-        let mapped = meta.len() >= MAP_LEN
-            && FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
-            && &magic == MAP_MAGIC;
-        if !mapped {
-            // A copy of a swap partition holds its image after the header.
-            let placement = detect(&file, None).map_err(|source| PlaceError::Format {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            return Ok(Place {
-                named: path.to_path_buf(),
-                holder: path.to_path_buf(),
-                block_device: false,
-                placement,
-            });
-        }
         // The file's own copy of its map says where the file begins on the
         // device; the device's copy there is the one that counts.
         let mut own = vec![0u8; MAP_LEN as usize];
         FileExt::read_exact_at(&file, &mut own, 0)
             .map_err(io("reading the extent map of", path))?;
         let device = file_device(path, &meta)?;
-        // The first extent's device offset: the third u64 after the header.
+        // The first extent record's second field: its device offset.
         let mut first = [0u8; 8];
         first.copy_from_slice(&own[MAP_HEADER_LEN + 8..MAP_HEADER_LEN + 16]);
         let guess = ExtentMap::decode(&own, u64::from_le_bytes(first)).map_err(|source| {
