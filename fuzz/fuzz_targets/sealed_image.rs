@@ -1,0 +1,22 @@
+//! Any bytes as an encrypted image, opened with a fixed key file: the crypto
+//! area, the key check, the image seal and every sealed structure must be
+//! refused cleanly when they do not hold, and never panic or allocate beyond
+//! what the bytes describe. The seeds are images sealed with this key, so
+//! mutations reach the authenticated paths past the key check.
+#![no_main]
+
+use kjump_image_format::{Image, Secret};
+use libfuzzer_sys::fuzz_target;
+
+/// The seeds' key file: 32 bytes of 0x4b (`head -c 32 /dev/zero | tr '\0' K`).
+const KEY: [u8; 32] = [0x4b; 32];
+
+fuzz_target!(|data: &[u8]| {
+    let bytes = data.to_vec();
+    let Ok(secret) = Secret::key_file(KEY.to_vec()) else {
+        return;
+    };
+    if let Ok(image) = Image::open_with(&bytes, Some(&secret)) {
+        let _ = kjump_restorer::verify(&bytes, &image, 1, false);
+    }
+});
