@@ -536,16 +536,27 @@ impl<'a, R: ReadAt + ?Sized> Mapped<'a, R> {
     }
 }
 
+/// Fills `buf` from image offset `offset` of an image lying in `segments`
+/// of `dev`; a read past the segments is `UnexpectedEof`.
+pub fn read_mapped<R: ReadAt + ?Sized>(
+    dev: &R,
+    segments: &[Segment],
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    let len = buf.len();
+    for_each_piece(
+        segments,
+        offset,
+        len,
+        |dev_off, a, b| dev.read_exact_at(&mut buf[a..b], dev_off),
+        |_| std::io::ErrorKind::UnexpectedEof.into(),
+    )
+}
+
 impl<R: ReadAt + ?Sized> ReadAt for Mapped<'_, R> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let len = buf.len();
-        for_each_piece(
-            &self.segments,
-            offset,
-            len,
-            |dev_off, a, b| self.dev.read_exact_at(&mut buf[a..b], dev_off),
-            |_| std::io::ErrorKind::UnexpectedEof.into(),
-        )
+        read_mapped(self.dev, &self.segments, buf, offset)
     }
 
     fn size(&self) -> std::io::Result<u64> {

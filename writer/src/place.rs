@@ -13,8 +13,8 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use kjump_image_format::placement::{
-    detect, for_each_piece, swap_signature, Extent, ExtentMap, SwapSignature, MAP_HEADER_LEN,
-    MAP_LEN, MAP_MAGIC, SWAP_HEADER_LEN,
+    detect, read_mapped, swap_signature, Extent, ExtentMap, SwapSignature, MAP_HEADER_LEN, MAP_LEN,
+    MAP_MAGIC, SWAP_HEADER_LEN,
 };
 use kjump_image_format::{FormatError, Placement, ReadAt, Segment, BLOCK_SIZE};
 
@@ -329,14 +329,7 @@ impl PlaceReader {
 
 impl ReadAt for PlaceReader {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let len = buf.len();
-        for_each_piece(
-            &self.segments,
-            offset,
-            len,
-            |at, a, b| FileExt::read_exact_at(&self.file, &mut buf[a..b], at),
-            |_| std::io::ErrorKind::UnexpectedEof.into(),
-        )
+        read_mapped(&self.file, &self.segments, buf, offset)
     }
 
     fn size(&self) -> std::io::Result<u64> {
@@ -410,14 +403,10 @@ struct FiemapExtent {
     fe_reserved: [u32; 3],
 }
 
+/// struct fiemap with room for a batch of extents after it.
 #[repr(C)]
 struct Fiemap {
-    fm_start: u64,
-    fm_length: u64,
-    fm_flags: u32,
-    fm_mapped_extents: u32,
-    fm_extent_count: u32,
-    fm_reserved: u32,
+    header: FiemapHeader,
     fm_extents: [FiemapExtent; FIEMAP_BATCH],
 }
 
@@ -446,12 +435,14 @@ fn file_extents(file: &File, path: &Path, len: u64) -> Result<Vec<Extent>, Place
     let mut start = 0u64;
     while start < len {
         let mut fm = Box::new(Fiemap {
-            fm_start: start,
-            fm_length: len - start,
-            fm_flags: FIEMAP_FLAG_SYNC,
-            fm_mapped_extents: 0,
-            fm_extent_count: FIEMAP_BATCH as u32,
-            fm_reserved: 0,
+            header: FiemapHeader {
+                fm_start: start,
+                fm_length: len - start,
+                fm_flags: FIEMAP_FLAG_SYNC,
+                fm_mapped_extents: 0,
+                fm_extent_count: FIEMAP_BATCH as u32,
+                fm_reserved: 0,
+            },
             fm_extents: [FiemapExtent::default(); FIEMAP_BATCH],
         });
         // SAFETY: `fm` is a struct fiemap followed by room for
@@ -466,7 +457,7 @@ fn file_extents(file: &File, path: &Path, len: u64) -> Result<Vec<Extent>, Place
         .map_err(|e| {
             io("mapping the extents (FIEMAP) of", path)(std::io::Error::from_raw_os_error(e as i32))
         })?;
-        let n = (fm.fm_mapped_extents as usize).min(FIEMAP_BATCH);
+        let n = (fm.header.fm_mapped_extents as usize).min(FIEMAP_BATCH);
         if n == 0 {
             return Err(PlaceError::Unsupported {
                 path: path.to_path_buf(),
