@@ -3,10 +3,11 @@
 #
 # Generates (or reuses) a seeded memory dump with kjump-dumpgen, warms the page
 # cache with it, then runs each command RUNS times in turn and prints medians:
-# GB/s of dump bytes, output size and compression ratio, peak RSS. kjump's
-# capture, verify and export also run on an encrypted image of the same dump
-# (a key file, and for capture a passphrase with the default Argon2id cost),
-# and their times are compared with the unencrypted ones.
+# GB/s of dump bytes, wall and CPU seconds, output size and compression ratio,
+# peak RSS. kjump's capture, verify and export also run on an encrypted image
+# of the same dump (a key file, and for capture a passphrase with the default
+# Argon2id cost), and their times, alone and as a cycle, are compared with the
+# unencrypted ones.
 #
 # Every compressing/copying command ends durable: kjump capture fsyncs its
 # image before committing it, so each peer is followed by `sync -d OUTPUT`
@@ -110,24 +111,26 @@ prepare_dump() {
 }
 
 # Results, keyed by command name: space-separated per-run values.
-declare -A SECS RSS OUTBYTES
+declare -A SECS CPU RSS OUTBYTES
 NAMES=()
 
 # timed NAME OUTPUT COMMAND...: runs COMMAND under GNU time, records wall
-# seconds, peak RSS (KiB) and the size of OUTPUT ('-' for none).
+# seconds, CPU seconds (user + system), peak RSS (KiB) and the size of
+# OUTPUT ('-' for none).
 timed() {
     local name=$1 output=$2
     shift 2
     local log=$DIR/log.$name stats=$DIR/time.$name
     sync # outside the timed region: nothing dirty left from the last command
-    if ! "$TIME" -f '%e %M' -o "$stats" "$@" >"$log" 2>&1; then
+    if ! "$TIME" -f '%e %U %S %M' -o "$stats" "$@" >"$log" 2>&1; then
         tail -n 20 "$log" >&2
         die "'$name' failed: $*"
     fi
-    local secs kib
-    read -r secs kib <"$stats"
+    local secs user sys kib
+    read -r secs user sys kib <"$stats"
     [[ -v SECS[$name] ]] || NAMES+=("$name")
     SECS[$name]+="$secs "
+    CPU[$name]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') "
     RSS[$name]+="$kib "
     if [[ $output == - ]]; then
         OUTBYTES[$name]+="- "
@@ -197,21 +200,24 @@ print_environment() {
 }
 
 print_table() {
-    printf '%-14s %9s %9s %15s %8s %10s\n' command "GB/s" seconds "output bytes" ratio "RSS MiB"
-    local name secs out rss ratio
+    printf '%-14s %9s %9s %9s %15s %8s %10s\n' command "GB/s" seconds "cpu s" "output bytes" ratio "RSS MiB"
+    local name secs cpu out rss ratio
     for name in "${NAMES[@]}"; do
         # shellcheck disable=SC2086 # the values are space-separated on purpose
         secs=$(median ${SECS[$name]})
+        # shellcheck disable=SC2086
+        cpu=$(median ${CPU[$name]})
         # shellcheck disable=SC2086
         out=$(median ${OUTBYTES[$name]})
         # shellcheck disable=SC2086
         rss=$(median ${RSS[$name]})
         ratio=-
         [[ $out == - ]] || ratio=$(awk -v i="$INPUT_BYTES" -v o="$out" 'BEGIN { printf "%.2f", (o > 0 ? i / o : 0) }')
-        printf '%-14s %9s %9s %15s %8s %10s\n' "$name" "$(gbps "$secs")" "$secs" "$out" "$ratio" \
+        printf '%-14s %9s %9s %9s %15s %8s %10s\n' "$name" "$(gbps "$secs")" "$secs" "$cpu" "$out" "$ratio" \
             "$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')"
     done
-    echo "(GB/s = dump bytes / wall seconds for every row, GB = 1e9; ratio = dump bytes / output bytes)"
+    echo "(GB/s = dump bytes / wall seconds for every row, GB = 1e9; cpu s = user + system seconds;"
+    echo " ratio = dump bytes / output bytes)"
 }
 
 # ratio_line PEER: kjump capture's median throughput over PEER's.
@@ -243,6 +249,37 @@ print_ratios() {
     enc_line "kjump capture" "capture pass"
     enc_line "kjump verify" "verify enc"
     enc_line "kjump export" "export enc"
+    cycle_line
+}
+
+# run_sums TABLE NAME...: per run, the sum of NAME's values in TABLE (SECS
+# or CPU), one per line.
+run_sums() {
+    local -n table=$1
+    shift
+    local name
+    for name in "$@"; do
+        echo "${table[$name]}"
+    done | awk '{ for (i = 1; i <= NF; i++) sum[i] += $i; n = NF } END { for (i = 1; i <= n; i++) print sum[i] }'
+}
+
+# cycle_line: capture, verify and export (the write pass of a resume) run
+# back to back, plain against encrypted: the medians of the per-run sums,
+# in wall and in CPU seconds (the CPU figure shrugs off a busy neighbour).
+cycle_line() {
+    local what table p e
+    for what in wall cpu; do
+        table=SECS
+        [[ $what == cpu ]] && table=CPU
+        # shellcheck disable=SC2046 # one sum per line
+        p=$(median $(run_sums "$table" "kjump capture" "kjump verify" "kjump export"))
+        # shellcheck disable=SC2046
+        e=$(median $(run_sums "$table" "capture enc" "verify enc" "export enc"))
+        awk -v p="$p" -v e="$e" -v w="$what" 'BEGIN {
+            printf "cycle enc / plain (%-4s s):         %5.2fx time (%+.0f%%): %.2f s against %.2f\n",
+                w, e / p, (e / p - 1) * 100, e, p
+        }'
+    done
 }
 
 # enc_line PLAIN ENCRYPTED: how much longer the encrypted command took.
