@@ -8,9 +8,11 @@
 //! the metadata, index, trailer and superblock fields, ties every structure
 //! to the others. `FORMAT.md` is the normative description.
 
+use aes_gcm::aead::consts::U12;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::Aes256Gcm;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -348,7 +350,7 @@ fn master_key(
 /// The keys of one image. The AES key schedule and the seal key are wiped
 /// on drop; `Debug` shows nothing of them.
 pub struct ImageKeys {
-    cipher: LessSafeKey,
+    cipher: Aes256Gcm,
     seal_key: Zeroizing<[u8; 32]>,
     check: [u8; 32],
 }
@@ -359,7 +361,16 @@ impl std::fmt::Debug for ImageKeys {
     }
 }
 
+/// The cipher object holds the AES round keys and the GHASH key; it must
+/// wipe them when dropped. This fails to compile if it stops doing so.
+const _: () = {
+    const fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<Aes256Gcm>()
+};
+
 type HmacSha256 = Hmac<Sha256>;
+type Nonce = aes_gcm::Nonce<U12>;
+type Tag = aes_gcm::Tag;
 
 /// An image seal being computed: fed the sealed structures in their order.
 pub struct SealHasher(HmacSha256);
@@ -413,8 +424,7 @@ impl ImageKeys {
         expand(LABEL_SEAL, seal_key.as_mut())?;
         let mut check = [0u8; 32];
         expand(LABEL_CHECK, &mut check)?;
-        let cipher = UnboundKey::new(&AES_256_GCM, data.as_ref())
-            .map(LessSafeKey::new)
+        let cipher = Aes256Gcm::new_from_slice(data.as_ref())
             .map_err(|e| FormatError::Kdf(e.to_string()))?;
         Ok(ImageKeys {
             cipher,
@@ -480,13 +490,9 @@ impl ImageKeys {
         let n = nonce(DOMAIN_CHUNK, c.header.seq.into());
         let tag = self
             .cipher
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(n),
-                Aad::from(&aad),
-                &mut c.payload,
-            )
+            .encrypt_inout_detached(&Nonce::from(n), &aad, c.payload.as_mut_slice().into())
             .expect("a chunk is far below AES-GCM's 64 GiB message limit");
-        c.payload.extend_from_slice(tag.as_ref());
+        c.payload.extend_from_slice(&tag);
         c.header.payload_crc = crc32fast::hash(&c.payload);
     }
 
@@ -497,9 +503,9 @@ impl ImageKeys {
         let n = nonce(DOMAIN_METADATA, 0);
         let tag = self
             .cipher
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(uuid), &mut out)
+            .encrypt_inout_detached(&Nonce::from(n), uuid, out.as_mut_slice().into())
             .expect("metadata is far below AES-GCM's 64 GiB message limit");
-        out.extend_from_slice(tag.as_ref());
+        out.extend_from_slice(&tag);
         out
     }
 
@@ -516,14 +522,13 @@ impl ImageKeys {
         };
         let n = sealed.len().checked_sub(TAG_SIZE).ok_or_else(fail)?;
         let mut plain = Zeroizing::new(sealed[..n].to_vec());
-        let tag = tag_of(&sealed[n..]).ok_or_else(fail)?;
+        let tag = Tag::try_from(&sealed[n..]).map_err(|_| fail())?;
         self.cipher
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce(DOMAIN_METADATA, 0)),
-                Aad::from(uuid),
-                tag,
-                &mut plain,
-                0..,
+            .decrypt_inout_detached(
+                &Nonce::from(nonce(DOMAIN_METADATA, 0)),
+                uuid,
+                plain.as_mut_slice().into(),
+                &tag,
             )
             .map_err(|_aead_error_has_no_detail| fail())?;
         Ok(plain)
@@ -531,24 +536,13 @@ impl ImageKeys {
 
     fn open_in_place(&self, h: &ChunkHeader, buf: &mut [u8], tag: &[u8]) -> bool {
         let n = nonce(DOMAIN_CHUNK, h.seq.into());
-        let Some(tag) = tag_of(tag) else {
+        let Ok(tag) = Tag::try_from(tag) else {
             return false;
         };
         self.cipher
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(n),
-                Aad::from(&chunk_aad(h)),
-                tag,
-                buf,
-                0..,
-            )
+            .decrypt_inout_detached(&Nonce::from(n), &chunk_aad(h), buf.into(), &tag)
             .is_ok()
     }
-}
-
-/// A 16-byte tag from the bytes after a ciphertext.
-fn tag_of(bytes: &[u8]) -> Option<Tag> {
-    <[u8; TAG_SIZE]>::try_from(bytes).ok().map(Tag::from)
 }
 
 /// Checks, decrypts and decodes a sealed chunk's payload into `out`
