@@ -15,7 +15,7 @@ use std::process::Command;
 
 use fixture::{entry, hdr, put_u32, sb, Fixture, TempDir};
 use kjump_image_format::crypto::DEFAULT_KDF;
-use kjump_image_format::reader::read_superblock;
+use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{
     FormatError, Image, ImageState, Kdf, Secret, CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE,
 };
@@ -643,4 +643,84 @@ fn passphrase_asked_on_a_terminal() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("wrong key or passphrase"), "{out}");
     assert!(!out.contains("tty-secret"), "echoed: {out}");
+}
+
+#[test]
+fn the_resume_record_is_readable_without_the_key_and_sealed_with_the_rest() {
+    let dir = TempDir::new("enc-record");
+    std::fs::write(dir.join("memory"), fixture::memory()).unwrap();
+    let (src, mut meta) = fixture::source(&dir.join("memory"));
+    const REGION: &[u8] = b"0x2f000000-0x3effffff";
+    meta.extra
+        .push(("region".into(), String::from_utf8(REGION.to_vec()).unwrap()));
+    meta.extra
+        .push(("fs-fingerprint:/dev/vdb".into(), "ext4 mounts=3".into()));
+    let img = dir.join("img");
+    let k = key(KEY);
+    let enc = Encryption {
+        secret: &k,
+        kdf: Kdf::KeyFile,
+    };
+    let opts = fixture::options(fixture::UUID_A);
+    capture_encrypted(&src, &Target::open(&img).unwrap(), &meta, &opts, &enc).unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+
+    // Without the key: the ranges, the region and the fingerprint, and
+    // nothing else of the metadata.
+    let record = read_resume_record(bytes.as_slice()).unwrap();
+    assert_eq!(record, meta.resume_record());
+    assert_eq!(record.ranges, meta.ranges);
+    assert_eq!(record.extra.len(), 2, "{:?}", record.extra);
+    assert!(record.kernel_release.is_none() && record.jump_back_entry.is_none());
+    assert!(contains(&bytes, REGION));
+    for sealed in [
+        &b"6.1.0-kjump-test"[..],
+        b"negative tests",
+        b"corruption-test-memory",
+    ] {
+        assert!(!contains(&bytes, sealed));
+    }
+    // With the key the image opens whole, the record checked against the
+    // sealed metadata.
+    assert_eq!(outcome(&bytes, &k), "ok");
+
+    // A region changed behind the CRCs: a normal boot would read the forged
+    // one, and the key holder's open refuses the image.
+    let f = fixture_of(bytes.clone(), &k);
+    let at = bytes
+        .windows(REGION.len())
+        .position(|w| w == REGION)
+        .unwrap();
+    let mut b = f.copy();
+    b[at..at + REGION.len()].copy_from_slice(b"0x1f000000-0x3effffff");
+    f.resign_metadata(&mut b, f.layout.metadata_len as usize);
+    let forged = read_resume_record(b.as_slice()).unwrap();
+    assert_eq!(forged.get("region"), Some("0x1f000000-0x3effffff"));
+    assert_eq!(
+        outcome(&b, &k),
+        "Authentication(image seal (superblock, metadata, index and trailer)@0xf8)"
+    );
+    // Flipped without forging, the metadata CRC refuses it even keyless.
+    let mut b = f.copy();
+    b[at] ^= 1;
+    assert!(matches!(
+        read_resume_record(b.as_slice()),
+        Err(FormatError::Checksum { .. })
+    ));
+    // A record length that leaves no room for the sealed metadata's tag,
+    // or cuts a record, is refused; so is a record length of zero.
+    for bad in [f.layout.metadata_len as u32, 12] {
+        let mut b = f.copy();
+        put_u32(&mut b, 280, bad);
+        f.resign_superblock(&mut b);
+        let e = read_resume_record(b.as_slice()).unwrap_err();
+        assert!(e.to_string().contains("resume record length"), "{bad}: {e}");
+    }
+    let mut b = f.copy();
+    put_u32(&mut b, 280, 0);
+    f.resign_superblock(&mut b);
+    assert!(matches!(
+        read_resume_record(b.as_slice()),
+        Err(FormatError::NoResumeRecord)
+    ));
 }

@@ -2,9 +2,11 @@
 //! area, the key check, the image seal and every sealed structure must be
 //! refused cleanly when they do not hold, and never panic or allocate beyond
 //! what the bytes describe. The seeds are images sealed with this key, so
-//! mutations reach the authenticated paths past the key check.
+//! mutations reach the authenticated paths past the key check. The resume
+//! record, which a normal boot reads without the key, is read too.
 #![no_main]
 
+use kjump_image_format::reader::read_resume_record;
 use kjump_image_format::{Image, Secret};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,6 +15,7 @@ const KEY: [u8; 32] = [0x4b; 32];
 
 fuzz_target!(|data: &[u8]| {
     let bytes = data.to_vec();
+    let _ = read_resume_record(&bytes);
     let Ok(secret) = Secret::key_file(KEY.to_vec()) else {
         return;
     };

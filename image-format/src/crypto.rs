@@ -104,6 +104,9 @@ pub struct CryptoParams {
     /// HMAC-SHA256 over the metadata, index, trailer and superblock fields;
     /// zero until the commit.
     pub seal: [u8; 32],
+    /// Bytes of the metadata section that are the resume record: plain
+    /// metadata records after the sealed ones (0 in the writing state).
+    pub resume_record_len: u32,
 }
 
 /// Offsets inside the superblock of the crypto area (FORMAT.md).
@@ -117,7 +120,8 @@ pub(crate) mod area {
     pub const SALT: usize = 184;
     pub const CHECK: usize = 216;
     pub const SEAL: usize = 248;
-    pub const END: usize = 280;
+    pub const RESUME_RECORD_LEN: usize = 280;
+    pub const END: usize = 284;
 }
 
 impl CryptoParams {
@@ -139,6 +143,7 @@ impl CryptoParams {
         b[area::SALT..area::SALT + SALT_SIZE].copy_from_slice(&self.salt);
         b[area::CHECK..area::CHECK + 32].copy_from_slice(&self.check);
         b[area::SEAL..area::SEAL + 32].copy_from_slice(&self.seal);
+        put_u32(b, area::RESUME_RECORD_LEN, self.resume_record_len);
     }
 
     /// Reads and bounds the area: unknown codes and costs a small kernel
@@ -226,6 +231,7 @@ impl CryptoParams {
             salt: [0; SALT_SIZE],
             check: [0; 32],
             seal: [0; 32],
+            resume_record_len: u32_at(b, area::RESUME_RECORD_LEN),
         };
         p.salt
             .copy_from_slice(&b[area::SALT..area::SALT + SALT_SIZE]);
@@ -724,6 +730,7 @@ mod tests {
             salt: [2; SALT_SIZE],
             check: k.check_value(),
             seal: [0; 32],
+            resume_record_len: 0,
         };
         assert!(ImageKeys::unlock(&good, &params, &uuid).is_ok());
         let bad = Secret::passphrase(b"correct horse!".to_vec()).unwrap();

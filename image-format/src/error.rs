@@ -192,6 +192,10 @@ pub enum FormatError {
     /// The image is encrypted and no key or passphrase was given.
     #[error("image is encrypted: give --key-file or --passphrase-file")]
     KeyRequired,
+    /// An encrypted image without the plain resume record a normal boot
+    /// reads before the key is asked.
+    #[error("the encrypted image has no resume record (it was captured by an earlier kjump), so no boot can resume it; `kjump export` still reads it with its key")]
+    NoResumeRecord,
     /// The key or passphrase does not open the image: it fails the image's
     /// key check value. Nothing of the key is shown.
     #[error("wrong key or passphrase: it does not match the image's key check value (superblock offset {offset})")]

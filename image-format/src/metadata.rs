@@ -75,6 +75,17 @@ pub struct Metadata {
     pub extra: Vec<(String, String)>,
 }
 
+/// Key of the key/value record holding the capture kernel's region
+/// (`0xSTART-0xEND`, inclusive), which the restore kernel must run in.
+pub const KEY_REGION: &str = "region";
+/// Prefix of the keys of filesystem fingerprints (the rest is the device).
+pub const KEY_FS_FINGERPRINT: &str = "fs-fingerprint:";
+
+/// Whether a key/value record belongs to the resume record.
+pub fn in_resume_record(key: &str) -> bool {
+    key == KEY_REGION || key.starts_with(KEY_FS_FINGERPRINT)
+}
+
 fn push_record(out: &mut Vec<u8>, tag: Tag, flags: u16, value: &[u8]) {
     let mut h = [0u8; REC_HEADER];
     put_u16(&mut h, 0, tag as u16);
@@ -86,6 +97,32 @@ fn push_record(out: &mut Vec<u8>, tag: Tag, flags: u16, value: &[u8]) {
 }
 
 impl Metadata {
+    /// The resume record: what a normal boot needs to decide on a resume
+    /// and to confine the restore kernel, and nothing else: the ranges, the
+    /// capture region and the filesystem fingerprints. An encrypted image
+    /// stores it in the clear after its sealed metadata, so that the key is
+    /// asked by the restore kernel and not before (FORMAT.md).
+    pub fn resume_record(&self) -> Metadata {
+        Metadata {
+            ranges: self.ranges.clone(),
+            extra: self
+                .extra
+                .iter()
+                .filter(|(k, _)| in_resume_record(k))
+                .cloned()
+                .collect(),
+            ..Metadata::default()
+        }
+    }
+
+    /// The value of the first key/value record named `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Encodes the records.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -10,7 +10,7 @@ use crate::addr::{ImageOffset, Pfn};
 use crate::chunk::{chunk_count, chunk_specs, ChunkHeader, ChunkSpec, IndexEntry};
 use crate::crypto::{decode_sealed_chunk, ImageKeys, Secret};
 use crate::error::FormatError;
-use crate::metadata::{Metadata, MAX_METADATA_LEN};
+use crate::metadata::{in_resume_record, Metadata, MAX_METADATA_LEN};
 use crate::superblock::{ImageState, Superblock};
 use crate::trailer::{Trailer, TRAILER_SIZE};
 use crate::{
@@ -164,8 +164,9 @@ impl Image {
                 crc,
             ));
         }
+        let (sealed_part, record) = split_metadata(&sb, &meta_bytes)?;
         let sealed = match &keys {
-            Some(k) => Some(open_sealed(src, &sb, k, &meta_bytes, size)?),
+            Some(k) => Some(open_sealed(src, &sb, k, &meta_bytes, sealed_part, size)?),
             None => None,
         };
         let plain_meta = match &sealed {
@@ -173,6 +174,15 @@ impl Image {
             None => meta_bytes.as_slice(),
         };
         let metadata = Metadata::decode(plain_meta, l.metadata_offset)?;
+        if !record.is_empty() {
+            let at = l.metadata_offset + sealed_part.len() as u64;
+            if Metadata::decode(record, at)? != metadata.resume_record() {
+                return Err(FormatError::Metadata {
+                    offset: ImageOffset(at),
+                    reason: "the resume record disagrees with the sealed metadata".into(),
+                });
+            }
+        }
         let expected_chunks = chunk_count(&metadata.ranges);
         if expected_chunks != l.chunk_count {
             return Err(FormatError::mismatch(
@@ -477,11 +487,81 @@ fn read_index<R: ReadAt + ?Sized>(
 /// image seal is checked over metadata, index, trailer and superblock, and
 /// only then is the metadata decrypted. Returns the plain metadata and the
 /// index bytes.
+/// Splits an encrypted image's metadata section into its sealed part and
+/// its resume record (empty for a plain image, whose records are all plain).
+fn split_metadata<'a>(
+    sb: &Superblock,
+    meta_bytes: &'a [u8],
+) -> Result<(&'a [u8], &'a [u8]), FormatError> {
+    let Some(c) = &sb.crypto else {
+        return Ok((meta_bytes, &[]));
+    };
+    let len = c.resume_record_len as usize;
+    let limit = meta_bytes.len().saturating_sub(crate::crypto::TAG_SIZE);
+    if len > limit || len % 8 != 0 {
+        return Err(FormatError::InvalidValue {
+            what: "superblock",
+            field: "resume record length (a multiple of 8, leaving the sealed metadata its tag)",
+            offset: ImageOffset(crate::crypto::area::RESUME_RECORD_LEN as u64),
+            value: len as u64,
+        });
+    }
+    Ok(meta_bytes.split_at(meta_bytes.len() - len))
+}
+
+/// The resume record of the committed (or consumed) image in `src`: what a
+/// normal boot reads to decide on a resume and to confine the restore
+/// kernel, without the key of an encrypted image. Its bytes are checked
+/// against the metadata CRC here; the image seal, which covers them, is
+/// checked by whoever opens the image with its key. For a plain image it
+/// is drawn from the metadata.
+pub fn read_resume_record<R: ReadAt + ?Sized>(src: &R) -> Result<Metadata, FormatError> {
+    let sb = read_superblock(src)?;
+    if sb.state == ImageState::Writing {
+        return Err(FormatError::NotCommitted {
+            state: sb.state.name(),
+        });
+    }
+    let size = src.size().map_err(|source| FormatError::Io {
+        what: "image size",
+        offset: ImageOffset(0),
+        source,
+    })?;
+    let l = sb.layout;
+    check_layout(&sb, size)?;
+    let meta_bytes = read_region(src, "metadata", l.metadata_offset, l.metadata_len, size)?;
+    let crc = crc32fast::hash(&meta_bytes);
+    if crc != l.metadata_crc {
+        return Err(FormatError::checksum(
+            "metadata",
+            l.metadata_offset,
+            l.metadata_crc,
+            crc,
+        ));
+    }
+    let (sealed, record) = split_metadata(&sb, &meta_bytes)?;
+    if sb.crypto.is_none() {
+        return Ok(Metadata::decode(&meta_bytes, l.metadata_offset)?.resume_record());
+    }
+    if record.is_empty() {
+        return Err(FormatError::NoResumeRecord);
+    }
+    let record = Metadata::decode(record, l.metadata_offset + sealed.len() as u64)?;
+    if record.extra.iter().any(|(k, _)| !in_resume_record(k)) {
+        return Err(FormatError::Metadata {
+            offset: ImageOffset(l.metadata_offset + sealed.len() as u64),
+            reason: "the resume record holds a record that does not belong there".into(),
+        });
+    }
+    Ok(record)
+}
+
 fn open_sealed<R: ReadAt + ?Sized>(
     src: &R,
     sb: &Superblock,
     keys: &ImageKeys,
     meta_bytes: &[u8],
+    sealed_part: &[u8],
     size: u64,
 ) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), FormatError> {
     let l = sb.layout;
@@ -498,7 +578,7 @@ fn open_sealed<R: ReadAt + ?Sized>(
             offset: ImageOffset(crate::crypto::area::SEAL as u64),
         });
     }
-    let plain = keys.open_metadata(meta_bytes, &sb.uuid, l.metadata_offset)?;
+    let plain = keys.open_metadata(sealed_part, &sb.uuid, l.metadata_offset)?;
     Ok((plain, index_bytes))
 }
 

@@ -21,7 +21,7 @@ pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this build writes.
 pub const VERSION_MINOR: u16 = 0;
 /// Incompatible feature: the image is encrypted and authenticated; the
-/// crypto area (bytes 168..280) holds its parameters.
+/// crypto area (bytes 168..284) holds its parameters.
 pub const INCOMPAT_ENCRYPTED: u64 = 1;
 /// Incompatible features this build understands.
 pub const KNOWN_INCOMPAT: u64 = INCOMPAT_ENCRYPTED;
@@ -389,6 +389,7 @@ mod tests {
             salt: [1; 32],
             check: [2; 32],
             seal: [3; 32],
+            resume_record_len: 40,
         });
         let b = sb.encode();
         assert_eq!(u64_at(&b, OFF_INCOMPAT), INCOMPAT_ENCRYPTED);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kjump_image_format::reader::read_superblock;
+use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{FormatError, Image, ImageState, Kdf, Secret, Superblock, PAGE_SIZE};
 use kjump_restorer::ScanError;
 use kjump_writer::{Place, PlaceReader};
@@ -188,7 +188,26 @@ fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
             human(l.image_len),
             l.chunk_count
         );
-        println!("(encrypted: give --key-file or --passphrase-file to check it and see its ranges, kernel and metadata)");
+        let record = place
+            .reader()
+            .map_err(|e| e.to_string())
+            .and_then(|f| read_resume_record(&f).map_err(|e| e.to_string()));
+        match record {
+            Ok(r) => {
+                println!(
+                    "ranges:     {} (physical, inclusive; from the resume record, in the clear)",
+                    r.ranges.ranges().len()
+                );
+                for range in r.ranges.ranges() {
+                    println!("  {:>18} {:>12}", range.to_string(), human(range.len()));
+                }
+                for (k, v) in &r.extra {
+                    println!("meta:       {k}={v}");
+                }
+            }
+            Err(e) => println!("resume record: {e}"),
+        }
+        println!("(encrypted: give --key-file or --passphrase-file to check it and see its kernel and the rest of its metadata)");
         return;
     };
     let (l, m) = (&sb.layout, &image.metadata);

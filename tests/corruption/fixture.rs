@@ -327,6 +327,7 @@ pub fn sig(e: &FormatError) -> String {
             range,
         } => format!("OutsideRangeNotZero(chunk {index}@{offset} page {addr:#x} of {range})"),
         E::KeyRequired => "KeyRequired".into(),
+        E::NoResumeRecord => "NoResumeRecord".into(),
         E::WrongKey { offset } => format!("WrongKey(@{offset})"),
         E::KeyKind { sealed_with, given } => format!("KeyKind({sealed_with}, {given})"),
         E::Authentication { what, offset } => format!("Authentication({what}@{offset})"),

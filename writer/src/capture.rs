@@ -159,6 +159,7 @@ impl Sealing {
             salt,
             check: keys.check_value(),
             seal: [0; 32],
+            resume_record_len: 0,
         };
         Ok(Sealing { keys, params })
     }
@@ -223,10 +224,11 @@ fn capture_with(
     }
     let mut worst_case = worst_case_len(metadata).ok_or(CaptureError::TooLarge)?;
     if encryption.is_some() {
-        // A tag per chunk and one for the metadata.
+        // A tag per chunk and one for the metadata, and the resume record.
         let tags = (chunk_count(&metadata.ranges) + 1) * TAG_SIZE as u64;
+        let record = metadata.resume_record().encode().len() as u64;
         worst_case = worst_case
-            .checked_add(tags + 2 * BLOCK_SIZE as u64)
+            .checked_add(tags + record + 2 * BLOCK_SIZE as u64)
             .ok_or(CaptureError::TooLarge)?;
     }
     if let Some(capacity) = target.capacity() {
@@ -259,8 +261,18 @@ fn capture_with(
     target.sync()?;
 
     let keys = sealing.as_ref().map(|s| &s.keys);
+    // An encrypted image's metadata is sealed, then followed by its resume
+    // record in the clear (what a normal boot needs before the key is
+    // asked); the image seal covers both.
+    let mut resume_record_len = 0;
     let meta_bytes = match keys {
-        Some(k) => k.seal_metadata(&zeroize::Zeroizing::new(metadata.encode()), &opts.uuid),
+        Some(k) => {
+            let mut b = k.seal_metadata(&zeroize::Zeroizing::new(metadata.encode()), &opts.uuid);
+            let record = metadata.resume_record().encode();
+            resume_record_len = record.len() as u32;
+            b.extend_from_slice(&record);
+            b
+        }
         None => metadata.encode(),
     };
     let count = chunk_count(&metadata.ranges);
@@ -283,6 +295,8 @@ fn capture_with(
     sb.state = ImageState::Committed;
     sb.layout = layout;
     if let (Some(hasher), Some(mut params)) = (stream.seal, sb.crypto) {
+        params.resume_record_len = resume_record_len;
+        sb.crypto = Some(params);
         // The seal field is zero in what the seal covers.
         params.seal = hasher.finish(&sb.authenticated_fields());
         sb.crypto = Some(params);
