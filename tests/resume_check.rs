@@ -6,9 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::cores::TempDir;
+use kjump_image_format::{Kdf, Secret};
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Superblock};
 use kjump_initramfs::resume::{check, ResumeError};
-use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
+use kjump_writer::{capture, capture_encrypted, CaptureOptions, Encryption, MemorySource, Target};
 
 const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
                      000a0000-000fffff : Reserved\n00100000-3fffffff : System RAM\n";
@@ -19,6 +20,16 @@ fn range(start: u64, len: u64) -> PhysRange {
 
 /// An image of two ranges captured from a file standing in for /dev/mem.
 fn image(dir: &TempDir, name: &str, region: Option<&str>) -> std::path::PathBuf {
+    image_sealed(dir, name, region, None)
+}
+
+/// [`image`], encrypted under `key` when one is given.
+fn image_sealed(
+    dir: &TempDir,
+    name: &str,
+    region: Option<&str>,
+    key: Option<&Secret>,
+) -> std::path::PathBuf {
     let mem: Vec<u8> = (0..0x24_0000u32).map(|i| (i / 4096 % 7) as u8).collect();
     std::fs::write(dir.path("mem"), &mem).unwrap();
     let map = MemoryMap::from_sorted(vec![range(0x10_0000, 0x4_0000), range(0x20_0000, 0x4_0000)])
@@ -31,13 +42,17 @@ fn image(dir: &TempDir, name: &str, region: Option<&str>) -> std::path::PathBuf 
         meta.extra.push(("region".into(), r.into()));
     }
     let path = dir.path(name);
-    capture(
-        &source,
-        &Target::open(&path).unwrap(),
-        &meta,
-        &CaptureOptions::new(),
-    )
-    .unwrap();
+    let target = Target::open(&path).unwrap();
+    match key {
+        None => capture(&source, &target, &meta, &CaptureOptions::new()).unwrap(),
+        Some(secret) => {
+            let enc = Encryption {
+                secret,
+                kdf: Kdf::KeyFile,
+            };
+            capture_encrypted(&source, &target, &meta, &CaptureOptions::new(), &enc).unwrap()
+        }
+    };
     path
 }
 
@@ -117,4 +132,31 @@ fn bad_images_and_changed_machines_are_refused() {
     assert!(refused(&no_region, IOMEM).contains("records no capture region"));
     let inside = image(&dir, "inside", Some("0x100000-0x1ffffff"));
     assert!(refused(&inside, IOMEM).contains("overlap the restore kernel"));
+}
+
+#[test]
+fn an_encrypted_image_is_judged_without_its_key() {
+    let dir = TempDir::new("resume-sealed");
+    let key = Secret::key_file(vec![0x5a; 32]).unwrap();
+    let img = image_sealed(&dir, "img", Some("0x1000000-0x1ffffff"), Some(&key));
+    // The same plan as for a plain image, from the resume record; the
+    // kernel release is sealed, so R0 does not know it.
+    let (plan, release) = check(&img, None, IOMEM, false).unwrap().unwrap();
+    assert_eq!(release, "");
+    assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
+    assert_eq!(plan.region.to_string(), "0x1000000-0x1ffffff");
+    // The same refusals.
+    let small = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n";
+    assert!(refused(&img, small).contains("lacks 0x200000-0x23ffff"));
+    let inside = image_sealed(&dir, "inside", Some("0x100000-0x1ffffff"), Some(&key));
+    assert!(refused(&inside, IOMEM).contains("overlap the restore kernel"));
+    // A damaged resume record is refused by its CRC, without the key.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = bytes
+        .windows(19)
+        .position(|w| w == b"0x1000000-0x1ffffff")
+        .expect("the region in the clear");
+    bytes[at + 3] ^= 1;
+    std::fs::write(dir.path("flipped"), &bytes).unwrap();
+    assert!(refused(&dir.path("flipped"), IOMEM).contains("metadata"));
 }

@@ -20,7 +20,7 @@ const HEAD: usize = 64 << 10;
 const EXT_SUPER: usize = 1024;
 const EXT_MAGIC: u16 = 0xef53;
 /// Key prefix of fingerprints in an image's metadata.
-pub const META_PREFIX: &str = "fs-fingerprint:";
+pub const META_PREFIX: &str = kjump_image_format::metadata::KEY_FS_FINGERPRINT;
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])

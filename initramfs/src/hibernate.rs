@@ -405,6 +405,8 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
             kjump_image_format::Secret::KeyFile(_) => crate::manifest::SecretKind::KeyFile,
             kjump_image_format::Secret::Passphrase(_) => crate::manifest::SecretKind::Passphrase,
         }),
+        key_source: crate::manifest::KeySource::Initramfs,
+        tty: None,
         image_uuid: Some(uuid),
         swap_was_active: swap_active,
         mode: opts.mode,

@@ -26,7 +26,7 @@ use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target}
 use nix::mount::{mount, MsFlags};
 
 use crate::error_chain;
-use crate::manifest::{Manifest, Mode, SecretKind};
+use crate::manifest::{KeySource, Manifest, Mode, SecretKind};
 use kjump_image_format::{Kdf, Secret};
 
 /// A filesystem /init mounts.
@@ -88,6 +88,9 @@ struct Plan {
 struct State {
     entry: Option<u64>,
     restoring: bool,
+    /// In R: the normal boot's re-entry point while it can still take
+    /// control back (no byte of memory written yet).
+    hand_back: Option<u64>,
 }
 
 /// Runs /init. Never returns.
@@ -110,7 +113,12 @@ fn run(state: &mut State) -> Result<Plan, String> {
     if manifest.mode == Mode::Restore {
         state.restoring = true;
         say("restore kernel started");
-        return restore_phase(&manifest);
+        // The normal boot jumped here with its context preserved: until
+        // memory is written, a refusal hands control back to it.
+        state.hand_back = std::fs::read_to_string("/proc/cmdline")
+            .ok()
+            .and_then(|c| kexec::jump_back_entry(&c).ok());
+        return restore_phase(&manifest, state);
     }
     say("capture kernel started");
     let cmdline = std::fs::read_to_string("/proc/cmdline")
@@ -156,7 +164,10 @@ fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
     metadata.jump_back_entry = Some(entry);
     let extra = [
         ("mode", manifest.mode.name().to_string()),
-        ("region", manifest.region.clone()),
+        (
+            kjump_image_format::metadata::KEY_REGION,
+            manifest.region.clone(),
+        ),
         ("started-ns", manifest.started_ns.to_string()),
     ];
     metadata
@@ -213,18 +224,25 @@ fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, String> {
 }
 
 /// R: the image on the target back into memory.
-fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
+fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Plan, String> {
     let iomem =
         std::fs::read_to_string("/proc/iomem").map_err(|e| format!("reading /proc/iomem: {e}"))?;
     let own = ranges::parse_iomem("/proc/iomem", &iomem).map_err(|e| e.to_string())?;
-    say(format_args!(
-        "restoring {} (kernel {})",
-        manifest.target, manifest.kernel_release
-    ));
+    if manifest.kernel_release.is_empty() {
+        say(format_args!("restoring {}", manifest.target));
+    } else {
+        say(format_args!(
+            "restoring {} (kernel {})",
+            manifest.target, manifest.kernel_release
+        ));
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let place = Place::locate(Path::new(&manifest.target), manifest.target_offset)
         .map_err(|e| error_chain(&e))?;
-    let secret = manifest.encrypt.map(take_secret).transpose()?;
+    let secret = match manifest.encrypt {
+        None => None,
+        Some(kind) => Some(restore_secret(manifest, kind, &place)?),
+    };
     let report = kjump_restorer::restore::restore_with_key(
         &place,
         Path::new("/dev/mem"),
@@ -232,8 +250,14 @@ fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
         threads,
         secret.as_ref(),
     )
-    .map_err(|e| error_chain(&e))?;
+    .map_err(|e| {
+        if !e.memory_untouched() {
+            state.hand_back = None;
+        }
+        error_chain(&e)
+    })?;
     drop(secret);
+    state.hand_back = None;
     let mb = report.bytes as f64 / 1e6;
     say(format_args!(
         "verified in {:.2} s, wrote {mb:.0} MB of memory in {:.2} s ({:.0} MB/s)",
@@ -245,6 +269,67 @@ fn restore_phase(manifest: &Manifest) -> Result<Plan, String> {
         mode: Mode::Restore,
         entry: report.entry,
     })
+}
+
+/// R: the secret of an encrypted image, from where the manifest says. A
+/// passphrase is asked on the console (echo off) and checked against the
+/// image's key check value, up to three times; an empty line gives up.
+fn restore_secret(manifest: &Manifest, kind: SecretKind, place: &Place) -> Result<Secret, String> {
+    let params = || -> Result<_, String> {
+        let file = place.reader().map_err(|e| error_chain(&e))?;
+        let sb = kjump_image_format::reader::read_superblock(&file).map_err(|e| e.to_string())?;
+        let crypto = sb
+            .crypto
+            .ok_or_else(|| format!("the image on {} is not encrypted", place.describe()))?;
+        Ok((crypto, sb.uuid))
+    };
+    let unlock = |secret: Secret| -> Result<Secret, String> {
+        let (crypto, uuid) = params()?;
+        kjump_image_format::ImageKeys::unlock(&secret, &crypto, &uuid)
+            .map(|_| secret)
+            .map_err(|e| error_chain(&e))
+    };
+    match (&manifest.key_source, kind) {
+        (KeySource::Initramfs, _) => take_secret(kind),
+        (KeySource::Device { device, size }, SecretKind::KeyFile) => {
+            let bytes = read_key_device(Path::new(device), *size)?;
+            say(format_args!("read the key from {device} ({size} bytes)"));
+            let mut bytes = bytes;
+            unlock(Secret::key_file(std::mem::take(&mut *bytes)).map_err(|e| e.to_string())?)
+        }
+        (KeySource::Ask, SecretKind::Passphrase) => {
+            let tty = manifest.tty.as_deref().unwrap_or("/dev/console");
+            let prompt = format!(
+                "kjump: passphrase for the encrypted image on {} (an empty line boots without resuming): ",
+                place.describe()
+            );
+            crate::prompt::ask(
+                Path::new(tty),
+                &prompt,
+                crate::resume::PASSPHRASE_TRIES,
+                |mut line| {
+                    unlock(
+                        Secret::passphrase(std::mem::take(&mut *line))
+                            .map_err(|e| e.to_string())?,
+                    )
+                },
+            )
+        }
+        (source, kind) => Err(format!(
+            "the manifest pairs a {} with key source {source:?}",
+            kind.name()
+        )),
+    }
+}
+
+/// The first `size` bytes of a device holding a key file.
+fn read_key_device(device: &Path, size: usize) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; size]);
+    std::fs::File::open(device)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("reading {size} key bytes from {}: {e}", device.display()))?;
+    Ok(bytes)
 }
 
 /// The secret of an encrypted image, which the saved or normal kernel put
@@ -354,6 +439,16 @@ fn countdown(what: &str) {
 }
 
 fn fail(what: impl fmt::Display, state: &State) -> ! {
+    if let Some(entry) = state.hand_back {
+        say(format_args!("not resuming: {what}"));
+        say(format_args!(
+            "memory is untouched: handing control back to the normal boot at {entry:#x}"
+        ));
+        jump_back(entry);
+        say("the hand-back failed");
+        countdown("restarting into a normal boot");
+        restart_now();
+    }
     if state.restoring {
         say(format_args!("resume failed: {what}"));
         countdown("restarting into a normal boot");

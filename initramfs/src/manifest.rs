@@ -86,9 +86,15 @@ pub struct Manifest {
     /// Block devices the saved kernel had filesystems mounted on, whose
     /// fingerprints the capture records for the stale-filesystem guard.
     pub filesystems: Vec<String>,
-    /// The image is encrypted with the secret the initramfs carries
-    /// (optional key `encrypt`).
+    /// The image is encrypted with this kind of secret (optional key
+    /// `encrypt`).
     pub encrypt: Option<SecretKind>,
+    /// Where the secret of an encrypted image comes from (optional key
+    /// `key`: `initramfs`, the default, `ask`, or `device:DEV:BYTES`).
+    pub key_source: KeySource,
+    /// The terminal a passphrase is asked on (optional key `tty`; default
+    /// /dev/console).
+    pub tty: Option<String>,
     /// The uuid the image gets, so that the saved kernel can tell its own
     /// image (optional key `image-uuid`, 32 hex digits).
     pub image_uuid: Option<[u8; 16]>,
@@ -104,6 +110,49 @@ pub enum SecretKind {
     KeyFile,
     /// A passphrase.
     Passphrase,
+}
+
+/// Where the secret of an encrypted image comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum KeySource {
+    /// The initramfs carries it (etc/kjump/secret), put there in RAM by
+    /// the kernel that loaded this one.
+    #[default]
+    Initramfs,
+    /// Asked on the terminal (a passphrase).
+    Ask,
+    /// The first `size` bytes of a block device (a key file).
+    Device {
+        /// The device, as the kernel names it.
+        device: String,
+        /// Bytes of it that are the key.
+        size: usize,
+    },
+}
+
+impl KeySource {
+    fn encode(&self) -> Option<String> {
+        match self {
+            KeySource::Initramfs => None,
+            KeySource::Ask => Some("ask".into()),
+            KeySource::Device { device, size } => Some(format!("device:{device}:{size}")),
+        }
+    }
+
+    fn parse(v: &str) -> Option<KeySource> {
+        match v {
+            "initramfs" => Some(KeySource::Initramfs),
+            "ask" => Some(KeySource::Ask),
+            _ => {
+                let (device, size) = v.strip_prefix("device:")?.rsplit_once(':')?;
+                let size = size.parse().ok().filter(|&n| n > 0)?;
+                (!device.is_empty()).then(|| KeySource::Device {
+                    device: device.into(),
+                    size,
+                })
+            }
+        }
+    }
 }
 
 impl SecretKind {
@@ -150,6 +199,12 @@ impl Manifest {
         if let Some(k) = self.encrypt {
             let _ = writeln!(s, "encrypt={}", k.name());
         }
+        if let Some(k) = self.key_source.encode() {
+            let _ = writeln!(s, "key={k}");
+        }
+        if let Some(t) = &self.tty {
+            let _ = writeln!(s, "tty={t}");
+        }
         if let Some(u) = &self.image_uuid {
             let _ = writeln!(s, "image-uuid={}", uuid_hex(u));
         }
@@ -161,12 +216,14 @@ impl Manifest {
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 12] = [
+        let mut fields: [(&str, Option<(usize, &str)>); 14] = [
             ("version", None),
             ("mode", None),
             ("target", None),
             ("target-offset", None),
             ("encrypt", None),
+            ("key", None),
+            ("tty", None),
             ("image-uuid", None),
             ("swap-was-active", None),
             ("ram", None),
@@ -248,6 +305,13 @@ impl Manifest {
             }
             Err(_) => None,
         };
+        let key_source = match get("key") {
+            Ok((line, v)) => KeySource::parse(v).ok_or_else(|| ManifestError {
+                line,
+                reason: format!("key {v:?} is not initramfs, ask or device:DEV:BYTES"),
+            })?,
+            Err(_) => KeySource::Initramfs,
+        };
         let image_uuid = match get("image-uuid") {
             Ok((line, v)) => Some(parse_uuid(v).ok_or_else(|| ManifestError {
                 line,
@@ -281,6 +345,8 @@ impl Manifest {
                 .map(String::from)
                 .collect(),
             encrypt,
+            key_source,
+            tty: get("tty").ok().map(|(_, v)| v.to_string()),
             image_uuid,
         })
     }
@@ -301,6 +367,8 @@ mod tests {
             started_ns: 42,
             filesystems: vec!["/dev/vdb".into(), "/dev/vda1".into()],
             encrypt: None,
+            key_source: KeySource::Initramfs,
+            tty: None,
             image_uuid: None,
             swap_was_active: false,
         }
@@ -330,6 +398,42 @@ mod tests {
         assert!(e.to_string().contains("not key-file or passphrase"), "{e}");
         let e = Manifest::parse(&text.replace("image-uuid=3031", "image-uuid=zz31")).unwrap_err();
         assert!(e.to_string().contains("not 32 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn key_sources_round_trip() {
+        let mut m = sample();
+        m.mode = Mode::Restore;
+        m.encrypt = Some(SecretKind::KeyFile);
+        for source in [
+            KeySource::Initramfs,
+            KeySource::Ask,
+            KeySource::Device {
+                device: "/dev/vdc".into(),
+                size: 64,
+            },
+        ] {
+            m.key_source = source;
+            m.tty = Some("/dev/ttyS0".into());
+            assert_eq!(Manifest::parse(&m.encode()).unwrap(), m);
+        }
+        assert!(m
+            .encode()
+            .contains("key=device:/dev/vdc:64\ntty=/dev/ttyS0\n"));
+        for bad in [
+            "device:/dev/vdc",
+            "device:/dev/vdc:0",
+            "device::64",
+            "prompt",
+        ] {
+            let text = m.encode().replace("device:/dev/vdc:64", bad);
+            let e = Manifest::parse(&text).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("not initramfs, ask or device:DEV:BYTES"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

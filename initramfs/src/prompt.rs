@@ -55,7 +55,8 @@ pub fn read_secret_line(tty: &Path, prompt: &str) -> std::io::Result<Option<Zero
 
 /// Asks up to `tries` times for a secret on `tty`, until `accept` takes
 /// one; `accept` returns why it refused, which is shown before the next
-/// try. Returns the accepted value, or the last refusal.
+/// try. Returns the accepted value, or the last refusal. An empty line
+/// stops asking at once: it is how a user says "not now".
 pub fn ask<T>(
     tty: &Path,
     prompt: &str,
@@ -72,6 +73,9 @@ pub fn ask<T>(
                 tty.display()
             ));
         };
+        if line.is_empty() {
+            return Err("no passphrase was given".into());
+        }
         match accept(line) {
             Ok(v) => return Ok(v),
             Err(why) => {

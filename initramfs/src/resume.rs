@@ -1,18 +1,31 @@
 //! `kjump resume`, early in a normal boot (R0): find a committed image and
-//! kexec the restore kernel R into the same confinement the capture kernel
-//! had. Anything short of a whole image on the same memory layout is
+//! kexec-jump into the restore kernel R, confined as the capture kernel
+//! was. Anything short of a whole image on the same memory layout is
 //! reported and the normal boot goes on.
+//!
+//! R0 never holds the key of an encrypted image. It decides from the
+//! image's resume record (ranges, capture region, filesystem fingerprints,
+//! readable without the key), and R asks for the passphrase on the console
+//! or reads the key from a named device, then authenticates everything,
+//! the record included, before it writes memory. Because R0 jumps with its
+//! context preserved, R hands control back to it when it does not resume
+//! (no passphrase, a wrong one three times, a failed check): the normal
+//! boot then goes on where it stopped.
 
 use std::path::PathBuf;
 
+use kjump_image_format::metadata::{KEY_FS_FINGERPRINT, KEY_REGION};
 use kjump_image_format::placement::SwapSignature;
+use kjump_image_format::reader::read_resume_record;
 use kjump_image_format::reader::read_superblock;
-use kjump_image_format::{Image, ImageKeys, ImageState, PhysAddr, PhysRange, Placement, Secret};
+use kjump_image_format::{
+    Image, ImageKeys, ImageState, Kdf, PhysAddr, PhysRange, Placement, Secret,
+};
 use kjump_restorer::kexec;
 use kjump_writer::{ranges, Place};
 
 use crate::hibernate::{capture_cmdline, JumpPlan};
-use crate::manifest::{Manifest, Mode, SecretKind};
+use crate::manifest::{KeySource, Manifest, Mode, SecretKind};
 
 /// What `resume` found or did.
 #[derive(Debug)]
@@ -57,17 +70,19 @@ pub struct ResumeOptions {
     pub dry_run: bool,
     /// Resume even when a filesystem changed since the hibernation.
     pub force_stale: bool,
-    /// For an encrypted image: its key file (or a device holding it, with
-    /// `key_size`); without one, the passphrase is asked on `tty`.
+    /// For an encrypted image: its key file, or a device holding it (with
+    /// `key_size`), which R reads itself; without one, R asks for the
+    /// passphrase on `tty`.
     pub key_file: Option<PathBuf>,
     /// Bytes of `key_file` that are the key (all of a regular file when
     /// `None`; required for a device).
     pub key_size: Option<usize>,
-    /// Where the passphrase is asked.
-    pub tty: PathBuf,
+    /// The terminal R asks the passphrase on, as R names it
+    /// (default /dev/console).
+    pub tty: Option<PathBuf>,
 }
 
-/// Passphrase attempts before the normal boot goes on.
+/// Passphrase attempts before R hands back to the normal boot.
 pub const PASSPHRASE_TRIES: u32 = 3;
 
 fn parse_region(text: &str) -> Option<PhysRange> {
@@ -76,31 +91,42 @@ fn parse_region(text: &str) -> Option<PhysRange> {
 }
 
 /// What [`check`] decided: resume under this plan (with the saved
-/// kernel's release), or nothing to resume and why.
+/// kernel's release, empty for an encrypted image, whose release is
+/// sealed), or nothing to resume and why.
 pub type Decision = Result<(JumpPlan, String), String>;
+
+/// A resumable image, as R0 sees it.
+struct Found {
+    plan: JumpPlan,
+    release: String,
+    /// How an encrypted image's key is derived; `None` for a plain image.
+    kdf: Option<Kdf>,
+}
 
 /// Checks the image on `device` against this machine's /proc/iomem text;
 /// returns the plan R will run under.
 ///
 /// With `force_stale`, a filesystem that changed since the hibernation is
 /// reported but does not stop the resume.
+///
+/// A plain image is verified whole here. An encrypted one is judged by its
+/// resume record, whose bytes its metadata CRC covers; R checks the image
+/// seal over it, and every chunk, with the key.
 pub fn check(
     device_path: &std::path::Path,
     offset: Option<u64>,
     iomem: &str,
     force_stale: bool,
 ) -> Result<Decision, ResumeError> {
-    check_with(device_path, offset, iomem, force_stale, None)
+    Ok(examine(device_path, offset, iomem, force_stale)?.map(|f| (f.plan, f.release)))
 }
 
-/// [`check`], with the secret of an encrypted image.
-pub fn check_with(
+fn examine(
     device_path: &std::path::Path,
     offset: Option<u64>,
     iomem: &str,
     force_stale: bool,
-    secret: Option<&Secret>,
-) -> Result<Decision, ResumeError> {
+) -> Result<Result<Found, String>, ResumeError> {
     let place = match Place::locate(device_path, offset) {
         Ok(p) => p,
         Err(e) => return Ok(Err(format!("no image found: {}", crate::error_chain(&e)))),
@@ -141,19 +167,22 @@ pub fn check_with(
         }
         ImageState::Committed => {}
     }
-    let image = Image::open_with(&file, secret).map_err(|e| refuse(crate::error_chain(&e)))?;
-    kjump_restorer::verify(&file, &image, 2, false).map_err(|e| refuse(crate::error_chain(&e)))?;
-    let meta = &image.metadata;
-    let region = meta
-        .extra
-        .iter()
-        .find(|(k, _)| k == "region")
-        .and_then(|(_, v)| parse_region(v))
-        .ok_or_else(|| {
-            refuse(
-                "the image records no capture region: it was not written by kjump hibernate".into(),
-            )
-        })?;
+    let (meta, release) = match &sb.crypto {
+        None => {
+            let image = Image::open(&file).map_err(|e| refuse(crate::error_chain(&e)))?;
+            kjump_restorer::verify(&file, &image, 2, false)
+                .map_err(|e| refuse(crate::error_chain(&e)))?;
+            let release = image.metadata.kernel_release.clone().unwrap_or_default();
+            (image.metadata, release)
+        }
+        Some(_) => (
+            read_resume_record(&file).map_err(|e| refuse(crate::error_chain(&e)))?,
+            String::new(),
+        ),
+    };
+    let region = meta.get(KEY_REGION).and_then(parse_region).ok_or_else(|| {
+        refuse("the image records no capture region: it was not written by kjump hibernate".into())
+    })?;
     let ram = ranges::memory_map(
         ranges::parse_iomem("/proc/iomem", iomem).map_err(|e| refuse(e.to_string()))?,
     );
@@ -194,7 +223,7 @@ pub fn check_with(
         .extra
         .iter()
         .filter_map(|(k, v)| {
-            let dev = k.strip_prefix(crate::fsguard::META_PREFIX)?;
+            let dev = k.strip_prefix(KEY_FS_FINGERPRINT)?;
             Some((dev.to_string(), v.clone()))
         })
         .collect();
@@ -206,51 +235,69 @@ pub fn check_with(
         }
         eprintln!("kjump: resuming despite a changed filesystem, as forced: {change}");
     }
-    Ok(Ok((plan, meta.kernel_release.clone().unwrap_or_default())))
+    Ok(Ok(Found {
+        plan,
+        release,
+        kdf: sb.crypto.map(|c| c.kdf),
+    }))
 }
 
-/// The secret of the image on the device, when it is a committed,
-/// encrypted one: the key file named, or a passphrase asked on the
-/// terminal, each checked against the image's key check value. `None` for
-/// anything else, which [`check`] then judges.
-fn image_secret(opts: &ResumeOptions) -> Result<Option<Secret>, ResumeError> {
-    let Ok(place) = Place::locate(&opts.device, opts.offset) else {
-        return Ok(None);
+/// Where R gets the key of an encrypted image sealed with `kdf`: a key in
+/// a regular file is read here, checked against the image's key check
+/// value and handed over in R's in-memory initramfs (R cannot reach R0's
+/// files); a device is named for R to read; a passphrase is asked by R.
+fn key_source(
+    opts: &ResumeOptions,
+    kdf: Kdf,
+    refuse: impl Fn(String) -> ResumeError,
+) -> Result<(KeySource, Option<Secret>), ResumeError> {
+    let Some(path) = &opts.key_file else {
+        return match kdf {
+            Kdf::Argon2id { .. } => Ok((KeySource::Ask, None)),
+            Kdf::KeyFile => Err(refuse(
+                "the image is sealed with a key file: give --key-file (a file, or a device with --key-size)"
+                    .into(),
+            )),
+        };
     };
-    let Ok(file) = place.reader() else {
-        return Ok(None);
-    };
-    let sb = match read_superblock(&file) {
-        Ok(sb) if sb.state == ImageState::Committed => sb,
-        _ => return Ok(None),
-    };
-    let Some(params) = sb.crypto.as_ref() else {
-        return Ok(None);
-    };
-    let refuse = |reason: String| ResumeError::Refused {
-        device: place.describe(),
-        reason,
-    };
-    let unlock = |secret: Secret| {
-        ImageKeys::unlock(&secret, params, &sb.uuid)
-            .map(|_| secret)
-            .map_err(|e| crate::error_chain(&e))
-    };
-    if let Some(path) = &opts.key_file {
-        let bytes = read_key(path, opts.key_size).map_err(refuse)?;
-        let secret = Secret::key_file(bytes).map_err(|e| refuse(e.to_string()))?;
-        return unlock(secret).map(Some).map_err(refuse);
+    if matches!(kdf, Kdf::Argon2id { .. }) {
+        return Err(refuse(format!(
+            "the image is sealed with a passphrase, not a key file ({} was given); leave out --key-file and the restore kernel asks for it",
+            path.display()
+        )));
     }
-    let prompt = format!(
-        "kjump: passphrase for the encrypted image on {}: ",
-        place.describe()
-    );
-    crate::prompt::ask(&opts.tty, &prompt, PASSPHRASE_TRIES, |mut line| {
-        let secret = Secret::passphrase(std::mem::take(&mut *line)).map_err(|e| e.to_string())?;
-        unlock(secret)
-    })
-    .map(Some)
-    .map_err(refuse)
+    let is_dev = std::fs::metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if is_dev {
+        let size = opts.key_size.ok_or_else(|| {
+            refuse(format!(
+                "{} is a device: say how many of its bytes are the key (--key-size)",
+                path.display()
+            ))
+        })?;
+        return Ok((
+            KeySource::Device {
+                device: crate::kernel_name(path),
+                size,
+            },
+            None,
+        ));
+    }
+    let bytes = read_key(path, opts.key_size).map_err(&refuse)?;
+    let secret = Secret::key_file(bytes).map_err(|e| refuse(e.to_string()))?;
+    Ok((KeySource::Initramfs, Some(secret)))
+}
+
+/// Checks a key file given to R0 against the image's key check value, so
+/// that a wrong one is refused before R is loaded.
+fn check_key(opts: &ResumeOptions, secret: &Secret) -> Result<(), String> {
+    let place = Place::locate(&opts.device, opts.offset).map_err(|e| crate::error_chain(&e))?;
+    let file = place.reader().map_err(|e| crate::error_chain(&e))?;
+    let sb = read_superblock(&file).map_err(|e| e.to_string())?;
+    let params = sb.crypto.ok_or("the image is not encrypted")?;
+    ImageKeys::unlock(secret, &params, &sb.uuid)
+        .map(drop)
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// Reads a key: all of a regular file, or `size` bytes of a file or device.
@@ -282,25 +329,29 @@ fn read_key(path: &std::path::Path, size: Option<usize>) -> Result<Vec<u8>, Stri
     Ok(bytes)
 }
 
-/// Runs R0. Returns only when there is nothing to resume, on a dry run, or
-/// on failure; otherwise the machine is in R.
+/// Runs R0. Returns when there is nothing to resume, on a dry run, on
+/// failure, or when R handed control back without resuming; otherwise the
+/// machine is in R, and then in the saved kernel.
 pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
-    let iomem = std::fs::read_to_string("/proc/iomem").map_err(|e| ResumeError::Refused {
-        device: opts.device.display().to_string(),
-        reason: format!("reading /proc/iomem: {e}"),
-    })?;
-    let secret = image_secret(opts)?;
-    let decision = check_with(
-        &opts.device,
-        opts.offset,
-        &iomem,
-        opts.force_stale,
-        secret.as_ref(),
-    )?;
-    let (plan, release) = match decision {
-        Ok(p) => p,
+    let shown = opts.device.display().to_string();
+    let refuse = |reason: String| ResumeError::Refused {
+        device: shown.clone(),
+        reason,
+    };
+    let iomem = std::fs::read_to_string("/proc/iomem")
+        .map_err(|e| refuse(format!("reading /proc/iomem: {e}")))?;
+    let found = match examine(&opts.device, opts.offset, &iomem, opts.force_stale)? {
+        Ok(f) => f,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };
+    let (key_source, secret) = match found.kdf {
+        None => (KeySource::Initramfs, None),
+        Some(kdf) => key_source(opts, kdf, refuse)?,
+    };
+    if let Some(s) = &secret {
+        check_key(opts, s).map_err(refuse)?;
+    }
+    let plan = found.plan;
     let cmdline = capture_cmdline(
         &plan,
         &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
@@ -309,10 +360,12 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         mode: Mode::Restore,
         target: crate::kernel_name(opts.device.as_path()),
         target_offset: opts.offset,
-        encrypt: secret.as_ref().map(|s| match s {
-            Secret::KeyFile(_) => SecretKind::KeyFile,
-            Secret::Passphrase(_) => SecretKind::Passphrase,
+        encrypt: found.kdf.map(|k| match k {
+            Kdf::KeyFile => SecretKind::KeyFile,
+            Kdf::Argon2id { .. } => SecretKind::Passphrase,
         }),
+        key_source,
+        tty: opts.tty.as_ref().map(|t| t.display().to_string()),
         image_uuid: None,
         swap_was_active: false,
         ram: plan.ram_list(),
@@ -321,13 +374,14 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
             plan.region.start().0,
             plan.region.end().0 - 1
         ),
-        kernel_release: release,
+        kernel_release: found.release,
         started_ns: kjump_writer::now_ns(),
         filesystems: Vec::new(),
     };
+    // Preserve-context: R jumps back here when it does not resume.
     let load = crate::load::KexecLoad {
         kexec: &opts.kexec,
-        flag: "--load",
+        flag: "--load-preserve-context",
         region: plan.region,
         kernel: &opts.kernel,
         cmdline,
@@ -346,6 +400,12 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
     });
     load.run(&manifest, &[], bytes).map_err(ResumeError::Load)?;
     drop(secret);
-    kexec::jump()?;
-    Err(ResumeError::Load("the restore kernel returned".into()))
+    let jumped = kexec::jump();
+    // Back in R0: R did not resume (it said why on the console), or the
+    // jump itself failed. Either way the normal boot goes on.
+    load.unload();
+    jumped?;
+    Ok(Outcome::Nothing(
+        "the restore kernel handed control back without resuming (its reason is above)".into(),
+    ))
 }

@@ -73,6 +73,15 @@ pub enum RestoreError {
     Write(#[source] ScanError<PhysMemError>),
 }
 
+impl RestoreError {
+    /// Whether memory is still as it was before the restore began: true
+    /// for every refusal, false once writing it started. Until then the
+    /// kernel that jumped into the restore kernel can take control back.
+    pub fn memory_untouched(&self) -> bool {
+        !matches!(self, RestoreError::Write(_))
+    }
+}
+
 /// What a restore did.
 #[derive(Clone, Debug)]
 pub struct RestoreReport {

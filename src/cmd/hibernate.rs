@@ -83,13 +83,13 @@ pub struct ResumeArgs {
     /// Resume even when a filesystem the saved kernel had mounted was written since (risks corrupting it)
     #[arg(long)]
     force_stale_filesystems: bool,
-    /// Key of an encrypted image: a key file, or a device holding it (with --key-size); without it the passphrase is asked
+    /// Key of an encrypted image: a key file (handed to the restore kernel in RAM), or a device holding it (with --key-size; the restore kernel reads it). Without it the restore kernel asks for the passphrase
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// Bytes of --key-file that are the key (default: the whole file)
     #[arg(long, value_name = "BYTES", requires = "key_file")]
     key_size: Option<usize>,
-    /// Terminal the passphrase is asked on (default: /dev/tty, else /dev/console)
+    /// Terminal the restore kernel asks the passphrase on, as it names it (default: /dev/console)
     #[arg(long)]
     tty: Option<PathBuf>,
 }
@@ -104,7 +104,7 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
         force_stale: args.force_stale_filesystems,
         key_file: args.key_file,
         key_size: args.key_size,
-        tty: args.tty.unwrap_or_else(super::default_tty),
+        tty: args.tty,
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {

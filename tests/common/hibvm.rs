@@ -396,6 +396,9 @@ pub struct Line {
 struct Console {
     lines: Vec<Line>,
     closed: bool,
+    /// A program's line the kernel's printk cut, waiting for its end: a
+    /// prompt that waits for input is one until the input comes.
+    pending: Option<Line>,
 }
 
 /// One QEMU run of the rig's kernel and initramfs.
@@ -549,6 +552,9 @@ impl Boot {
                 if let Some(l) = c.lines.iter().find(|l| l.text.contains(needle)) {
                     return l.clone();
                 }
+                if let Some(l) = c.pending.as_ref().filter(|l| l.text.contains(needle)) {
+                    return l.clone();
+                }
                 c.closed
             };
             if closed {
@@ -655,6 +661,10 @@ fn read_console(
         };
         if let Ok(mut c) = console.lock() {
             c.lines.push(Line { at, text });
+            c.pending = (!pending.is_empty()).then(|| Line {
+                at,
+                text: pending.clone(),
+            });
         }
     }
     if let Ok(mut c) = console.lock() {

@@ -26,6 +26,9 @@
 #                      stays in the page cache
 #   kjump.free=1       `kjump hibernate --free-memory`
 #   kjump.pass=WORD    `kjump hibernate --encrypt` with the passphrase WORD
+#   kjump.keydev=DEV   `kjump hibernate --encrypt` with the first 64 bytes of
+#                      DEV as its key file, and `kjump resume --key-file DEV
+#                      --key-size 64`: the restore kernel reads the key there
 #
 # After a resume the script continues where `kjump hibernate` returned, with
 # the variables of the boot that hibernated.
@@ -58,6 +61,11 @@ if [ -n "$pass" ]; then
 	printf %s "$pass" >/tmp/pass
 	free="$free --encrypt --passphrase-file /tmp/pass"
 fi
+keydev=$(key keydev)
+if [ -n "$keydev" ]; then
+	head -c 64 "$keydev" >/tmp/key
+	free="$free --encrypt --key-file /tmp/key"
+fi
 echo "A: up, uptime $(up) s, mode ${mode:-none}, target $target"
 if [ "$(key precheck)" = 1 ]; then
 	kjump resume --device /dev/vda --kernel /boot/bzImage --dry-run
@@ -74,9 +82,10 @@ if [ -n "$other" ]; then
 	fi
 fi
 echo "A: resume start"
-# $force is one word or none; the offset two or none.
+# $force is one word or none; the offset and the key device two or none.
 # shellcheck disable=SC2086
-kjump resume --device "$resume" ${offset:+--offset "$offset"} --kernel /boot/bzImage $force
+kjump resume --device "$resume" ${offset:+--offset "$offset"} --kernel /boot/bzImage $force \
+	${keydev:+--key-file "$keydev"} ${keydev:+--key-size 64}
 echo "A: RESUME-EXIT $?"
 if [ -n "$fs" ]; then
 	mkdir -p /mnt/a

@@ -9,5 +9,6 @@ if getargbool 0 kjump.noresume; then
 	info "kjump: resume skipped (kjump.noresume)"
 	return 0
 fi
-kjump resume --device "$KJUMP_DEVICE" ${KJUMP_OFFSET:+--offset "$KJUMP_OFFSET"} --kernel /usr/lib/kjump/vmlinuz
+kjump resume --device "$KJUMP_DEVICE" ${KJUMP_OFFSET:+--offset "$KJUMP_OFFSET"} --kernel /usr/lib/kjump/vmlinuz \
+	${KJUMP_KEY_DEVICE:+--key-file "$KJUMP_KEY_DEVICE" --key-size "$KJUMP_KEY_SIZE"}
 info "kjump: resume returned $?: continuing the normal boot"
