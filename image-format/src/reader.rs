@@ -136,34 +136,14 @@ impl Image {
         src: &R,
         secret: Option<&Secret>,
     ) -> Result<Image, FormatError> {
-        let sb = read_superblock(src)?;
-        if sb.state == ImageState::Writing {
-            return Err(FormatError::NotCommitted {
-                state: sb.state.name(),
-            });
-        }
+        let sb = committed_superblock(src)?;
         let keys = match (&sb.crypto, secret) {
             (None, _) => None,
             (Some(_), None) => return Err(FormatError::KeyRequired),
             (Some(c), Some(s)) => Some(ImageKeys::unlock(s, c, &sb.uuid)?),
         };
-        let size = src.size().map_err(|source| FormatError::Io {
-            what: "image size",
-            offset: ImageOffset(0),
-            source,
-        })?;
+        let (size, meta_bytes) = metadata_section(src, &sb)?;
         let l = sb.layout;
-        check_layout(&sb, size)?;
-        let meta_bytes = read_region(src, "metadata", l.metadata_offset, l.metadata_len, size)?;
-        let crc = crc32fast::hash(&meta_bytes);
-        if crc != l.metadata_crc {
-            return Err(FormatError::checksum(
-                "metadata",
-                l.metadata_offset,
-                l.metadata_crc,
-                crc,
-            ));
-        }
         let (sealed_part, record) = split_metadata(&sb, &meta_bytes)?;
         let sealed = match &keys {
             Some(k) => Some(open_sealed(src, &sb, k, &meta_bytes, sealed_part, size)?),
@@ -487,6 +467,43 @@ fn read_index<R: ReadAt + ?Sized>(
 /// image seal is checked over metadata, index, trailer and superblock, and
 /// only then is the metadata decrypted. Returns the plain metadata and the
 /// index bytes.
+/// The superblock of an image that was committed (and maybe consumed).
+fn committed_superblock<R: ReadAt + ?Sized>(src: &R) -> Result<Superblock, FormatError> {
+    let sb = read_superblock(src)?;
+    if sb.state == ImageState::Writing {
+        return Err(FormatError::NotCommitted {
+            state: sb.state.name(),
+        });
+    }
+    Ok(sb)
+}
+
+/// The size of `src`, once the layout `sb` describes is checked against
+/// it, and the metadata section, checked against its CRC.
+fn metadata_section<R: ReadAt + ?Sized>(
+    src: &R,
+    sb: &Superblock,
+) -> Result<(u64, Vec<u8>), FormatError> {
+    let size = src.size().map_err(|source| FormatError::Io {
+        what: "image size",
+        offset: ImageOffset(0),
+        source,
+    })?;
+    let l = sb.layout;
+    check_layout(sb, size)?;
+    let meta_bytes = read_region(src, "metadata", l.metadata_offset, l.metadata_len, size)?;
+    let crc = crc32fast::hash(&meta_bytes);
+    if crc != l.metadata_crc {
+        return Err(FormatError::checksum(
+            "metadata",
+            l.metadata_offset,
+            l.metadata_crc,
+            crc,
+        ));
+    }
+    Ok((size, meta_bytes))
+}
+
 /// Splits an encrypted image's metadata section into its sealed part and
 /// its resume record (empty for a plain image, whose records are all plain).
 fn split_metadata<'a>(
@@ -516,29 +533,9 @@ fn split_metadata<'a>(
 /// checked by whoever opens the image with its key. For a plain image it
 /// is drawn from the metadata.
 pub fn read_resume_record<R: ReadAt + ?Sized>(src: &R) -> Result<Metadata, FormatError> {
-    let sb = read_superblock(src)?;
-    if sb.state == ImageState::Writing {
-        return Err(FormatError::NotCommitted {
-            state: sb.state.name(),
-        });
-    }
-    let size = src.size().map_err(|source| FormatError::Io {
-        what: "image size",
-        offset: ImageOffset(0),
-        source,
-    })?;
+    let sb = committed_superblock(src)?;
+    let (_, meta_bytes) = metadata_section(src, &sb)?;
     let l = sb.layout;
-    check_layout(&sb, size)?;
-    let meta_bytes = read_region(src, "metadata", l.metadata_offset, l.metadata_len, size)?;
-    let crc = crc32fast::hash(&meta_bytes);
-    if crc != l.metadata_crc {
-        return Err(FormatError::checksum(
-            "metadata",
-            l.metadata_offset,
-            l.metadata_crc,
-            crc,
-        ));
-    }
     let (sealed, record) = split_metadata(&sb, &meta_bytes)?;
     if sb.crypto.is_none() {
         return Ok(Metadata::decode(&meta_bytes, l.metadata_offset)?.resume_record());
