@@ -518,14 +518,12 @@ pub(crate) fn decompress_exact(
 }
 
 /// Decodes a chunk's payload into `out` (`page_count` whole pages), zero
-/// pages included, after checking both CRCs. `scratch` is reused between
-/// calls to avoid an allocation per chunk.
+/// pages included, after checking both CRCs.
 pub fn decode_chunk(
     entry: &IndexEntry,
     index: u64,
     payload: &[u8],
     out: &mut [u8],
-    scratch: &mut Vec<u8>,
 ) -> Result<(), FormatError> {
     let at = entry.offset.0;
     check_payload(entry, index, payload)?;
@@ -543,39 +541,38 @@ pub fn decode_chunk(
             ))
         }
     };
-    let decompress = |target: &mut [u8]| decompress_exact(payload, target, index, at);
-    match (entry.codec, entry.zero_bitmap == 0) {
-        (Codec::Zero, _) => out.fill(0),
-        (Codec::Raw, direct) => {
+    match entry.codec {
+        Codec::Zero => out.fill(0),
+        Codec::Raw => {
             check_data(payload)?;
-            if direct {
-                out.copy_from_slice(payload);
-            } else {
-                scatter(entry.zero_bitmap, payload, out);
-            }
+            out[..raw_len].copy_from_slice(payload);
         }
-        (Codec::Lz4, true) => {
-            decompress(out)?;
-            check_data(out)?;
+        Codec::Lz4 => {
+            decompress_exact(payload, &mut out[..raw_len], index, at)?;
+            check_data(&out[..raw_len])?;
         }
-        (Codec::Lz4, false) => {
-            scratch.resize(raw_len, 0);
-            decompress(scratch)?;
-            check_data(scratch)?;
-            scatter(entry.zero_bitmap, scratch, out);
-        }
+    }
+    if entry.codec != Codec::Zero && entry.zero_bitmap != 0 {
+        scatter_in_place(entry.zero_bitmap, out);
     }
     Ok(())
 }
 
-/// Places the stored pages at their slots and zero-fills the rest.
-fn scatter(zero_bitmap: u64, raw: &[u8], out: &mut [u8]) {
-    let mut stored = raw.chunks_exact(PAGE_SIZE);
-    for (i, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
-        if zero_bitmap & (1 << i) != 0 {
-            page.fill(0);
-        } else if let Some(src) = stored.next() {
-            page.copy_from_slice(src);
+/// Moves the stored pages, packed at the front of `out`, to their slots
+/// and zero-fills the others. Working from the last slot down, a page is
+/// never overwritten before it is moved (its slot is at or after it).
+pub(crate) fn scatter_in_place(zero_bitmap: u64, out: &mut [u8]) {
+    let slots = out.len() / PAGE_SIZE;
+    let mut stored = slots - zero_bitmap.count_ones() as usize;
+    for slot in (0..slots).rev() {
+        let at = slot * PAGE_SIZE;
+        if zero_bitmap & (1 << slot) != 0 {
+            out[at..at + PAGE_SIZE].fill(0);
+        } else {
+            stored -= 1;
+            if stored != slot {
+                out.copy_within(stored * PAGE_SIZE..(stored + 1) * PAGE_SIZE, at);
+            }
         }
     }
 }
@@ -623,10 +620,21 @@ mod tests {
         assert_eq!(h, c.header);
         let e = IndexEntry::decode(&h.index_entry(ImageOffset(4096)).encode(), 0).unwrap();
         let mut out = vec![0xaa; pages.len()];
-        let mut scratch = Vec::new();
-        decode_chunk(&e, 0, &c.payload, &mut out, &mut scratch).unwrap();
+        decode_chunk(&e, 0, &c.payload, &mut out).unwrap();
         assert_eq!(out, pages);
         c
+    }
+
+    #[test]
+    fn scatter_in_place_matches_the_bitmap() {
+        let mut out = vec![0u8; 4 * PAGE_SIZE];
+        out[..PAGE_SIZE].fill(1);
+        out[PAGE_SIZE..2 * PAGE_SIZE].fill(2);
+        out[2 * PAGE_SIZE..].fill(9);
+        scatter_in_place(0b1010, &mut out);
+        let firsts: Vec<u8> = out.chunks(PAGE_SIZE).map(|p| p[0]).collect();
+        assert_eq!(firsts, [1, 0, 2, 0]);
+        assert!(out.chunks(PAGE_SIZE).all(|p| p.iter().all(|&b| b == p[0])));
     }
 
     #[test]
@@ -660,7 +668,7 @@ mod tests {
         c.payload[3] ^= 1;
         let e = c.header.index_entry(ImageOffset(0));
         let mut out = vec![0; text.len()];
-        let err = decode_chunk(&e, 0, &c.payload, &mut out, &mut Vec::new()).unwrap_err();
+        let err = decode_chunk(&e, 0, &c.payload, &mut out).unwrap_err();
         assert!(matches!(err, FormatError::Checksum { .. }), "{err}");
     }
 

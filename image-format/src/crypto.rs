@@ -20,7 +20,7 @@ use crate::addr::ImageOffset;
 use crate::chunk::{Codec, EncodedChunk, IndexEntry, CHUNK_HEADER_SIZE};
 use crate::error::FormatError;
 use crate::le::{put_u32, put_u64, u32_at};
-use crate::{ChunkHeader, PAGE_SIZE};
+use crate::ChunkHeader;
 
 /// Bytes of an AES-GCM tag, appended to every sealed payload.
 pub const TAG_SIZE: usize = 16;
@@ -597,28 +597,9 @@ pub fn decode_sealed_chunk(
         }
     }
     if header.zero_bitmap != 0 {
-        scatter_in_place(header.zero_bitmap, out);
+        crate::chunk::scatter_in_place(header.zero_bitmap, out);
     }
     Ok(())
-}
-
-/// Moves the stored pages, packed at the front of `out`, to their slots
-/// and zero-fills the others. Working from the last slot down, a page is
-/// never overwritten before it is moved (its slot is at or after it).
-fn scatter_in_place(zero_bitmap: u64, out: &mut [u8]) {
-    let slots = out.len() / PAGE_SIZE;
-    let mut stored = slots - zero_bitmap.count_ones() as usize;
-    for slot in (0..slots).rev() {
-        let at = slot * PAGE_SIZE;
-        if zero_bitmap & (1 << slot) != 0 {
-            out[at..at + PAGE_SIZE].fill(0);
-        } else {
-            stored -= 1;
-            if stored != slot {
-                out.copy_within(stored * PAGE_SIZE..(stored + 1) * PAGE_SIZE, at);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -626,6 +607,7 @@ mod tests {
     use super::*;
     use crate::addr::Pfn;
     use crate::chunk::{encode_chunk, ChunkSpec};
+    use crate::PAGE_SIZE;
     use proptest::prelude::*;
 
     fn keys(uuid: [u8; 16]) -> ImageKeys {
@@ -745,17 +727,5 @@ mod tests {
         ));
         assert!(Secret::key_file(vec![0; 31]).is_err());
         assert!(Secret::passphrase(b"\n".to_vec()).is_err());
-    }
-
-    #[test]
-    fn scatter_in_place_matches_the_bitmap() {
-        let mut out = vec![0u8; 4 * PAGE_SIZE];
-        out[..PAGE_SIZE].fill(1);
-        out[PAGE_SIZE..2 * PAGE_SIZE].fill(2);
-        out[2 * PAGE_SIZE..].fill(9);
-        scatter_in_place(0b1010, &mut out);
-        let firsts: Vec<u8> = out.chunks(PAGE_SIZE).map(|p| p[0]).collect();
-        assert_eq!(firsts, [1, 0, 2, 0]);
-        assert!(out.chunks(PAGE_SIZE).all(|p| p.iter().all(|&b| b == p[0])));
     }
 }

@@ -275,7 +275,7 @@ impl Image {
         let payload = &encoded[CHUNK_HEADER_SIZE..];
         match &self.keys {
             Some(k) => decode_sealed_chunk(k, &h, e, i as u64, payload, out, scratch)?,
-            None => decode_chunk(e, i as u64, payload, out, scratch)?,
+            None => decode_chunk(e, i as u64, payload, out)?,
         }
         self.check_edges(i, out)
     }
