@@ -275,26 +275,24 @@ fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Plan, String>
 /// passphrase is asked on the console (echo off) and checked against the
 /// image's key check value, up to three times; an empty line gives up.
 fn restore_secret(manifest: &Manifest, kind: SecretKind, place: &Place) -> Result<Secret, String> {
-    let params = || -> Result<_, String> {
-        let file = place.reader().map_err(|e| error_chain(&e))?;
-        let sb = kjump_image_format::reader::read_superblock(&file).map_err(|e| e.to_string())?;
-        let crypto = sb
-            .crypto
-            .ok_or_else(|| format!("the image on {} is not encrypted", place.describe()))?;
-        Ok((crypto, sb.uuid))
-    };
+    if manifest.key_source == KeySource::Initramfs {
+        return take_secret(kind);
+    }
+    // The superblock once: every passphrase try is checked against it.
+    let file = place.reader().map_err(|e| error_chain(&e))?;
+    let sb = kjump_image_format::reader::read_superblock(&file).map_err(|e| e.to_string())?;
+    let crypto = sb
+        .crypto
+        .ok_or_else(|| format!("the image on {} is not encrypted", place.describe()))?;
     let unlock = |secret: Secret| -> Result<Secret, String> {
-        let (crypto, uuid) = params()?;
-        kjump_image_format::ImageKeys::unlock(&secret, &crypto, &uuid)
+        kjump_image_format::ImageKeys::unlock(&secret, &crypto, &sb.uuid)
             .map(|_| secret)
             .map_err(|e| error_chain(&e))
     };
     match (&manifest.key_source, kind) {
-        (KeySource::Initramfs, _) => take_secret(kind),
         (KeySource::Device { device, size }, SecretKind::KeyFile) => {
-            let bytes = read_key_device(Path::new(device), *size)?;
+            let mut bytes = read_key_device(Path::new(device), *size)?;
             say(format_args!("read the key from {device} ({size} bytes)"));
-            let mut bytes = bytes;
             unlock(Secret::key_file(std::mem::take(&mut *bytes)).map_err(|e| e.to_string())?)
         }
         (KeySource::Ask, SecretKind::Passphrase) => {

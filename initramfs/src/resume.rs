@@ -19,7 +19,7 @@ use kjump_image_format::placement::SwapSignature;
 use kjump_image_format::reader::read_resume_record;
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{
-    Image, ImageKeys, ImageState, Kdf, PhysAddr, PhysRange, Placement, Secret,
+    CryptoParams, Image, ImageKeys, ImageState, Kdf, PhysAddr, PhysRange, Placement, Secret,
 };
 use kjump_restorer::kexec;
 use kjump_writer::{ranges, Place};
@@ -99,8 +99,9 @@ pub type Decision = Result<(JumpPlan, String), String>;
 struct Found {
     plan: JumpPlan,
     release: String,
-    /// How an encrypted image's key is derived; `None` for a plain image.
-    kdf: Option<Kdf>,
+    /// An encrypted image's crypto parameters and uuid, which a key is
+    /// checked against; `None` for a plain image.
+    sealed: Option<(CryptoParams, [u8; 16])>,
 }
 
 /// Checks the image on `device` against this machine's /proc/iomem text;
@@ -238,7 +239,7 @@ fn examine(
     Ok(Ok(Found {
         plan,
         release,
-        kdf: sb.crypto.map(|c| c.kdf),
+        sealed: sb.crypto.map(|c| (c, sb.uuid)),
     }))
 }
 
@@ -288,38 +289,17 @@ fn key_source(
     Ok((KeySource::Initramfs, Some(secret)))
 }
 
-/// Checks a key file given to R0 against the image's key check value, so
-/// that a wrong one is refused before R is loaded.
-fn check_key(opts: &ResumeOptions, secret: &Secret) -> Result<(), String> {
-    let place = Place::locate(&opts.device, opts.offset).map_err(|e| crate::error_chain(&e))?;
-    let file = place.reader().map_err(|e| crate::error_chain(&e))?;
-    let sb = read_superblock(&file).map_err(|e| e.to_string())?;
-    let params = sb.crypto.ok_or("the image is not encrypted")?;
-    ImageKeys::unlock(secret, &params, &sb.uuid)
-        .map(drop)
-        .map_err(|e| crate::error_chain(&e))
-}
-
-/// Reads a key: all of a regular file, or `size` bytes of a file or device.
+/// Reads a key file: all of it, or its first `size` bytes.
 fn read_key(path: &std::path::Path, size: Option<usize>) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let mut f = std::fs::File::open(path)
         .map_err(|e| format!("opening the key file {}: {e}", path.display()))?;
-    let is_dev = f
-        .metadata()
-        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     let mut bytes = Vec::new();
     match size {
         Some(n) => {
             bytes.resize(n, 0);
             f.read_exact(&mut bytes)
                 .map_err(|e| format!("reading {n} key bytes from {}: {e}", path.display()))?;
-        }
-        None if is_dev => {
-            return Err(format!(
-                "{} is a device: say how many of its bytes are the key (--key-size)",
-                path.display()
-            ))
         }
         None => {
             f.read_to_end(&mut bytes)
@@ -344,12 +324,14 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         Ok(f) => f,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };
-    let (key_source, secret) = match found.kdf {
+    let (key_source, secret) = match &found.sealed {
         None => (KeySource::Initramfs, None),
-        Some(kdf) => key_source(opts, kdf, refuse)?,
+        Some((params, _)) => key_source(opts, params.kdf, refuse)?,
     };
-    if let Some(s) = &secret {
-        check_key(opts, s).map_err(refuse)?;
+    // A key file given here is checked against the image's key check
+    // value, so that a wrong one is refused before R is loaded.
+    if let (Some(s), Some((params, uuid))) = (&secret, &found.sealed) {
+        ImageKeys::unlock(s, params, uuid).map_err(|e| refuse(crate::error_chain(&e)))?;
     }
     let plan = found.plan;
     let cmdline = capture_cmdline(
@@ -360,7 +342,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         mode: Mode::Restore,
         target: crate::kernel_name(opts.device.as_path()),
         target_offset: opts.offset,
-        encrypt: found.kdf.map(|k| match k {
+        encrypt: found.sealed.map(|(params, _)| match params.kdf {
             Kdf::KeyFile => SecretKind::KeyFile,
             Kdf::Argon2id { .. } => SecretKind::Passphrase,
         }),
