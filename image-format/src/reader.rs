@@ -449,24 +449,33 @@ fn read_index<R: ReadAt + ?Sized>(
 ) -> Result<Vec<u8>, FormatError> {
     let l = sb.layout;
     let index_len = l.chunk_count * INDEX_ENTRY_SIZE as u64;
-    let index_bytes = read_region(src, "chunk index", l.index_offset, index_len, size)?;
-    let crc = crc32fast::hash(&index_bytes);
-    if crc != l.index_crc {
-        return Err(FormatError::checksum(
-            "chunk index",
-            l.index_offset,
-            l.index_crc,
-            crc,
-        ));
-    }
-    Ok(index_bytes)
+    read_checked(
+        src,
+        "chunk index",
+        l.index_offset,
+        index_len,
+        l.index_crc,
+        size,
+    )
 }
 
-/// The sealed part of opening an encrypted image: the trailer and index are
-/// read and CRC-checked (so bit rot still reads as a checksum error), the
-/// image seal is checked over metadata, index, trailer and superblock, and
-/// only then is the metadata decrypted. Returns the plain metadata and the
-/// index bytes.
+/// Reads `len` bytes at `offset` and checks them against the CRC `crc`.
+fn read_checked<R: ReadAt + ?Sized>(
+    src: &R,
+    what: &'static str,
+    offset: u64,
+    len: u64,
+    crc: u32,
+    size: u64,
+) -> Result<Vec<u8>, FormatError> {
+    let bytes = read_region(src, what, offset, len, size)?;
+    let computed = crc32fast::hash(&bytes);
+    if computed != crc {
+        return Err(FormatError::checksum(what, offset, crc, computed));
+    }
+    Ok(bytes)
+}
+
 /// The superblock of an image that was committed (and maybe consumed).
 fn committed_superblock<R: ReadAt + ?Sized>(src: &R) -> Result<Superblock, FormatError> {
     let sb = read_superblock(src)?;
@@ -491,16 +500,14 @@ fn metadata_section<R: ReadAt + ?Sized>(
     })?;
     let l = sb.layout;
     check_layout(sb, size)?;
-    let meta_bytes = read_region(src, "metadata", l.metadata_offset, l.metadata_len, size)?;
-    let crc = crc32fast::hash(&meta_bytes);
-    if crc != l.metadata_crc {
-        return Err(FormatError::checksum(
-            "metadata",
-            l.metadata_offset,
-            l.metadata_crc,
-            crc,
-        ));
-    }
+    let meta_bytes = read_checked(
+        src,
+        "metadata",
+        l.metadata_offset,
+        l.metadata_len,
+        l.metadata_crc,
+        size,
+    )?;
     Ok((size, meta_bytes))
 }
 
@@ -553,6 +560,11 @@ pub fn read_resume_record<R: ReadAt + ?Sized>(src: &R) -> Result<Metadata, Forma
     Ok(record)
 }
 
+/// The sealed part of opening an encrypted image: the trailer and index are
+/// read and CRC-checked (so bit rot still reads as a checksum error), the
+/// image seal is checked over metadata, index, trailer and superblock, and
+/// only then is the metadata decrypted. Returns the plain metadata and the
+/// index bytes.
 fn open_sealed<R: ReadAt + ?Sized>(
     src: &R,
     sb: &Superblock,
