@@ -3,8 +3,19 @@
 //!
 //! Everything here comes from an untrusted file: every offset and size is
 //! checked against the file's length before it is used.
+//!
+//! PT_LOAD segments may cover the same physical bytes: a kdump core on x86_64
+//! (/proc/vmcore and copies of it) has a PT_LOAD for the kernel text mapping
+//! (`p_vaddr` 0xffffffff8...) whose physical bytes also lie in a "System RAM"
+//! PT_LOAD. [`parse`] compares the shared bytes once and keeps each physical
+//! byte in exactly one segment; bytes that differ refuse the core, since
+//! kjump could not tell which of them the machine held.
+
+mod overlap;
 
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
+
+use overlap::merge_overlaps;
 
 /// Largest total of PT_NOTE contents kept.
 pub const MAX_NOTES_LEN: u64 = 16 << 20;
@@ -64,9 +75,40 @@ pub enum ElfError {
         /// What is wrong.
         reason: String,
     },
-    /// Two PT_LOAD segments claim the same physical bytes.
-    #[error("PT_LOAD segments overlap in physical memory: {0}")]
-    Overlap(kjump_image_format::RangeError),
+    /// Two PT_LOAD segments cover the same physical bytes, and those bytes
+    /// differ.
+    #[error("PT_LOAD {kept} (paddr {kept_range}) and PT_LOAD {other} (paddr {other_range}) overlap in physical memory but differ, first at physical {at:#x}")]
+    OverlapDiffers {
+        /// Program header index of the segment that comes first by address.
+        kept: usize,
+        /// Its physical range.
+        kept_range: PhysRange,
+        /// Program header index of the other segment.
+        other: usize,
+        /// Its physical range.
+        other_range: PhysRange,
+        /// The first physical address whose bytes differ.
+        at: u64,
+    },
+    /// Reading a segment's bytes to compare an overlap failed.
+    #[error("reading {len:#x} bytes of PT_LOAD {index} at file offset {offset:#x} (physical {phys:#x}) to compare an overlap")]
+    OverlapRead {
+        /// Program header index.
+        index: usize,
+        /// File offset.
+        offset: u64,
+        /// Physical address of the first byte.
+        phys: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The merged segments do not form a memory map (a bug in kjump: the
+    /// merge makes them disjoint and sorted).
+    #[error("merged PT_LOAD segments are not a memory map: {0}")]
+    Map(kjump_image_format::RangeError),
     /// The notes exceed [`MAX_NOTES_LEN`].
     #[error("PT_NOTE contents total {total} bytes, more than the {MAX_NOTES_LEN} kjump keeps")]
     NotesTooLarge {
@@ -78,27 +120,57 @@ pub enum ElfError {
     NoMemory,
 }
 
-/// One PT_LOAD: physical bytes `range`, of which the first `file_len` are at
-/// `file_offset` in the file and the rest are zero.
+/// One PT_LOAD, or the part of one that no other covers: physical bytes
+/// `range`, of which the first `file_len` are at `file_offset` in the file and
+/// the rest are zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadSegment {
     /// Program header index.
     pub index: usize,
-    /// Physical bytes covered (`p_paddr`, `p_memsz`).
+    /// Physical bytes covered (`p_paddr`, `p_memsz`, less any part read
+    /// from another segment).
     pub range: PhysRange,
-    /// `p_offset`.
+    /// `p_offset` of `range`'s first byte.
     pub file_offset: u64,
-    /// `p_filesz`.
+    /// Bytes of `range` in the file (`p_filesz`, less the same).
     pub file_len: u64,
+}
+
+impl LoadSegment {
+    /// Physical address one past the last byte backed by the file.
+    fn file_end(&self) -> u64 {
+        self.range.start().0 + self.file_len
+    }
+
+    /// The file offset of physical address `phys` (below [`Self::file_end`]).
+    fn offset_of(&self, phys: u64) -> u64 {
+        self.file_offset + (phys - self.range.start().0)
+    }
+}
+
+/// Physical bytes two PT_LOAD segments both cover, found equal: they are
+/// read from `kept` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    /// Program header index of the segment the bytes are read from.
+    pub kept: usize,
+    /// Program header index of the segment whose copy was compared and left.
+    pub other: usize,
+    /// The shared bytes.
+    pub range: PhysRange,
 }
 
 /// What kjump takes from an ELF core.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElfCore {
-    /// PT_LOAD segments sorted by physical address.
+    /// PT_LOAD segments sorted by physical address and disjoint: a segment
+    /// that others wholly cover is absent, one partly covered keeps only
+    /// the rest, so each physical byte is read from exactly one segment.
     pub segments: Vec<LoadSegment>,
-    /// Their ranges as a memory map.
+    /// Their ranges as a memory map, one range per segment.
     pub map: MemoryMap,
+    /// Bytes that several PT_LOAD segments cover, with equal contents.
+    pub overlaps: Vec<Overlap>,
     /// All PT_NOTE contents, concatenated in header order.
     pub notes: Vec<u8>,
 }
@@ -181,7 +253,8 @@ fn parse_header(h: &[u8]) -> Result<(u64, u16), ElfError> {
 }
 
 /// Parses a core from its header bytes; `read` fetches `len` bytes at an
-/// offset (used for program headers and notes only).
+/// offset (program headers, notes, and the bytes of overlapping PT_LOAD
+/// segments, a bounded piece at a time).
 pub fn parse<F>(file_size: u64, mut read: F) -> Result<ElfCore, ElfError>
 where
     F: FnMut(u64, usize) -> std::io::Result<Vec<u8>>,
@@ -222,12 +295,13 @@ where
     if segments.is_empty() {
         return Err(ElfError::NoMemory);
     }
-    segments.sort_by_key(|s| s.range.start());
+    let (segments, overlaps) = merge_overlaps(segments, &mut read)?;
     let map = MemoryMap::from_sorted(segments.iter().map(|s| s.range).collect())
-        .map_err(ElfError::Overlap)?;
+        .map_err(ElfError::Map)?;
     Ok(ElfCore {
         segments,
         map,
+        overlaps,
         notes,
     })
 }
@@ -320,10 +394,10 @@ pub fn vmcoreinfo_value(info: &[u8], key: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header(phnum: u16) -> Vec<u8> {
+    pub(crate) fn header(phnum: u16) -> Vec<u8> {
         let mut h = vec![0u8; EHDR_SIZE];
         h[..4].copy_from_slice(b"\x7fELF");
         h[4] = 2;
@@ -337,7 +411,7 @@ mod tests {
         h
     }
 
-    fn phdr(t: u32, off: u64, paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
+    pub(crate) fn phdr(t: u32, off: u64, paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
         let mut p = vec![0u8; PHDR_SIZE];
         p[0..4].copy_from_slice(&t.to_le_bytes());
         p[8..16].copy_from_slice(&off.to_le_bytes());
@@ -347,7 +421,7 @@ mod tests {
         p
     }
 
-    fn parse_bytes(b: &[u8]) -> Result<ElfCore, ElfError> {
+    pub(crate) fn parse_bytes(b: &[u8]) -> Result<ElfCore, ElfError> {
         parse(b.len() as u64, |off, len| {
             Ok(b[off as usize..off as usize + len].to_vec())
         })
@@ -411,14 +485,6 @@ mod tests {
             parse_bytes(&[0u8; 64]),
             Err(ElfError::NotElf { .. })
         ));
-    }
-
-    #[test]
-    fn overlapping_segments_are_refused() {
-        let mut f = header(2);
-        f.extend(phdr(PT_LOAD, 0, 0x1000, 0, 0x2000));
-        f.extend(phdr(PT_LOAD, 0, 0x2000, 0, 0x2000));
-        assert!(matches!(parse_bytes(&f), Err(ElfError::Overlap(_))));
     }
 
     #[test]

@@ -149,6 +149,16 @@ impl MemorySource {
                     path: path.to_path_buf(),
                     source,
                 })?;
+                for o in &core.overlaps {
+                    // A kdump core's kernel text mapping, usually.
+                    log::info!(
+                        "{}: PT_LOAD {} covers {} of PT_LOAD {} with the same bytes: read once",
+                        path.display(),
+                        o.other,
+                        o.range,
+                        o.kept
+                    );
+                }
                 let segs = core
                     .segments
                     .iter()
