@@ -6,9 +6,9 @@
 //! | part | where |
 //! |---|---|
 //! | ELF header | offset 0, 64 bytes |
-//! | program headers | `e_phoff` = 64: one `PT_NOTE`, then one `PT_LOAD` per segment in spec order |
+//! | program headers | `e_phoff` = 64: one `PT_NOTE`, the [`KernelText`] `PT_LOAD` if asked for, then one `PT_LOAD` per segment in spec order |
 //! | notes | right after the program headers: one `CORE`/`NT_PRSTATUS` per CPU, then `VMCOREINFO` |
-//! | segment data | per [`ElfStyle`]: page-congruent offsets (vmcore) or packed (QEMU) |
+//! | segment data | in program header order, per [`ElfStyle`]: page-congruent offsets (vmcore) or packed (QEMU) |
 //!
 //! Each `PT_LOAD` has `p_paddr` = the segment's physical address and holds
 //! `filesz` bytes in the file; the `memsz - filesz` bytes after them are
@@ -82,6 +82,49 @@ impl SegmentSpec {
     }
 }
 
+/// Where x86_64 maps the kernel image (`__START_KERNEL_map`).
+pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+
+/// A `PT_LOAD` for the kernel text mapping, as every x86_64 kdump core has
+/// one (kexec-tools and the kernel's `crash_prepare_elf64_headers` write
+/// it): `p_vaddr` in the kernel's text map, and physical bytes that lie
+/// inside a RAM segment too, so two `PT_LOAD`s cover them. Its file bytes
+/// are a copy of that segment's, or differ in one byte on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelText {
+    /// Physical address of the first byte.
+    pub paddr: u64,
+    /// Bytes (`p_filesz` = `p_memsz`); all inside one segment's file part.
+    pub len: u64,
+    /// Offset in this segment of a byte whose bits are flipped, so that
+    /// the two copies differ there; `None` for a faithful copy.
+    pub differ_at: Option<u64>,
+}
+
+impl KernelText {
+    /// `len` bytes at 16 MiB, where an x86_64 kernel runs without KASLR.
+    pub fn at_16m(len: u64) -> Self {
+        Self {
+            paddr: 16 << 20,
+            len,
+            differ_at: None,
+        }
+    }
+
+    /// The same segment with its byte at `offset` differing from the RAM's.
+    pub fn differing_at(self, offset: u64) -> Self {
+        Self {
+            differ_at: Some(offset),
+            ..self
+        }
+    }
+
+    /// `p_vaddr`: the text map's address of `paddr` (a `phys_base` of 0).
+    pub fn vaddr(&self) -> u64 {
+        START_KERNEL_MAP.wrapping_add(self.paddr)
+    }
+}
+
 /// How segment data is placed in the file and what the headers say about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ElfStyle {
@@ -111,6 +154,8 @@ pub struct DumpSpec {
     pub mix: PageMix,
     /// Placement of data in the file.
     pub style: ElfStyle,
+    /// A kernel text `PT_LOAD` overlapping a segment, as in kdump cores.
+    pub kernel_text: Option<KernelText>,
 }
 
 impl DumpSpec {
@@ -122,6 +167,7 @@ impl DumpSpec {
             notes: NotesSpec::default(),
             mix: PageMix::default(),
             style: ElfStyle::default(),
+            kernel_text: None,
         }
     }
 
@@ -139,9 +185,26 @@ impl DumpSpec {
         Self { mix, ..self }
     }
 
-    /// Bytes of segment data in the file (sum of `filesz`).
+    /// The same spec with a kernel text `PT_LOAD`.
+    pub fn with_kernel_text(self, text: KernelText) -> Self {
+        Self {
+            kernel_text: Some(text),
+            ..self
+        }
+    }
+
+    /// Bytes of segment data in the file (sum of `filesz`, the kernel
+    /// text segment's copy not included).
     pub fn total_filesz(&self) -> u64 {
         self.segments.iter().map(|s| s.filesz).sum()
+    }
+
+    /// Index of the segment whose file part holds all of `text`.
+    pub(crate) fn text_home(&self, text: &KernelText) -> Option<usize> {
+        let end = text.paddr.checked_add(text.len)?;
+        self.segments
+            .iter()
+            .position(|s| s.paddr <= text.paddr && end <= s.paddr.saturating_add(s.filesz))
     }
 
     /// Checks the invariants the writer relies on.
@@ -149,10 +212,9 @@ impl DumpSpec {
         self.mix.validate()?;
         self.notes.validate()?;
         // One program header goes to the notes.
-        if self.segments.len() >= elf::MAX_PHNUM {
-            return Err(DumpgenError::TooManySegments {
-                count: self.segments.len(),
-            });
+        let count = self.segments.len() + usize::from(self.kernel_text.is_some());
+        if count >= elf::MAX_PHNUM {
+            return Err(DumpgenError::TooManySegments { count });
         }
         let mut prev_end: Option<u64> = None;
         for (index, s) in self.segments.iter().enumerate() {
@@ -179,6 +241,20 @@ impl DumpSpec {
                 });
             }
             prev_end = Some(end);
+        }
+        if let Some(text) = &self.kernel_text {
+            if text.len == 0 || self.text_home(text).is_none() {
+                return Err(DumpgenError::KernelTextOutsideRam {
+                    paddr: text.paddr,
+                    len: text.len,
+                });
+            }
+            if let Some(offset) = text.differ_at.filter(|o| *o >= text.len) {
+                return Err(DumpgenError::KernelTextDifferOutside {
+                    offset,
+                    len: text.len,
+                });
+            }
         }
         Ok(())
     }
@@ -216,8 +292,12 @@ pub struct DumpInfo {
     pub build_id: String,
     /// The full VMCOREINFO text.
     pub vmcoreinfo: String,
-    /// One entry per `PT_LOAD`, in program header order.
+    /// One entry per segment of the spec, in program header order.
     pub segments: Vec<SegmentInfo>,
+    /// The kernel text `PT_LOAD` (program header 1, its data first in the
+    /// file), if the spec has one. Its `pages` are empty: they are counted
+    /// in the segment that holds the same physical bytes.
+    pub kernel_text: Option<SegmentInfo>,
     /// Page counts over all segments.
     pub pages: PageCounts,
 }
@@ -280,6 +360,22 @@ pub enum DumpgenError {
         paddr: u64,
         /// End of the segment before it.
         prev_end: u64,
+    },
+    /// The kernel text segment is empty or not inside one segment's file part.
+    #[error("kernel text segment at {paddr:#x} with length {len:#x} does not lie inside the file part of one segment")]
+    KernelTextOutsideRam {
+        /// Its physical address.
+        paddr: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The byte asked to differ lies outside the kernel text segment.
+    #[error("kernel text byte {offset:#x} to differ lies outside its {len:#x} bytes")]
+    KernelTextDifferOutside {
+        /// Offset asked for.
+        offset: u64,
+        /// Length of the segment.
+        len: u64,
     },
     /// A layout cannot describe this little memory.
     #[error("layout {layout} needs at least {min:#x} bytes, got {size:#x}")]
@@ -366,6 +462,33 @@ mod tests {
         assert!(matches!(
             spec(too_many),
             Err(DumpgenError::TooManySegments { .. })
+        ));
+        let just_fits = vec![SegmentSpec::new(0, 0); elf::MAX_PHNUM - 1];
+        assert!(matches!(
+            DumpSpec::new(1, just_fits)
+                .with_kernel_text(KernelText::at_16m(1))
+                .validate(),
+            Err(DumpgenError::TooManySegments { .. })
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_bad_kernel_text() {
+        let ram = vec![SegmentSpec::new(1 << 20, 63 << 20).with_filesz(31 << 20)];
+        let spec = |t: KernelText| DumpSpec::new(1, ram.clone()).with_kernel_text(t).validate();
+        assert!(spec(KernelText::at_16m(16 << 20)).is_ok());
+        // Past the segment's file part, though inside its memory.
+        assert!(matches!(
+            spec(KernelText::at_16m((16 << 20) + 1)),
+            Err(DumpgenError::KernelTextOutsideRam { .. })
+        ));
+        assert!(matches!(
+            spec(KernelText::at_16m(0)),
+            Err(DumpgenError::KernelTextOutsideRam { len: 0, .. })
+        ));
+        assert!(matches!(
+            spec(KernelText::at_16m(4096).differing_at(4096)),
+            Err(DumpgenError::KernelTextDifferOutside { offset: 4096, .. })
         ));
     }
 }

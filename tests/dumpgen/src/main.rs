@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! kjump-dumpgen --seed 1 --size 4G [--layout qemu|holes|single|unaligned]
-//!               [--mix default|zero|random] [--style vmcore|packed] OUTPUT
+//!               [--mix default|zero|random] [--style vmcore|packed]
+//!               [--kernel-text LEN [--kernel-text-differs-at OFFSET]] OUTPUT
 //! ```
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use kjump_dumpgen::{write_dump, DumpSpec, ElfStyle, Layout, PageKind, PageMix};
+use kjump_dumpgen::{write_dump, DumpSpec, ElfStyle, KernelText, Layout, PageKind, PageMix};
 
 /// Write a seeded, reproducible synthetic memory dump (ELF64 x86-64 core).
 #[derive(Debug, Parser)]
@@ -33,6 +34,14 @@ struct Args {
     /// unaligned, vmcore otherwise).
     #[arg(long, value_enum)]
     style: Option<StyleArg>,
+    /// Add a kernel text PT_LOAD of this many bytes at physical 16 MiB, as
+    /// x86_64 kdump cores have: a second copy of RAM bytes (sizes as --size).
+    #[arg(long, value_parser = parse_size)]
+    kernel_text: Option<u64>,
+    /// With --kernel-text: flip the byte at this offset of the text copy, so
+    /// the two copies differ (a core kjump must refuse).
+    #[arg(long, value_parser = parse_size, requires = "kernel_text")]
+    kernel_text_differs_at: Option<u64>,
     /// The dump file to write (replaced if it exists).
     output: PathBuf,
 }
@@ -51,6 +60,13 @@ fn main() -> Result<()> {
         Some(StyleArg::Packed) => spec.style = ElfStyle::Packed,
         None => {}
     }
+    if let Some(len) = args.kernel_text {
+        let text = KernelText::at_16m(len);
+        spec = spec.with_kernel_text(match args.kernel_text_differs_at {
+            Some(at) => text.differing_at(at),
+            None => text,
+        });
+    }
     let started = Instant::now();
     let info = write_dump(&spec, &args.output)
         .with_context(|| format!("generating {}", args.output.display()))?;
@@ -64,12 +80,17 @@ fn main() -> Result<()> {
         })
         .collect();
     println!(
-        "{}: {} bytes ({:.2} GB), {} segments, layout {}, style {:?}, seed {}, pages {}, \
+        "{}: {} bytes ({:.2} GB), {} segments{}, layout {}, style {:?}, seed {}, pages {}, \
          build-id {}, {:.1} s ({:.2} GB/s)",
         args.output.display(),
         info.file_size,
         info.file_size as f64 / 1e9,
         info.segments.len(),
+        if info.kernel_text.is_some() {
+            " and kernel text"
+        } else {
+            ""
+        },
         args.layout,
         spec.style,
         args.seed,
@@ -181,6 +202,29 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.layout, Layout::Unaligned);
+        assert_eq!(args.kernel_text, None);
+        let args = Args::try_parse_from([
+            "kjump-dumpgen",
+            "--size",
+            "64M",
+            "--kernel-text",
+            "8M",
+            "--kernel-text-differs-at",
+            "0x1234",
+            "out.elf",
+        ])
+        .unwrap();
+        assert_eq!(args.kernel_text, Some(8 << 20));
+        assert_eq!(args.kernel_text_differs_at, Some(0x1234));
+        assert!(Args::try_parse_from([
+            "kjump-dumpgen",
+            "--size",
+            "1M",
+            "--kernel-text-differs-at",
+            "1",
+            "o"
+        ])
+        .is_err());
         assert_eq!(args.size, 64 << 20);
         assert!(
             Args::try_parse_from(["kjump-dumpgen", "--size", "1M", "--layout", "x", "o"]).is_err()

@@ -64,43 +64,103 @@ pub fn write_dump_to<W: Write + Send>(spec: &DumpSpec, out: &mut W) -> Result<Du
         .enumerate()
         .map(|(i, s)| SegmentGen::new(spec, i, s.paddr, s.filesz))
         .collect();
-    let info = lay_out(spec, &notes, &segs);
+    let parts = parts(spec, &segs);
+    let info = lay_out(spec, &notes, &parts);
+    let loads = loads(&info);
     let mut head = Vec::new();
-    head.extend_from_slice(&elf::ehdr((spec.segments.len() + 1) as u16));
-    for p in phdrs(spec, &info) {
+    head.extend_from_slice(&elf::ehdr((loads.len() + 1) as u16));
+    for p in phdrs(spec, &info, &loads) {
         head.extend_from_slice(&elf::phdr(&p));
     }
     head.extend_from_slice(&notes.bytes);
-    stream(out, head, &segs, &info)?;
+    stream(out, head, &parts, &loads)?;
     Ok(info)
 }
 
+/// The file bytes of one `PT_LOAD`: bytes `[from, to)` of a segment's
+/// generator, with the byte at `differ_at` (a segment offset) flipped.
+struct Part<'a> {
+    gen: &'a SegmentGen,
+    paddr: u64,
+    memsz: u64,
+    from: u64,
+    to: u64,
+    differ_at: Option<u64>,
+}
+
+/// The `PT_LOAD`s in program header order: the kernel text copy first, as
+/// kexec-tools writes it, then the segments.
+fn parts<'a>(spec: &DumpSpec, segs: &'a [SegmentGen]) -> Vec<Part<'a>> {
+    let text = spec.kernel_text.and_then(|t| {
+        // Validation found the segment that holds it.
+        let home = spec.text_home(&t)?;
+        let from = t.paddr - spec.segments[home].paddr;
+        Some(Part {
+            gen: &segs[home],
+            paddr: t.paddr,
+            memsz: t.len,
+            from,
+            to: from + t.len,
+            differ_at: t.differ_at.map(|d| from + d),
+        })
+    });
+    let ram = spec.segments.iter().zip(segs).map(|(s, gen)| Part {
+        gen,
+        paddr: s.paddr,
+        memsz: s.memsz,
+        from: 0,
+        to: s.filesz,
+        differ_at: None,
+    });
+    text.into_iter().chain(ram).collect()
+}
+
+/// Every `PT_LOAD` of `info` in program header order.
+fn loads(info: &DumpInfo) -> Vec<SegmentInfo> {
+    info.kernel_text
+        .iter()
+        .chain(&info.segments)
+        .cloned()
+        .collect()
+}
+
 /// Assigns file offsets and collects what the caller gets back.
-fn lay_out(spec: &DumpSpec, notes: &Notes, segs: &[SegmentGen]) -> DumpInfo {
-    let notes_offset = EHDR_SIZE + PHDR_SIZE * (spec.segments.len() as u64 + 1);
+fn lay_out(spec: &DumpSpec, notes: &Notes, parts: &[Part]) -> DumpInfo {
+    let notes_offset = EHDR_SIZE + PHDR_SIZE * (parts.len() as u64 + 1);
     let mut cur = notes_offset + notes.bytes.len() as u64;
     let mut pages = PageCounts::default();
-    let mut segments = Vec::with_capacity(spec.segments.len());
-    for (s, gen) in spec.segments.iter().zip(segs) {
-        let (offset, vaddr) = match spec.style {
+    let mut loads = Vec::with_capacity(parts.len());
+    let has_text = spec.kernel_text.is_some();
+    for (i, part) in parts.iter().enumerate() {
+        let is_text = has_text && i == 0;
+        let offset = match spec.style {
             // The first offset >= cur that is congruent to paddr mod 4096.
-            ElfStyle::Vmcore => (
-                cur + (s.paddr % PAGE + PAGE - cur % PAGE) % PAGE,
-                DIRECT_MAP.wrapping_add(s.paddr),
-            ),
-            ElfStyle::Packed => (cur, 0),
+            ElfStyle::Vmcore => cur + (part.paddr % PAGE + PAGE - cur % PAGE) % PAGE,
+            ElfStyle::Packed => cur,
         };
-        cur = offset + s.filesz;
-        pages.add(&gen.plan.counts());
-        segments.push(SegmentInfo {
-            paddr: s.paddr,
+        let vaddr = match (spec.style, spec.kernel_text) {
+            (_, Some(t)) if is_text => t.vaddr(),
+            (ElfStyle::Vmcore, _) => DIRECT_MAP.wrapping_add(part.paddr),
+            (ElfStyle::Packed, _) => 0,
+        };
+        let filesz = part.to - part.from;
+        cur = offset + filesz;
+        let counts = if is_text {
+            PageCounts::default()
+        } else {
+            part.gen.plan.counts()
+        };
+        pages.add(&counts);
+        loads.push(SegmentInfo {
+            paddr: part.paddr,
             vaddr,
-            memsz: s.memsz,
-            filesz: s.filesz,
+            memsz: part.memsz,
+            filesz,
             offset,
-            pages: gen.plan.counts(),
+            pages: counts,
         });
     }
+    let kernel_text = has_text.then(|| loads.remove(0));
     DumpInfo {
         file_size: cur,
         notes_offset,
@@ -108,12 +168,13 @@ fn lay_out(spec: &DumpSpec, notes: &Notes, segs: &[SegmentGen]) -> DumpInfo {
         os_release: spec.notes.os_release.clone(),
         build_id: notes.build_id.clone(),
         vmcoreinfo: notes.vmcoreinfo.clone(),
-        segments,
+        segments: loads,
+        kernel_text,
         pages,
     }
 }
 
-fn phdrs(spec: &DumpSpec, info: &DumpInfo) -> Vec<Phdr> {
+fn phdrs(spec: &DumpSpec, info: &DumpInfo, loads: &[SegmentInfo]) -> Vec<Phdr> {
     let (flags, align) = match spec.style {
         ElfStyle::Vmcore => (7, PAGE), // PF_R | PF_W | PF_X, as the kernel sets
         ElfStyle::Packed => (0, 0),
@@ -128,7 +189,7 @@ fn phdrs(spec: &DumpSpec, info: &DumpInfo) -> Vec<Phdr> {
         memsz: info.notes.len() as u64,
         align: 4,
     };
-    let loads = info.segments.iter().map(|s| Phdr {
+    let loads = loads.iter().map(|s| Phdr {
         p_type: PT_LOAD,
         p_flags: flags,
         offset: s.offset,
@@ -145,7 +206,6 @@ fn phdrs(spec: &DumpSpec, info: &DumpInfo) -> Vec<Phdr> {
 struct SegmentGen {
     seed: u64,
     paddr: u64,
-    filesz: u64,
     first_pfn: u64,
     plan: Plan,
 }
@@ -160,7 +220,6 @@ impl SegmentGen {
         Self {
             seed: spec.seed,
             paddr,
-            filesz,
             first_pfn,
             plan: Plan::new(&spec.mix, pages, &mut rng),
         }
@@ -192,12 +251,12 @@ impl SegmentGen {
         }
     }
 
-    /// End of the batch starting at segment byte `start`: batches after the
-    /// first start on a physical page boundary so that pages are generated
-    /// in place.
-    fn batch_end(&self, start: u64) -> u64 {
+    /// End of the batch starting at segment byte `start`, at most `to`:
+    /// batches after the first start on a physical page boundary so that
+    /// pages are generated in place.
+    fn batch_end(&self, start: u64, to: u64) -> u64 {
         let aligned = (self.paddr + start).saturating_add(BATCH) / PAGE * PAGE - self.paddr;
-        aligned.clamp(start + 1, self.filesz)
+        aligned.clamp(start + 1, to)
     }
 }
 
@@ -237,8 +296,8 @@ impl Sink {
 fn stream<W: Write + Send>(
     out: &mut W,
     head: Vec<u8>,
-    segs: &[SegmentGen],
-    info: &DumpInfo,
+    parts: &[Part],
+    loads: &[SegmentInfo],
 ) -> Result<()> {
     let (full_tx, full_rx) = sync_channel::<Vec<u8>>(1);
     let (free_tx, free_rx) = channel::<Vec<u8>>();
@@ -253,7 +312,7 @@ fn stream<W: Write + Send>(
         // A send fails only when the writer stopped on an error, which the
         // join below reports.
         let mut ok = sink.send(head);
-        for (gen, seg) in segs.iter().zip(&info.segments) {
+        for (part, seg) in parts.iter().zip(loads) {
             if !ok {
                 break;
             }
@@ -264,7 +323,7 @@ fn stream<W: Write + Send>(
                     sink.send(b)
                 });
             }
-            ok = ok && produce_segment(&mut sink, gen);
+            ok = ok && produce_part(&mut sink, part);
             cur = seg.offset + seg.filesz;
         }
         drop(sink);
@@ -275,17 +334,22 @@ fn stream<W: Write + Send>(
     })
 }
 
-/// Generates one segment's bytes batch by batch; false if the writer stopped.
-fn produce_segment(sink: &mut Sink, gen: &SegmentGen) -> bool {
-    let mut start = 0;
-    while start < gen.filesz {
-        let end = gen.batch_end(start);
+/// Generates one `PT_LOAD`'s bytes batch by batch; false if the writer
+/// stopped.
+fn produce_part(sink: &mut Sink, part: &Part) -> bool {
+    let gen = part.gen;
+    let mut start = part.from;
+    while start < part.to {
+        let end = gen.batch_end(start, part.to);
         let Some(mut buf) = sink.buffer((end - start) as usize) else {
             return false;
         };
         buf.par_chunks_mut(PIECE)
             .enumerate()
             .for_each(|(i, piece)| gen.fill(start + (i * PIECE) as u64, piece));
+        if let Some(d) = part.differ_at.filter(|d| (start..end).contains(d)) {
+            buf[(d - start) as usize] ^= 0xff;
+        }
         if !sink.send(buf) {
             return false;
         }

@@ -2,8 +2,8 @@
 //! independent little parser, and the page mix as seen in the file.
 
 use kjump_dumpgen::{
-    elf, write_dump, write_dump_to, DumpInfo, DumpSpec, DumpgenError, ElfStyle, Layout, PageMix,
-    SegmentSpec, NT_PRSTATUS, NT_VMCOREINFO, PAGE_SIZE,
+    elf, write_dump, write_dump_to, DumpInfo, DumpSpec, DumpgenError, ElfStyle, KernelText, Layout,
+    PageMix, SegmentSpec, NT_PRSTATUS, NT_VMCOREINFO, PAGE_SIZE, START_KERNEL_MAP,
 };
 
 const MIB: u64 = 1 << 20;
@@ -278,4 +278,70 @@ fn invalid_specs_are_rejected_before_writing() {
         Err(DumpgenError::FileszExceedsMemsz { .. })
     ));
     assert!(out.is_empty());
+}
+
+/// The kernel text PT_LOAD of `bytes` (program header 1) and its file bytes,
+/// with the RAM segment's bytes at the same physical addresses.
+fn text_and_ram<'a>(bytes: &'a [u8], info: &DumpInfo) -> (&'a [u8], &'a [u8]) {
+    let text = info.kernel_text.as_ref().expect("a kernel text segment");
+    let phdrs = parse_phdrs(bytes);
+    assert_eq!(phdrs.len(), info.segments.len() + 2);
+    let (ty, off, vaddr, paddr, filesz, memsz, _) = phdrs[1];
+    assert_eq!(ty, elf::PT_LOAD);
+    assert_eq!(
+        (off, vaddr, paddr, filesz, memsz),
+        (text.offset, text.vaddr, text.paddr, text.filesz, text.memsz)
+    );
+    assert_eq!(vaddr, START_KERNEL_MAP + paddr);
+    assert!(
+        off >= info.notes_offset + info.notes.len() as u64,
+        "data after the notes"
+    );
+    let home = info
+        .segments
+        .iter()
+        .find(|s| s.paddr <= paddr && paddr + filesz <= s.paddr + s.filesz)
+        .expect("a RAM segment holding the text");
+    let ram_at = (home.offset + (paddr - home.paddr)) as usize;
+    (
+        &bytes[off as usize..(off + filesz) as usize],
+        &bytes[ram_at..ram_at + filesz as usize],
+    )
+}
+
+#[test]
+fn kernel_text_repeats_ram_bytes_or_differs_in_one() {
+    let text = KernelText::at_16m(9 * MIB + 0x1000);
+    for style in [ElfStyle::Vmcore, ElfStyle::Packed] {
+        let mut spec = DumpSpec::from_layout(Layout::Qemu, 64 * MIB, 6)
+            .unwrap()
+            .with_kernel_text(text);
+        spec.style = style;
+        let (bytes, info) = dump(&spec);
+        assert_eq!(bytes.len() as u64, info.file_size);
+        let (copy, ram) = text_and_ram(&bytes, &info);
+        assert!(copy == ram, "{style:?}: the copy equals the RAM bytes");
+        assert!(copy.chunks(PAGE_SIZE).any(|p| p.iter().any(|b| *b != 0)));
+        // The RAM segments are the same as without the text segment.
+        let plain = DumpSpec {
+            kernel_text: None,
+            ..spec.clone()
+        };
+        let (plain_bytes, plain_info) = dump(&plain);
+        for (a, b) in info.segments.iter().zip(&plain_info.segments) {
+            let at = |i: &kjump_dumpgen::SegmentInfo, all: &[u8]| {
+                all[i.offset as usize..(i.offset + i.filesz) as usize].to_vec()
+            };
+            assert!(at(a, &bytes) == at(b, &plain_bytes));
+        }
+        assert_eq!(
+            info.pages, plain_info.pages,
+            "the copy is not counted twice"
+        );
+
+        let (bytes, info) = dump(&spec.clone().with_kernel_text(text.differing_at(0x12345)));
+        let (copy, ram) = text_and_ram(&bytes, &info);
+        let differing: Vec<usize> = (0..copy.len()).filter(|&i| copy[i] != ram[i]).collect();
+        assert_eq!(differing, [0x12345]);
+    }
 }
