@@ -29,6 +29,10 @@
 #   kjump.keydev=DEV   `kjump hibernate --encrypt` with the first 64 bytes of
 #                      DEV as its key file, and `kjump resume --key-file DEV
 #                      --key-size 64`: the restore kernel reads the key there
+#   kjump.kdump=SEED   instead of all this: A writes a pattern from SEED to
+#                      a tmpfs file, loads a kdump crash kernel and
+#                      crashes; the crash kernel copies /proc/vmcore to
+#                      /dev/vdb and captures it to /dev/vdc (kdump block)
 #
 # After a resume the script continues where `kjump hibernate` returned, with
 # the variables of the boot that hibernated.
@@ -42,6 +46,40 @@ mount -t tmpfs tmp /tmp
 up() { cut -d' ' -f1 /proc/uptime; }
 key() { sed -n "s/.*kjump\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 md5() { md5sum <"$1" | cut -d' ' -f1; }
+# ---- kdump (tests/kdump_vm.rs): this block only, then power off ----
+# In a kdump crash kernel (/proc/vmcore exists): copy the crashed kernel's
+# core raw to /dev/vdb and capture it with kjump to /dev/vdc. In A with
+# kjump.kdump=SEED: write a pattern made from SEED to a tmpfs file, load this
+# kernel with A's own root as its initramfs as the crash kernel, and crash.
+if [ -e /proc/vmcore ] || [ -n "$(key kdump)" ]; then
+	since() { echo "$(up) $1" | awk '{printf "%.2f", $1 - $2}'; }
+	if [ -e /proc/vmcore ]; then
+		echo "KDUMP: crash kernel up, uptime $(up) s, $(grep MemTotal /proc/meminfo | tr -s ' ')"
+		echo "KDUMP: VMCORE-SIZE $(stat -c %s /proc/vmcore)"
+		t0=$(up)
+		dd if=/proc/vmcore of=/dev/vdb bs=1M conv=fsync 2>/dev/null
+		echo "KDUMP: RAW-COPY-EXIT $? in $(since "$t0") s"
+		t0=$(up)
+		kjump capture --source /proc/vmcore --target /dev/vdc
+		echo "KDUMP: CAPTURE-EXIT $? in $(since "$t0") s"
+		sync
+		echo "KDUMP: DONE"
+	else
+		awk -v s="$(key kdump)" 'BEGIN { for (i = 0; i < 110000; i++) printf "kjump-kdump %s %08d\n", s, i }' >/tmp/kdump-pattern
+		echo "KDUMP-A: PATTERN $(md5 /tmp/kdump-pattern) $(stat -c %s /tmp/kdump-pattern) bytes"
+		# A's root without the bzImage; /proc, /sys, /dev and /tmp are other mounts.
+		(cd / && find . -xdev | grep -v '^\./boot/' | cpio -o -H newc 2>/dev/null) >/tmp/kdump.cpio
+		echo "KDUMP-A: INITRAMFS $(stat -c %s /tmp/kdump.cpio) bytes"
+		kexec -p /boot/bzImage --initrd=/tmp/kdump.cpio \
+			--append="console=ttyS0 irqpoll nr_cpus=1 reset_devices nokaslr acpi_no_memhotplug panic=-1"
+		echo "KDUMP-A: LOAD-EXIT $? crash loaded $(cat /sys/kernel/kexec_crash_loaded)"
+		echo "KDUMP-A: CRASH at $(up) s"
+		echo c >/proc/sysrq-trigger
+		echo "KDUMP-A: NO-CRASH"
+	fi
+	poweroff -f
+fi
+# ---- end of kdump ----
 mode=$(key mode)
 target=$(key target)
 target=${target:-/dev/vda}

@@ -1,0 +1,372 @@
+//! Kdump cores, whose PT_LOADs overlap: on x86_64 the kernel text mapping
+//! (`p_vaddr` 0xffffffff8...) has a PT_LOAD of its own whose physical bytes
+//! also lie in a "System RAM" PT_LOAD. kjump reads such bytes once, after
+//! checking that both copies agree, and refuses a core where they differ.
+//!
+//! - Synthetic: `kjump-dumpgen` cores with a kernel text PT_LOAD, captured,
+//!   verified and exported through the CLI; and the same with one byte of the
+//!   copy changed, which capture refuses naming both segments and the address.
+//! - Real (QEMU, TCG): A boots with `kjump.kdump=SEED` (hibvm/init.sh's kdump
+//!   block), writes a pattern made from SEED to a tmpfs file, loads the test
+//!   kernel with `kexec -p` and crashes through sysrq. In the crash kernel,
+//!   the same init.sh copies /proc/vmcore raw to /dev/vdb and runs `kjump
+//!   capture --source /proc/vmcore --target /dev/vdc`. The host captures
+//!   the raw copy, verifies and exports both images, and finds the raw core's
+//!   memory at every physical address of every PT_LOAD in both exports, and
+//!   the pattern in memory. A byte flipped in the raw copy's kernel text
+//!   makes the host capture fail with the clear error.
+//!
+//! Needs what hibernate_vm.rs needs (qemu-system-x86, busybox-static,
+//! kexec-tools, cpio, the test kernel with CRASH_DUMP and PROC_VMCORE); the
+//! QEMU test is skipped without QEMU, except under CI. Console logs stay in
+//! target/tmp/kdump-vm/; run with --nocapture for the figures.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::cores::{assert_same_memory, core_headers, for_each_page, Load, TempDir};
+use common::hibvm::flows::{kjump, machine, PHASE};
+use common::hibvm::{self, Boot, BootOpts};
+use kjump_dumpgen::{write_dump, DumpSpec, KernelText, Layout, START_KERNEL_MAP};
+
+/// Lines of the pattern; init.sh's kdump block writes the same number.
+const PATTERN_LINES: usize = 110_000;
+const PAGE: usize = 4096;
+/// The raw copy of /proc/vmcore and the crash kernel's image: a 1 GiB guest
+/// minus the 256 MiB crash region gives a core of about 0.8 GB.
+const DISK_BYTES: u64 = 2 << 30;
+/// Crash kernel boot, raw copy and capture of the core under TCG, with
+/// another test's machine possibly on the same 2 cores.
+const CRASH_PHASE: Duration = Duration::from_secs(900);
+
+fn os(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Runs the host's kjump, asserting success; returns its output and the
+/// wall time.
+fn kjump_ok(args: &[&str]) -> (String, f64) {
+    let started = Instant::now();
+    let (code, text) = kjump(args);
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "kjump {args:?}: {text}");
+    (text, secs)
+}
+
+/// Capture, verify and export through the CLI; returns the exported core.
+fn capture_verify_export(dir: &Path, name: &str, core: &Path) -> std::path::PathBuf {
+    let (img, out) = (
+        dir.join(format!("{name}.img")),
+        dir.join(format!("{name}.export.elf")),
+    );
+    let (text, secs) = kjump_ok(&["capture", "--source", os(core), "--target", os(&img)]);
+    println!("[{name}] capture {secs:.2} s: {}", text.trim());
+    assert!(
+        text.contains("with the same bytes: read once"),
+        "capture did not report the overlap: {text}"
+    );
+    verify_export(name, &img, &out);
+    out
+}
+
+fn verify_export(name: &str, img: &Path, out: &Path) {
+    let (text, secs) = kjump_ok(&["verify", os(img)]);
+    println!("[{name}] verify {secs:.2} s: {}", text.trim());
+    let (_, secs) = kjump_ok(&["export", os(img), "--output", os(out)]);
+    let len = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    println!("[{name}] export {secs:.2} s: {len} bytes");
+}
+
+/// The PT_LOAD of the kernel text mapping and the one whose physical bytes
+/// hold it; asserts there is such a pair.
+fn text_and_home(loads: &[Load]) -> (Load, Load) {
+    let text = *loads
+        .iter()
+        .find(|l| l.vaddr >= START_KERNEL_MAP)
+        .unwrap_or_else(|| panic!("no kernel text PT_LOAD among {loads:#x?}"));
+    let home = *loads
+        .iter()
+        .find(|l| l.index != text.index && l.paddr <= text.paddr && text.end() <= l.end())
+        .unwrap_or_else(|| panic!("no PT_LOAD holds the kernel text {text:#x?}"));
+    (text, home)
+}
+
+/// The error a capture gives when `text`'s copy of its bytes differs from
+/// `home`'s at `at` (the segment first by address is named first).
+fn differ_message(text: &Load, home: &Load, at: u64) -> String {
+    let r = |l: &Load| format!("{:#x}-{:#x}", l.paddr, l.end() - 1);
+    format!(
+        "PT_LOAD {} (paddr {}) and PT_LOAD {} (paddr {}) overlap in physical memory but differ, first at physical {at:#x}",
+        home.index,
+        r(home),
+        text.index,
+        r(text)
+    )
+}
+
+/// Capture must refuse `core` with `want` in its error, exit code 2, and
+/// leave no image behind.
+fn assert_refused(core: &Path, img: &Path, want: &str) {
+    let (code, text) = kjump(&["capture", "--source", os(core), "--target", os(img)]);
+    assert_eq!(code, 2, "capture of a core whose copies differ: {text}");
+    assert!(text.contains("is not a usable ELF core"), "{text}");
+    assert!(text.contains(want), "expected {want:?} in: {text}");
+    assert!(!img.exists(), "a refused capture wrote {}", img.display());
+    println!("refused as expected: {}", text.trim());
+}
+
+#[test]
+fn synthetic_kdump_core_round_trips() {
+    let dir = TempDir::new("kdump-synthetic");
+    let core = dir.path("kdump.elf");
+    let spec = DumpSpec::from_layout(Layout::Qemu, 64 << 20, 17)
+        .expect("spec")
+        .with_kernel_text(KernelText::at_16m((9 << 20) + 0x3000));
+    write_dump(&spec, &core).expect("writing the dump");
+    let (loads, _) = core_headers(&core);
+    let (text, home) = text_and_home(&loads);
+    assert_eq!(
+        text.index, 1,
+        "kexec-tools' order: PT_NOTE, kernel text, RAM"
+    );
+    let out = capture_verify_export(&dir.0, "synthetic", &core);
+    assert_same_memory(&core, &out);
+    let (exported, _) = core_headers(&out);
+    assert_eq!(
+        exported.len(),
+        loads.len() - 1,
+        "the kernel text is held once, in its RAM segment"
+    );
+    assert!(exported
+        .iter()
+        .any(|l| l.paddr == home.paddr && l.memsz == home.memsz));
+}
+
+#[test]
+fn synthetic_kdump_core_whose_copies_differ_is_refused() {
+    let dir = TempDir::new("kdump-synthetic-differ");
+    let core = dir.path("kdump-differ.elf");
+    let text = KernelText::at_16m(8 << 20).differing_at(0x12345);
+    let spec = DumpSpec::from_layout(Layout::Qemu, 64 << 20, 18)
+        .expect("spec")
+        .with_kernel_text(text);
+    write_dump(&spec, &core).expect("writing the dump");
+    let (loads, _) = core_headers(&core);
+    let (t, home) = text_and_home(&loads);
+    let want = differ_message(&t, &home, text.paddr + 0x12345);
+    assert_eq!(
+        want,
+        "PT_LOAD 3 (paddr 0x100000-0x3ffffff) and PT_LOAD 1 (paddr 0x1000000-0x17fffff) \
+         overlap in physical memory but differ, first at physical 0x1012345"
+    );
+    assert_refused(&core, &dir.path("differ.img"), &want);
+}
+
+/// The pattern A writes from `seed` (init.sh's kdump block, line for line).
+fn pattern(seed: &str) -> Vec<u8> {
+    (0..PATTERN_LINES)
+        .map(|i| format!("kjump-kdump {seed} {i:08}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running md5sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("feeding md5sum");
+    let out = child.wait_with_output().expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// How many of the pattern's whole pages `core` holds at a page-aligned
+/// physical address, of how many.
+fn pattern_pages_found(core: &Path, pattern: &[u8]) -> (usize, usize) {
+    let pages: HashSet<&[u8]> = pattern.chunks_exact(PAGE).collect();
+    let mut found = HashSet::new();
+    for_each_page(core, |_, page| {
+        if let Some(p) = pages.get(page) {
+            found.insert(*p);
+        }
+    });
+    (found.len(), pages.len())
+}
+
+/// A value printed after `prefix` on the console.
+fn console_value(boot: &mut Boot, prefix: &str, timeout: Duration) -> String {
+    let line = boot.wait_for(prefix, timeout);
+    let rest = &line.text[line.text.find(prefix).map_or(0, |i| i + prefix.len())..];
+    rest.trim().to_owned()
+}
+
+fn print_layout(core: &Path, loads: &[Load]) {
+    let len = fs::metadata(core).map(|m| m.len()).unwrap_or(0);
+    println!("[kdump] {}: {len} bytes", core.display());
+    for l in loads {
+        println!(
+            "[kdump]   PT_LOAD {:2} vaddr {:#018x} paddr {:#012x} memsz {:#011x} filesz {:#011x} offset {:#011x}",
+            l.index, l.vaddr, l.paddr, l.memsz, l.filesz, l.offset
+        );
+    }
+}
+
+/// Flips the file byte of `load` at physical `at`; returns its offset.
+fn flip(core: &Path, load: &Load, at: u64) -> u64 {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(core)
+        .expect("open the raw core");
+    let off = load.offset + (at - load.paddr);
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, off).expect("read a byte");
+    b[0] ^= 0x01;
+    f.write_all_at(&b, off).expect("write a byte");
+    off
+}
+
+#[test]
+fn real_kdump_core_is_captured_and_exported() {
+    let Some(_machine) = machine() else { return };
+    let rig = hibvm::rig();
+    let dir = &rig.dir;
+    let seed = format!(
+        "{:016x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id())
+    );
+    let vda = hibvm::new_disk_of(&dir.join("kdump-unused.img"), 64 << 20);
+    let raw = hibvm::new_disk_of(&dir.join("kdump-vmcore.raw"), DISK_BYTES);
+    let crash_img = hibvm::new_disk_of(&dir.join("kdump-crash.img"), DISK_BYTES);
+    let opts = BootOpts::new(&vda, "none")
+        .disk(&raw)
+        .disk(&crash_img)
+        .arg(&format!("kjump.kdump={seed}"));
+    let mut boot = Boot::start_opts("kdump", &opts);
+    let printed = console_value(&mut boot, "KDUMP-A: PATTERN ", PHASE);
+    let load = console_value(&mut boot, "KDUMP-A: LOAD-EXIT ", PHASE);
+    assert!(
+        load.starts_with("0 crash loaded 1"),
+        "{load}\n{}",
+        boot.logs()
+    );
+    let crashed = boot.wait_for("KDUMP-A: CRASH", PHASE);
+    let up = boot.wait_for("KDUMP: crash kernel up", CRASH_PHASE);
+    let size: u64 = console_value(&mut boot, "KDUMP: VMCORE-SIZE ", CRASH_PHASE)
+        .parse()
+        .expect("a size");
+    let copied = console_value(&mut boot, "KDUMP: RAW-COPY-EXIT ", CRASH_PHASE);
+    let captured = console_value(&mut boot, "KDUMP: CAPTURE-EXIT ", CRASH_PHASE);
+    boot.wait_for("KDUMP: DONE", CRASH_PHASE);
+    boot.wait_exit(PHASE);
+    let lines = boot.lines();
+    for l in lines.iter().filter(|l| {
+        ["KDUMP", "kjump", "committed", "Kernel panic"]
+            .iter()
+            .any(|m| l.text.contains(m))
+    }) {
+        println!("[kdump] {:7.2}  {}", l.at, l.text);
+    }
+    println!(
+        "[kdump] crash -> crash kernel's /init: {:.2} s",
+        up.at - crashed.at
+    );
+    assert!(
+        copied.starts_with("0 "),
+        "raw copy: {copied}\n{}",
+        boot.logs()
+    );
+    assert!(
+        captured.starts_with("0 "),
+        "kjump capture of /proc/vmcore: {captured}\n{}",
+        boot.logs()
+    );
+    assert!(
+        size > 512 << 20 && size < DISK_BYTES,
+        "/proc/vmcore of {size} bytes"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.text.contains("/proc/vmcore: PT_LOAD")
+                && l.text.contains("with the same bytes: read once")),
+        "the crash kernel's capture did not read an overlap once\n{}",
+        boot.logs()
+    );
+
+    // The raw disk is /proc/vmcore followed by zeros: cut it to the core.
+    File::options()
+        .write(true)
+        .open(&raw)
+        .and_then(|f| f.set_len(size))
+        .expect("cutting the raw copy to the core's size");
+    let (loads, notes) = core_headers(&raw);
+    print_layout(&raw, &loads);
+    assert!(!notes.is_empty(), "no PT_NOTE in the vmcore");
+    let (text, home) = text_and_home(&loads);
+    println!(
+        "[kdump] kernel text: PT_LOAD {} ({:#x} bytes at physical {:#x}) inside PT_LOAD {}",
+        text.index, text.memsz, text.paddr, home.index
+    );
+
+    let pattern = pattern(&seed);
+    let md5 = md5_hex(&pattern);
+    assert!(
+        printed.starts_with(&format!("{md5} {} bytes", pattern.len())),
+        "A's pattern {printed} is not the host's {md5}"
+    );
+
+    // The host's capture of the raw copy, and the crash kernel's image.
+    let host_out = capture_verify_export(dir, "kdump-host", &raw);
+    assert_same_memory(&raw, &host_out);
+    let (found, of) = pattern_pages_found(&host_out, &pattern);
+    println!("[kdump] pattern: {found} of {of} pages found in the exported core");
+    assert_eq!(found, of, "pattern pages missing from the exported core");
+    let crash_out = dir.join("kdump-crash.export.elf");
+    verify_export("kdump-crash", &crash_img, &crash_out);
+    assert_same_memory(&raw, &crash_out);
+    assert_eq!(pattern_pages_found(&crash_out, &pattern), (of, of));
+    let info = kjump_ok(&["info", os(&crash_img)]).0;
+    println!("[kdump] crash kernel's image:\n{}", info.trim());
+
+    // One byte of the kernel text copy changed: refused with the address.
+    let at = text.paddr + text.filesz / 2 + 0x123;
+    flip(&raw, &text, at);
+    assert_refused(
+        &raw,
+        &dir.join("kdump-differ.img"),
+        &differ_message(&text, &home, at),
+    );
+
+    // Kept only when something failed.
+    for p in [
+        &raw,
+        &crash_img,
+        &host_out,
+        &crash_out,
+        &dir.join("kdump-host.img"),
+        &vda,
+    ] {
+        let _ = fs::remove_file(p);
+    }
+}
