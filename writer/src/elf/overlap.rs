@@ -334,4 +334,81 @@ mod tests {
             "{e:?}"
         );
     }
+
+    /// A segment of the property test: physical start, memory and file
+    /// lengths, and one file byte replaced (position, value) or not.
+    type Spec = (u64, u64, u64, Option<(usize, u8)>);
+    /// A written segment: paddr, memsz, file offset, filesz.
+    type Written = (u64, u64, u64, u64);
+
+    /// A core whose segments copy `mem` (zero past each one's file part),
+    /// then have their replacements applied; returns it and each segment's
+    /// [`Written`] fields.
+    fn oracle_core(mem: &[u8], specs: &[Spec]) -> (Vec<u8>, Vec<Written>) {
+        let data_at = (64 + 56 * specs.len()) as u64;
+        let mut f = header(specs.len() as u16);
+        let (mut data, mut segs) = (Vec::new(), Vec::new());
+        for &(paddr, memsz, filesz, swap) in specs {
+            let off = data_at + data.len() as u64;
+            let mut bytes = mem[paddr as usize..(paddr + filesz) as usize].to_vec();
+            if let Some((i, v)) = swap.filter(|_| filesz > 0) {
+                bytes[i % filesz as usize] = v;
+            }
+            data.extend(bytes);
+            f.extend(phdr(PT_LOAD, off, paddr, filesz, memsz));
+            segs.push((paddr, memsz, off, filesz));
+        }
+        f.extend(data);
+        (f, segs)
+    }
+
+    proptest::proptest! {
+        /// Against a naive oracle: the core is accepted exactly when every
+        /// physical byte has one value in all segments that cover it; then
+        /// the kept segments are disjoint, cover the same bytes and read
+        /// that value; else the two segments named differ at the address.
+        #[test]
+        fn merge_matches_a_byte_by_byte_oracle(
+            mem in proptest::collection::vec(0u8..3, 300),
+            raw in proptest::collection::vec(
+                (0u64..200, 1u64..100, 0u64..100, proptest::option::of((0usize..100, 0u8..3))),
+                1..6,
+            ),
+        ) {
+            let specs: Vec<Spec> = raw.iter().map(|&(p, m, f, x)| (p, m, f.min(m), x)).collect();
+            let (f, segs) = oracle_core(&mem, &specs);
+            let byte = |i: usize, a: u64| {
+                let (p, _, off, filesz) = segs[i];
+                if a < p + filesz { f[(off + a - p) as usize] } else { 0 }
+            };
+            let covers = |i: usize, a: u64| segs[i].0 <= a && a < segs[i].0 + segs[i].1;
+            let agree = (0..300u64).all(|a| {
+                let mut vals = (0..segs.len()).filter(|&i| covers(i, a)).map(|i| byte(i, a));
+                vals.next().is_none_or(|v| vals.all(|w| w == v))
+            });
+            match parse_bytes(&f) {
+                Ok(c) => {
+                    proptest::prop_assert!(agree);
+                    for w in c.segments.windows(2) {
+                        proptest::prop_assert!(w[0].range.end() <= w[1].range.start());
+                    }
+                    for a in 0..300u64 {
+                        let held: Vec<_> = c.segments.iter().filter(|s| s.range.contains(PhysAddr(a))).collect();
+                        let any = (0..segs.len()).find(|&i| covers(i, a));
+                        proptest::prop_assert_eq!(held.len(), usize::from(any.is_some()));
+                        if let (Some(s), Some(i)) = (held.first(), any) {
+                            let v = if a < s.file_end() { f[s.offset_of(a) as usize] } else { 0 };
+                            proptest::prop_assert_eq!(v, byte(i, a), "physical {:#x}", a);
+                        }
+                    }
+                }
+                Err(ElfError::OverlapDiffers { kept, other, at, .. }) => {
+                    proptest::prop_assert!(!agree);
+                    proptest::prop_assert!(covers(kept, at) && covers(other, at));
+                    proptest::prop_assert_ne!(byte(kept, at), byte(other, at));
+                }
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+    }
 }
