@@ -8,6 +8,13 @@
 //! the rest of A's RAM as reserved (`memmap=SIZE#START`) so that B's kexec
 //! identity map covers A's memory for the jump back. `iomem=relaxed` lets B
 //! read that memory through /dev/mem.
+//!
+//! The memory map alone does not keep B inside the region: the
+//! decompressor's KASLR picks a physical address from the firmware's map
+//! and avoids only the first four `memmap=` regions it parses, and a
+//! kernel with memory hotplug may hot-add A's RAM that `exactmap` took
+//! away. [`CONFINEMENT`] turns both off; B and R still check at their
+//! start that they run inside the region ([`crate::confine`]).
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -16,12 +23,33 @@ use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Placement};
 use kjump_restorer::kexec;
 use kjump_writer::{ranges, Place};
 
+use crate::mailbox::{Mailbox, Report};
 use crate::manifest::{Manifest, Mode};
 
 /// Low memory the capture kernel takes for its real-mode trampoline.
 pub const B_LOW_MEMORY: (u64, u64) = (0x10000, 0x20000);
 /// Top of the region kexec-tools keeps for the ELF core header.
 pub const HEADER_RESERVE: u64 = 1 << 20;
+
+/// Kernel parameters that keep a capture or restore kernel where its
+/// memory map puts it, as kdump's crash kernels have them:
+/// - `nokaslr`: the decompressor's KASLR (arch/x86/boot/compressed/kaslr.c)
+///   chooses from the firmware memory map kexec passes and avoids only the
+///   first four `memmap=` regions (MAX_MEMMAP_REGIONS), so with five or
+///   more saved ranges it can decompress the kernel into A's RAM. Without
+///   KASLR a relocatable kernel runs where kexec-tools loaded it, inside
+///   `--mem-min`/`--mem-max`, which reserve its whole `init_size`.
+/// - `acpi_no_memhotplug` and `memhp_default_state=offline`: a kernel with
+///   ACPI memory hotplug would add, and online, the memory devices that
+///   `memmap=exactmap` took away, which are A's RAM.
+///
+/// Unknown to a kernel built without the feature, a word reaches /init as
+/// an argument or an environment variable, which kjump's /init ignores.
+pub const CONFINEMENT: [&str; 3] = [
+    "nokaslr",
+    "acpi_no_memhotplug",
+    "memhp_default_state=offline",
+];
 
 /// Why hibernation cannot start, or failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +128,7 @@ impl JumpPlan {
             args.push(format!("memmap={:#x}#{:#x}", s.len(), s.start().0));
         }
         args.push("iomem=relaxed".into());
+        args.extend(CONFINEMENT.iter().map(|w| w.to_string()));
         args
     }
 
@@ -115,9 +144,11 @@ impl JumpPlan {
     }
 }
 
-/// The capture kernel's whole command line: A's console settings, the
-/// confinement, and a panic timeout so a failing B restarts the machine.
-pub fn capture_cmdline(plan: &JumpPlan, a_cmdline: &str) -> String {
+/// The capture (or restore) kernel's whole command line: the running
+/// kernel's console settings, the confinement, a panic timeout so a
+/// failing kernel restarts the machine, and last the user's `extra` words
+/// (`--append`), which can override any of them.
+pub fn capture_cmdline(plan: &JumpPlan, a_cmdline: &str, extra: &[String]) -> String {
     let mut args: Vec<String> = a_cmdline
         .split_ascii_whitespace()
         .filter(|w| w.starts_with("console=") || w.starts_with("earlyprintk="))
@@ -125,6 +156,7 @@ pub fn capture_cmdline(plan: &JumpPlan, a_cmdline: &str) -> String {
         .collect();
     args.extend(plan.memmap_args());
     args.push("panic=10".into());
+    args.extend(extra.iter().cloned());
     args.join(" ")
 }
 
@@ -148,6 +180,8 @@ pub struct HibernateOptions {
     /// Encrypt the image with this key file or passphrase; it reaches the
     /// capture kernel in RAM only.
     pub encrypt: Option<kjump_image_format::Secret>,
+    /// More words for the capture kernel's command line.
+    pub append: Vec<String>,
 }
 
 fn read(path: &str) -> Result<String, HibernateError> {
@@ -361,6 +395,9 @@ pub struct Return {
     pub image: Result<&'static str, String>,
     /// What else happened on the way back, for the user.
     pub notes: Vec<String>,
+    /// Why the capture kernel jumped back without saving, as it reported
+    /// it through the mailbox.
+    pub report: Option<Report>,
 }
 
 /// Whether the target holds the image this hibernation asked for (the
@@ -396,10 +433,19 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?)?;
     let place = preflight(opts, &plan)?;
     let a_cmdline = read("/proc/cmdline")?;
-    let cmdline = capture_cmdline(&plan, &a_cmdline);
+    let cmdline = capture_cmdline(&plan, &a_cmdline, &opts.append);
     let uuid = kjump_writer::random_uuid();
     let swap_active = matches!(place.placement, Placement::Swap(_))
         && kjump_writer::place::is_active_swap(&place.holder);
+    // Without a mailbox the capture kernel can still fail safely; only its
+    // reason then stays on its console.
+    let mut mailbox = match Mailbox::open(&plan.saved) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            println!("no mailbox for the capture kernel's report ({e}): if it fails, its console says why");
+            None
+        }
+    };
     let manifest = Manifest {
         encrypt: secret.as_ref().map(|s| match s {
             kjump_image_format::Secret::KeyFile(_) => crate::manifest::SecretKind::KeyFile,
@@ -409,6 +455,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         tty: None,
         image_uuid: Some(uuid),
         swap_was_active: swap_active,
+        mailbox: mailbox.as_ref().map(Mailbox::address),
         mode: opts.mode,
         target: crate::kernel_name(&place.holder),
         target_offset: place.map_at(),
@@ -472,6 +519,11 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         return Err(e.into());
     }
     let away = SystemTime::now().duration_since(left).unwrap_or_default();
+    // The capture kernel stays loaded after it jumped back, holding its
+    // segments' pages (tens of MiB, and the secret's initramfs): give them
+    // back, as a resume or the next hibernation needs none of it.
+    load.unload();
+    let report = mailbox.as_mut().and_then(Mailbox::take);
     let mut image = saved_image(&place, &uuid);
     let mut notes = Vec::new();
     if opts.mode == Mode::Suspend && matches!(image, Ok("committed")) {
@@ -494,7 +546,12 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     if swapped_off {
         notes.push(give_swap_back(&place, opts.mode, &image));
     }
-    Ok(Some(Return { away, image, notes }))
+    Ok(Some(Return {
+        away,
+        image,
+        notes,
+        report,
+    }))
 }
 
 #[cfg(test)]
@@ -547,6 +604,9 @@ mod tests {
                 "memmap=0x2ef00000#0x100000",
                 "memmap=0xfe0000#0x3f000000",
                 "iomem=relaxed",
+                "nokaslr",
+                "acpi_no_memhotplug",
+                "memhp_default_state=offline",
             ]
         );
     }
@@ -557,13 +617,25 @@ mod tests {
         let c = capture_cmdline(
             &p,
             "root=/dev/vda ro console=ttyS0,115200 quiet crashkernel=256M",
+            &[],
         );
         assert!(
             c.starts_with("console=ttyS0,115200 memmap=exactmap "),
             "{c}"
         );
-        assert!(c.ends_with(" iomem=relaxed panic=10"), "{c}");
+        assert!(
+            c.ends_with(
+                " iomem=relaxed nokaslr acpi_no_memhotplug memhp_default_state=offline panic=10"
+            ),
+            "{c}"
+        );
         assert!(!c.contains("root="), "{c}");
+        let c = capture_cmdline(
+            &p,
+            "console=ttyS0",
+            &["console=tty0".into(), "nomodeset".into()],
+        );
+        assert!(c.ends_with(" panic=10 console=tty0 nomodeset"), "{c}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target}
 use nix::mount::{mount, MsFlags};
 
 use crate::error_chain;
+use crate::mailbox::{MailboxAddress, Report, ReportKind};
 use crate::manifest::{KeySource, Manifest, Mode, SecretKind};
 use kjump_image_format::{Kdf, Secret};
 
@@ -91,6 +92,10 @@ struct State {
     /// In R: the normal boot's re-entry point while it can still take
     /// control back (no byte of memory written yet).
     hand_back: Option<u64>,
+    /// Where the kernel jumped back to learns why.
+    mailbox: Option<MailboxAddress>,
+    /// This kernel found itself outside its region.
+    escaped: bool,
 }
 
 /// Runs /init. Never returns.
@@ -110,6 +115,7 @@ fn run(state: &mut State) -> Result<Plan, String> {
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
+    state.mailbox = manifest.mailbox;
     if manifest.mode == Mode::Restore {
         state.restoring = true;
         say("restore kernel started");
@@ -118,6 +124,7 @@ fn run(state: &mut State) -> Result<Plan, String> {
         state.hand_back = std::fs::read_to_string("/proc/cmdline")
             .ok()
             .and_then(|c| kexec::jump_back_entry(&c).ok());
+        check_confinement(&manifest, state)?;
         return restore_phase(&manifest, state);
     }
     say("capture kernel started");
@@ -125,7 +132,41 @@ fn run(state: &mut State) -> Result<Plan, String> {
         .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
     let entry = kexec::jump_back_entry(&cmdline).map_err(|e| e.to_string())?;
     state.entry = Some(entry);
+    check_confinement(&manifest, state)?;
     capture_phase(&manifest, entry)
+}
+
+/// The tripwire: this kernel's RAM and image must lie inside the region
+/// the manifest names, or it touches nothing ([`crate::confine`]).
+fn check_confinement(manifest: &Manifest, state: &mut State) -> Result<(), String> {
+    let region = ranges::parse_range_list(&manifest.region)
+        .ok()
+        .filter(|r| r.len() == 1)
+        .map(|r| r[0])
+        .ok_or_else(|| format!("manifest region {:?} is not one range", manifest.region))?;
+    let iomem =
+        std::fs::read_to_string("/proc/iomem").map_err(|e| format!("reading /proc/iomem: {e}"))?;
+    match crate::confine::check(&iomem, region) {
+        Ok(None) => {
+            let ram: Vec<String> = ranges::parse_iomem("/proc/iomem", &iomem)
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            say(format_args!(
+                "running inside the region {region} (System RAM {})",
+                ram.join(", ")
+            ));
+            Ok(())
+        }
+        Ok(Some(escape)) => {
+            state.escaped = true;
+            Err(escape.to_string())
+        }
+        Err(e) => Err(format!(
+            "cannot tell whether this kernel runs inside its region {region}: {e}"
+        )),
+    }
 }
 
 fn mount_all() -> Result<(), String> {
@@ -436,11 +477,38 @@ fn countdown(what: &str) {
     }
 }
 
-fn fail(what: impl fmt::Display, state: &State) -> ! {
-    if let Some(entry) = state.hand_back {
-        say(format_args!("not resuming: {what}"));
+/// Leaves `what` in the mailbox of the kernel this one jumps back to.
+fn report(what: &str, state: &State) {
+    let Some(at) = &state.mailbox else { return };
+    let kind = if state.escaped {
+        ReportKind::Escaped
+    } else {
+        ReportKind::Failed
+    };
+    let report = Report {
+        kind,
+        message: what.to_string(),
+    };
+    if let Err(e) = crate::mailbox::post(Path::new("/dev/mem"), at, &report) {
         say(format_args!(
-            "memory is untouched: handing control back to the normal boot at {entry:#x}"
+            "could not leave the reason in the mailbox: {e}"
+        ));
+    }
+}
+
+fn fail(what: impl fmt::Display, state: &State) -> ! {
+    let what = what.to_string();
+    if let Some(entry) = state.hand_back {
+        if state.escaped {
+            say(format_args!("not resuming: {what}"));
+            say("this kernel wrote nothing; the normal boot's memory may be damaged: reboot it");
+        } else {
+            say(format_args!("not resuming: {what}"));
+            say("memory is untouched");
+        }
+        report(&what, state);
+        say(format_args!(
+            "handing control back to the normal boot at {entry:#x}"
         ));
         jump_back(entry);
         say("the hand-back failed");
@@ -453,8 +521,17 @@ fn fail(what: impl fmt::Display, state: &State) -> ! {
         restart_now();
     }
     say(format_args!("capture failed: {what}"));
-    say("no image was committed; the saved kernel's memory is untouched");
-    if Path::new(RESCUE_SHELL).exists() {
+    if state.escaped {
+        say("nothing was written; the saved kernel's memory may be damaged: it must save its work and reboot");
+    } else {
+        say("no image was committed; the saved kernel's memory is untouched");
+    }
+    if state.entry.is_some() {
+        report(&what, state);
+    }
+    // A kernel outside its region jumps back at once: the saved kernel's
+    // session is to be saved before anything else happens.
+    if Path::new(RESCUE_SHELL).exists() && !state.escaped {
         let then = if state.entry.is_some() {
             "jump back to the saved kernel"
         } else {

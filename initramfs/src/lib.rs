@@ -7,12 +7,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod confine;
 pub mod cpio;
 pub mod freemem;
 pub mod fsguard;
 pub mod hibernate;
 pub mod init;
 pub mod load;
+pub mod mailbox;
 pub mod manifest;
 pub mod prompt;
 pub mod resume;

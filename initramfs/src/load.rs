@@ -106,7 +106,8 @@ impl KexecLoad<'_> {
     }
 
     /// Unloads the kernel again (`kexec -u`), when what was to follow the
-    /// load failed. Best effort: a loaded kernel only waits for a jump.
+    /// load failed or once the loaded kernel has jumped back. Best effort:
+    /// a loaded kernel only waits for a jump.
     pub fn unload(&self) {
         let _ = Command::new(self.kexec).arg("-u").output();
     }

@@ -101,6 +101,9 @@ pub struct Manifest {
     /// The target is a swap area the saved kernel had swapped on: its held
     /// signature records that (optional key `swap-was-active=1`).
     pub swap_was_active: bool,
+    /// Where to report why this kernel jumps back without doing its work
+    /// (optional key `mailbox`, `0xADDR:TOKEN`).
+    pub mailbox: Option<crate::mailbox::MailboxAddress>,
 }
 
 /// What kind of secret an encrypted image is sealed with.
@@ -170,7 +173,7 @@ pub fn uuid_hex(u: &[u8; 16]) -> String {
     u.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     if s.len() != 32 || !s.is_ascii() {
         return None;
     }
@@ -211,12 +214,16 @@ impl Manifest {
         if self.swap_was_active {
             let _ = writeln!(s, "swap-was-active=1");
         }
+        if let Some(m) = &self.mailbox {
+            let _ = writeln!(s, "mailbox={m}");
+        }
         s
     }
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 14] = [
+        let mut fields: [(&str, Option<(usize, &str)>); 15] = [
+            ("mailbox", None),
             ("version", None),
             ("mode", None),
             ("target", None),
@@ -329,9 +336,22 @@ impl Manifest {
             }
             Err(_) => false,
         };
+        let mailbox =
+            match get("mailbox") {
+                Ok((line, v)) => Some(crate::mailbox::MailboxAddress::parse(v).ok_or_else(
+                    || ManifestError {
+                        line,
+                        reason: format!(
+                            "mailbox {v:?} is not 0xADDR:TOKEN (a page address, 32 hex digits)"
+                        ),
+                    },
+                )?),
+                Err(_) => None,
+            };
         Ok(Manifest {
             mode,
             swap_was_active,
+            mailbox,
             target: get("target")?.1.to_string(),
             target_offset,
             ram: get("ram")?.1.to_string(),
@@ -371,6 +391,7 @@ mod tests {
             tty: None,
             image_uuid: None,
             swap_was_active: false,
+            mailbox: None,
         }
     }
 
@@ -398,6 +419,18 @@ mod tests {
         assert!(e.to_string().contains("not key-file or passphrase"), "{e}");
         let e = Manifest::parse(&text.replace("image-uuid=3031", "image-uuid=zz31")).unwrap_err();
         assert!(e.to_string().contains("not 32 hex digits"), "{e}");
+        m.mailbox = Some(crate::mailbox::MailboxAddress {
+            phys: 0x7654_3000,
+            token: [0xab; 16],
+        });
+        let text = m.encode();
+        assert!(
+            text.ends_with("mailbox=0x76543000:abababababababababababababababab\n"),
+            "{text}"
+        );
+        assert_eq!(Manifest::parse(&text).unwrap(), m);
+        let e = Manifest::parse(&text.replace("0x76543000:", "0x76543001:")).unwrap_err();
+        assert!(e.to_string().contains("not 0xADDR:TOKEN"), "{e}");
     }
 
     #[test]

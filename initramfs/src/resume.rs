@@ -25,6 +25,7 @@ use kjump_restorer::kexec;
 use kjump_writer::{ranges, Place};
 
 use crate::hibernate::{capture_cmdline, JumpPlan};
+use crate::mailbox::{Mailbox, Report, ReportKind};
 use crate::manifest::{KeySource, Manifest, Mode, SecretKind};
 
 /// What `resume` found or did.
@@ -53,6 +54,10 @@ pub enum ResumeError {
     /// The jump into R failed.
     #[error(transparent)]
     Jump(#[from] kexec::KexecError),
+    /// R found itself running outside its region and handed back without
+    /// writing anything; this boot's memory may be damaged.
+    #[error("the restore kernel ran outside its region; this boot's memory may be damaged: reboot (the image is left as it is; it said: {0})")]
+    Escaped(String),
 }
 
 /// How to resume.
@@ -80,6 +85,8 @@ pub struct ResumeOptions {
     /// The terminal R asks the passphrase on, as R names it
     /// (default /dev/console).
     pub tty: Option<PathBuf>,
+    /// More words for the restore kernel's command line.
+    pub append: Vec<String>,
 }
 
 /// Passphrase attempts before R hands back to the normal boot.
@@ -334,9 +341,18 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         ImageKeys::unlock(s, params, uuid).map_err(|e| refuse(crate::error_chain(&e)))?;
     }
     let plan = found.plan;
+    // R tells why it hands back, when it does, through this page.
+    let mut mailbox = match Mailbox::open(&plan.saved) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            println!("no mailbox for the restore kernel's report ({e}): if it refuses, its console says why");
+            None
+        }
+    };
     let cmdline = capture_cmdline(
         &plan,
         &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        &opts.append,
     );
     let manifest = Manifest {
         mode: Mode::Restore,
@@ -350,6 +366,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         tty: opts.tty.as_ref().map(|t| t.display().to_string()),
         image_uuid: None,
         swap_was_active: false,
+        mailbox: mailbox.as_ref().map(Mailbox::address),
         ram: plan.ram_list(),
         region: format!(
             "{:#x}-{:#x}",
@@ -383,11 +400,22 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
     load.run(&manifest, &[], bytes).map_err(ResumeError::Load)?;
     drop(secret);
     let jumped = kexec::jump();
-    // Back in R0: R did not resume (it said why on the console), or the
-    // jump itself failed. Either way the normal boot goes on.
+    // Back in R0: R did not resume (it said why on the console and in
+    // the mailbox), or the jump itself failed. Either way the normal boot
+    // goes on.
     load.unload();
     jumped?;
-    Ok(Outcome::Nothing(
-        "the restore kernel handed control back without resuming (its reason is above)".into(),
-    ))
+    match mailbox.as_mut().and_then(Mailbox::take) {
+        Some(Report {
+            kind: ReportKind::Escaped,
+            message,
+        }) => Err(ResumeError::Escaped(message)),
+        Some(Report { message, .. }) => Ok(Outcome::Nothing(format!(
+            "the restore kernel handed control back without resuming: {message}"
+        ))),
+        None => Ok(Outcome::Nothing(
+            "the restore kernel handed control back without resuming (its reason is on its console)"
+                .into(),
+        )),
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kjump_image_format::Secret;
 use kjump_initramfs::hibernate::{hibernate, HibernateOptions};
+use kjump_initramfs::mailbox::ReportKind;
 use kjump_initramfs::manifest::Mode;
 use kjump_initramfs::resume::{self, Outcome, ResumeError, ResumeOptions};
 use kjump_initramfs::ExtraFile;
@@ -39,6 +40,18 @@ pub struct HibernateArgs {
     encrypt: bool,
     #[command(flatten)]
     key: super::KeyArgs,
+    /// More words for the capture kernel's command line, after kjump's own (e.g. "console=tty0 nomodeset"); repeatable
+    #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
+    append: Vec<String>,
+}
+
+/// `--append` values, each possibly several words, as single words.
+fn words(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split_ascii_whitespace())
+        .map(String::from)
+        .collect()
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -92,6 +105,9 @@ pub struct ResumeArgs {
     /// Terminal the restore kernel asks the passphrase on, as it names it (default: /dev/console)
     #[arg(long)]
     tty: Option<PathBuf>,
+    /// More words for the restore kernel's command line, after kjump's own; repeatable
+    #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
+    append: Vec<String>,
 }
 
 pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
@@ -105,6 +121,7 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
         key_file: args.key_file,
         key_size: args.key_size,
         tty: args.tty,
+        append: words(&args.append),
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {
@@ -148,6 +165,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
         dry_run: args.dry_run,
         free_memory: args.free_memory,
         encrypt,
+        append: words(&args.append),
     };
     match hibernate(&mut opts).map_err(Failure::error)? {
         None => println!("dry run: nothing was changed"),
@@ -156,9 +174,23 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
             for note in &back.notes {
                 println!("{note}");
             }
-            match back.image {
-                Ok(state) => println!("resumed: this kernel was away for {away:.1} s; its image is {state}"),
-                Err(why) => {
+            if let Some(report) = &back.report {
+                if report.kind == ReportKind::Escaped {
+                    return Err(Failure::invalid(anyhow::anyhow!(
+                        "the capture kernel ran outside its region; this machine's memory may be damaged: save your work and reboot (it jumped back after {away:.1} s and said: {})",
+                        report.message
+                    )));
+                }
+            }
+            match (back.image, back.report) {
+                (Ok(state), _) => println!("resumed: this kernel was away for {away:.1} s; its image is {state}"),
+                (Err(_), Some(report)) => {
+                    return Err(Failure::invalid(anyhow::anyhow!(
+                        "the capture kernel did not save this machine: {}; it jumped back after {away:.1} s",
+                        report.message
+                    )))
+                }
+                (Err(why), None) => {
                     return Err(Failure::invalid(anyhow::anyhow!(
                         "the capture kernel did not save this machine ({why}); it jumped back after {away:.1} s: see its messages on the console"
                     )))

@@ -1,0 +1,339 @@
+//! A page through which the capture kernel tells the saved kernel, or the
+//! restore kernel tells the boot that loaded it, why it jumped back.
+//!
+//! The kernel that jumps (A before hibernating, R0 before resuming) locks
+//! one page of its own memory, writes a magic and a random token into it,
+//! looks up its physical address in /proc/self/pagemap and names address
+//! and token in the next kernel's manifest. That kernel, when it gives up,
+//! writes a [`Report`] into the page through /dev/mem, and only when the
+//! page still holds the magic and the token: the jumping kernel is frozen
+//! while the other runs, so a page that held them when the other kernel
+//! looked is the locked page, or (had the page migrated before the freeze)
+//! a freed page whose contents nobody uses. Back in the first kernel, the
+//! report is read from the page's virtual address.
+//!
+//! Layout of the page (little-endian):
+//!
+//! | off | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `KJMAILBX` |
+//! | 8 | 16 | token |
+//! | 24 | 4 | report kind: 0 none, 1 failed, 2 ran outside its region |
+//! | 28 | 4 | message length |
+//! | 32 | 4 | CRC32 of bytes 24..32 and the message |
+//! | 36 | length | message, UTF-8 |
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
+use memmap2::MmapMut;
+
+/// The page size the mailbox occupies.
+pub const PAGE: usize = 4096;
+const MAGIC: &[u8; 8] = b"KJMAILBX";
+const HEADER: usize = 36;
+/// Longest message a report carries; longer ones are cut.
+pub const MAX_MESSAGE: usize = PAGE - HEADER;
+
+/// Where the next kernel finds the mailbox: its physical address and the
+/// token it must hold (manifest key `mailbox`, `0xADDR:TOKEN`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxAddress {
+    /// Physical address of the page.
+    pub phys: u64,
+    /// The random token written after the magic.
+    pub token: [u8; 16],
+}
+
+impl fmt::Display for MailboxAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:#x}:{}",
+            self.phys,
+            crate::manifest::uuid_hex(&self.token)
+        )
+    }
+}
+
+impl MailboxAddress {
+    /// Parses `0xADDR:TOKEN` as [`Display`](fmt::Display) writes it.
+    pub fn parse(s: &str) -> Option<MailboxAddress> {
+        let (addr, token) = s.split_once(':')?;
+        let phys = u64::from_str_radix(addr.strip_prefix("0x")?, 16).ok()?;
+        (phys % PAGE as u64 == 0).then_some(())?;
+        Some(MailboxAddress {
+            phys,
+            token: crate::manifest::parse_uuid(token)?,
+        })
+    }
+}
+
+/// Why a kernel jumped back without doing its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    /// It failed or refused, and wrote nothing it should not have.
+    Failed,
+    /// It found itself running outside its region: the memory of the
+    /// kernel it jumped back to may be damaged.
+    Escaped,
+}
+
+/// What a kernel left in the mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// What happened.
+    pub kind: ReportKind,
+    /// Its message, as it printed it on its console.
+    pub message: String,
+}
+
+impl Report {
+    fn encode_into(&self, page: &mut [u8]) {
+        let mut message = self.message.as_bytes();
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !self.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message = &message[..cut];
+        }
+        let kind: u32 = match self.kind {
+            ReportKind::Failed => 1,
+            ReportKind::Escaped => 2,
+        };
+        page[24..28].copy_from_slice(&kind.to_le_bytes());
+        page[28..32].copy_from_slice(&(message.len() as u32).to_le_bytes());
+        page[HEADER..HEADER + message.len()].copy_from_slice(message);
+        let crc = report_crc(&page[24..32], message);
+        page[32..36].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The report in `page`, if it holds a whole one.
+    fn decode(page: &[u8]) -> Option<Report> {
+        let word =
+            |at: usize| u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
+        let kind = match word(24) {
+            1 => ReportKind::Failed,
+            2 => ReportKind::Escaped,
+            _ => return None,
+        };
+        let len = word(28) as usize;
+        let message = page.get(HEADER..HEADER.checked_add(len)?)?;
+        (report_crc(&page[24..32], message) == word(32)).then_some(())?;
+        Some(Report {
+            kind,
+            message: String::from_utf8_lossy(message).into_owned(),
+        })
+    }
+}
+
+fn report_crc(fields: &[u8], message: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(fields);
+    h.update(message);
+    h.finalize()
+}
+
+fn holds_token(page: &[u8], token: &[u8; 16]) -> bool {
+    page.len() >= HEADER && &page[..8] == MAGIC && &page[8..24] == token
+}
+
+/// The jumping kernel's side: a locked page of this process.
+pub struct Mailbox {
+    map: MmapMut,
+    address: MailboxAddress,
+}
+
+impl Mailbox {
+    /// Sets up the mailbox in a locked page whose physical address lies in
+    /// `reachable` (the memory the next kernel can write through
+    /// /dev/mem). Needs CAP_SYS_ADMIN for the physical address.
+    pub fn open(reachable: &MemoryMap) -> Result<Mailbox, String> {
+        let mut map =
+            MmapMut::map_anon(PAGE).map_err(|e| format!("mapping a page for the mailbox: {e}"))?;
+        let token = kjump_writer::random_uuid();
+        map[..8].copy_from_slice(MAGIC);
+        map[8..24].copy_from_slice(&token);
+        map.lock()
+            .map_err(|e| format!("locking the mailbox page in RAM: {e}"))?;
+        let phys = physical_address(map.as_ptr() as u64)?;
+        let page = PhysRange::from_start_len(PhysAddr(phys), PAGE as u64)
+            .map_err(|e| format!("mailbox page at {phys:#x}: {e}"))?;
+        if !reachable
+            .ranges()
+            .iter()
+            .any(|r| r.intersect(&page) == Some(page))
+        {
+            return Err(format!(
+                "the mailbox page {page} lies outside the memory the next kernel can reach"
+            ));
+        }
+        Ok(Mailbox {
+            map,
+            address: MailboxAddress { phys, token },
+        })
+    }
+
+    /// Where the next kernel finds it.
+    pub fn address(&self) -> MailboxAddress {
+        self.address
+    }
+
+    /// The report the other kernel left, if any. Empty again afterwards.
+    pub fn take(&mut self) -> Option<Report> {
+        if !holds_token(&self.map, &self.address.token) {
+            return None;
+        }
+        let report = Report::decode(&self.map);
+        self.map[24..PAGE].fill(0);
+        report
+    }
+}
+
+/// The physical address of this process's resident page at `vaddr`, from
+/// /proc/self/pagemap (bits 0-54 the frame number, bit 63 present; the
+/// kernel shows frame 0 to a reader without CAP_SYS_ADMIN).
+fn physical_address(vaddr: u64) -> Result<u64, String> {
+    let page = PAGE as u64;
+    let file =
+        File::open("/proc/self/pagemap").map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;
+    let mut entry = [0u8; 8];
+    file.read_exact_at(&mut entry, vaddr / page * 8)
+        .map_err(|e| format!("reading /proc/self/pagemap for {vaddr:#x}: {e}"))?;
+    let entry = u64::from_le_bytes(entry);
+    let pfn = entry & ((1 << 55) - 1);
+    if entry >> 63 == 0 || pfn == 0 {
+        return Err(format!(
+            "/proc/self/pagemap gives no frame for {vaddr:#x} (entry {entry:#x}): not root?"
+        ));
+    }
+    Ok(pfn * page + vaddr % page)
+}
+
+/// The other kernel's side: writes `report` into the mailbox at `at`
+/// through `mem` (/dev/mem), after checking that the page there still
+/// holds the magic and the token.
+pub fn post(mem: &Path, at: &MailboxAddress, report: &Report) -> Result<(), String> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(mem)
+        .map_err(|e| format!("opening {}: {e}", mem.display()))?;
+    let mut page = vec![0u8; PAGE];
+    file.read_exact_at(&mut page, at.phys)
+        .map_err(|e| format!("reading the mailbox at {:#x}: {e}", at.phys))?;
+    if !holds_token(&page, &at.token) {
+        return Err(format!(
+            "the page at {:#x} no longer holds the mailbox: nothing written",
+            at.phys
+        ));
+    }
+    page[24..].fill(0);
+    report.encode_into(&mut page);
+    file.write_all_at(&page[24..], at.phys + 24)
+        .map_err(|e| format!("writing the mailbox at {:#x}: {e}", at.phys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_with_token(token: [u8; 16]) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE];
+        page[..8].copy_from_slice(MAGIC);
+        page[8..24].copy_from_slice(&token);
+        page
+    }
+
+    #[test]
+    fn address_round_trips() {
+        let a = MailboxAddress {
+            phys: 0x1234_5000,
+            token: *b"0123456789abcdef",
+        };
+        assert_eq!(MailboxAddress::parse(&a.to_string()), Some(a));
+        assert_eq!(
+            MailboxAddress::parse("0x12345001:30313233343536373839616263646566"),
+            None
+        );
+        assert_eq!(MailboxAddress::parse("0x12345000:3031"), None);
+        assert_eq!(MailboxAddress::parse("12345000"), None);
+    }
+
+    #[test]
+    fn post_writes_only_a_page_holding_the_token() {
+        let dir = std::env::temp_dir().join(format!("kjump-mailbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mem = dir.join("mem");
+        let token = [7u8; 16];
+        let mut file = vec![0u8; 3 * PAGE];
+        file[PAGE..2 * PAGE].copy_from_slice(&page_with_token(token));
+        std::fs::write(&mem, &file).unwrap();
+        let report = Report {
+            kind: ReportKind::Escaped,
+            message: "outside".into(),
+        };
+        let at = MailboxAddress {
+            phys: PAGE as u64,
+            token,
+        };
+        post(&mem, &at, &report).unwrap();
+        let after = std::fs::read(&mem).unwrap();
+        assert_eq!(Report::decode(&after[PAGE..2 * PAGE]), Some(report.clone()));
+        assert_eq!(&after[..PAGE], &file[..PAGE]);
+        assert_eq!(&after[2 * PAGE..], &file[2 * PAGE..]);
+
+        // A page that does not hold the token is left alone.
+        let other = MailboxAddress {
+            phys: 2 * PAGE as u64,
+            token,
+        };
+        let e = post(&mem, &other, &report).unwrap_err();
+        assert!(e.contains("no longer holds the mailbox"), "{e}");
+        let wrong = MailboxAddress {
+            phys: PAGE as u64,
+            token: [8u8; 16],
+        };
+        assert!(post(&mem, &wrong, &report).is_err());
+        assert_eq!(std::fs::read(&mem).unwrap(), after);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_or_long_report_is_handled() {
+        let mut page = page_with_token([1; 16]);
+        let long = Report {
+            kind: ReportKind::Failed,
+            message: "é".repeat(PAGE),
+        };
+        long.encode_into(&mut page);
+        let back = Report::decode(&page).unwrap();
+        assert!(back.message.len() <= MAX_MESSAGE && long.message.starts_with(&back.message));
+        page[HEADER] ^= 1;
+        assert_eq!(Report::decode(&page), None);
+        assert_eq!(Report::decode(&page_with_token([1; 16])), None);
+    }
+
+    #[test]
+    fn take_reads_a_report_once() {
+        let reachable = MemoryMap::merged(vec![
+            PhysRange::new(PhysAddr(0), PhysAddr(u64::MAX)).unwrap()
+        ]);
+        // Without CAP_SYS_ADMIN pagemap shows no frame: nothing to test.
+        let Ok(mut m) = Mailbox::open(&reachable) else {
+            return;
+        };
+        assert_eq!(m.take(), None);
+        let report = Report {
+            kind: ReportKind::Failed,
+            message: "no target".into(),
+        };
+        report.encode_into(&mut m.map);
+        assert_eq!(m.take(), Some(report));
+        assert_eq!(m.take(), None);
+    }
+}
