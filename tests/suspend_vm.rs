@@ -67,6 +67,7 @@ fn hibernate_and_suspend(name: &str, disk: &std::path::Path) -> (Boot, Saved, f6
     let saved = Saved {
         md5: md5s(&lines).into_iter().next().expect("an MD5 line"),
         last_count: counts(&lines).into_iter().max().expect("COUNT lines"),
+        memcheck: false,
     };
     (boot, saved, called.at)
 }

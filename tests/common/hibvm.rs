@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::vm::QEMU;
 
-/// Guest RAM.
+/// Guest RAM of the default machine.
 pub const MEM: &str = "1G";
 /// Size of the sparse raw disk that holds the image (/dev/vda).
 pub const DISK_BYTES: u64 = 1536 << 20;
@@ -47,6 +47,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// resume it continues where `kjump hibernate` returned, with the command
 /// line of the boot that hibernated.
 const INIT: &str = include_str!("hibvm/init.sh");
+/// A's memory workload (`kjump.memcheck=MIB`), built by the rig.
+const MEMCHECK: &str = "tests/common/hibvm/memcheck.rs";
 
 /// The kernel, A's initramfs and a work directory shared by the tests.
 #[derive(Debug)]
@@ -147,6 +149,35 @@ fn libraries(program: &str) -> Result<Vec<PathBuf>, String> {
         .collect())
 }
 
+/// Builds `hibvm/memcheck.rs` (std only) with the rustc that builds the
+/// tests, statically, as A's memory workload.
+fn build_memcheck(dir: &Path, dest: &Path) -> Result<(), String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(MEMCHECK);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+        ])
+        .args(["-C", "debuginfo=0", "--out-dir"])
+        .arg(dir)
+        .arg(&source)
+        .output()
+        .map_err(|e| format!("running {rustc}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{rustc} {} failed ({}): {}",
+            source.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    copy(&dir.join("memcheck"), dest)
+}
+
 fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
     let root = dir.join("root");
     for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "boot"] {
@@ -162,6 +193,7 @@ fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
         copy(&lib, &dest)?;
     }
     copy(kernel, &root.join("boot/bzImage"))?;
+    build_memcheck(dir, &root.join("bin/memcheck"))?;
     let init = root.join("init");
     fs::write(&init, INIT).map_err(|e| format!("writing {}: {e}", init.display()))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
@@ -277,6 +309,10 @@ pub struct BootOpts {
     pub cmdline: Vec<String>,
     /// ACPI S3 (suspend to RAM) enabled, and a QMP socket to wake the guest.
     pub s3: bool,
+    /// QEMU's machine type: `pc` (i440FX, the default) or `q35`.
+    pub machine: &'static str,
+    /// Guest RAM, as QEMU's `-m` takes it.
+    pub mem: &'static str,
 }
 
 impl BootOpts {
@@ -291,7 +327,18 @@ impl BootOpts {
             extra_disks: Vec::new(),
             cmdline: Vec::new(),
             s3: false,
+            machine: "pc",
+            mem: MEM,
         }
+    }
+
+    /// On QEMU's `machine` type with `mem` of RAM. A q35 machine with more
+    /// than 2.75 GiB keeps 2 GiB below 4 GiB and the rest above it: RAM
+    /// above 4 GiB, and five saved ranges around a crashkernel region.
+    pub fn machine(mut self, machine: &'static str, mem: &'static str) -> BootOpts {
+        self.machine = machine;
+        self.mem = mem;
+        self
     }
 
     /// With suspend to RAM (S3) enabled and a QMP socket ([`Boot::qmp`]).
@@ -430,7 +477,8 @@ impl Boot {
         let append = opts.append();
         let drives = opts.drives(name, &rig.dir);
         let mut qemu = Command::new(QEMU);
-        qemu.args(["-accel", "tcg", "-cpu", "max", "-m", MEM])
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-machine", opts.machine])
+            .args(["-m", opts.mem])
             .args(["-smp", &opts.smp.to_string()])
             .args(["-display", "none", "-monitor", "none", "-nic", "none"])
             .args(["-serial", "stdio", "-no-reboot"]);
@@ -440,7 +488,12 @@ impl Boot {
         let qmp_socket = opts.s3.then(|| rig.dir.join(format!("qmp-{name}.sock")));
         if let Some(sock) = &qmp_socket {
             let _ = fs::remove_file(sock);
-            qemu.args(["-global", "PIIX4_PM.disable_s3=0"])
+            let pm = if opts.machine == "q35" {
+                "ICH9-LPC.disable_s3=0"
+            } else {
+                "PIIX4_PM.disable_s3=0"
+            };
+            qemu.args(["-global", pm])
                 .arg("-qmp")
                 .arg(format!("unix:{},server=on,wait=off", sock.display()));
         }
@@ -463,7 +516,9 @@ impl Boot {
         let log_path = console_log.clone();
         let reader = thread::spawn(move || read_console(stdout, started, &shared, &log_path));
         println!(
-            "[{name}] qemu -smp {} -drive {} -append {append:?}",
+            "[{name}] qemu -machine {} -m {} -smp {} -drive {} -append {append:?}",
+            opts.machine,
+            opts.mem,
             opts.smp,
             drives.join(" -drive ")
         );

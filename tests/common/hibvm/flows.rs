@@ -5,6 +5,8 @@
 //!
 //! A proves it is the same A after a resume: its 16 MiB tmpfs file keeps its
 //! md5 (`MD5` lines) and its shell loop goes on counting (`COUNT` lines).
+//! With `kjump.memcheck=N`, a process re-checks every word of N MiB of its
+//! memory every 2 s (`MEMCHECK` lines) before and after.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,9 +111,12 @@ pub fn assert_counter_continues(boot: &Boot, at: f64) -> u64 {
 
 /// Prints the lines that mark the phases of a boot, with their times.
 pub fn print_phases(boot: &Boot) {
-    const MARKS: [&str; 20] = [
+    const MARKS: [&str; 23] = [
         "Linux version",
         "A: up",
+        "A: MEMCHECK",
+        "kjump: running inside the region",
+        "RAM to save:",
         "A: DD-BASELINE",
         "A: HIBERNATE",
         "A: FS-",
@@ -198,6 +203,36 @@ pub struct Saved {
     pub md5: String,
     /// The last COUNT A printed before it went away.
     pub last_count: u64,
+    /// A ran memcheck: after the resume it must go on passing.
+    pub memcheck: bool,
+}
+
+/// memcheck, where A ran it, found every word of its buffer as written in
+/// every pass, and went on passing after `since` (two passes at least:
+/// the `A: MEMCHECK-AFTER` line that /init prints once it has seen them).
+pub fn assert_memcheck_passed(boot: &Boot, since: f64, after_marker: &str) {
+    let lines = boot.lines();
+    if let Some(bad) = lines
+        .iter()
+        .find(|l| l.text.contains("MEMCHECK-BAD") || l.text.contains("MEMCHECK-DIED"))
+    {
+        panic!("A's memory changed: {}\n{}", bad.text, boot.logs());
+    }
+    let after: Vec<&Line> = lines
+        .iter()
+        .filter(|l| l.at >= since && l.text.starts_with("MEMCHECK pass"))
+        .collect();
+    assert!(
+        after.len() >= 2 && find(&lines, after_marker).is_some(),
+        "memcheck did not pass twice after {since} s (no {after_marker:?})\n{}",
+        boot.logs()
+    );
+    println!(
+        "[{}] memcheck: {} good passes after {since:.1} s, the last: {}",
+        boot.name,
+        after.len(),
+        after.last().map_or("", |l| l.text.as_str())
+    );
 }
 
 /// A hibernates with `--then poweroff`; B saves and powers off. Returns what
@@ -247,7 +282,15 @@ pub fn hibernate_poweroff_unchecked(name: &str, opts: &BootOpts) -> (Saved, Vec<
     println!("[{name}] qemu exited: {status}");
     let md5 = md5s(&lines).into_iter().next().expect("an MD5 line");
     let last_count = counts(&lines).into_iter().max().expect("COUNT lines");
-    (Saved { md5, last_count }, lines)
+    let memcheck = find(&lines, "A: MEMCHECK-READY").is_some();
+    (
+        Saved {
+            md5,
+            last_count,
+            memcheck,
+        },
+        lines,
+    )
 }
 
 /// Host side: the disk holds a whole, committed image.
@@ -310,6 +353,9 @@ pub fn assert_resumed(name: &str, boot: &mut Boot, saved: &Saved) -> Vec<Line> {
         resumed_counts.windows(2).all(|w| w[1] == w[0] + 1),
         "the counter skipped: {resumed_counts:?}"
     );
+    if saved.memcheck {
+        assert_memcheck_passed(boot, resumed.at, "A: MEMCHECK-AFTER");
+    }
     println!(
         "[{name}] resumed: md5 {} intact, counter {} -> {first}..{}",
         saved.md5,

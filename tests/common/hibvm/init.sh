@@ -29,6 +29,16 @@
 #   kjump.keydev=DEV   `kjump hibernate --encrypt` with the first 64 bytes of
 #                      DEV as its key file, and `kjump resume --key-file DEV
 #                      --key-size 64`: the restore kernel reads the key there
+#   kjump.memcheck=N   before hibernating, start /bin/memcheck over N MiB of
+#                      its memory (it re-checks every word every 2 s) and
+#                      wait for its first good pass; after the resume, wait
+#                      for two more passes
+#   kjump.escape=1     first a `kjump hibernate` that must fail: its
+#                      --append gives the capture kernel the top megabyte of
+#                      the crashkernel region as RAM, which kjump keeps out
+#                      of it, so its tripwire finds it outside its region;
+#                      then the real hibernation
+#   kjump.rappend=WORD `kjump resume --append WORD`
 #   kjump.kdump=SEED   instead of all this: A writes a pattern from SEED to
 #                      a tmpfs file, loads a kdump crash kernel and
 #                      crashes; the crash kernel copies /proc/vmcore to
@@ -99,6 +109,26 @@ if [ -n "$pass" ]; then
 	printf %s "$pass" >/tmp/pass
 	free="$free --encrypt --passphrase-file /tmp/pass"
 fi
+memcheck=$(key memcheck)
+# The crashkernel region's top megabyte as RAM, for kjump.escape.
+outside() {
+	end=$(sed -n 's/^ *[0-9a-f]*-\([0-9a-f]*\) : Crash kernel$/\1/p' /proc/iomem)
+	printf 'memmap=1M@0x%x' $((0x$end + 1 - 1048576))
+}
+escape=
+[ "$(key escape)" = 1 ] && escape=$(outside)
+rappend=$(key rappend)
+passes() { cat /tmp/memcheck.passes 2>/dev/null || echo 0; }
+# Waits until memcheck has made $1 good passes; says so if it died first.
+wait_passes() {
+	while [ "$(passes)" -lt "$1" ]; do
+		if ! kill -0 "$memcheck_pid" 2>/dev/null; then
+			echo "A: MEMCHECK-DIED after $(passes) passes"
+			return 1
+		fi
+		sleep 1
+	done
+}
 keydev=$(key keydev)
 if [ -n "$keydev" ]; then
 	head -c 64 "$keydev" >/tmp/key
@@ -123,7 +153,7 @@ echo "A: resume start"
 # $force is one word or none; the offset and the key device two or none.
 # shellcheck disable=SC2086
 kjump resume --device "$resume" ${offset:+--offset "$offset"} --kernel /boot/bzImage $force \
-	${keydev:+--key-file "$keydev"} ${keydev:+--key-size 64}
+	${keydev:+--key-file "$keydev"} ${keydev:+--key-size 64} ${rappend:+--append "$rappend"}
 echo "A: RESUME-EXIT $?"
 if [ -n "$fs" ]; then
 	mkdir -p /mnt/a
@@ -158,6 +188,11 @@ if [ "$swap" = 1 ]; then
 fi
 dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
 echo "MD5 $(md5 /tmp/blob)"
+if [ -n "$memcheck" ]; then
+	memcheck "$memcheck" /tmp/memcheck.passes &
+	memcheck_pid=$!
+	wait_passes 1 && echo "A: MEMCHECK-READY $memcheck MiB"
+fi
 (
 	n=0
 	while :; do
@@ -182,12 +217,21 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 	# shellcheck disable=SC2086
 	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" $free --dry-run
 	echo "A: DRY-RUN-EXIT $?"
+	if [ -n "$escape" ]; then
+		# shellcheck disable=SC2086
+		kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" $free --append "$escape"
+		echo "A: ESCAPE-EXIT $?"
+		[ -n "$memcheck" ] && wait_passes $(($(passes) + 2)) && echo "A: MEMCHECK-AFTER-ESCAPE $(passes) passes"
+	fi
 	echo "A: HIBERNATE --then $mode"
 	# shellcheck disable=SC2086
 	kjump hibernate --target "$target" --kernel /boot/bzImage --then "$mode" $free
 	echo "A: HIBERNATE-EXIT $?"
 	echo "RESUMED"
 	echo "MD5 $(md5 /tmp/blob)"
+	if [ -n "$memcheck" ]; then
+		wait_passes $(($(passes) + 2)) && echo "A: MEMCHECK-AFTER $(passes) passes"
+	fi
 	if [ -n "$fs" ]; then
 		echo "A: FS-AFTER a-file md5 $(md5 /mnt/a/a-file)"
 		if [ -n "$cache" ]; then

@@ -1,0 +1,212 @@
+//! The capture and restore kernels stay inside the crashkernel region on a
+//! machine unlike the 1 GiB pc rig, and a kernel that finds itself outside
+//! writes nothing and says so (`initramfs/src/confine.rs`).
+//!
+//! - A q35 machine with 4 GiB and 2 CPUs: RAM above 4 GiB, and five saved
+//!   ranges around the region, one more than the decompressor's KASLR
+//!   avoids. A process re-checks every word of 1 GiB of its memory every
+//!   2 s before the hibernation and after the resume; the same across a
+//!   capture that fails and jumps back.
+//! - The tripwire, for real: `--append memmap=1M@...` gives the capture
+//!   kernel, and then the restore kernel, the region's top megabyte as RAM,
+//!   which kjump keeps out of their memory map (kexec-tools' segments
+//!   live there) and which is not the saved kernel's RAM. Each refuses
+//!   before it touches anything, hands back, and the kernel it hands back
+//!   to reports it; A's memory is checked word by word across both, and the
+//!   image then resumes.
+//!
+//! Needs what hibernate_vm.rs needs. Run with --nocapture for the phase
+//! times.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::hibvm::flows::{
+    assert_memcheck_passed, check_committed, find, hibernate_poweroff, kjump, machine, md5s,
+    print_phases, resume, split_at, state, PHASE,
+};
+use common::hibvm::{self, Boot, BootOpts};
+
+/// A disk with room for the worst case of a 4 GiB machine's image.
+fn big_disk(name: &str) -> PathBuf {
+    hibvm::new_disk_of(&hibvm::rig().dir.join(format!("{name}.img")), 6 << 30)
+}
+
+fn q35(disk: &std::path::Path, mode: &str, memcheck_mib: u32) -> BootOpts {
+    BootOpts::new(disk, mode)
+        .machine("q35", "4G")
+        .smp(2)
+        .arg(&format!("kjump.memcheck={memcheck_mib}"))
+}
+
+/// The number in A's `RAM to save: N bytes in K ranges` line.
+fn saved_ranges(lines: &[common::hibvm::Line]) -> usize {
+    let line = find(lines, "RAM to save:").expect("a RAM to save line");
+    line.text
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no range count in {:?}", line.text))
+}
+
+#[test]
+fn q35_4g_two_cpus_cycle_keeps_every_word() {
+    let Some(_machine) = machine() else { return };
+    let disk = big_disk("q35-cycle");
+    let (saved, lines) = hibernate_poweroff("q35-hibernate", &q35(&disk, "poweroff", 1024));
+    assert!(saved.memcheck, "memcheck did not start");
+    let ranges = saved_ranges(&lines);
+    assert!(
+        ranges >= 5,
+        "only {ranges} saved ranges: not the machine this test is for"
+    );
+    let high = find(&lines, "BIOS-e820: [mem 0x0000000100000000-")
+        .unwrap_or_else(|| panic!("no RAM above 4 GiB in A's e820 map"));
+    println!("[q35] {ranges} saved ranges; {}", high.text);
+    assert!(
+        find(&lines, "kjump: running inside the region").is_some(),
+        "B did not check its confinement"
+    );
+    resume("q35-resume", &q35(&disk, "none", 1024), &saved);
+    assert_eq!(state(&disk), "consumed");
+}
+
+#[test]
+fn q35_4g_failed_capture_keeps_every_word() {
+    let Some(_machine) = machine() else { return };
+    let disk = big_disk("q35-readonly");
+    let name = "q35-readonly";
+    let mut boot = Boot::start_opts(name, &q35(&disk, "poweroff", 1024).readonly());
+    boot.wait_for("A: MEMCHECK-READY", PHASE);
+    let failed = boot.wait_for("kjump: capture failed", PHASE);
+    let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);
+    assert_eq!(
+        exit.text.trim_end(),
+        "A: HIBERNATE-EXIT 1",
+        "{}",
+        boot.logs()
+    );
+    let resumed = boot.wait_for("RESUMED", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    let said = find(&lines, "the capture kernel did not save this machine: ")
+        .unwrap_or_else(|| panic!("A did not report B's reason\n{}", boot.logs()));
+    assert!(said.text.contains("/dev/vda"), "{}", said.text);
+    let (before, after) = split_at(&lines, resumed.at);
+    assert_eq!(md5s(&before), md5s(&after), "{}", boot.logs());
+    assert_memcheck_passed(&boot, failed.at, "A: MEMCHECK-AFTER");
+}
+
+/// `memmap=` words that give a kernel the top megabyte of the region the
+/// image on `disk` recorded as RAM, and that megabyte's start.
+fn header_as_ram(disk: &std::path::Path) -> (String, u64) {
+    let v = common::hibvm::flows::info(disk);
+    let region = v["extra"]["region"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no region in {v:#}"));
+    let end = region
+        .split_once('-')
+        .and_then(|(_, e)| u64::from_str_radix(e.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("region {region:?}"));
+    let top = end + 1 - (1 << 20);
+    (format!("memmap=1M@{top:#x}"), top)
+}
+
+#[test]
+fn kernels_outside_their_region_write_nothing_and_say_so() {
+    let Some(_machine) = machine() else { return };
+    let disk = hibvm::new_disk(&hibvm::rig().dir.join("escape.img"));
+    let opts = BootOpts::new(&disk, "poweroff")
+        .arg("kjump.memcheck=256")
+        .arg("kjump.escape=1");
+
+    // B: refuses, jumps back; A reports it, and its memory is as it was.
+    let name = "escape-capture";
+    let mut boot = Boot::start_opts(name, &opts);
+    let tripped = boot.wait_for(
+        "kjump: capture failed: this kernel runs outside its region",
+        PHASE,
+    );
+    let exit = boot.wait_for("A: ESCAPE-EXIT", PHASE);
+    assert_eq!(exit.text.trim_end(), "A: ESCAPE-EXIT 1", "{}", boot.logs());
+    boot.wait_for("A: MEMCHECK-AFTER-ESCAPE", PHASE);
+    let lines = boot.lines();
+    let report = find(
+        &lines,
+        "the capture kernel ran outside its region; this machine's memory may be damaged: save your work and reboot",
+    )
+    .unwrap_or_else(|| panic!("A did not report the escape\n{}", boot.logs()));
+    assert!(
+        report.text.contains("its \"System RAM\""),
+        "{}",
+        report.text
+    );
+    assert!(
+        find(&lines, "kjump: saving").is_none(),
+        "B captured anyway\n{}",
+        boot.logs()
+    );
+    assert_memcheck_passed(&boot, tripped.at, "A: MEMCHECK-AFTER-ESCAPE");
+    // Then the real hibernation, with kjump's own command line.
+    boot.wait_for("kjump: image committed", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    check_committed(name, &disk, "poweroff");
+    let saved = common::hibvm::flows::Saved {
+        md5: md5s(&lines).into_iter().next().expect("an MD5 line"),
+        last_count: common::hibvm::flows::counts(&lines)
+            .into_iter()
+            .max()
+            .expect("COUNT lines"),
+        memcheck: true,
+    };
+
+    // R: refuses before it writes memory and hands back; R0 reports it,
+    // and the image stays committed.
+    let name = "escape-restore";
+    let (words, top) = header_as_ram(&disk);
+    let mut boot = Boot::start_opts(
+        name,
+        &BootOpts::new(&disk, "none").arg(&format!("kjump.rappend={words}")),
+    );
+    let tripped = boot.wait_for(
+        "kjump: not resuming: this kernel runs outside its region",
+        PHASE,
+    );
+    assert!(
+        tripped.text.contains(&format!("reaches {top:#x}-")),
+        "{}",
+        tripped.text
+    );
+    let exit = boot.wait_for("A: RESUME-EXIT", PHASE);
+    assert_eq!(exit.text.trim_end(), "A: RESUME-EXIT 2", "{}", boot.logs());
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    let lines = boot.lines();
+    assert!(
+        find(
+            &lines,
+            "the restore kernel ran outside its region; this boot's memory may be damaged"
+        )
+        .is_some(),
+        "R0 did not report the escape\n{}",
+        boot.logs()
+    );
+    assert!(
+        find(&lines, "kjump: verified in").is_none() && !lines.iter().any(|l| l.text == "RESUMED"),
+        "R restored anyway\n{}",
+        boot.logs()
+    );
+    assert_eq!(state(&disk), "committed", "R changed the image");
+    let (code, out) = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 0, "{out}");
+
+    // And the image resumes, every word of A's buffer intact.
+    resume("escape-resume", &BootOpts::new(&disk, "none"), &saved);
+    assert_eq!(state(&disk), "consumed");
+}
