@@ -18,7 +18,7 @@
 pub mod flows;
 
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -683,43 +683,59 @@ impl Drop for Boot {
 }
 
 fn read_console(
-    stdout: impl io::Read,
+    mut stdout: impl io::Read,
     started: Instant,
     console: &Mutex<Console>,
     log_path: &Path,
 ) {
     use std::io::Write as _;
     let mut log = fs::File::create(log_path).ok();
-    let mut reader = BufReader::new(stdout);
-    let mut buf = Vec::new();
+    // Bytes read but not yet ended by a newline: a prompt that waits for
+    // input stays here until the input comes, so it is read in pieces as
+    // they arrive rather than a line at a time.
+    let mut unended = Vec::new();
+    let mut chunk = [0u8; 4096];
     // A program's line the kernel's printk cut in two: its first part.
     let mut pending = String::new();
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
+        let n = match stdout.read(&mut chunk) {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let at = started.elapsed().as_secs_f64();
-        let raw = String::from_utf8_lossy(&buf);
-        let raw = raw.trim_end_matches(['\r', '\n']);
-        if let Some(f) = log.as_mut() {
-            let _ = writeln!(f, "{at:7.2} {raw}");
-        }
-        let text = match printk_start(raw) {
-            Some(cut) if cut > 0 => {
-                pending.push_str(&raw[..cut]);
-                raw[cut..].to_owned()
-            }
-            Some(_) => raw.to_owned(),
-            None => std::mem::take(&mut pending) + raw,
+            Ok(n) => n,
         };
+        unended.extend_from_slice(&chunk[..n]);
+        let at = started.elapsed().as_secs_f64();
+        while let Some(end) = unended.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = unended.drain(..=end).collect();
+            let raw = String::from_utf8_lossy(&line);
+            let raw = raw.trim_end_matches(['\r', '\n']);
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{at:7.2} {raw}");
+            }
+            let text = match printk_start(raw) {
+                Some(cut) if cut > 0 => {
+                    pending.push_str(&raw[..cut]);
+                    raw[cut..].to_owned()
+                }
+                Some(_) => raw.to_owned(),
+                None => std::mem::take(&mut pending) + raw,
+            };
+            if let Ok(mut c) = console.lock() {
+                c.lines.push(Line { at, text });
+            }
+        }
+        let waiting = pending.clone() + &String::from_utf8_lossy(&unended);
         if let Ok(mut c) = console.lock() {
-            c.lines.push(Line { at, text });
-            c.pending = (!pending.is_empty()).then(|| Line {
-                at,
-                text: pending.clone(),
-            });
+            c.pending = (!waiting.is_empty()).then_some(Line { at, text: waiting });
+        }
+    }
+    if !unended.is_empty() {
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(
+                f,
+                "{:7.2} {}",
+                started.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(&unended)
+            );
         }
     }
     if let Ok(mut c) = console.lock() {
