@@ -184,9 +184,9 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
             }
             match (back.image, back.report) {
                 (Ok(state), _) => println!("resumed: this kernel was away for {away:.1} s; its image is {state}"),
-                (Err(_), Some(report)) => {
+                (Err(why), Some(report)) => {
                     return Err(Failure::invalid(anyhow::anyhow!(
-                        "the capture kernel did not save this machine: {}; it jumped back after {away:.1} s",
+                        "the capture kernel did not save this machine: {} ({why}); it jumped back after {away:.1} s",
                         report.message
                     )))
                 }
