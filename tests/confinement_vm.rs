@@ -23,8 +23,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::hibvm::flows::{
-    assert_memcheck_passed, check_committed, find, hibernate_poweroff, kjump, machine, md5s,
-    print_phases, resume, split_at, state, PHASE,
+    assert_memcheck_passed, check_committed, failed_capture, find, hibernate_poweroff, kjump,
+    machine, md5s, print_phases, resume, state, PHASE,
 };
 use common::hibvm::{self, Boot, BootOpts};
 
@@ -77,27 +77,8 @@ fn q35_4g_two_cpus_cycle_keeps_every_word() {
 fn q35_4g_failed_capture_keeps_every_word() {
     let Some(_machine) = machine() else { return };
     let disk = big_disk("q35-readonly");
-    let name = "q35-readonly";
-    let mut boot = Boot::start_opts(name, &q35(&disk, "poweroff", 1024).readonly());
-    boot.wait_for("A: MEMCHECK-READY", PHASE);
-    let failed = boot.wait_for("kjump: capture failed", PHASE);
-    let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);
-    assert_eq!(
-        exit.text.trim_end(),
-        "A: HIBERNATE-EXIT 1",
-        "{}",
-        boot.logs()
-    );
-    let resumed = boot.wait_for("RESUMED", PHASE);
-    boot.wait_for("A: DONE", PHASE);
-    boot.wait_exit(PHASE);
-    print_phases(&boot);
-    let lines = boot.lines();
-    let said = find(&lines, "the capture kernel did not save this machine: ")
-        .unwrap_or_else(|| panic!("A did not report B's reason\n{}", boot.logs()));
-    assert!(said.text.contains("/dev/vda"), "{}", said.text);
-    let (before, after) = split_at(&lines, resumed.at);
-    assert_eq!(md5s(&before), md5s(&after), "{}", boot.logs());
+    let opts = q35(&disk, "poweroff", 1024).readonly();
+    let (boot, failed) = failed_capture("q35-readonly", &opts);
     assert_memcheck_passed(&boot, failed.at, "A: MEMCHECK-AFTER");
 }
 

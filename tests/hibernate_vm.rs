@@ -23,8 +23,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::hibvm::flows::{
-    assert_counter_continues, assert_disk_works, check_committed, disk, find, hibernate_poweroff,
-    info, kjump, machine, md5s, no_resume, print_phases, resume, split_at, state, Saved, PHASE,
+    assert_counter_continues, assert_disk_works, check_committed, disk, failed_capture,
+    hibernate_poweroff, info, kjump, machine, md5s, no_resume, print_phases, resume, split_at,
+    state, Saved, PHASE,
 };
 use common::hibvm::{self, Boot, BootOpts};
 
@@ -135,28 +136,7 @@ fn checkpoint_then_resume() {
 fn failed_capture_jumps_back_to_a() {
     let Some(_machine) = machine() else { return };
     let disk = disk("readonly");
-    let mut boot = Boot::start_opts("readonly", &BootOpts::new(&disk, "poweroff").readonly());
-    let failed = boot.wait_for("kjump: capture failed", PHASE);
-    assert!(failed.text.contains("/dev/vda"), "{}", failed.text);
-    boot.wait_for("kjump: jumping back to the saved kernel", PHASE);
-    let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);
-    assert_eq!(
-        exit.text.trim_end(),
-        "A: HIBERNATE-EXIT 1",
-        "{}",
-        boot.logs()
-    );
-    let resumed = boot.wait_for("RESUMED", PHASE);
-    boot.wait_for("A: DONE", PHASE);
-    boot.wait_exit(PHASE);
-    let lines = boot.lines();
-    // B's reason reaches A through the mailbox.
-    let said = find(&lines, "the capture kernel did not save this machine: ")
-        .unwrap_or_else(|| panic!("A did not report B's reason\n{}", boot.logs()));
-    assert!(said.text.contains("/dev/vda"), "{}", said.text);
-    let (before, after) = split_at(&lines, resumed.at);
-    assert_eq!(md5s(&before), md5s(&after), "{}", boot.logs());
-    assert_counter_continues(&boot, failed.at);
+    failed_capture("readonly", &BootOpts::new(&disk, "poweroff").readonly());
     let (code, out) = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
     assert_eq!(code, 1, "nothing was saved, so nothing verifies: {out}");
 }

@@ -365,6 +365,37 @@ pub fn assert_resumed(name: &str, boot: &mut Boot, saved: &Saved) -> Vec<Line> {
     lines
 }
 
+/// A boot whose capture kernel cannot write its target (started with
+/// `opts`, a read-only /dev/vda): B says why, saves nothing and jumps back;
+/// A runs on with its file as it was, and `kjump hibernate` fails with B's
+/// reason, which reaches it through the mailbox. Returns the finished boot
+/// and B's failure line.
+pub fn failed_capture(name: &str, opts: &BootOpts) -> (Boot, Line) {
+    let mut boot = Boot::start_opts(name, opts);
+    let failed = boot.wait_for("kjump: capture failed", PHASE);
+    assert!(failed.text.contains("/dev/vda"), "{}", failed.text);
+    boot.wait_for("kjump: jumping back to the saved kernel", PHASE);
+    let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);
+    assert_eq!(
+        exit.text.trim_end(),
+        "A: HIBERNATE-EXIT 1",
+        "{}",
+        boot.logs()
+    );
+    let resumed = boot.wait_for("RESUMED", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    let said = find(&lines, "the capture kernel did not save this machine: ")
+        .unwrap_or_else(|| panic!("A did not report B's reason\n{}", boot.logs()));
+    assert!(said.text.contains("/dev/vda"), "{}", said.text);
+    let (before, after) = split_at(&lines, resumed.at);
+    assert_eq!(md5s(&before), md5s(&after), "{}", boot.logs());
+    assert_counter_continues(&boot, failed.at);
+    (boot, failed)
+}
+
 /// A later boot: R0 finds the image, R restores it, A runs on with the
 /// same file and counter. Returns the boot's console.
 pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
