@@ -1,5 +1,6 @@
-//! The text parsers: --ranges lists, /proc/iomem files, the manifest and
-//! the kernel command line's jump-back entry.
+//! The text parsers: --ranges lists, /proc/iomem files (also as the
+//! capture and restore kernels' tripwire reads them), the manifest and the
+//! kernel command line's jump-back entry.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,4 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = kjump_initramfs::manifest::Manifest::parse(text);
     let _ = kjump_restorer::kexec::jump_back_entry(text);
     let _ = kjump_initramfs::hibernate::JumpPlan::from_iomem(text).map(|p| p.memmap_args());
+    if let Ok(region) = kjump_image_format::PhysRange::new(
+        kjump_image_format::PhysAddr(0x2f00_0000),
+        kjump_image_format::PhysAddr(0x3f00_0000),
+    ) {
+        let _ = kjump_initramfs::confine::check(text, region);
+    }
 });
