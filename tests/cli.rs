@@ -220,3 +220,66 @@ fn capture_errors_name_what_is_wrong() {
         assert!(e.contains(want), "{args:?}: {e}");
     }
 }
+
+/// What a user can point kjump at by mistake loses nothing: a capture
+/// whose target is its source, an export over the image it reads or into
+/// a device node, an export through a symbolic link.
+#[test]
+fn capture_and_export_refuse_to_destroy_their_input() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cli-destroy");
+    let (mem, segs) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
+    let before = std::fs::read(&mem).unwrap();
+    let link = dir.path("mem-link");
+    std::os::unix::fs::symlink(&mem, &link).unwrap();
+    for target in [mem.as_str(), link.to_str().unwrap()] {
+        let e = fails(
+            &[
+                "capture",
+                "--source",
+                &mem,
+                "--target",
+                target,
+                "--ranges",
+                "0x1000-0x3fff",
+            ],
+            2,
+        );
+        assert!(e.contains("are the same file"), "{target}: {e}");
+    }
+    assert!(std::fs::read(&mem).unwrap() == before, "the source changed");
+
+    let img = dir.path("a.img");
+    let img = img.to_str().unwrap();
+    ok(&[
+        "capture",
+        "--source",
+        &mem,
+        "--target",
+        img,
+        "--ranges",
+        "0x1000-0x3fff",
+    ]);
+    let image = std::fs::read(img).unwrap();
+    let e = fails(&["export", img, "-o", img], 2);
+    assert!(e.contains("is the image"), "{e}");
+    let e = fails(&["export", img, "-o", "/dev/null"], 2);
+    assert!(e.contains("is a device node"), "{e}");
+    assert!(std::fs::read(img).unwrap() == image, "the image changed");
+    ok(&["verify", img]);
+
+    // A link as the last component is not followed, and the core is the
+    // owner's alone, also when it replaces a file readable by others.
+    let victim = dir.path("victim");
+    std::fs::write(&victim, b"not kjump's").unwrap();
+    let out_link = dir.path("core-link");
+    std::os::unix::fs::symlink(&victim, &out_link).unwrap();
+    fails(&["export", img, "-o", out_link.to_str().unwrap()], 2);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not kjump's");
+    let out = dir.path("core.elf");
+    std::fs::write(&out, b"old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_exported(img, &out, &segs);
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}

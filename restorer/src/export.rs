@@ -6,7 +6,7 @@
 //! pages are left as holes of a sparse file.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,20 @@ fn write_core<R: ReadAt + ?Sized>(
         offset,
         source,
     };
-    let file = File::create(output).map_err(|e| out_err(0, e))?;
+    // Readable by its owner only: the core holds all of a machine's RAM,
+    // keys and passwords included (and in clear, from an encrypted image).
+    // A symbolic link as the last component is refused, not followed.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(output)
+        .map_err(|e| out_err(0, e))?;
+    // An existing file keeps its mode through the open: narrow it too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| out_err(0, e))?;
     file.set_len(file_len).map_err(|e| out_err(file_len, e))?;
     file.write_all_at(&headers(image, &offsets, notes_off), 0)
         .map_err(|e| out_err(0, e))?;

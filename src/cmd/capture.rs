@@ -97,6 +97,14 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
     metadata.jump_back_entry = args.jump_back_entry.or(metadata.jump_back_entry);
     metadata.extra.extend(args.meta.iter().cloned());
     let place = Place::locate(&args.target, args.offset).map_err(Failure::error)?;
+    if super::same_file(&args.source, &args.target) || super::same_file(&args.source, &place.holder)
+    {
+        return Err(Failure::error(anyhow::anyhow!(
+            "--source {} and --target {} are the same file: the capture would overwrite the memory it reads",
+            args.source.display(),
+            args.target.display()
+        )));
+    }
     let target = Target::open_place(&place).map_err(Failure::error)?;
     let mut opts = CaptureOptions::new();
     opts.threads = super::threads(args.threads);

@@ -313,6 +313,21 @@ pub fn export(
     let (place, file) = at.open()?;
     let shown = place.describe();
     let path = shown.as_str();
+    if super::same_file(output, &at.image) || super::same_file(output, &place.holder) {
+        return Err(Failure::error(anyhow::anyhow!(
+            "--output {} is the image {path} itself: exporting would destroy it",
+            output.display()
+        )));
+    }
+    if std::fs::metadata(output).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_block_device() || m.file_type().is_char_device()
+    }) {
+        return Err(Failure::error(anyhow::anyhow!(
+            "--output {} is a device node: export writes an ELF core into a regular file",
+            output.display()
+        )));
+    }
     let image = open_image(path, &file, key.secret()?.as_ref())?;
     let report = kjump_restorer::export(
         &file,

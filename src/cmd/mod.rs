@@ -7,7 +7,7 @@ pub mod initramfs;
 pub mod inspect;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -25,6 +25,18 @@ pub struct ImageAt {
     /// With a block device: the device offset (hex) of a file target's extent map, as `kjump prepare` prints it
     #[arg(long, value_parser = parse_hex)]
     pub offset: Option<u64>,
+}
+
+/// Whether `a` and `b` name the same file (device and inode, through
+/// links), or two nodes of the same device.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    let is_dev =
+        |m: &std::fs::Metadata| m.file_type().is_block_device() || m.file_type().is_char_device();
+    (x.dev() == y.dev() && x.ino() == y.ino()) || (is_dev(&x) && is_dev(&y) && x.rdev() == y.rdev())
 }
 
 impl ImageAt {
