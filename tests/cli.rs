@@ -283,3 +283,42 @@ fn capture_and_export_refuse_to_destroy_their_input() {
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
 }
+
+/// A new image file is its owner's alone, and an image is never written
+/// through a symbolic link in the target's place.
+#[test]
+fn image_files_are_private_and_never_written_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cli-private");
+    let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
+    let img = dir.path("a.img");
+    ok(&[
+        "capture",
+        "--source",
+        &mem,
+        "--target",
+        img.to_str().unwrap(),
+        "--ranges",
+        "0x1000-0x3fff",
+    ]);
+    let mode = std::fs::metadata(&img).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let victim = dir.path("victim");
+    std::fs::write(&victim, b"not kjump's").unwrap();
+    let link = dir.path("b.img");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let e = fails(
+        &[
+            "capture",
+            "--source",
+            &mem,
+            "--target",
+            link.to_str().unwrap(),
+            "--ranges",
+            "0x1000-0x3fff",
+        ],
+        2,
+    );
+    assert!(e.contains("b.img is a symbolic link to a file"), "{e}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not kjump's");
+}

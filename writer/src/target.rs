@@ -39,6 +39,14 @@ pub enum TargetError {
         /// The target.
         path: PathBuf,
     },
+    /// An image file named through a symbolic link.
+    #[error("target {path} is a symbolic link to a file: kjump writes an image file only under its own name (name {points_to} itself)")]
+    Link {
+        /// The target.
+        path: PathBuf,
+        /// Where the link points.
+        points_to: String,
+    },
     /// A write failed.
     #[error("writing {len} bytes to {path} at offset {offset}")]
     Write {
@@ -186,6 +194,15 @@ impl Target {
                 path: path.to_path_buf(),
             });
         }
+        if !block_device && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) {
+            return Err(TargetError::Link {
+                path: path.to_path_buf(),
+                points_to: std::fs::read_link(path).map_or_else(
+                    |e| format!("(unreadable: {e})"),
+                    |p| p.display().to_string(),
+                ),
+            });
+        }
         let open = |direct: bool| {
             let mut opts = OpenOptions::new();
             opts.write(true).read(true);
@@ -193,7 +210,11 @@ impl Target {
             if block_device {
                 flags |= libc::O_EXCL;
             } else {
-                opts.create(true);
+                // An image holds a machine's RAM: its owner's alone, and
+                // never written through a symbolic link planted in its
+                // place (a device is named through links, a file is not).
+                opts.create(true).mode(0o600);
+                flags |= libc::O_NOFOLLOW;
             }
             opts.custom_flags(flags).open(path)
         };
