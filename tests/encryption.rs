@@ -122,7 +122,7 @@ fn key_file_and_passphrase_images_round_trip_through_restore_and_export() {
         std::fs::write(&blank, vec![0xee; mem.len()]).unwrap();
         let place = Place::locate(&dir.join(name), None).unwrap();
         let own = kjump_image_format::MemoryMap::default();
-        restore_with_key(&place, &blank, &own, 2, Some(&secret)).unwrap();
+        restore_with_key(&place, &blank, &own, 2, Some(&secret), None).unwrap();
         let got = std::fs::read(&blank).unwrap();
         for r in fixture::ranges() {
             let (s, e) = (r.start().0 as usize, r.end().0 as usize);
@@ -171,7 +171,7 @@ fn missing_wrong_and_mismatched_keys_are_refused_before_anything_else() {
     std::fs::write(&blank, vec![0xee; 0x188000]).unwrap();
     let place = Place::locate(&dir.join("p"), None).unwrap();
     let own = kjump_image_format::MemoryMap::default();
-    let e = restore_with_key(&place, &blank, &own, 2, Some(&wrong)).unwrap_err();
+    let e = restore_with_key(&place, &blank, &own, 2, Some(&wrong), None).unwrap_err();
     assert!(
         kjump_initramfs::error_chain(&e).contains("wrong key"),
         "{e}"

@@ -8,11 +8,14 @@ use std::path::Path;
 
 use common::cores::{read_core, TempDir};
 use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
+use kjump_image_format::metadata::KEY_REGION;
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange};
 use kjump_restorer::{restore, RestoreError};
 use kjump_writer::{capture, CaptureOptions, MemorySource, Place, Target};
 
 const FILL: u8 = 0xee;
+/// The capture region the images record.
+const REGION: &str = "0x2f000000-0x3effffff";
 
 /// Physical memory as a file (offset = address) holding a synthetic dump's
 /// segments, and the image of its ranges.
@@ -46,6 +49,7 @@ fn setup(dir: &TempDir, entry: Option<u64>) -> (Vec<u8>, MemoryMap) {
     let source = MemorySource::open(&dir.path("mem"), Some(map.clone())).unwrap();
     let mut meta = source.metadata();
     meta.jump_back_entry = entry;
+    meta.extra.push((KEY_REGION.into(), REGION.into()));
     let target = Target::open(&dir.path("img")).unwrap();
     capture(&source, &target, &meta, &CaptureOptions::new()).unwrap();
     (mem, map)
@@ -153,4 +157,76 @@ fn an_image_without_a_jump_back_entry_is_refused() {
     assert_refused_untouched(&dir, &own_ram(), |e| {
         matches!(e, RestoreError::NoEntry { .. })
     });
+}
+
+/// The restore kernel restores only the image the resume checked: the same
+/// uuid, ranges and capture region, or nothing changes.
+#[test]
+fn a_pinned_restore_refuses_another_image() {
+    use kjump_restorer::restore::{restore_with_key, Pin};
+    let dir = TempDir::new("restore-pin");
+    let (_, map) = setup(&dir, Some(0x1000));
+    let f = std::fs::File::open(dir.path("img")).unwrap();
+    let uuid = Image::open(&f).unwrap().superblock.uuid;
+    let region = PhysRange::new(PhysAddr(0x2f00_0000), PhysAddr(0x3f00_0000)).unwrap();
+    let right = Pin {
+        uuid,
+        ranges: MemoryMap::merged(map.ranges().to_vec()),
+        region,
+    };
+    let other_range = MemoryMap::merged(vec![map.ranges()[0]]);
+    let other_region = PhysRange::new(PhysAddr(0x2000_0000), PhysAddr(0x3000_0000)).unwrap();
+    let wrong = [
+        (
+            Pin {
+                uuid: [7; 16],
+                ..right.clone()
+            },
+            "uuid 07070707",
+        ),
+        (
+            Pin {
+                ranges: other_range,
+                ..right.clone()
+            },
+            "saved ranges",
+        ),
+        (
+            Pin {
+                region: other_region,
+                ..right.clone()
+            },
+            "capture region 0x20000000-0x2fffffff expected, \"0x2f000000-0x3effffff\" found",
+        ),
+    ];
+    let len = std::fs::metadata(dir.path("mem")).unwrap().len() as usize;
+    for (pin, want) in wrong {
+        blank_memory(&dir, len);
+        let e = restore_with_key(
+            &place(&dir.path("img")),
+            &dir.path("blank"),
+            &own_ram(),
+            2,
+            None,
+            Some(&pin),
+        )
+        .unwrap_err();
+        assert!(matches!(e, RestoreError::NotPinned { .. }), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert!(e.memory_untouched());
+        assert_eq!(state(&dir.path("img")), ImageState::Committed, "{e}");
+        let got = std::fs::read(dir.path("blank")).unwrap();
+        assert!(got.iter().all(|&b| b == FILL), "memory was touched: {e}");
+    }
+    blank_memory(&dir, len);
+    restore_with_key(
+        &place(&dir.path("img")),
+        &dir.path("blank"),
+        &own_ram(),
+        2,
+        None,
+        Some(&right),
+    )
+    .unwrap();
+    assert_eq!(state(&dir.path("img")), ImageState::Consumed);
 }

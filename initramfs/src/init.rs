@@ -139,11 +139,7 @@ fn run(state: &mut State) -> Result<Plan, String> {
 /// The tripwire: this kernel's RAM and image must lie inside the region
 /// the manifest names, or it touches nothing ([`crate::confine`]).
 fn check_confinement(manifest: &Manifest, state: &mut State) -> Result<(), String> {
-    let region = ranges::parse_range_list(&manifest.region)
-        .ok()
-        .filter(|r| r.len() == 1)
-        .map(|r| r[0])
-        .ok_or_else(|| format!("manifest region {:?} is not one range", manifest.region))?;
+    let region = manifest_region(manifest)?;
     let iomem =
         std::fs::read_to_string("/proc/iomem").map_err(|e| format!("reading /proc/iomem: {e}"))?;
     match crate::confine::check(&iomem, region) {
@@ -284,12 +280,14 @@ fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Plan, String>
         None => None,
         Some(kind) => Some(restore_secret(manifest, kind, &place)?),
     };
+    let pin = pin(manifest)?;
     let report = kjump_restorer::restore::restore_with_key(
         &place,
         Path::new("/dev/mem"),
         &MemoryMap::merged(own),
         threads,
         secret.as_ref(),
+        Some(&pin),
     )
     .map_err(|e| {
         if !e.memory_untouched() {
@@ -310,6 +308,30 @@ fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Plan, String>
         mode: Mode::Restore,
         entry: report.entry,
     })
+}
+
+/// R: what R0 checked, from the manifest: the image must still be that
+/// image, with the ranges and the region R is confined by.
+fn pin(manifest: &Manifest) -> Result<kjump_restorer::restore::Pin, String> {
+    let uuid = manifest.image_uuid.ok_or(
+        "the manifest names no image uuid: the restore kernel was not loaded by this kjump",
+    )?;
+    let ranges =
+        ranges::parse_range_list(&manifest.ram).map_err(|e| format!("manifest ram: {e}"))?;
+    Ok(kjump_restorer::restore::Pin {
+        uuid,
+        ranges: MemoryMap::merged(ranges),
+        region: manifest_region(manifest)?,
+    })
+}
+
+/// The manifest's `region`: one range.
+fn manifest_region(manifest: &Manifest) -> Result<kjump_image_format::PhysRange, String> {
+    ranges::parse_range_list(&manifest.region)
+        .ok()
+        .filter(|r| r.len() == 1)
+        .map(|r| r[0])
+        .ok_or_else(|| format!("manifest region {:?} is not one range", manifest.region))
 }
 
 /// R: the secret of an encrypted image, from where the manifest says. A

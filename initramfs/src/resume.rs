@@ -109,6 +109,8 @@ struct Found {
     /// An encrypted image's crypto parameters and uuid, which a key is
     /// checked against; `None` for a plain image.
     sealed: Option<(CryptoParams, [u8; 16])>,
+    /// The image's uuid, which R checks it is restoring.
+    uuid: [u8; 16],
 }
 
 /// Checks the image on `device` against this machine's /proc/iomem text;
@@ -247,6 +249,7 @@ fn examine(
         plan,
         release,
         sealed: sb.crypto.map(|c| (c, sb.uuid)),
+        uuid: sb.uuid,
     }))
 }
 
@@ -364,7 +367,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         }),
         key_source,
         tty: opts.tty.as_ref().map(|t| t.display().to_string()),
-        image_uuid: None,
+        image_uuid: Some(found.uuid),
         swap_was_active: false,
         mailbox: mailbox.as_ref().map(Mailbox::address),
         ram: plan.ram_list(),

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kjump_image_format::{Image, ImageState, MemoryMap, Secret, PAGE_SIZE};
+use kjump_image_format::{Image, ImageState, MemoryMap, PhysRange, Secret, PAGE_SIZE};
 use kjump_writer::{Place, Target};
 
 use crate::physmem::{PhysMem, PhysMemError};
@@ -35,6 +35,14 @@ pub enum RestoreError {
         /// The check that failed.
         #[source]
         source: ScanError<std::convert::Infallible>,
+    },
+    /// The image is not the one the kernel that loaded this one checked.
+    #[error("image {path} is not the image the resume checked ({what}); it was left as it is")]
+    NotPinned {
+        /// The image.
+        path: String,
+        /// What differs, expected against found.
+        what: String,
     },
     /// The image was restored before.
     #[error("image {path} was consumed by an earlier resume; it will not be resumed again")]
@@ -82,6 +90,52 @@ impl RestoreError {
     }
 }
 
+/// What the kernel that loaded the restore kernel checked (the normal
+/// boot's `kjump resume`): the restore refuses an image that is not the
+/// same one, such as a target that changed between the two kernels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The image uuid.
+    pub uuid: [u8; 16],
+    /// The saved ranges (merged: adjacent ranges as one).
+    pub ranges: MemoryMap,
+    /// The region the capture kernel ran in, as the image records it
+    /// (`region=` of its key/value metadata).
+    pub region: PhysRange,
+}
+
+impl Pin {
+    /// What of `image` differs from the pin, if anything.
+    fn mismatch(&self, image: &Image) -> Option<String> {
+        let hex = |u: &[u8; 16]| u.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        if image.superblock.uuid != self.uuid {
+            return Some(format!(
+                "uuid {} expected, {} found",
+                hex(&self.uuid),
+                hex(&image.superblock.uuid)
+            ));
+        }
+        if MemoryMap::merged(image.metadata.ranges.ranges().to_vec()) != self.ranges {
+            return Some(format!(
+                "saved ranges {:?} expected, {:?} found",
+                self.ranges.ranges(),
+                image.metadata.ranges.ranges()
+            ));
+        }
+        let recorded = image
+            .metadata
+            .get(kjump_image_format::metadata::KEY_REGION)
+            .unwrap_or_default();
+        let region = kjump_writer::ranges::parse_range_list(recorded).ok();
+        (region.as_deref() != Some(&[self.region])).then(|| {
+            format!(
+                "capture region {} expected, {recorded:?} found",
+                self.region
+            )
+        })
+    }
+}
+
 /// What a restore did.
 #[derive(Clone, Debug)]
 pub struct RestoreReport {
@@ -103,19 +157,21 @@ pub fn restore(
     own_ram: &MemoryMap,
     threads: usize,
 ) -> Result<RestoreReport, RestoreError> {
-    restore_with_key(place, mem_path, own_ram, threads, None)
+    restore_with_key(place, mem_path, own_ram, threads, None, None)
 }
 
 /// [`restore`] with the key or passphrase of an encrypted image. A wrong
 /// key, or any sealed structure that fails authentication, is refused
 /// during the verification pass, before the image is marked consumed and
-/// before a byte of memory is written.
+/// before a byte of memory is written. With a `pin`, an image that is not
+/// the one pinned is refused likewise.
 pub fn restore_with_key(
     place: &Place,
     mem_path: &Path,
     own_ram: &MemoryMap,
     threads: usize,
     secret: Option<&Secret>,
+    pin: Option<&Pin>,
 ) -> Result<RestoreReport, RestoreError> {
     let shown = place.describe();
     let file = place.reader().map_err(|source| RestoreError::Open {
@@ -129,6 +185,9 @@ pub fn restore_with_key(
     let image = Image::open_with(&file, secret).map_err(|e| invalid(ScanError::Image(e)))?;
     if image.superblock.state == ImageState::Consumed {
         return Err(RestoreError::Consumed { path: shown });
+    }
+    if let Some(what) = pin.and_then(|p| p.mismatch(&image)) {
+        return Err(RestoreError::NotPinned { path: shown, what });
     }
     let entry = image
         .metadata
