@@ -122,8 +122,21 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    if std::process::id() == 1 {
-        // The capture kernel runs kjump as /init.
+    let logger = |style| {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format_timestamp_millis()
+            .write_style(style)
+            .init()
+    };
+    // The capture and restore kernels run kjump as /init, in an initramfs
+    // that carries its manifest. PID 1 elsewhere (a container's entrypoint)
+    // is an ordinary command line.
+    let manifest = std::path::Path::new("/").join(kjump_initramfs::manifest::PATH);
+    if std::process::id() == 1 && manifest.is_file() {
+        // The capture's and the restore's progress and warnings go to the
+        // console, as everything else /init says: plain text, which any
+        // console (a serial line, a log) shows as it is.
+        logger(env_logger::WriteStyle::Never);
         kjump_initramfs::init::main();
     }
     // Die quietly of SIGPIPE, as command-line tools do, when the reader of
@@ -134,9 +147,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    logger(env_logger::WriteStyle::Auto);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => cmd::capture::run(args),

@@ -322,3 +322,48 @@ fn image_files_are_private_and_never_written_through_a_link() {
     assert!(e.contains("b.img is a symbolic link to a file"), "{e}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"not kjump's");
 }
+
+/// kjump acts as /init only in its own initramfs, where the manifest is:
+/// as PID 1 anywhere else (a container's entrypoint) it is the command it
+/// was asked to be.
+#[test]
+fn pid_1_without_a_manifest_is_an_ordinary_command() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n");
+    let unshare = Path::new("/usr/bin/unshare");
+    if !matches!(root, Ok(true)) || !unshare.exists() {
+        common::skip("needs root and unshare (util-linux) for a PID namespace");
+        return;
+    }
+    let dir = TempDir::new("cli-pid1");
+    let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
+    let img = dir.path("a.img");
+    let img = img.to_str().unwrap();
+    ok(&[
+        "capture",
+        "--source",
+        &mem,
+        "--target",
+        img,
+        "--ranges",
+        "0x1000-0x3fff",
+    ]);
+    // Its own mount namespace: were kjump to act as /init, its mounts
+    // would stay inside.
+    let out = Command::new(unshare)
+        .args(["--pid", "--fork", "--mount", "--mount-proc", "--"])
+        .arg(env!("CARGO_BIN_EXE_kjump"))
+        .args(["verify", img])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running unshare");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains("capture failed"), "{stderr}");
+    assert!(stdout.contains("whole"), "{stdout}");
+}

@@ -69,8 +69,22 @@ fn q35_4g_two_cpus_cycle_keeps_every_word() {
         find(&lines, "kjump: running inside the region").is_some(),
         "B did not check its confinement"
     );
-    resume("q35-resume", &q35(&disk, "none", 1024), &saved);
+    let resumed = resume("q35-resume", &q35(&disk, "none", 1024), &saved);
     assert_eq!(state(&disk), "consumed");
+    // B and R log their progress to the console like every other line
+    // (a 4 GiB capture and verify take longer than the 5 s between lines).
+    for (lines, started, what) in [
+        (&lines, "kjump: capture kernel started", "capture"),
+        (&resumed, "kjump: restore kernel started", "verify"),
+    ] {
+        let from = find(lines, started).expect("the kernel started").at;
+        let progress = lines
+            .iter()
+            .filter(|l| l.at >= from)
+            .find(|l| l.text.contains(" INFO ") && l.text.contains(what) && l.text.contains("MB/s"))
+            .unwrap_or_else(|| panic!("no {what} progress on the console after {started:?}"));
+        println!("[q35] {}", progress.text);
+    }
 }
 
 #[test]
