@@ -18,7 +18,7 @@
 pub mod flows;
 
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -443,8 +443,9 @@ pub struct Line {
 struct Console {
     lines: Vec<Line>,
     closed: bool,
-    /// A program's line the kernel's printk cut, waiting for its end: a
-    /// prompt that waits for input is one until the input comes.
+    /// The line not ended yet: a program's line the kernel's printk cut,
+    /// or text with no newline so far, such as a prompt that waits for its
+    /// input (a prompt is often both).
     pending: Option<Line>,
 }
 
@@ -683,47 +684,69 @@ impl Drop for Boot {
 }
 
 fn read_console(
-    stdout: impl io::Read,
+    mut stdout: impl io::Read,
     started: Instant,
     console: &Mutex<Console>,
     log_path: &Path,
 ) {
-    use std::io::Write as _;
     let mut log = fs::File::create(log_path).ok();
-    let mut reader = BufReader::new(stdout);
-    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // What came after the last newline: a line on its way, or a prompt
+    // that waits for its input and sends no newline until then.
+    let mut partial = Vec::new();
     // A program's line the kernel's printk cut in two: its first part.
     let mut pending = String::new();
+    let mut at = 0.0;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
+        let n = match stdout.read(&mut chunk) {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let at = started.elapsed().as_secs_f64();
-        let raw = String::from_utf8_lossy(&buf);
-        let raw = raw.trim_end_matches(['\r', '\n']);
-        if let Some(f) = log.as_mut() {
-            let _ = writeln!(f, "{at:7.2} {raw}");
-        }
-        let text = match printk_start(raw) {
-            Some(cut) if cut > 0 => {
-                pending.push_str(&raw[..cut]);
-                raw[cut..].to_owned()
-            }
-            Some(_) => raw.to_owned(),
-            None => std::mem::take(&mut pending) + raw,
+            Ok(n) => n,
         };
-        if let Ok(mut c) = console.lock() {
-            c.lines.push(Line { at, text });
-            c.pending = (!pending.is_empty()).then(|| Line {
-                at,
-                text: pending.clone(),
-            });
+        at = started.elapsed().as_secs_f64();
+        partial.extend_from_slice(&chunk[..n]);
+        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=end).collect();
+            take_line(&line, at, &mut pending, &mut log, console);
         }
+        let tail = String::from_utf8_lossy(&partial);
+        let text = pending.clone() + tail.trim_end_matches('\r');
+        if let Ok(mut c) = console.lock() {
+            c.pending = (!text.is_empty()).then_some(Line { at, text });
+        }
+    }
+    if !partial.is_empty() {
+        take_line(&partial, at, &mut pending, &mut log, console);
     }
     if let Ok(mut c) = console.lock() {
         c.closed = true;
+    }
+}
+
+/// Logs one console line and records it; a program's line cut by a kernel
+/// message is recorded whole once its end comes.
+fn take_line(
+    bytes: &[u8],
+    at: f64,
+    pending: &mut String,
+    log: &mut Option<fs::File>,
+    console: &Mutex<Console>,
+) {
+    use std::io::Write as _;
+    let raw = String::from_utf8_lossy(bytes);
+    let raw = raw.trim_end_matches(['\r', '\n']);
+    if let Some(f) = log.as_mut() {
+        let _ = writeln!(f, "{at:7.2} {raw}");
+    }
+    let text = match printk_start(raw) {
+        Some(cut) if cut > 0 => {
+            pending.push_str(&raw[..cut]);
+            raw[cut..].to_owned()
+        }
+        Some(_) => raw.to_owned(),
+        None => std::mem::take(pending) + raw,
+    };
+    if let Ok(mut c) = console.lock() {
+        c.lines.push(Line { at, text });
     }
 }
 
