@@ -30,7 +30,7 @@ use common::hibvm::{self, Boot, BootOpts};
 
 /// A disk with room for the worst case of a 4 GiB machine's image.
 fn big_disk(name: &str) -> PathBuf {
-    hibvm::new_disk_of(&hibvm::rig().dir.join(format!("{name}.img")), 6 << 30)
+    hibvm::new_disk_of(&hibvm::dir().join(format!("{name}.img")), 6 << 30)
 }
 
 fn q35(disk: &std::path::Path, mode: &str, memcheck_mib: u32) -> BootOpts {
@@ -119,7 +119,7 @@ fn header_as_ram(disk: &std::path::Path) -> (String, u64) {
 #[test]
 fn kernels_outside_their_region_write_nothing_and_say_so() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk(&hibvm::rig().dir.join("escape.img"));
+    let disk = hibvm::new_disk(&hibvm::dir().join("escape.img"));
     let opts = BootOpts::new(&disk, "poweroff")
         .arg("kjump.memcheck=256")
         .arg("kjump.escape=1");

@@ -57,7 +57,7 @@ fn encrypted_hibernation_asks_for_the_passphrase_on_the_console() {
     let (code, text) = kjump(&["verify", &host]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("encrypted"), "{text}");
-    let pass_file = hibvm::rig().dir.join("passphrase");
+    let pass_file = hibvm::dir().join("passphrase");
     std::fs::write(&pass_file, PASSPHRASE).unwrap();
     let pass = pass_file.display().to_string();
     let (code, text) = kjump(&["verify", &host, "--passphrase-file", &pass]);
@@ -157,7 +157,7 @@ fn encrypted_hibernation_asks_for_the_passphrase_on_the_console() {
 fn the_restore_kernel_reads_a_key_from_a_named_device() {
     let Some(_machine) = machine() else { return };
     let disk = disk("encrypted-keydev");
-    let key_disk = hibvm::new_disk_of(&hibvm::rig().dir.join("key-disk.img"), 1 << 20);
+    let key_disk = hibvm::new_disk_of(&hibvm::dir().join("key-disk.img"), 1 << 20);
     let key: Vec<u8> = (0..64u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -173,7 +173,7 @@ fn the_restore_kernel_reads_a_key_from_a_named_device() {
         .disk(&key_disk)
         .arg("kjump.keydev=/dev/vdb");
     let (saved, _) = hibernate_poweroff_unchecked("keydev-hibernate", &opts);
-    let key_file = hibvm::rig().dir.join("keydev.key");
+    let key_file = hibvm::dir().join("keydev.key");
     std::fs::write(&key_file, &key).unwrap();
     let host = disk.display().to_string();
     let (code, text) = kjump(&[

@@ -56,7 +56,7 @@ fn poweroff_resume_refuse_corrupt_and_consumed() {
     let disk = disk("poweroff-smp1");
     let (saved, _) = hibernate_poweroff("smp1-hibernate", &BootOpts::new(&disk, "poweroff"));
 
-    let corrupt = hibvm::rig().dir.join("corrupt.img");
+    let corrupt = hibvm::dir().join("corrupt.img");
     let out = Command::new("cp")
         .arg("--sparse=always")
         .arg(&disk)

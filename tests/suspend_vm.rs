@@ -129,7 +129,7 @@ struct Cached {
 
 fn cached_hibernation(name: &str, free: bool) -> Cached {
     let disk = disk(name);
-    let fs = hibvm::new_ext4_disk(&hibvm::rig().dir.join(format!("{name}-fs.img")), 512 << 20);
+    let fs = hibvm::new_ext4_disk(&hibvm::dir().join(format!("{name}-fs.img")), 512 << 20);
     let mut opts = BootOpts::new(&disk, "poweroff")
         .disk(&fs)
         .arg("kjump.fs=/dev/vdb")
