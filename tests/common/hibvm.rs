@@ -20,10 +20,12 @@
 //! directory ([`dir`], `target/tmp/<test binary>/`); QEMU's own output to
 //! `qemu-<name>.log`. Dropping a `Boot` kills and reaps QEMU.
 //!
-//! [`flows`] has the boots the tests share and their assertions.
+//! [`flows`] has the boots the tests share and their assertions,
+//! [`scenarios`] whole tests that run on more than one kernel.
 
 pub mod flows;
 mod rig;
+pub mod scenarios;
 
 pub use rig::{dir, rig_for, Kernel, Rig};
 
