@@ -83,6 +83,12 @@ enum Command {
     Hibernate(cmd::hibernate::HibernateArgs),
     /// Early in a normal boot: resume the image on DEVICE if there is a whole one
     Resume(cmd::hibernate::ResumeArgs),
+    /// Check that this kernel can be kexec-jumped out of and back into, as hibernation needs: jump into a one-page payload that jumps straight back (root; devices are suspended and resumed as for a hibernation; a kernel that fails crashes or resets the machine)
+    Selftest {
+        /// Round trips to make
+        #[arg(long, default_value_t = 2)]
+        jumps: u32,
+    },
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
         /// The cpio archive to write
@@ -163,6 +169,7 @@ fn main() -> ExitCode {
         Command::Prepare { file, size } => cmd::discard::prepare(&file, size),
         Command::Hibernate(args) => cmd::hibernate::run(args),
         Command::Resume(args) => cmd::hibernate::resume_boot(args),
+        Command::Selftest { jumps } => cmd::hibernate::selftest(jumps),
         Command::Mkinitramfs {
             output,
             init,

@@ -23,68 +23,25 @@ mod common;
 use std::path::PathBuf;
 
 use common::hibvm::flows::{
-    assert_memcheck_passed, check_committed, failed_capture, find, hibernate_poweroff, kjump,
-    machine, md5s, print_phases, resume, state, PHASE,
+    assert_memcheck_passed, check_committed, failed_capture, find, kjump, machine, md5s,
+    print_phases, resume, state, PHASE,
 };
-use common::hibvm::{self, Boot, BootOpts};
+use common::hibvm::scenarios;
+use common::hibvm::{self, Boot, BootOpts, Kernel};
 
 /// A disk with room for the worst case of a 4 GiB machine's image.
 fn big_disk(name: &str) -> PathBuf {
-    hibvm::new_disk_of(&hibvm::rig().dir.join(format!("{name}.img")), 6 << 30)
+    scenarios::big_disk(name)
 }
 
 fn q35(disk: &std::path::Path, mode: &str, memcheck_mib: u32) -> BootOpts {
-    BootOpts::new(disk, mode)
-        .machine("q35", "4G")
-        .smp(2)
-        .arg(&format!("kjump.memcheck={memcheck_mib}"))
-}
-
-/// The number in A's `RAM to save: N bytes in K ranges` line.
-fn saved_ranges(lines: &[common::hibvm::Line]) -> usize {
-    let line = find(lines, "RAM to save:").expect("a RAM to save line");
-    line.text
-        .split_whitespace()
-        .rev()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no range count in {:?}", line.text))
+    scenarios::q35(Kernel::Linux6_12, disk, mode, memcheck_mib)
 }
 
 #[test]
 fn q35_4g_two_cpus_cycle_keeps_every_word() {
     let Some(_machine) = machine() else { return };
-    let disk = big_disk("q35-cycle");
-    let (saved, lines) = hibernate_poweroff("q35-hibernate", &q35(&disk, "poweroff", 1024));
-    assert!(saved.memcheck, "memcheck did not start");
-    let ranges = saved_ranges(&lines);
-    assert!(
-        ranges >= 5,
-        "only {ranges} saved ranges: not the machine this test is for"
-    );
-    let high = find(&lines, "BIOS-e820: [mem 0x0000000100000000-")
-        .unwrap_or_else(|| panic!("no RAM above 4 GiB in A's e820 map"));
-    println!("[q35] {ranges} saved ranges; {}", high.text);
-    assert!(
-        find(&lines, "kjump: running inside the region").is_some(),
-        "B did not check its confinement"
-    );
-    let resumed = resume("q35-resume", &q35(&disk, "none", 1024), &saved);
-    assert_eq!(state(&disk), "consumed");
-    // B and R log their progress to the console like every other line
-    // (a 4 GiB capture and verify take longer than the 5 s between lines).
-    for (lines, started, what) in [
-        (&lines, "kjump: capture kernel started", "capture"),
-        (&resumed, "kjump: restore kernel started", "verify"),
-    ] {
-        let from = find(lines, started).expect("the kernel started").at;
-        let progress = lines
-            .iter()
-            .filter(|l| l.at >= from)
-            .find(|l| l.text.contains(" INFO ") && l.text.contains(what) && l.text.contains("MB/s"))
-            .unwrap_or_else(|| panic!("no {what} progress on the console after {started:?}"));
-        println!("[q35] {}", progress.text);
-    }
+    scenarios::q35_4g_cycle_keeps_every_word(Kernel::Linux6_12);
 }
 
 #[test]
@@ -114,7 +71,7 @@ fn header_as_ram(disk: &std::path::Path) -> (String, u64) {
 #[test]
 fn kernels_outside_their_region_write_nothing_and_say_so() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk(&hibvm::rig().dir.join("escape.img"));
+    let disk = hibvm::new_disk(&hibvm::dir().join("escape.img"));
     let opts = BootOpts::new(&disk, "poweroff")
         .arg("kjump.memcheck=256")
         .arg("kjump.escape=1");

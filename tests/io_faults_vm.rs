@@ -169,7 +169,7 @@ fn all_zero(path: &Path) -> bool {
 #[test]
 fn too_small_target_refused_before_any_jump() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk_of(&hibvm::rig().dir.join("tiny.img"), TINY_DISK);
+    let disk = hibvm::new_disk_of(&hibvm::dir().join("tiny.img"), TINY_DISK);
     let mut boot = Boot::start_opts("tiny", &BootOpts::new(&disk, "poweroff"));
     let dry = boot.wait_for("A: DRY-RUN-EXIT", PHASE);
     let called = boot.wait_for("A: HIBERNATE --then", PHASE);

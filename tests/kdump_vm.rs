@@ -246,8 +246,7 @@ fn flip(core: &Path, load: &Load, at: u64) -> u64 {
 #[test]
 fn real_kdump_core_is_captured_and_exported() {
     let Some(_machine) = machine() else { return };
-    let rig = hibvm::rig();
-    let dir = &rig.dir;
+    let dir = hibvm::dir();
     let seed = format!(
         "{:016x}",
         SystemTime::now()

@@ -48,7 +48,7 @@ fn line<'a>(lines: &'a [Line], needle: &str, boot: &str) -> &'a Line {
 fn written_filesystem_refused_then_forced() {
     let Some(_machine) = machine() else { return };
     let disk = disk("stale");
-    let fs = hibvm::new_ext4_disk(&hibvm::rig().dir.join("stale-fs.img"), FS_DISK);
+    let fs = hibvm::new_ext4_disk(&hibvm::dir().join("stale-fs.img"), FS_DISK);
 
     // Boot 1: A mounts and writes /dev/vdb, hibernates, B records the
     // filesystem's fingerprint and powers off.

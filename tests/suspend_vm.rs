@@ -13,99 +13,23 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use common::hibvm::flows::{check_committed, disk, find, info, machine, resume, state, Saved};
+use common::hibvm::scenarios::{self, hibernate_and_suspend};
+use common::hibvm::{self, BootOpts, Kernel};
 
-use common::hibvm::flows::{
-    assert_resumed, check_committed, counts, disk, find, info, machine, md5s, resume, state, Saved,
-    PHASE,
-};
-use common::hibvm::{self, Boot, BootOpts, Line};
-
-fn line<'a>(lines: &'a [Line], needle: &str, boot: &Boot) -> &'a Line {
-    find(lines, needle).unwrap_or_else(|| panic!("no {needle:?} on the console\n{}", boot.logs()))
-}
-
-/// Polls QMP `query-status` until the guest is suspended; returns when.
-fn wait_suspended(boot: &Boot, timeout: Duration) -> Instant {
-    let mut qmp = boot.qmp();
-    let started = Instant::now();
-    loop {
-        let reply = qmp
-            .execute("query-status", r#"{"execute":"query-status"}"#)
-            .unwrap_or_else(|e| panic!("query-status: {e:?}\n{}", boot.logs()));
-        if reply.contains("\"status\": \"suspended\"") || reply.contains("\"status\":\"suspended\"")
-        {
-            return Instant::now();
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "not suspended after {timeout:?}: {reply}\n{}",
-            boot.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Boots A with `--then suspend` and waits until B has suspended the
-/// machine. Returns the boot, what A held, and when the hibernate call and
-/// the suspension happened (seconds since QEMU started).
-fn hibernate_and_suspend(name: &str, disk: &std::path::Path) -> (Boot, Saved, f64) {
-    let mut boot = Boot::start_opts(name, &BootOpts::new(disk, "suspend").s3());
-    boot.wait_for("A: RESUME-EXIT 0", PHASE);
-    let called = boot.wait_for("A: HIBERNATE --then suspend", PHASE);
-    boot.wait_for("kjump: image committed", PHASE);
-    boot.wait_for("kjump: suspending to RAM", PHASE);
-    let t0 = Instant::now();
-    wait_suspended(&boot, PHASE);
-    let lines = boot.lines();
-    let suspending = line(&lines, "kjump: suspending to RAM", &boot).at;
-    println!(
-        "[{name}] hibernate called -> B suspends: {:.2} s (QMP saw it suspended {:.2} s after B said so)",
-        suspending - called.at,
-        t0.elapsed().as_secs_f64()
-    );
-    let saved = Saved {
-        md5: md5s(&lines).into_iter().next().expect("an MD5 line"),
-        last_count: counts(&lines).into_iter().max().expect("COUNT lines"),
-        memcheck: false,
-    };
-    (boot, saved, called.at)
-}
+const KERNEL: Kernel = Kernel::Linux6_12;
 
 #[test]
 fn suspend_then_wake_jumps_back_and_consumes_the_image() {
     let Some(_machine) = machine() else { return };
-    let disk = disk("suspend-wake");
-    let (mut boot, saved, _) = hibernate_and_suspend("suspend-wake", &disk);
-    // Suspended with the image committed: the disk is a complete fallback.
-    assert_eq!(state(&disk), "committed");
-    std::thread::sleep(Duration::from_secs(2));
-    let mut qmp = boot.qmp();
-    let woken = Instant::now();
-    qmp.execute("system_wakeup", r#"{"execute":"system_wakeup"}"#)
-        .unwrap_or_else(|e| panic!("system_wakeup: {e:?}\n{}", boot.logs()));
-    boot.wait_for("kjump: woke from suspend to RAM", PHASE);
-    let resumed = boot.wait_for("RESUMED", PHASE);
-    let wake_to_a = woken.elapsed().as_secs_f64();
-    let lines = assert_resumed("suspend-wake", &mut boot, &saved);
-    line(
-        &lines,
-        "woke from suspend to RAM: the disk image is marked consumed",
-        &boot,
-    );
-    line(&lines, "its image is consumed", &boot);
-    assert_eq!(state(&disk), "consumed");
-    println!(
-        "[suspend-wake] system_wakeup -> A prints RESUMED at {:.2} s: {wake_to_a:.2} s",
-        resumed.at
-    );
+    scenarios::suspend_then_wake(KERNEL);
 }
 
 #[test]
 fn power_lost_while_suspended_resumes_from_the_image() {
     let Some(_machine) = machine() else { return };
     let disk = disk("suspend-power-lost");
-    let (mut boot, saved, _) = hibernate_and_suspend("suspend-power-lost", &disk);
+    let (mut boot, saved, _) = hibernate_and_suspend("suspend-power-lost", &disk, KERNEL);
     boot.kill();
     check_committed("suspend-power-lost", &disk, "suspend");
     resume(
@@ -129,7 +53,7 @@ struct Cached {
 
 fn cached_hibernation(name: &str, free: bool) -> Cached {
     let disk = disk(name);
-    let fs = hibvm::new_ext4_disk(&hibvm::rig().dir.join(format!("{name}-fs.img")), 512 << 20);
+    let fs = hibvm::new_ext4_disk(&hibvm::dir().join(format!("{name}-fs.img")), 512 << 20);
     let mut opts = BootOpts::new(&disk, "poweroff")
         .disk(&fs)
         .arg("kjump.fs=/dev/vdb")

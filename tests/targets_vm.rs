@@ -43,7 +43,7 @@ fn header(disk: &Path) -> Vec<u8> {
 #[test]
 fn swap_partition_cycle() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk_of(&hibvm::rig().dir.join("swap.img"), DISK);
+    let disk = hibvm::new_disk_of(&hibvm::dir().join("swap.img"), DISK);
     let out = Command::new("mkswap")
         .args(["-L", "kjump-vm"])
         .arg(&disk)
@@ -103,7 +103,7 @@ fn swap_partition_cycle() {
 #[test]
 fn file_on_ext4_cycle() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_ext4_disk(&hibvm::rig().dir.join("ext4.img"), DISK);
+    let disk = hibvm::new_ext4_disk(&hibvm::dir().join("ext4.img"), DISK);
     let opts = BootOpts::new(&disk, "poweroff")
         .arg("kjump.fs=/dev/vda")
         .arg("kjump.target=/mnt/a/kjump.img");

@@ -51,6 +51,31 @@ pub const CONFINEMENT: [&str; 3] = [
     "memhp_default_state=offline",
 ];
 
+/// The kernel series kjump's VM tests run the whole cycle on
+/// (KERNELS.md). Other kernels are not refused: the preflight probes
+/// what it can and says so.
+pub const TESTED_SERIES: [&str; 2] = ["6.12", "7.2"];
+
+/// The `major.minor` series of a kernel release ("7.2.13-amd64" -> "7.2").
+pub fn series(release: &str) -> Option<String> {
+    let mut parts = release.split(['.', '-', '+', ' ']);
+    let major = parts.next().filter(|p| p.parse::<u32>().is_ok())?;
+    let minor = parts.next().filter(|p| p.parse::<u32>().is_ok())?;
+    Some(format!("{major}.{minor}"))
+}
+
+/// What to tell the user of a kernel release outside [`TESTED_SERIES`], or
+/// `None` on a tested one.
+pub fn untested_note(release: &str) -> Option<String> {
+    if series(release).is_some_and(|s| TESTED_SERIES.contains(&s.as_str())) {
+        return None;
+    }
+    Some(format!(
+        "note: kjump was tested on Linux {} only, and this kernel is {release}: hibernation goes ahead, but whether this kernel can be jumped back into is unknown; `kjump selftest` tries that on its own, before an image depends on it (KERNELS.md)",
+        TESTED_SERIES.join(" and ")
+    ))
+}
+
 /// Why hibernation cannot start, or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
@@ -206,13 +231,18 @@ fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<Place, Hibernat
         }
     }
     let release = read("/proc/sys/kernel/osrelease")?;
-    let config = format!("/boot/config-{}", release.trim());
-    if let Ok(c) = std::fs::read_to_string(&config) {
-        if !c.lines().any(|l| l == "CONFIG_KEXEC_JUMP=y") {
-            return fail(format!(
-                "{config}: the running kernel lacks CONFIG_KEXEC_JUMP"
-            ));
+    if !probe_kexec_jump(opts.dry_run)? {
+        let config = format!("/boot/config-{}", release.trim());
+        if let Ok(c) = std::fs::read_to_string(&config) {
+            if !c.lines().any(|l| l == "CONFIG_KEXEC_JUMP=y") {
+                return fail(format!(
+                    "{config}: the running kernel lacks CONFIG_KEXEC_JUMP"
+                ));
+            }
         }
+    }
+    if let Some(note) = untested_note(release.trim()) {
+        println!("{note}");
     }
     if !opts.kernel.is_file() {
         return fail(format!(
@@ -240,6 +270,21 @@ fn preflight(opts: &HibernateOptions, plan: &JumpPlan) -> Result<Place, Hibernat
         )),
         _ => Ok(place),
     }
+}
+
+/// Whether this kernel takes a preserve-context kexec load, found by
+/// loading one (and unloading it) rather than from its version or a
+/// /boot/config that may be missing or stale; the error says why not.
+/// Returns `false` without probing on a dry run while a kexec image is
+/// loaded: the probe would replace it, and a dry run changes nothing.
+fn probe_kexec_jump(dry_run: bool) -> Result<bool, HibernateError> {
+    let loaded = std::fs::read_to_string("/sys/kernel/kexec_loaded").is_ok_and(|v| v.trim() == "1");
+    if dry_run && loaded {
+        return Ok(false);
+    }
+    kexec::probe_preserve_context()
+        .map_err(|e| HibernateError::Preflight(crate::error_chain(&e)))?;
+    Ok(true)
 }
 
 /// Where the image goes and how many bytes it may take there. A regular
@@ -636,6 +681,27 @@ mod tests {
             &["console=tty0".into(), "nomodeset".into()],
         );
         assert!(c.ends_with(" panic=10 console=tty0 nomodeset"), "{c}");
+    }
+
+    #[test]
+    fn series_of_kernel_releases() {
+        assert_eq!(series("6.12.117").as_deref(), Some("6.12"));
+        assert_eq!(series("7.2.13-amd64").as_deref(), Some("7.2"));
+        assert_eq!(
+            series("6.12.0-124.8.1.el10_1.x86_64").as_deref(),
+            Some("6.12")
+        );
+        assert_eq!(series("7.0-rc3").as_deref(), Some("7.0"));
+        assert_eq!(series("6.18+deb14-amd64").as_deref(), Some("6.18"));
+        assert_eq!(series("linux"), None);
+        assert!(untested_note("6.12.117").is_none());
+        assert!(untested_note("7.2.13-amd64").is_none());
+        let note = untested_note("6.19.4-200.fc43.x86_64").unwrap();
+        assert!(
+            note.contains("Linux 6.12 and 7.2") && note.contains("6.19.4-200.fc43.x86_64"),
+            "{note}"
+        );
+        assert!(note.contains("kjump selftest"), "{note}");
     }
 
     #[test]

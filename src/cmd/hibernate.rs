@@ -200,3 +200,23 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// `kjump selftest`: the running kernel's half of every kjump jump, tried
+/// on its own (Linux's tools/testing/selftests/kexec/test_kexec_jump).
+pub fn selftest(jumps: u32) -> Result<(), Failure> {
+    use kjump_restorer::kexec;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "an unknown release".into());
+    println!(
+        "kexec-jump selftest on Linux {release}: {jumps} jumps into a {}-byte payload at {:#x} that jumps straight back",
+        kexec::SELFTEST_PAYLOAD.len(),
+        kexec::SELFTEST_ADDRESS
+    );
+    let times = kexec::selftest(jumps).map_err(Failure::error)?;
+    for (i, t) in times.iter().enumerate() {
+        println!("jump {}: back after {:.3} s", i + 1, t.as_secs_f64());
+    }
+    println!("kexec jump works on this kernel: {jumps} jumps out and back");
+    Ok(())
+}

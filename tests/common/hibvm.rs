@@ -3,6 +3,13 @@
 //! `kjump hibernate`; the capture kernel B and the restore kernel R are the
 //! same bzImage (tests/vm/build-kernel.sh builds it with CONFIG_KEXEC_JUMP).
 //!
+//! The kernel is a parameter: a [`Kernel`] series, 6.12 unless a boot's
+//! [`BootOpts::kernel`] names another. Each series has its own [`Rig`] (the
+//! bzImage, A's initramfs), built once per test process when a boot first
+//! needs it, and checked by the kexec-jump selftest (`kjump selftest` in A)
+//! before any test of that kernel hibernates: a kernel that cannot be jumped
+//! back into fails every test with that message, not with a hang in B.
+//!
 //! A [`Boot`] is one QEMU process, started as a [`BootOpts`] says: the image
 //! disk (/dev/vda), optionally read-only or with write errors injected by
 //! QEMU's blkdebug driver, more disks (/dev/vdb, ...), CPUs, and the kernel
@@ -10,19 +17,23 @@
 //! console is a pipe read by a thread that stamps every line with the time
 //! since QEMU started, so the phases of a hibernation can be timed from the
 //! host. The stamped console goes to `console-<name>.log` in the work
-//! directory (`target/tmp/<test binary>/`); QEMU's own output to
+//! directory ([`dir`], `target/tmp/<test binary>/`); QEMU's own output to
 //! `qemu-<name>.log`. Dropping a `Boot` kills and reaps QEMU.
 //!
-//! [`flows`] has the boots the tests share and their assertions.
+//! [`flows`] has the boots the tests share and their assertions,
+//! [`scenarios`] whole tests that run on more than one kernel.
 
 pub mod flows;
+mod rig;
+pub mod scenarios;
+
+pub use rig::{dir, rig_for, Kernel, Rig};
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -32,191 +43,9 @@ use super::vm::QEMU;
 pub const MEM: &str = "1G";
 /// Size of the sparse raw disk that holds the image (/dev/vda).
 pub const DISK_BYTES: u64 = 1536 << 20;
-/// The host's busybox-static, copied into A's initramfs.
-const BUSYBOX: &str = "/bin/busybox";
-/// kexec-tools, dynamically linked: its libraries come along.
-const KEXEC: &str = "/usr/sbin/kexec";
-const KERNEL_SCRIPT: &str = "tests/vm/build-kernel.sh";
 /// How much console an error quotes.
 const TAIL_LINES: usize = 80;
 const POLL: Duration = Duration::from_millis(50);
-
-/// A's /init: busybox sh. Its keys on the kernel command line
-/// (`kjump.mode=`, `kjump.target=`, `kjump.fs=`, `kjump.precheck=`,
-/// `kjump.otherboot=`, `kjump.force=`) are described at its top. After a
-/// resume it continues where `kjump hibernate` returned, with the command
-/// line of the boot that hibernated.
-const INIT: &str = include_str!("hibvm/init.sh");
-/// A's memory workload (`kjump.memcheck=MIB`), built by the rig.
-const MEMCHECK: &str = "tests/common/hibvm/memcheck.rs";
-
-/// The kernel, A's initramfs and a work directory shared by the tests.
-#[derive(Debug)]
-pub struct Rig {
-    /// The bzImage (A, B and R).
-    pub kernel: PathBuf,
-    /// A's initramfs.
-    pub initramfs: PathBuf,
-    /// Where disks and logs go.
-    pub dir: PathBuf,
-}
-
-/// The rig, built once per test process.
-pub fn rig() -> &'static Rig {
-    static RIG: OnceLock<Rig> = OnceLock::new();
-    RIG.get_or_init(|| build_rig().unwrap_or_else(|e| panic!("setting up the VM rig: {e}")))
-}
-
-fn build_rig() -> Result<Rig, String> {
-    // One directory per test binary (hibernate_vm -> hibernate-vm): each
-    // binary builds its rig afresh, and must not delete another's logs.
-    let name = env!("CARGO_CRATE_NAME").replace('_', "-");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
-    }
-    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let kernel = kernel()?;
-    let initramfs = build_initramfs(&dir, &kernel)?;
-    Ok(Rig {
-        kernel,
-        initramfs,
-        dir,
-    })
-}
-
-/// The KEXEC_JUMP kernel's path; builds it (minutes) when not cached.
-fn kernel() -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(KERNEL_SCRIPT);
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("running {}: {e}", script.display()))?;
-    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || !Path::new(&printed).is_file() {
-        return Err(format!(
-            "{} exited with {} and printed {printed:?}",
-            script.display(),
-            out.status
-        ));
-    }
-    Ok(PathBuf::from(printed))
-}
-
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
-    if let Some(parent) = to.parent() {
-        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    }
-    fs::copy(from, to)
-        .map(drop)
-        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
-}
-
-/// The kjump under test, without its debug information: `kjump hibernate`
-/// and `kjump resume` put their own executable into the capture and restore
-/// initramfs, and a test build's 60 MB of DWARF would slow every kexec load
-/// and fill the 256 MiB the capture kernel lives in. Falls back to a plain
-/// copy where `strip` is missing.
-fn install_kjump(dest: &Path) -> Result<(), String> {
-    let kjump = Path::new(env!("CARGO_BIN_EXE_kjump"));
-    let stripped = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(dest)
-        .arg(kjump)
-        .status()
-        .is_ok_and(|s| s.success());
-    if stripped {
-        return Ok(());
-    }
-    println!("strip failed: installing kjump with its debug information");
-    copy(kjump, dest)
-}
-
-/// The libraries `ldd` lists for `program`.
-fn libraries(program: &str) -> Result<Vec<PathBuf>, String> {
-    let out = Command::new("ldd")
-        .arg(program)
-        .output()
-        .map_err(|e| format!("running ldd {program}: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect())
-}
-
-/// Builds `hibvm/memcheck.rs` (std only) with the rustc that builds the
-/// tests, statically, as A's memory workload.
-fn build_memcheck(dir: &Path, dest: &Path) -> Result<(), String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(MEMCHECK);
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(&rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-        ])
-        .args(["-C", "debuginfo=0", "--out-dir"])
-        .arg(dir)
-        .arg(&source)
-        .output()
-        .map_err(|e| format!("running {rustc}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{rustc} {} failed ({}): {}",
-            source.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    copy(&dir.join("memcheck"), dest)
-}
-
-fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
-    let root = dir.join("root");
-    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "boot"] {
-        fs::create_dir_all(root.join(d)).map_err(|e| format!("creating {d}: {e}"))?;
-    }
-    copy(Path::new(BUSYBOX), &root.join("bin/busybox"))
-        .map_err(|e| format!("{e} (apt-get install busybox-static)"))?;
-    install_kjump(&root.join("bin/kjump"))?;
-    copy(Path::new(KEXEC), &root.join("sbin/kexec"))
-        .map_err(|e| format!("{e} (apt-get install kexec-tools)"))?;
-    for lib in libraries(KEXEC)? {
-        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
-        copy(&lib, &dest)?;
-    }
-    copy(kernel, &root.join("boot/bzImage"))?;
-    build_memcheck(dir, &root.join("bin/memcheck"))?;
-    let init = root.join("init");
-    fs::write(&init, INIT).map_err(|e| format!("writing {}: {e}", init.display()))?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", init.display()))?;
-    let cpio = dir.join("a.cpio");
-    let script = format!(
-        "cd '{}' && find . | sort | cpio -o -H newc --quiet --owner=0:0 > '{}'",
-        root.display(),
-        cpio.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .map_err(|e| format!("running cpio: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cpio failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(cpio)
-}
 
 /// Creates a fresh sparse disk of [`DISK_BYTES`].
 pub fn new_disk(path: &Path) -> PathBuf {
@@ -313,6 +142,8 @@ pub struct BootOpts {
     pub machine: &'static str,
     /// Guest RAM, as QEMU's `-m` takes it.
     pub mem: &'static str,
+    /// The kernel A, B and R run.
+    pub kernel: Kernel,
 }
 
 impl BootOpts {
@@ -329,7 +160,14 @@ impl BootOpts {
             s3: false,
             machine: "pc",
             mem: MEM,
+            kernel: Kernel::default(),
         }
+    }
+
+    /// On `kernel` (A, B and R).
+    pub fn kernel(mut self, kernel: Kernel) -> BootOpts {
+        self.kernel = kernel;
+        self
     }
 
     /// On QEMU's `machine` type with `mem` of RAM. A q35 machine with more
@@ -443,8 +281,9 @@ pub struct Line {
 struct Console {
     lines: Vec<Line>,
     closed: bool,
-    /// A program's line the kernel's printk cut, waiting for its end: a
-    /// prompt that waits for input is one until the input comes.
+    /// The line not ended yet: a program's line the kernel's printk cut,
+    /// or text with no newline so far, such as a prompt that waits for its
+    /// input (a prompt is often both).
     pending: Option<Line>,
 }
 
@@ -469,13 +308,18 @@ impl Boot {
 
     /// Starts QEMU as `opts` say.
     pub fn start_opts(name: &str, opts: &BootOpts) -> Boot {
-        let rig = rig();
-        let qemu_log = rig.dir.join(format!("qemu-{name}.log"));
-        let console_log = rig.dir.join(format!("console-{name}.log"));
+        Boot::start_on(rig_for(opts.kernel), name, opts)
+    }
+
+    /// Starts QEMU as `opts` say, with `rig`'s kernel and initramfs.
+    fn start_on(rig: &Rig, name: &str, opts: &BootOpts) -> Boot {
+        let dir = dir();
+        let qemu_log = dir.join(format!("qemu-{name}.log"));
+        let console_log = dir.join(format!("console-{name}.log"));
         let log = fs::File::create(&qemu_log)
             .unwrap_or_else(|e| panic!("creating {}: {e}", qemu_log.display()));
         let append = opts.append();
-        let drives = opts.drives(name, &rig.dir);
+        let drives = opts.drives(name, dir);
         let mut qemu = Command::new(QEMU);
         qemu.args(["-accel", "tcg", "-cpu", "max", "-machine", opts.machine])
             .args(["-m", opts.mem])
@@ -485,7 +329,7 @@ impl Boot {
         for d in &drives {
             qemu.arg("-drive").arg(d);
         }
-        let qmp_socket = opts.s3.then(|| rig.dir.join(format!("qmp-{name}.sock")));
+        let qmp_socket = opts.s3.then(|| dir.join(format!("qmp-{name}.sock")));
         if let Some(sock) = &qmp_socket {
             let _ = fs::remove_file(sock);
             let pm = if opts.machine == "q35" {
@@ -516,7 +360,8 @@ impl Boot {
         let log_path = console_log.clone();
         let reader = thread::spawn(move || read_console(stdout, started, &shared, &log_path));
         println!(
-            "[{name}] qemu -machine {} -m {} -smp {} -drive {} -append {append:?}",
+            "[{name}] Linux {}: qemu -machine {} -m {} -smp {} -drive {} -append {append:?}",
+            rig.release,
             opts.machine,
             opts.mem,
             opts.smp,
@@ -600,32 +445,32 @@ impl Boot {
     /// The first line containing `needle`, waiting up to `timeout` for it.
     /// Panics with the console tail when it does not come or QEMU ends.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Line {
+        self.try_wait_for(needle, timeout)
+            .unwrap_or_else(|why| panic!("[{}] {why}\n{}", self.name, self.logs()))
+    }
+
+    /// [`Boot::wait_for`], saying why instead of panicking.
+    pub fn try_wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Line, String> {
         let started = Instant::now();
         loop {
             let closed = {
                 let c = self.console.lock().expect("console lock");
                 if let Some(l) = c.lines.iter().find(|l| l.text.contains(needle)) {
-                    return l.clone();
+                    return Ok(l.clone());
                 }
                 if let Some(l) = c.pending.as_ref().filter(|l| l.text.contains(needle)) {
-                    return l.clone();
+                    return Ok(l.clone());
                 }
                 c.closed
             };
             if closed {
                 let status = self.reap();
-                panic!(
-                    "[{}] qemu ended ({status:?}) without printing {needle:?}\n{}",
-                    self.name,
-                    self.logs()
-                );
+                return Err(format!(
+                    "qemu ended ({status:?}) without printing {needle:?}"
+                ));
             }
             if started.elapsed() > timeout {
-                panic!(
-                    "[{}] no {needle:?} on the console after {timeout:?}\n{}",
-                    self.name,
-                    self.logs()
-                );
+                return Err(format!("no {needle:?} on the console after {timeout:?}"));
             }
             sleep(POLL);
         }
@@ -688,58 +533,64 @@ fn read_console(
     console: &Mutex<Console>,
     log_path: &Path,
 ) {
-    use std::io::Write as _;
     let mut log = fs::File::create(log_path).ok();
-    // Bytes read but not yet ended by a newline: a prompt that waits for
-    // input stays here until the input comes, so it is read in pieces as
-    // they arrive rather than a line at a time.
-    let mut unended = Vec::new();
     let mut chunk = [0u8; 4096];
+    // What came after the last newline: a line on its way, or a prompt
+    // that waits for its input and sends no newline until then.
+    let mut partial = Vec::new();
     // A program's line the kernel's printk cut in two: its first part.
     let mut pending = String::new();
+    let mut at = 0.0;
     loop {
         let n = match stdout.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        unended.extend_from_slice(&chunk[..n]);
-        let at = started.elapsed().as_secs_f64();
-        while let Some(end) = unended.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = unended.drain(..=end).collect();
-            let raw = String::from_utf8_lossy(&line);
-            let raw = raw.trim_end_matches(['\r', '\n']);
-            if let Some(f) = log.as_mut() {
-                let _ = writeln!(f, "{at:7.2} {raw}");
-            }
-            let text = match printk_start(raw) {
-                Some(cut) if cut > 0 => {
-                    pending.push_str(&raw[..cut]);
-                    raw[cut..].to_owned()
-                }
-                Some(_) => raw.to_owned(),
-                None => std::mem::take(&mut pending) + raw,
-            };
-            if let Ok(mut c) = console.lock() {
-                c.lines.push(Line { at, text });
-            }
+        at = started.elapsed().as_secs_f64();
+        partial.extend_from_slice(&chunk[..n]);
+        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=end).collect();
+            take_line(&line, at, &mut pending, &mut log, console);
         }
-        let waiting = pending.clone() + &String::from_utf8_lossy(&unended);
+        let tail = String::from_utf8_lossy(&partial);
+        let text = pending.clone() + tail.trim_end_matches('\r');
         if let Ok(mut c) = console.lock() {
-            c.pending = (!waiting.is_empty()).then_some(Line { at, text: waiting });
+            c.pending = (!text.is_empty()).then_some(Line { at, text });
         }
     }
-    if !unended.is_empty() {
-        if let Some(f) = log.as_mut() {
-            let _ = writeln!(
-                f,
-                "{:7.2} {}",
-                started.elapsed().as_secs_f64(),
-                String::from_utf8_lossy(&unended)
-            );
-        }
+    if !partial.is_empty() {
+        take_line(&partial, at, &mut pending, &mut log, console);
     }
     if let Ok(mut c) = console.lock() {
         c.closed = true;
+    }
+}
+
+/// Logs one console line and records it; a program's line cut by a kernel
+/// message is recorded whole once its end comes.
+fn take_line(
+    bytes: &[u8],
+    at: f64,
+    pending: &mut String,
+    log: &mut Option<fs::File>,
+    console: &Mutex<Console>,
+) {
+    use std::io::Write as _;
+    let raw = String::from_utf8_lossy(bytes);
+    let raw = raw.trim_end_matches(['\r', '\n']);
+    if let Some(f) = log.as_mut() {
+        let _ = writeln!(f, "{at:7.2} {raw}");
+    }
+    let text = match printk_start(raw) {
+        Some(cut) if cut > 0 => {
+            pending.push_str(&raw[..cut]);
+            raw[cut..].to_owned()
+        }
+        Some(_) => raw.to_owned(),
+        None => std::mem::take(pending) + raw,
+    };
+    if let Ok(mut c) = console.lock() {
+        c.lines.push(Line { at, text });
     }
 }
 

@@ -4,21 +4,29 @@
 # installs Debian packages). The same kernel serves as the hibernating kernel A,
 # the capture kernel B and the restore kernel R.
 #
-#   tests/vm/build-kernel.sh   -> /var/cache/kjump/kernel/<pkgversion>-<hash12>/bzImage
+#   tests/vm/build-kernel.sh [SERIES]  -> /var/cache/kjump/kernel/<pkgversion>-<hash12>/bzImage
 #
-# No Debian kernel enables CONFIG_KEXEC_JUMP, so this one is built from Debian's
-# linux-source-6.12 package: x86_64_defconfig + kvm_guest.config + the fragment
-# below (kexec jump, crash kernel, /dev/mem, virtio disk, serial console; no
-# DRM, sound, wireless, USB or debug info). After `make olddefconfig` every
-# option the fragment wants on is checked to really be =y: Kconfig silently
-# drops an option whose dependencies are missing, and the build fails loudly
-# naming it instead. Building takes 8.5 to 14 minutes on 2 cores.
+# SERIES is the kernel series the tests run on:
+#   6.12  (default) Debian 12's linux-source-6.12, installed with apt from
+#         this machine's own suites
+#   7.2   Debian sid's linux-source-7.2, fetched by tests/vm/sid-source.sh
+#         through a source list and lists directory of its own; nothing is
+#         installed from sid
 #
-# The cache key is the linux-source package version plus a hash of the
-# fragment, so editing the fragment builds a new kernel beside the old one.
-# The cache directory keeps bzImage, .config, System.map and build.log; the
-# source tree is deleted after a successful build. The build runs in a
-# temporary directory that is renamed into place only when complete.
+# No Debian kernel enables CONFIG_KEXEC_JUMP, so both are built from source
+# with the same configuration: x86_64_defconfig + kvm_guest.config + the
+# fragment below (kexec jump, crash kernel, /dev/mem, virtio disk, serial
+# console; no DRM, sound, wireless, USB or debug info). After `make
+# olddefconfig` every option the fragment wants on is checked to really be =y:
+# Kconfig silently drops an option whose dependencies are missing, and the
+# build fails loudly naming it instead. Building 6.12 takes 8.5 to 14 minutes
+# on 2 cores, 7.2 about as long.
+#
+# The cache key is the source package version plus a hash of the fragment, so
+# editing the fragment builds a new kernel beside the old one, and each series
+# has its own entries. The cache directory keeps bzImage, .config, System.map
+# and build.log; the source tree is deleted after a successful build. The build
+# runs in a temporary directory that is renamed into place only when complete.
 #
 # Environment:
 #   KJUMP_CACHE   cache root (default /var/cache/kjump)
@@ -27,8 +35,16 @@
 # the compiler's output to a log file whose tail is shown on failure.
 set -euo pipefail
 
-src_pkg=linux-source-6.12
-tarball=/usr/src/$src_pkg.tar.xz
+series=${1:-6.12}
+case $series in
+6.12 | 7.2) ;;
+*)
+	echo "build-kernel.sh: unknown kernel series ${series@Q} (6.12 or 7.2)" >&2
+	exit 2
+	;;
+esac
+src_pkg=linux-source-$series
+sid_source=$(dirname "${BASH_SOURCE[0]}")/sid-source.sh
 build_deps=(build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-utils dwarves)
 cache=${KJUMP_CACHE:-/var/cache/kjump}/kernel
 
@@ -117,25 +133,31 @@ installed_version() {
 		sed -n 's/^install ok installed //p' || true
 }
 
-# Newest kernel already built from this fragment, for when apt cannot tell us
-# the package version (no package lists on this machine yet).
+# Newest kernel of this series already built from this fragment, for when
+# apt cannot tell us the package version (no package lists yet, or offline).
+# Debian's versions of linux-source-X.Y start with X.Y.
 cached_kernel() {
 	local found
-	found=$(find "$cache" -mindepth 2 -maxdepth 2 -path "*-$hash/bzImage" 2>/dev/null |
+	found=$(find "$cache" -mindepth 2 -maxdepth 2 -path "$cache/$series.*-$hash/bzImage" 2>/dev/null |
 		sort -V | tail -n 1)
 	[[ -n $found ]] && echo "$found"
 }
 
-# The source version: the installed package's, else the one apt would install.
-version=$(installed_version "$src_pkg")
-if [[ -z $version ]]; then
-	version=$(apt-cache policy "$src_pkg" 2>/dev/null | sed -n 's/^  Candidate: //p' | head -n 1 || true)
-	[[ $version == '(none)' ]] && version=
-	if [[ -z $version ]] && path=$(cached_kernel); then
-		echo "build-kernel.sh: apt does not know $src_pkg; using cached $path" >&2
-		echo "$path"
-		exit 0
+# The source version: for 6.12 the installed package's, else the one apt
+# would install; for 7.2 the one sid's lists (already fetched, if any) offer.
+if [[ $series == 6.12 ]]; then
+	version=$(installed_version "$src_pkg")
+	if [[ -z $version ]]; then
+		version=$(apt-cache policy "$src_pkg" 2>/dev/null | sed -n 's/^  Candidate: //p' | head -n 1 || true)
+		[[ $version == '(none)' ]] && version=
 	fi
+else
+	version=$(bash "$sid_source" --version "$src_pkg" 2>/dev/null || true)
+fi
+if [[ -z $version ]] && path=$(cached_kernel); then
+	echo "build-kernel.sh: apt does not know $src_pkg; using cached $path" >&2
+	echo "$path"
+	exit 0
 fi
 if [[ -n $version && -f $cache/$version-$hash/bzImage ]]; then
 	echo "$cache/$version-$hash/bzImage"
@@ -145,7 +167,9 @@ fi
 # Nothing cached: install what the build needs.
 export DEBIAN_FRONTEND=noninteractive
 missing=()
-for p in "$src_pkg" "${build_deps[@]}"; do
+wanted=("${build_deps[@]}")
+[[ $series == 6.12 ]] && wanted+=("$src_pkg")
+for p in "${wanted[@]}"; do
 	[[ -n $(installed_version "$p") ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -156,9 +180,16 @@ if ((${#missing[@]})); then
 	apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
 		die "apt-get install ${missing[*]} failed"
 fi
-version=$(installed_version "$src_pkg")
-[[ -n $version ]] || die "$src_pkg is not installed"
-[[ -f $tarball ]] || die "$src_pkg $version holds no $tarball"
+if [[ $series == 6.12 ]]; then
+	version=$(installed_version "$src_pkg")
+	[[ -n $version ]] || die "$src_pkg is not installed"
+	tarball=/usr/src/$src_pkg.tar.xz
+	[[ -f $tarball ]] || die "$src_pkg $version holds no $tarball"
+else
+	# .../source/linux-source-7.2/<version>/linux-source-7.2.tar.xz
+	tarball=$(bash "$sid_source" "$src_pkg") || die "fetching $src_pkg from sid failed"
+	version=$(basename "$(dirname "$tarball")")
+fi
 
 key=$version-$hash
 dest=$cache/$key

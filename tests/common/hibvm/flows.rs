@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::super::vm;
-use super::{rig, Boot, BootOpts, Line};
+use super::{Boot, BootOpts, Line};
 
 /// One boot phase (boot to hibernate, capture, resume) under TCG.
 pub const PHASE: Duration = Duration::from_secs(180);
@@ -33,7 +33,7 @@ pub fn machine() -> Option<MutexGuard<'static, ()>> {
 
 /// A fresh image disk in the rig's directory.
 pub fn disk(name: &str) -> PathBuf {
-    super::new_disk(&rig().dir.join(format!("{name}.img")))
+    super::new_disk(&super::dir().join(format!("{name}.img")))
 }
 
 /// Runs the host's kjump; returns its exit code and output.

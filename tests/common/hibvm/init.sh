@@ -39,6 +39,9 @@
 #                      of it, so its tripwire finds it outside its region;
 #                      then the real hibernation
 #   kjump.rappend=WORD `kjump resume --append WORD`
+#   kjump.selftest=1   instead of all this: `kjump selftest` (two kexec
+#                      jumps into a payload that jumps straight back), then
+#                      power off
 #   kjump.kdump=SEED   instead of all this: A writes a pattern from SEED to
 #                      a tmpfs file, loads a kdump crash kernel and
 #                      crashes; the crash kernel copies /proc/vmcore to
@@ -56,6 +59,13 @@ mount -t tmpfs tmp /tmp
 up() { cut -d' ' -f1 /proc/uptime; }
 key() { sed -n "s/.*kjump\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 md5() { md5sum <"$1" | cut -d' ' -f1; }
+# ---- the rig's jump selftest (tests/common/hibvm.rs): this only ----
+if [ "$(key selftest)" = 1 ]; then
+	echo "A: up for the jump selftest, uptime $(up) s, $(nproc) CPUs"
+	kjump selftest
+	echo "A: SELFTEST-EXIT $?"
+	poweroff -f
+fi
 # ---- kdump (tests/kdump_vm.rs): this block only, then power off ----
 # In a kdump crash kernel (/proc/vmcore exists): copy the crashed kernel's
 # core raw to /dev/vdb and capture it with kjump to /dev/vdc. In A with

@@ -1,0 +1,419 @@
+//! Whole VM tests that run on more than one kernel: the 6.12 suite's test
+//! files (hibernate_vm.rs, suspend_vm.rs, encrypt_vm.rs, confinement_vm.rs)
+//! and kernel_7_2_vm.rs call the same function with their [`Kernel`], so a
+//! scenario is written once and a newer kernel runs exactly what 6.12 runs.
+//!
+//! Each one expects the caller to hold the machine ([`flows::machine`]) and
+//! panics with the console tail when the kernel misbehaves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::flows::{
+    assert_counter_continues, assert_disk_works, assert_resumed, check_committed, counts, disk,
+    find, hibernate_poweroff, hibernate_poweroff_unchecked, info, kjump, md5s, no_resume,
+    print_phases, resume, split_at, state, Saved, PHASE,
+};
+use super::{dir, new_disk_of, rig_for, Boot, BootOpts, Kernel, Line};
+
+/// The superblock field holding the offset of the first chunk (FORMAT.md).
+const DATA_OFFSET_FIELD: u64 = 104;
+/// The encrypted cycle's passphrase.
+pub const PASSPHRASE: &str = "correct-horse-battery";
+
+/// The default machine on `kernel`: 1 CPU, 1 GiB, `disk` as /dev/vda.
+pub fn on(kernel: Kernel, disk: &Path, mode: &str) -> BootOpts {
+    BootOpts::new(disk, mode).kernel(kernel)
+}
+
+/// The rig's kexec-jump selftest passed on `kernel`: two jumps out of A
+/// into a payload that jumps straight back. (The rig runs it before any
+/// boot of that kernel; this prints what it found.)
+pub fn kexec_jump_selftest(kernel: Kernel) {
+    let rig = rig_for(kernel);
+    let said = |prefix: &str| rig.selftest.iter().any(|l| l.contains(prefix));
+    assert!(
+        said("jump 1: back after") && said("jump 2: back after") && said("kexec jump works"),
+        "{:#?}",
+        rig.selftest
+    );
+    println!(
+        "[selftest] Linux {} ({}):\n{}",
+        rig.release,
+        rig.kernel.display(),
+        rig.selftest.join("\n")
+    );
+}
+
+fn flip_chunk_byte(disk: &Path) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", disk.display()));
+    let mut field = [0u8; 8];
+    f.read_exact_at(&mut field, DATA_OFFSET_FIELD)
+        .expect("read data_offset");
+    let data_len = info(disk)["data_bytes"].as_u64().expect("data_bytes");
+    let at = u64::from_le_bytes(field) + data_len / 2;
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).expect("read the byte");
+    byte[0] ^= 0x40;
+    f.write_all_at(&byte, at).expect("write the byte");
+    at
+}
+
+/// Power off and resume with one CPU; the consumed image is not resumed
+/// twice, and a copy of the image with one chunk byte flipped is refused
+/// and left as it was.
+pub fn poweroff_resume_refuse_corrupt_and_consumed(kernel: Kernel) {
+    let disk = disk("poweroff-smp1");
+    let (saved, _) = hibernate_poweroff("smp1-hibernate", &on(kernel, &disk, "poweroff"));
+
+    let corrupt = dir().join("corrupt.img");
+    let out = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&disk)
+        .arg(&corrupt)
+        .output()
+        .expect("cp");
+    assert!(out.status.success(), "cp: {out:?}");
+
+    resume("smp1-resume", &on(kernel, &disk, "none"), &saved);
+    assert_eq!(state(&disk), "consumed");
+    no_resume(
+        "smp1-consumed",
+        &on(kernel, &disk, "none"),
+        0,
+        "already resumed once",
+    );
+
+    let at = flip_chunk_byte(&corrupt);
+    println!("[corrupt] flipped the byte at image offset {at:#x}");
+    let (code, text) = kjump(&["verify", &corrupt.display().to_string()]);
+    assert_eq!(code, 1, "host verify of the corrupted image: {text}");
+    no_resume("corrupt", &on(kernel, &corrupt, "none"), 1, "refused");
+    assert_eq!(
+        state(&corrupt),
+        "committed",
+        "a refused image is left alone"
+    );
+}
+
+/// Power off and resume with two CPUs (the second goes offline for each
+/// jump and comes back).
+pub fn poweroff_resume_two_cpus(kernel: Kernel) {
+    let disk = disk("poweroff-smp2");
+    let opts = on(kernel, &disk, "poweroff").smp(2);
+    let (saved, _) = hibernate_poweroff("smp2-hibernate", &opts);
+    resume("smp2-resume", &on(kernel, &disk, "none").smp(2), &saved);
+    assert_eq!(state(&disk), "consumed");
+}
+
+/// A checkpoint: B saves and jumps straight back, A runs on; a later boot
+/// resumes A as it was when B saved it.
+pub fn checkpoint_then_resume(kernel: Kernel) {
+    let disk = disk("checkpoint");
+    let name = "checkpoint";
+    let mut boot = Boot::start_opts(name, &on(kernel, &disk, "checkpoint"));
+    let captured = boot.wait_for("kjump: capture kernel started", PHASE);
+    boot.wait_for("kjump: image committed", PHASE);
+    let resumed = boot.wait_for("RESUMED", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    let (before, after) = split_at(&lines, resumed.at);
+    let md5 = md5s(&before).into_iter().next().expect("an MD5 line");
+    assert_eq!(md5s(&after), std::slice::from_ref(&md5), "{}", boot.logs());
+    assert_disk_works(&after, "committed", &boot);
+    let last = assert_counter_continues(&boot, captured.at);
+    check_committed(name, &disk, "checkpoint");
+    resume(
+        "checkpoint-resume",
+        &on(kernel, &disk, "none"),
+        &Saved {
+            md5,
+            last_count: last,
+            memcheck: false,
+        },
+    );
+    assert_eq!(state(&disk), "consumed");
+}
+
+/// The first line with `needle`, or a panic with the console tail.
+pub fn line<'a>(lines: &'a [Line], needle: &str, boot: &Boot) -> &'a Line {
+    find(lines, needle).unwrap_or_else(|| panic!("no {needle:?} on the console\n{}", boot.logs()))
+}
+
+/// Polls QMP `query-status` until the guest is suspended; returns when.
+fn wait_suspended(boot: &Boot, timeout: Duration) -> Instant {
+    let mut qmp = boot.qmp();
+    let started = Instant::now();
+    loop {
+        let reply = qmp
+            .execute("query-status", r#"{"execute":"query-status"}"#)
+            .unwrap_or_else(|e| panic!("query-status: {e:?}\n{}", boot.logs()));
+        if reply.contains("\"status\": \"suspended\"") || reply.contains("\"status\":\"suspended\"")
+        {
+            return Instant::now();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "not suspended after {timeout:?}: {reply}\n{}",
+            boot.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Boots A on `kernel` with `--then suspend` and waits until B has
+/// suspended the machine. Returns the boot, what A held, and when the
+/// hibernate call happened (seconds since QEMU started).
+pub fn hibernate_and_suspend(name: &str, disk: &Path, kernel: Kernel) -> (Boot, Saved, f64) {
+    let mut boot = Boot::start_opts(name, &on(kernel, disk, "suspend").s3());
+    boot.wait_for("A: RESUME-EXIT 0", PHASE);
+    let called = boot.wait_for("A: HIBERNATE --then suspend", PHASE);
+    boot.wait_for("kjump: image committed", PHASE);
+    boot.wait_for("kjump: suspending to RAM", PHASE);
+    let t0 = Instant::now();
+    wait_suspended(&boot, PHASE);
+    let lines = boot.lines();
+    let suspending = line(&lines, "kjump: suspending to RAM", &boot).at;
+    println!(
+        "[{name}] hibernate called -> B suspends: {:.2} s (QMP saw it suspended {:.2} s after B said so)",
+        suspending - called.at,
+        t0.elapsed().as_secs_f64()
+    );
+    let saved = Saved {
+        md5: md5s(&lines).into_iter().next().expect("an MD5 line"),
+        last_count: counts(&lines).into_iter().max().expect("COUNT lines"),
+        memcheck: false,
+    };
+    (boot, saved, called.at)
+}
+
+/// `--then suspend`, woken by QMP `system_wakeup`: B jumps back to A,
+/// which runs on and marks the image consumed.
+pub fn suspend_then_wake(kernel: Kernel) {
+    let disk = disk("suspend-wake");
+    let (mut boot, saved, _) = hibernate_and_suspend("suspend-wake", &disk, kernel);
+    // Suspended with the image committed: the disk is a complete fallback.
+    assert_eq!(state(&disk), "committed");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut qmp = boot.qmp();
+    let woken = Instant::now();
+    qmp.execute("system_wakeup", r#"{"execute":"system_wakeup"}"#)
+        .unwrap_or_else(|e| panic!("system_wakeup: {e:?}\n{}", boot.logs()));
+    boot.wait_for("kjump: woke from suspend to RAM", PHASE);
+    let resumed = boot.wait_for("RESUMED", PHASE);
+    let wake_to_a = woken.elapsed().as_secs_f64();
+    let lines = assert_resumed("suspend-wake", &mut boot, &saved);
+    line(
+        &lines,
+        "woke from suspend to RAM: the disk image is marked consumed",
+        &boot,
+    );
+    line(&lines, "its image is consumed", &boot);
+    assert_eq!(state(&disk), "consumed");
+    println!(
+        "[suspend-wake] system_wakeup -> A prints RESUMED at {:.2} s: {wake_to_a:.2} s",
+        resumed.at
+    );
+}
+
+/// An encrypted hibernation (`--encrypt --passphrase-file`): the host
+/// cannot read the image without the passphrase, R0 never asks for it, and
+/// the restore kernel R asks on the serial console. An empty answer
+/// declines (R hands back, the normal boot goes on); the next boot a wrong
+/// passphrase is refused and the right one resumes A.
+pub fn encrypted_passphrase_cycle(kernel: Kernel) {
+    let disk = disk("encrypted");
+    let opts = on(kernel, &disk, "poweroff").arg(&format!("kjump.pass={PASSPHRASE}"));
+    let (saved, lines) = hibernate_poweroff_unchecked("encrypt-hibernate", &opts);
+    assert!(
+        find(&lines, "kjump: the image is encrypted (AES-256-GCM)").is_some(),
+        "B did not say it encrypts"
+    );
+    assert!(
+        find(&lines, "encrypt=passphrase").is_some(),
+        "the manifest names no secret"
+    );
+    assert!(
+        find(&lines, PASSPHRASE).is_none()
+            || lines
+                .iter()
+                .filter(|l| l.text.contains(PASSPHRASE))
+                .all(|l| l.text.contains("kjump.pass=")),
+        "the passphrase appeared on the console other than on A's command line"
+    );
+    check_sealed(&disk, &rig_for(kernel).release);
+    decline_then_resume(kernel, &disk, &saved);
+}
+
+/// The host's view of the encrypted image on `disk` of a kernel `release`:
+/// nothing without the passphrase but the resume record, everything with it.
+fn check_sealed(disk: &Path, release: &str) {
+    let host = disk.display().to_string();
+    let (code, text) = kjump(&["verify", &host]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("encrypted"), "{text}");
+    let pass_file = dir().join("passphrase");
+    std::fs::write(&pass_file, PASSPHRASE).unwrap();
+    let pass = pass_file.display().to_string();
+    let (code, text) = kjump(&["verify", &host, "--passphrase-file", &pass]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("encrypted and authentic"), "{text}");
+    assert_eq!(state(disk), "committed");
+    let image = std::fs::read(disk).unwrap();
+    for plain in [release.as_bytes(), b"System RAM", b"OSRELEASE="] {
+        assert!(
+            !image.windows(plain.len()).any(|w| w == plain),
+            "{:?} in plain text in the encrypted image",
+            String::from_utf8_lossy(plain)
+        );
+    }
+    let (code, text) = kjump(&["info", &host]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("from the resume record") && text.contains("meta:       region=0x"),
+        "{text}"
+    );
+}
+
+/// Two boots of the encrypted image on `disk`: an empty passphrase
+/// declines, then a wrong one is refused and the right one resumes.
+fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
+    let mut boot = Boot::start_opts("encrypt-decline", &on(kernel, disk, "none"));
+    let started = boot.wait_for("kjump: restore kernel started", PHASE);
+    let prompt = boot.wait_for("passphrase for the encrypted image", PHASE);
+    assert!(prompt.at >= started.at, "the passphrase was asked before R");
+    std::thread::sleep(Duration::from_secs(1));
+    boot.type_line("");
+    boot.wait_for("kjump: not resuming: no passphrase was given", PHASE);
+    boot.wait_for("handing control back to the normal boot", PHASE);
+    let back = boot.wait_for("A: RESUME-EXIT 0", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    let lines = boot.lines();
+    let before_r: Vec<_> = lines.iter().filter(|l| l.at < started.at).collect();
+    assert!(
+        !before_r.iter().any(|l| l.text.contains("passphrase for")),
+        "R0 asked for the passphrase\n{}",
+        boot.logs()
+    );
+    let (_, after) = split_at(&lines, back.at);
+    assert!(
+        find(
+            &lines,
+            "nothing to resume: the restore kernel handed control back"
+        )
+        .is_some(),
+        "R0 did not say R handed back\n{}",
+        boot.logs()
+    );
+    assert_eq!(md5s(&after).len(), 1, "no fresh workload\n{}", boot.logs());
+    assert!(
+        counts(&after).len() >= 2,
+        "R0's boot did not go on\n{}",
+        boot.logs()
+    );
+    assert!(!lines.iter().any(|l| l.text == "RESUMED"), "resumed anyway");
+    assert_eq!(state(disk), "committed");
+    println!(
+        "[encrypt-decline] R asked {:.1} s after R started; handed back, R0 went on at {:.1} s",
+        prompt.at - started.at,
+        back.at
+    );
+
+    // The boot after: a wrong passphrase, then the right one, typed on the
+    // serial console while R asks.
+    let mut boot = Boot::start_opts("encrypt-resume", &on(kernel, disk, "none"));
+    boot.wait_for("kjump: restore kernel started", PHASE);
+    boot.wait_for("passphrase for the encrypted image", PHASE);
+    std::thread::sleep(Duration::from_secs(1));
+    boot.type_line("wrong-horse");
+    let refused = boot.wait_for("(2 more tries)", PHASE);
+    assert!(
+        refused.text.contains("wrong key or passphrase"),
+        "{}",
+        refused.text
+    );
+    boot.type_line(PASSPHRASE);
+    boot.wait_for("kjump: verified in", PHASE);
+    let lines = assert_resumed("encrypt-resume", &mut boot, saved);
+    assert!(
+        !lines.iter().any(|l| l.text.contains(PASSPHRASE)),
+        "the passphrase was echoed on the console\n{}",
+        boot.logs()
+    );
+    assert_eq!(state(disk), "consumed");
+    println!(
+        "[encrypt] wrong passphrase refused: {}",
+        refused.text.trim()
+    );
+}
+
+/// A disk with room for the worst case of a 4 GiB machine's image.
+pub fn big_disk(name: &str) -> PathBuf {
+    new_disk_of(&dir().join(format!("{name}.img")), 6 << 30)
+}
+
+/// A q35 machine with 4 GiB and 2 CPUs on `kernel`, whose A re-checks every
+/// word of `memcheck_mib` MiB of its memory.
+pub fn q35(kernel: Kernel, disk: &Path, mode: &str, memcheck_mib: u32) -> BootOpts {
+    on(kernel, disk, mode)
+        .machine("q35", "4G")
+        .smp(2)
+        .arg(&format!("kjump.memcheck={memcheck_mib}"))
+}
+
+/// The number in A's `RAM to save: N bytes in K ranges` line.
+fn saved_ranges(lines: &[Line]) -> usize {
+    let line = find(lines, "RAM to save:").expect("a RAM to save line");
+    line.text
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no range count in {:?}", line.text))
+}
+
+/// The whole cycle on a q35 machine with 4 GiB and 2 CPUs: RAM above
+/// 4 GiB, five saved ranges or more, and every word of 1 GiB of A's memory
+/// checked before the hibernation and after the resume.
+pub fn q35_4g_cycle_keeps_every_word(kernel: Kernel) {
+    let disk = big_disk("q35-cycle");
+    let (saved, lines) = hibernate_poweroff("q35-hibernate", &q35(kernel, &disk, "poweroff", 1024));
+    assert!(saved.memcheck, "memcheck did not start");
+    let ranges = saved_ranges(&lines);
+    assert!(
+        ranges >= 5,
+        "only {ranges} saved ranges: not the machine this test is for"
+    );
+    let high = find(&lines, "BIOS-e820: [mem 0x0000000100000000-")
+        .unwrap_or_else(|| panic!("no RAM above 4 GiB in A's e820 map"));
+    println!("[q35] {ranges} saved ranges; {}", high.text);
+    assert!(
+        find(&lines, "kjump: running inside the region").is_some(),
+        "B did not check its confinement"
+    );
+    let resumed = resume("q35-resume", &q35(kernel, &disk, "none", 1024), &saved);
+    assert_eq!(state(&disk), "consumed");
+    // B and R log their progress to the console like every other line
+    // (a 4 GiB capture and verify take longer than the 5 s between lines).
+    for (lines, started, what) in [
+        (&lines, "kjump: capture kernel started", "capture"),
+        (&resumed, "kjump: restore kernel started", "verify"),
+    ] {
+        let from = find(lines, started).expect("the kernel started").at;
+        let progress = lines
+            .iter()
+            .filter(|l| l.at >= from)
+            .find(|l| l.text.contains(" INFO ") && l.text.contains(what) && l.text.contains("MB/s"))
+            .unwrap_or_else(|| panic!("no {what} progress on the console after {started:?}"));
+        println!("[q35] {}", progress.text);
+    }
+}
