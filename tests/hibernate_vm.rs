@@ -21,11 +21,9 @@
 
 mod common;
 
-use common::hibvm::flows::{
-    disk, failed_capture, kjump, machine,
-};
+use common::hibvm::flows::{disk, failed_capture, kjump, machine};
 use common::hibvm::scenarios;
-use common::hibvm::{Boot, BootOpts, Kernel};
+use common::hibvm::{BootOpts, Kernel};
 
 const KERNEL: Kernel = Kernel::Linux6_12;
 
