@@ -221,6 +221,10 @@ impl BootOpts {
             "console=ttyS0".to_owned(),
             "crashkernel=256M".to_owned(),
             "panic=-1".to_owned(),
+            // Under TCG on a loaded host the IO-APIC timer check can miss
+            // ticks and panic; KVM guests skip it the same way (init.sh
+            // gives the capture and restore kernels the same word).
+            "no_timer_check".to_owned(),
             format!("kjump.mode={}", self.mode),
         ];
         words.extend(self.cmdline.iter().cloned());
