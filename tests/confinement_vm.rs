@@ -23,8 +23,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::hibvm::flows::{
-    assert_memcheck_passed, check_committed, failed_capture, find, kjump, machine, md5s,
-    print_phases, resume, state, PHASE,
+    assert_memcheck_passed, check_committed, failed_capture, find, kjump, machine, machine_cpus,
+    md5s, print_phases, resume, state, PHASE,
 };
 use common::hibvm::scenarios;
 use common::hibvm::{self, Boot, BootOpts, Kernel};
@@ -40,13 +40,17 @@ fn q35(disk: &std::path::Path, mode: &str, memcheck_mib: u32) -> BootOpts {
 
 #[test]
 fn q35_4g_two_cpus_cycle_keeps_every_word() {
-    let Some(_machine) = machine() else { return };
+    let Some(_machine) = machine_cpus(2) else {
+        return;
+    };
     scenarios::q35_4g_cycle_keeps_every_word(Kernel::Linux6_12);
 }
 
 #[test]
 fn q35_4g_failed_capture_keeps_every_word() {
-    let Some(_machine) = machine() else { return };
+    let Some(_machine) = machine_cpus(2) else {
+        return;
+    };
     let disk = big_disk("q35-readonly");
     let opts = q35(&disk, "poweroff", 1024).readonly();
     let (boot, failed) = failed_capture("q35-readonly", &opts);

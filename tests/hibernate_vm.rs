@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::hibvm::flows::{disk, failed_capture, kjump, machine};
+use common::hibvm::flows::{disk, failed_capture, kjump, machine, machine_cpus};
 use common::hibvm::scenarios;
 use common::hibvm::{BootOpts, Kernel};
 
@@ -41,7 +41,9 @@ fn poweroff_resume_refuse_corrupt_and_consumed() {
 
 #[test]
 fn poweroff_resume_two_cpus() {
-    let Some(_machine) = machine() else { return };
+    let Some(_machine) = machine_cpus(2) else {
+        return;
+    };
     scenarios::poweroff_resume_two_cpus(KERNEL);
 }
 

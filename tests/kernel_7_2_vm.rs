@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::hibvm::flows::machine;
+use common::hibvm::flows::{machine, machine_cpus};
 use common::hibvm::scenarios;
 use common::hibvm::Kernel;
 
@@ -47,7 +47,9 @@ fn poweroff_resume_refuse_corrupt_and_consumed() {
 
 #[test]
 fn poweroff_resume_two_cpus() {
-    let Some(_machine) = machine() else { return };
+    let Some(_machine) = machine_cpus(2) else {
+        return;
+    };
     scenarios::poweroff_resume_two_cpus(KERNEL);
 }
 
@@ -71,6 +73,8 @@ fn encrypted_hibernation_asks_for_the_passphrase_on_the_console() {
 
 #[test]
 fn q35_4g_two_cpus_cycle_keeps_every_word() {
-    let Some(_machine) = machine() else { return };
+    let Some(_machine) = machine_cpus(2) else {
+        return;
+    };
     scenarios::q35_4g_cycle_keeps_every_word(KERNEL);
 }

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::super::vm;
@@ -19,16 +19,56 @@ use super::{Boot, BootOpts, Line};
 /// One boot phase (boot to hibernate, capture, resume) under TCG.
 pub const PHASE: Duration = Duration::from_secs(180);
 
-/// The machines are heavy (1 GiB, one host core per vCPU): one at a time.
-static MACHINE: Mutex<()> = Mutex::new(());
+/// Host cores the tests' machines may keep busy at once: under TCG each
+/// vCPU is one host thread. `KJUMP_VM_CORES` overrides the machine's count.
+fn core_budget() -> u32 {
+    std::env::var("KJUMP_VM_CORES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+}
 
-/// The right to run a machine, or `None` when QEMU is missing (the test is
-/// then skipped, except under CI).
-pub fn machine() -> Option<MutexGuard<'static, ()>> {
+/// Cores in use by running machines, against [`core_budget`].
+static CORES: Mutex<u32> = Mutex::new(0);
+static CORES_FREED: Condvar = Condvar::new();
+
+/// The right to run machines with `cores` vCPUs between them until it is
+/// dropped. Tests in one binary run on several threads; this lets as many
+/// machines run side by side as the host has cores for, and no more, so a
+/// phase's time limit means the same on a 2-core CI machine as on a big one.
+pub struct Machine {
+    cores: u32,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let mut used = CORES.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.cores;
+        CORES_FREED.notify_all();
+    }
+}
+
+/// The right to run one single-CPU machine at a time, or `None` when QEMU
+/// is missing (the test is then skipped, except under CI).
+pub fn machine() -> Option<Machine> {
+    machine_cpus(1)
+}
+
+/// As [`machine`], for a test whose machines have `cpus` vCPUs. A test that
+/// needs more cores than the host has waits until it runs alone.
+pub fn machine_cpus(cpus: u32) -> Option<Machine> {
     if !vm::require_qemu() {
         return None;
     }
-    Some(MACHINE.lock().unwrap_or_else(|p| p.into_inner()))
+    let cores = cpus.clamp(1, core_budget());
+    let budget = core_budget();
+    let mut used = CORES.lock().unwrap_or_else(|p| p.into_inner());
+    while *used + cores > budget {
+        used = CORES_FREED.wait(used).unwrap_or_else(|p| p.into_inner());
+    }
+    *used += cores;
+    Some(Machine { cores })
 }
 
 /// A fresh image disk in the rig's directory.
