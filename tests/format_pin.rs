@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 use common::cores::TempDir;
 use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{
-    chunk_specs, encode_chunk, plan_layout, CryptoParams, Image, ImageKeys, ImageState, Kdf,
-    MemoryMap, Metadata, PhysAddr, PhysRange, Secret, Superblock, Trailer, PAGE_SIZE,
+    chunk_specs, plan_layout, ChunkCodec, CryptoParams, Image, ImageKeys, ImageSeal, ImageState,
+    Kdf, MemoryMap, Metadata, MetadataSection, PhysAddr, PhysRange, Secret, Superblock, Trailer,
+    PAGE_SIZE,
 };
 use kjump_writer::{capture, capture_encrypted, CaptureOptions, Encryption, MemorySource, Target};
 
@@ -211,17 +212,15 @@ fn sealed_oracle(salt: [u8; 32], secret: &Secret) -> Vec<u8> {
     let meta = metadata(&MemorySource::open(&mem_path, Some(map)).unwrap());
     let keys = ImageKeys::derive(secret, &KDF, &salt, &UUID).unwrap();
 
-    let record = meta.resume_record().encode();
-    let mut section = keys.seal_metadata(&meta.encode(), &UUID);
-    section.extend_from_slice(&record);
+    let sealed_section = MetadataSection::seal(&meta, &keys, &UUID);
+    let section = sealed_section.bytes();
 
     let data_offset = plan_layout(section.len() as u64, 0, 0).unwrap().data_offset;
     let (mut chunks, mut entries, mut zero, mut total) = (Vec::new(), Vec::new(), 0u64, 0u64);
     for (seq, spec) in chunk_specs(&meta.ranges).enumerate() {
         let at = spec.first_pfn.0 as usize * PAGE_SIZE;
         let pages = &mem[at..at + usize::from(spec.page_count) * PAGE_SIZE];
-        let mut c = encode_chunk(&spec, seq as u32, UUID, pages);
-        keys.seal_chunk(&mut c);
+        let c = ChunkCodec::Sealed(&keys).encode(&spec, seq as u32, UUID, pages);
         let offset = kjump_image_format::ImageOffset(data_offset + chunks.len() as u64);
         entries.push(c.header.index_entry(offset));
         chunks.extend_from_slice(&c.header.encode());
@@ -237,7 +236,7 @@ fn sealed_oracle(salt: [u8; 32], secret: &Secret) -> Vec<u8> {
     .unwrap();
     let index: Vec<u8> = entries.iter().flat_map(|e| e.encode()).collect();
     l.index_crc = crc32fast::hash(&index);
-    l.metadata_crc = crc32fast::hash(&section);
+    l.metadata_crc = crc32fast::hash(section);
     l.total_pages = total;
     l.zero_pages = zero;
     let trailer = Trailer {
@@ -252,22 +251,19 @@ fn sealed_oracle(salt: [u8; 32], secret: &Secret) -> Vec<u8> {
     let mut sb = Superblock::writing(UUID, CAPTURE_TIME_NS);
     sb.state = ImageState::Committed;
     sb.layout = l;
-    sb.crypto = Some(CryptoParams {
+    let params = CryptoParams {
         kdf: KDF,
         salt,
         check: keys.check_value(),
         seal: [0; 32],
-        resume_record_len: record.len() as u32,
-    });
-    let mut seal = keys.seal_hasher();
-    seal.update(&section);
-    seal.update(&index);
-    seal.update(&trailer);
-    let seal = seal.finish(&sb.authenticated_fields());
-    sb.crypto.as_mut().unwrap().seal = seal;
+        resume_record_len: sealed_section.resume_record_len(),
+    };
+    let mut seal = ImageSeal::over_metadata(&keys, section);
+    seal.index(&index);
+    seal.trailer(&trailer).store(&mut sb, params);
 
     let mut img = sb.encode();
-    img.extend_from_slice(&section);
+    img.extend_from_slice(section);
     img.resize(l.data_offset as usize, 0);
     img.extend_from_slice(&chunks);
     img.resize(l.index_offset as usize, 0);
