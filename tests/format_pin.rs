@@ -18,11 +18,13 @@
 //! `KJUMP_WRITE_PINNED_IMAGES=1 cargo test --test format_pin`, then commit
 //! both files.
 
-mod common;
+#[path = "corruption/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
 
 use std::path::{Path, PathBuf};
 
-use common::cores::TempDir;
+use fixture::{random_fill, TempDir};
 use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{
     chunk_specs, plan_layout, ChunkCodec, CryptoParams, Image, ImageKeys, ImageSeal, ImageState,
@@ -74,16 +76,6 @@ fn text_fill(buf: &mut [u8], pfn: u64) {
     buf.copy_from_slice(&text.as_bytes()[..buf.len()]);
 }
 
-fn random_fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for b in buf {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        *b = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
-    }
-}
-
 /// Physical memory as a flat file (offset = address).
 fn memory() -> Vec<u8> {
     let mut m = vec![0u8; 0x82000];
@@ -129,12 +121,12 @@ fn passphrase() -> Secret {
 
 /// Captures [`memory`] into a new file in `dir`, sealed when `sealed`.
 fn capture_now(dir: &TempDir, sealed: bool) -> Vec<u8> {
-    let mem = dir.path("memory");
+    let mem = dir.join("memory");
     std::fs::write(&mem, memory()).unwrap();
     let map = MemoryMap::from_sorted(ranges()).unwrap();
     let source = MemorySource::open(&mem, Some(map)).unwrap();
     let meta = metadata(&source);
-    let img = dir.path(if sealed { "sealed" } else { "plain" });
+    let img = dir.join(if sealed { "sealed" } else { "plain" });
     let target = Target::open(&img).unwrap();
     if sealed {
         let secret = passphrase();
@@ -205,7 +197,7 @@ fn check_holds_memory(bytes: &[u8], secret: Option<&Secret>) {
 /// the trailer, and the image seal over them and the superblock.
 fn sealed_oracle(salt: [u8; 32], secret: &Secret) -> Vec<u8> {
     let dir = TempDir::new("format-pin-oracle");
-    let mem_path = dir.path("memory");
+    let mem_path = dir.join("memory");
     let mem = memory();
     std::fs::write(&mem_path, &mem).unwrap();
     let map = MemoryMap::from_sorted(ranges()).unwrap();

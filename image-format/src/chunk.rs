@@ -10,9 +10,9 @@
 use crate::addr::{ImageOffset, MemoryMap, Pfn};
 use crate::error::FormatError;
 pub use crate::layout::CHUNK_PAGES;
+use crate::layout::PAGE_SIZE;
 use crate::layout::{chunk_header as hdr, index_entry as entry, TAG_SIZE, UUID_LEN};
 use crate::le::{put_u32, put_u64, u16_at, u32_at, u64_at};
-use crate::PAGE_SIZE;
 
 /// Size of an encoded chunk header.
 pub const CHUNK_HEADER_SIZE: usize = hdr::SIZE;

@@ -412,6 +412,35 @@ pub mod extent_map {
     const _: () = assert!(tiles(EXTENT_FIELDS, 0, EXTENT_SIZE));
 }
 
+/// Where everything after the superblock lies; all zero while `Writing`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Start of the metadata section (always one block in).
+    pub metadata_offset: u64,
+    /// Bytes of metadata records.
+    pub metadata_len: u64,
+    /// CRC32 of the metadata bytes.
+    pub metadata_crc: u32,
+    /// Start of the chunk stream (block aligned).
+    pub data_offset: u64,
+    /// Bytes of chunk stream.
+    pub data_len: u64,
+    /// Start of the chunk index (block aligned).
+    pub index_offset: u64,
+    /// Number of chunks (and index entries).
+    pub chunk_count: u64,
+    /// CRC32 of the index bytes.
+    pub index_crc: u32,
+    /// Start of the trailer (right after the index).
+    pub trailer_offset: u64,
+    /// Total bytes of the image, block aligned.
+    pub image_len: u64,
+    /// Pages covered by the saved ranges.
+    pub total_pages: u64,
+    /// Of those, pages that were all zero and are not stored.
+    pub zero_pages: u64,
+}
+
 /// Rounds `n` up to the next block boundary, `None` on overflow.
 pub fn block_align(n: u64) -> Option<u64> {
     n.checked_next_multiple_of(BLOCK_SIZE as u64)
@@ -419,18 +448,14 @@ pub fn block_align(n: u64) -> Option<u64> {
 
 /// Where every section of an image goes, given what the writer knows at the
 /// end: the metadata size, the chunk stream size and the chunk count.
-pub fn plan_layout(
-    metadata_len: u64,
-    data_len: u64,
-    chunk_count: u64,
-) -> Option<crate::superblock::Layout> {
+pub fn plan_layout(metadata_len: u64, data_len: u64, chunk_count: u64) -> Option<Layout> {
     let metadata_offset = METADATA_OFFSET;
     let data_offset = block_align(metadata_offset.checked_add(metadata_len)?)?;
     let index_offset = block_align(data_offset.checked_add(data_len)?)?;
     let index_len = chunk_count.checked_mul(index_entry::SIZE as u64)?;
     let trailer_offset = index_offset.checked_add(index_len)?;
     let image_len = block_align(trailer_offset.checked_add(trailer::SIZE as u64)?)?;
-    Some(crate::superblock::Layout {
+    Some(Layout {
         metadata_offset,
         metadata_len,
         data_offset,
@@ -439,7 +464,7 @@ pub fn plan_layout(
         chunk_count,
         trailer_offset,
         image_len,
-        ..Default::default()
+        ..Layout::default()
     })
 }
 

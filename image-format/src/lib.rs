@@ -55,12 +55,12 @@ pub use codec::{ChunkCodec, EncodedChunk};
 pub use crypto::{CryptoParams, ImageKeys, Kdf, Secret, SecretError};
 pub use error::FormatError;
 pub use layout::{
-    block_align, plan_layout, ARCH_NAME, BLOCK_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
+    block_align, plan_layout, Layout, ARCH_NAME, BLOCK_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
 };
 pub use metadata::Metadata;
 pub use placement::{Placement, Segment};
 pub use reader::{Image, ReadAt};
 pub use seal::{ImageSeal, SuperblockSeal};
 pub use section::{MetadataSection, SectionParts};
-pub use superblock::{ImageState, Layout, Superblock, SUPERBLOCK_SIZE};
+pub use superblock::{ImageState, Superblock, SUPERBLOCK_SIZE};
 pub use trailer::{Trailer, TRAILER_SIZE};

@@ -18,11 +18,12 @@
 //!
 //! A [`Mapped`] reader presents any of them as image offsets.
 
+use crate::addr::ImageOffset;
 use crate::error::FormatError;
 use crate::layout::extent_map as map;
+use crate::layout::BLOCK_SIZE;
 use crate::le::{put_u32, put_u64, u32_at, u64_at};
 use crate::reader::ReadAt;
-use crate::{ImageOffset, BLOCK_SIZE};
 
 /// Bytes of the swap header kept in front of an image on a swap partition.
 pub const SWAP_HEADER_LEN: u64 = 4096;

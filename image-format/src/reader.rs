@@ -8,16 +8,17 @@ use std::os::unix::fs::FileExt;
 
 use crate::addr::{ImageOffset, Pfn};
 use crate::chunk::{chunk_count, chunk_specs, ChunkHeader, ChunkSpec, IndexEntry};
+use crate::chunk::{CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE};
 use crate::codec::ChunkCodec;
 use crate::crypto::{ImageKeys, Secret};
 use crate::error::FormatError;
 use crate::layout::superblock as sb_field;
+use crate::layout::{plan_layout, BLOCK_SIZE, PAGE_SIZE};
 use crate::metadata::{Metadata, MAX_METADATA_LEN};
 use crate::seal::ImageSeal;
 use crate::section::MetadataSection;
 use crate::superblock::{ImageState, Superblock};
 use crate::trailer::{Trailer, TRAILER_SIZE};
-use crate::{plan_layout, BLOCK_SIZE, CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE};
 
 /// Positional reads from an image: a file, a block device or bytes in memory.
 pub trait ReadAt: Sync {

@@ -9,9 +9,10 @@
 use crate::addr::ImageOffset;
 use crate::crypto::CryptoParams;
 use crate::error::FormatError;
-use crate::layout::{crypto_area as area, superblock as sb, UUID_LEN};
+use crate::layout::{
+    crypto_area as area, superblock as sb, Layout, ARCH_NAME, BLOCK_SIZE, PAGE_SIZE, UUID_LEN,
+};
 use crate::le::{first_nonzero, put_u16, put_u32, put_u64, show_bytes, u16_at, u32_at, u64_at};
-use crate::{ARCH_NAME, BLOCK_SIZE, PAGE_SIZE};
 
 /// Size of the encoded superblock; the rest of block 0 is zero.
 pub const SUPERBLOCK_SIZE: usize = sb::SIZE;
@@ -78,35 +79,6 @@ impl ImageState {
             ImageState::Consumed => "consumed",
         }
     }
-}
-
-/// Where everything after the superblock lies; all zero while `Writing`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Layout {
-    /// Start of the metadata section (always one block in).
-    pub metadata_offset: u64,
-    /// Bytes of metadata records.
-    pub metadata_len: u64,
-    /// CRC32 of the metadata bytes.
-    pub metadata_crc: u32,
-    /// Start of the chunk stream (block aligned).
-    pub data_offset: u64,
-    /// Bytes of chunk stream.
-    pub data_len: u64,
-    /// Start of the chunk index (block aligned).
-    pub index_offset: u64,
-    /// Number of chunks (and index entries).
-    pub chunk_count: u64,
-    /// CRC32 of the index bytes.
-    pub index_crc: u32,
-    /// Start of the trailer (right after the index).
-    pub trailer_offset: u64,
-    /// Total bytes of the image, block aligned.
-    pub image_len: u64,
-    /// Pages covered by the saved ranges.
-    pub total_pages: u64,
-    /// Of those, pages that were all zero and are not stored.
-    pub zero_pages: u64,
 }
 
 /// The decoded superblock.

@@ -6,9 +6,8 @@
 
 use crate::addr::ImageOffset;
 use crate::error::FormatError;
-use crate::layout::{trailer as t, UUID_LEN};
+use crate::layout::{trailer as t, Layout, UUID_LEN};
 use crate::le::{put_u32, put_u64, show_bytes, u32_at, u64_at};
-use crate::superblock::Layout;
 
 /// Size of the encoded trailer.
 pub const TRAILER_SIZE: usize = t::SIZE;

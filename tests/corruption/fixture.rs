@@ -58,7 +58,8 @@ pub fn ranges() -> Vec<PhysRange> {
 /// The same ranges as `kjump capture --ranges` takes them (inclusive ends).
 pub const RANGES_ARG: &str = "0x1000-0x10fff,0x40010-0x43fef,0x100000-0x187fff";
 
-fn random_fill(buf: &mut [u8], seed: u64) {
+/// Fills `buf` with bytes lz4 cannot fold (xorshift64*, from `seed`).
+pub fn random_fill(buf: &mut [u8], seed: u64) {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for b in buf {
         // xorshift64*: enough to defeat lz4.
