@@ -9,7 +9,7 @@ use std::path::Path;
 use common::cores::{assert_same_memory, read_core, TempDir};
 use kjump_dumpgen::{write_dump, DumpSpec, Layout, PageMix, SegmentSpec};
 use kjump_image_format::{
-    chunk_specs, encode_chunk, plan_layout, Image, ImageState, Metadata, Superblock, Trailer,
+    chunk_specs, plan_layout, ChunkCodec, Image, ImageState, Metadata, Superblock, Trailer,
     BLOCK_SIZE, PAGE_SIZE,
 };
 use kjump_writer::{capture, CaptureOptions, CaptureReport, MemorySource, Target};
@@ -179,7 +179,7 @@ fn oracle_image(dump: &Path, metadata: &Metadata, opts: &CaptureOptions) -> Vec<
         for p in 0..u64::from(spec.page_count) {
             pages.extend(page_of(seg, spec.first_pfn.0 + p));
         }
-        let c = encode_chunk(&spec, seq as u32, opts.uuid, &pages);
+        let c = ChunkCodec::Plain.encode(&spec, seq as u32, opts.uuid, &pages);
         entries.push(c.header.index_entry(kjump_image_format::ImageOffset(
             data_offset + chunks.len() as u64,
         )));

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::PAGE_SIZE;
+use crate::layout::PAGE_SIZE;
 
 /// A physical byte address of the saved machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -1,27 +1,29 @@
-//! Chunks: the unit of compression, checksumming and parallel work.
+//! Chunks: the unit of compression, checksumming and parallel work, and
+//! the two structures that describe one, its header and its index entry.
 //!
 //! Every saved range is cut into chunks of at most [`CHUNK_PAGES`] pages at
 //! frame numbers aligned to [`CHUNK_PAGES`], so the chunk sequence follows from
 //! the ranges alone and a reader can check that every page is present exactly
-//! once, in its place. All-zero pages are marked in a bitmap and not stored;
-//! the other pages are compressed together as one lz4 block, or stored raw
-//! when lz4 does not make them smaller.
+//! once, in its place. What a chunk's payload holds is the codec's
+//! ([`crate::codec`]).
 
 use crate::addr::{ImageOffset, MemoryMap, Pfn};
 use crate::error::FormatError;
-use crate::le::{put_u32, put_u64, u32_at, u64_at};
-use crate::PAGE_SIZE;
+pub use crate::layout::CHUNK_PAGES;
+use crate::layout::PAGE_SIZE;
+use crate::layout::{chunk_header as hdr, index_entry as entry, TAG_SIZE, UUID_LEN};
+use crate::le::{put_u32, put_u64, u16_at, u32_at, u64_at};
 
-/// Pages per chunk at most; the zero bitmap is one `u64`.
-pub const CHUNK_PAGES: usize = 64;
 /// Size of an encoded chunk header.
-pub const CHUNK_HEADER_SIZE: usize = 64;
+pub const CHUNK_HEADER_SIZE: usize = hdr::SIZE;
 /// Size of an encoded index entry.
-pub const INDEX_ENTRY_SIZE: usize = 40;
+pub const INDEX_ENTRY_SIZE: usize = entry::SIZE;
 /// Magic at the start of every chunk header.
 pub const CHUNK_MAGIC: [u8; 4] = *b"KJCK";
 
-const ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+// The zero bitmap is one u64 and the page count one byte.
+const _: () = assert!(CHUNK_PAGES <= u64::BITS as usize && CHUNK_PAGES <= u8::MAX as usize);
+const _: () = assert!(CHUNK_MAGIC.len() == hdr::CODEC - hdr::MAGIC);
 
 /// How a chunk's stored pages are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +120,7 @@ pub struct ChunkHeader {
     /// Position of the chunk in the image.
     pub seq: u32,
     /// The image's uuid: a chunk left over from another capture never matches.
-    pub uuid: [u8; 16],
+    pub uuid: [u8; UUID_LEN],
 }
 
 /// A decoded chunk index entry.
@@ -142,7 +144,8 @@ pub struct IndexEntry {
     pub page_count: u8,
 }
 
-fn page_mask(page_count: u8) -> u64 {
+/// The bitmap bits of a chunk of `page_count` pages.
+pub(crate) fn page_mask(page_count: u8) -> u64 {
     if page_count as usize >= 64 {
         u64::MAX
     } else {
@@ -164,18 +167,18 @@ impl ChunkHeader {
     /// Encodes the header.
     pub fn encode(&self) -> [u8; CHUNK_HEADER_SIZE] {
         let mut b = [0u8; CHUNK_HEADER_SIZE];
-        b[0..4].copy_from_slice(&CHUNK_MAGIC);
-        b[4] = self.codec.code();
-        b[5] = self.page_count;
-        put_u64(&mut b, 8, self.first_pfn.0);
-        put_u64(&mut b, 16, self.zero_bitmap);
-        put_u32(&mut b, 24, self.stored_len);
-        put_u32(&mut b, 28, self.payload_crc);
-        put_u32(&mut b, 32, self.data_crc);
-        put_u32(&mut b, 36, self.seq);
-        b[40..56].copy_from_slice(&self.uuid);
-        let crc = crc32fast::hash(&b[..60]);
-        put_u32(&mut b, 60, crc);
+        b[hdr::MAGIC..hdr::MAGIC + CHUNK_MAGIC.len()].copy_from_slice(&CHUNK_MAGIC);
+        b[hdr::CODEC] = self.codec.code();
+        b[hdr::PAGE_COUNT] = self.page_count;
+        put_u64(&mut b, hdr::FIRST_PFN, self.first_pfn.0);
+        put_u64(&mut b, hdr::ZERO_BITMAP, self.zero_bitmap);
+        put_u32(&mut b, hdr::STORED_LEN, self.stored_len);
+        put_u32(&mut b, hdr::PAYLOAD_CRC, self.payload_crc);
+        put_u32(&mut b, hdr::DATA_CRC, self.data_crc);
+        put_u32(&mut b, hdr::SEQ, self.seq);
+        b[hdr::UUID..hdr::UUID + UUID_LEN].copy_from_slice(&self.uuid);
+        let crc = crc32fast::hash(&b[..hdr::CRC]);
+        put_u32(&mut b, hdr::CRC, crc);
         b
     }
 
@@ -192,16 +195,17 @@ impl ChunkHeader {
         offset: u64,
         sealed: bool,
     ) -> Result<Self, FormatError> {
-        if b[0..4] != CHUNK_MAGIC {
+        let magic = &b[hdr::MAGIC..hdr::MAGIC + CHUNK_MAGIC.len()];
+        if magic != CHUNK_MAGIC {
             return Err(FormatError::BadMagic {
                 what: "chunk header",
                 offset: ImageOffset(offset),
                 expected: crate::le::show_bytes(&CHUNK_MAGIC),
-                found: crate::le::show_bytes(&b[0..4]),
+                found: crate::le::show_bytes(magic),
             });
         }
-        let stored = u32_at(b, 60);
-        let computed = crc32fast::hash(&b[..60]);
+        let stored = u32_at(b, hdr::CRC);
+        let computed = crc32fast::hash(&b[..hdr::CRC]);
         if stored != computed {
             return Err(FormatError::checksum(
                 "chunk header",
@@ -210,7 +214,7 @@ impl ChunkHeader {
                 computed,
             ));
         }
-        for (at, len) in [(6usize, 2usize), (56, 4)] {
+        for (at, len) in [(hdr::RESERVED_A, 2), (hdr::RESERVED_B, 4)] {
             if let Some(p) = crate::le::first_nonzero(&b[at..at + len]) {
                 return Err(FormatError::ReservedNotZero {
                     what: "chunk header",
@@ -219,17 +223,17 @@ impl ChunkHeader {
                 });
             }
         }
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&b[40..56]);
+        let mut uuid = [0u8; UUID_LEN];
+        uuid.copy_from_slice(&b[hdr::UUID..hdr::UUID + UUID_LEN]);
         let h = ChunkHeader {
-            codec: decode_codec(b[4], "chunk header", offset)?,
-            page_count: b[5],
-            first_pfn: Pfn(u64_at(b, 8)),
-            zero_bitmap: u64_at(b, 16),
-            stored_len: u32_at(b, 24),
-            payload_crc: u32_at(b, 28),
-            data_crc: u32_at(b, 32),
-            seq: u32_at(b, 36),
+            codec: decode_codec(b[hdr::CODEC], "chunk header", offset)?,
+            page_count: b[hdr::PAGE_COUNT],
+            first_pfn: Pfn(u64_at(b, hdr::FIRST_PFN)),
+            zero_bitmap: u64_at(b, hdr::ZERO_BITMAP),
+            stored_len: u32_at(b, hdr::STORED_LEN),
+            payload_crc: u32_at(b, hdr::PAYLOAD_CRC),
+            data_crc: u32_at(b, hdr::DATA_CRC),
+            seq: u32_at(b, hdr::SEQ),
             uuid,
         };
         check_shape(
@@ -290,11 +294,7 @@ fn check_shape(
         return Err(invalid("zero bitmap", zero_bitmap));
     }
     let raw_len = (u64::from(page_count) - u64::from(zero_bitmap.count_ones())) * PAGE_SIZE as u64;
-    let tag = if sealed {
-        crate::crypto::TAG_SIZE as u64
-    } else {
-        0
-    };
+    let tag = if sealed { TAG_SIZE as u64 } else { 0 };
     let body = u64::from(stored_len).checked_sub(tag);
     let ok = match (codec, body) {
         (Codec::Zero, _) => zero_bitmap == mask && stored_len == 0,
@@ -318,14 +318,14 @@ impl IndexEntry {
     /// Encodes the entry.
     pub fn encode(&self) -> [u8; INDEX_ENTRY_SIZE] {
         let mut b = [0u8; INDEX_ENTRY_SIZE];
-        put_u64(&mut b, 0, self.offset.0);
-        put_u64(&mut b, 8, self.first_pfn.0);
-        put_u64(&mut b, 16, self.zero_bitmap);
-        put_u32(&mut b, 24, self.stored_len);
-        put_u32(&mut b, 28, self.payload_crc);
-        put_u32(&mut b, 32, self.data_crc);
-        b[36] = self.codec.code();
-        b[37] = self.page_count;
+        put_u64(&mut b, entry::OFFSET, self.offset.0);
+        put_u64(&mut b, entry::FIRST_PFN, self.first_pfn.0);
+        put_u64(&mut b, entry::ZERO_BITMAP, self.zero_bitmap);
+        put_u32(&mut b, entry::STORED_LEN, self.stored_len);
+        put_u32(&mut b, entry::PAYLOAD_CRC, self.payload_crc);
+        put_u32(&mut b, entry::DATA_CRC, self.data_crc);
+        b[entry::CODEC] = self.codec.code();
+        b[entry::PAGE_COUNT] = self.page_count;
         b
     }
 
@@ -338,22 +338,23 @@ impl IndexEntry {
 
     /// Decodes an entry found at `offset`; `sealed` for an encrypted image.
     pub fn decode_as(b: &[u8], offset: u64, sealed: bool) -> Result<Self, FormatError> {
-        if b[38] != 0 || b[39] != 0 {
+        let reserved = u16_at(b, entry::RESERVED);
+        if reserved != 0 {
             return Err(FormatError::ReservedNotZero {
                 what: "index entry",
-                offset: ImageOffset(offset + 38),
-                found: u64::from(b[38]) | u64::from(b[39]) << 8,
+                offset: ImageOffset(offset + entry::RESERVED as u64),
+                found: reserved.into(),
             });
         }
         let e = IndexEntry {
-            offset: ImageOffset(u64_at(b, 0)),
-            first_pfn: Pfn(u64_at(b, 8)),
-            zero_bitmap: u64_at(b, 16),
-            stored_len: u32_at(b, 24),
-            payload_crc: u32_at(b, 28),
-            data_crc: u32_at(b, 32),
-            codec: decode_codec(b[36], "index entry", offset)?,
-            page_count: b[37],
+            offset: ImageOffset(u64_at(b, entry::OFFSET)),
+            first_pfn: Pfn(u64_at(b, entry::FIRST_PFN)),
+            zero_bitmap: u64_at(b, entry::ZERO_BITMAP),
+            stored_len: u32_at(b, entry::STORED_LEN),
+            payload_crc: u32_at(b, entry::PAYLOAD_CRC),
+            data_crc: u32_at(b, entry::DATA_CRC),
+            codec: decode_codec(b[entry::CODEC], "index entry", offset)?,
+            page_count: b[entry::PAGE_COUNT],
         };
         check_shape("index entry", offset, &e, sealed)?;
         Ok(e)
@@ -404,179 +405,6 @@ impl IndexEntry {
     }
 }
 
-/// A chunk ready to be written: its header and payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EncodedChunk {
-    /// The header (its `seq` and `uuid` as given to [`encode_chunk`]).
-    pub header: ChunkHeader,
-    /// The payload bytes.
-    pub payload: Vec<u8>,
-}
-
-/// Encodes the pages of one chunk. `pages` holds `spec.page_count` whole pages
-/// back to back.
-pub fn encode_chunk(spec: &ChunkSpec, seq: u32, uuid: [u8; 16], pages: &[u8]) -> EncodedChunk {
-    debug_assert_eq!(pages.len(), spec.page_count as usize * PAGE_SIZE);
-    let mut zero_bitmap = 0u64;
-    for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-        if page == ZERO_PAGE {
-            zero_bitmap |= 1 << i;
-        }
-    }
-    let header = |codec, stored_len, payload_crc, data_crc| ChunkHeader {
-        codec,
-        page_count: spec.page_count,
-        first_pfn: spec.first_pfn,
-        zero_bitmap,
-        stored_len,
-        payload_crc,
-        data_crc,
-        seq,
-        uuid,
-    };
-    if zero_bitmap == page_mask(spec.page_count) {
-        return EncodedChunk {
-            header: header(Codec::Zero, 0, 0, 0),
-            payload: Vec::new(),
-        };
-    }
-    let gathered;
-    let raw: &[u8] = if zero_bitmap == 0 {
-        pages
-    } else {
-        let mut g = Vec::with_capacity(pages.len());
-        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-            if zero_bitmap & (1 << i) == 0 {
-                g.extend_from_slice(page);
-            }
-        }
-        gathered = g;
-        &gathered
-    };
-    let data_crc = crc32fast::hash(raw);
-    let compressed = lz4_flex::block::compress(raw);
-    let (codec, payload) = if compressed.len() < raw.len() {
-        (Codec::Lz4, compressed)
-    } else {
-        (Codec::Raw, raw.to_vec())
-    };
-    let payload_crc = crc32fast::hash(&payload);
-    EncodedChunk {
-        header: header(codec, payload.len() as u32, payload_crc, data_crc),
-        payload,
-    }
-}
-
-/// Checks a payload's length and CRC against its index entry.
-pub(crate) fn check_payload(
-    entry: &IndexEntry,
-    index: u64,
-    payload: &[u8],
-) -> Result<(), FormatError> {
-    let at = entry.offset.0;
-    if payload.len() != entry.stored_len as usize {
-        return Err(FormatError::mismatch(
-            format!("chunk {index}"),
-            "payload length",
-            at,
-            entry.stored_len.into(),
-            payload.len() as u64,
-        ));
-    }
-    let computed = crc32fast::hash(payload);
-    if computed != entry.payload_crc {
-        return Err(FormatError::checksum(
-            format!("chunk {index} payload"),
-            at,
-            entry.payload_crc,
-            computed,
-        ));
-    }
-    Ok(())
-}
-
-/// Decompresses an lz4 block into exactly `target.len()` bytes.
-pub(crate) fn decompress_exact(
-    src: &[u8],
-    target: &mut [u8],
-    index: u64,
-    at: u64,
-) -> Result<(), FormatError> {
-    let n = lz4_flex::block::decompress_into(src, target).map_err(|e| FormatError::Decompress {
-        index,
-        offset: ImageOffset(at),
-        reason: e.to_string(),
-    })?;
-    if n != target.len() {
-        return Err(FormatError::Decompress {
-            index,
-            offset: ImageOffset(at),
-            reason: format!("produced {n} bytes, expected {}", target.len()),
-        });
-    }
-    Ok(())
-}
-
-/// Decodes a chunk's payload into `out` (`page_count` whole pages), zero
-/// pages included, after checking both CRCs.
-pub fn decode_chunk(
-    entry: &IndexEntry,
-    index: u64,
-    payload: &[u8],
-    out: &mut [u8],
-) -> Result<(), FormatError> {
-    let at = entry.offset.0;
-    check_payload(entry, index, payload)?;
-    let raw_len = entry.raw_len();
-    let check_data = |raw: &[u8]| {
-        let computed = crc32fast::hash(raw);
-        if computed == entry.data_crc {
-            Ok(())
-        } else {
-            Err(FormatError::checksum(
-                format!("chunk {index} contents"),
-                at,
-                entry.data_crc,
-                computed,
-            ))
-        }
-    };
-    match entry.codec {
-        Codec::Zero => out.fill(0),
-        Codec::Raw => {
-            check_data(payload)?;
-            out[..raw_len].copy_from_slice(payload);
-        }
-        Codec::Lz4 => {
-            decompress_exact(payload, &mut out[..raw_len], index, at)?;
-            check_data(&out[..raw_len])?;
-        }
-    }
-    if entry.codec != Codec::Zero && entry.zero_bitmap != 0 {
-        scatter_in_place(entry.zero_bitmap, out);
-    }
-    Ok(())
-}
-
-/// Moves the stored pages, packed at the front of `out`, to their slots
-/// and zero-fills the others. Working from the last slot down, a page is
-/// never overwritten before it is moved (its slot is at or after it).
-pub(crate) fn scatter_in_place(zero_bitmap: u64, out: &mut [u8]) {
-    let slots = out.len() / PAGE_SIZE;
-    let mut stored = slots - zero_bitmap.count_ones() as usize;
-    for slot in (0..slots).rev() {
-        let at = slot * PAGE_SIZE;
-        if zero_bitmap & (1 << slot) != 0 {
-            out[at..at + PAGE_SIZE].fill(0);
-        } else {
-            stored -= 1;
-            if stored != slot {
-                out.copy_within(stored * PAGE_SIZE..(stored + 1) * PAGE_SIZE, at);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,72 +432,6 @@ mod tests {
         let single = map(&[(0x5000, 0x5001)]);
         assert_eq!(chunk_count(&single), 1);
         assert_eq!(chunk_specs(&single).next().unwrap().page_count, 1);
-    }
-
-    fn spec(n: u8) -> ChunkSpec {
-        ChunkSpec {
-            first_pfn: Pfn(64),
-            page_count: n,
-            range: 0,
-        }
-    }
-
-    fn round_trip(pages: &[u8], n: u8) -> EncodedChunk {
-        let c = encode_chunk(&spec(n), 3, [9; 16], pages);
-        let h = ChunkHeader::decode(&c.header.encode(), 0).unwrap();
-        assert_eq!(h, c.header);
-        let e = IndexEntry::decode(&h.index_entry(ImageOffset(4096)).encode(), 0).unwrap();
-        let mut out = vec![0xaa; pages.len()];
-        decode_chunk(&e, 0, &c.payload, &mut out).unwrap();
-        assert_eq!(out, pages);
-        c
-    }
-
-    #[test]
-    fn scatter_in_place_matches_the_bitmap() {
-        let mut out = vec![0u8; 4 * PAGE_SIZE];
-        out[..PAGE_SIZE].fill(1);
-        out[PAGE_SIZE..2 * PAGE_SIZE].fill(2);
-        out[2 * PAGE_SIZE..].fill(9);
-        scatter_in_place(0b1010, &mut out);
-        let firsts: Vec<u8> = out.chunks(PAGE_SIZE).map(|p| p[0]).collect();
-        assert_eq!(firsts, [1, 0, 2, 0]);
-        assert!(out.chunks(PAGE_SIZE).all(|p| p.iter().all(|&b| b == p[0])));
-    }
-
-    #[test]
-    fn codecs_are_chosen_by_content() {
-        let zero = vec![0u8; 4 * PAGE_SIZE];
-        assert_eq!(round_trip(&zero, 4).header.codec, Codec::Zero);
-        let text: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| b"kjump "[i % 6]).collect();
-        assert_eq!(round_trip(&text, 4).header.codec, Codec::Lz4);
-        let mut x = 0x1234_5678_9abc_def0u64;
-        let random: Vec<u8> = (0..4 * PAGE_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let c = round_trip(&random, 4);
-        assert_eq!(c.header.codec, Codec::Raw);
-        let mut mixed = random.clone();
-        mixed[PAGE_SIZE..2 * PAGE_SIZE].fill(0);
-        let c = round_trip(&mixed, 4);
-        assert_eq!(c.header.zero_bitmap, 0b10);
-        assert_eq!(c.payload.len(), 3 * PAGE_SIZE);
-    }
-
-    #[test]
-    fn corrupt_payload_is_caught_by_crc() {
-        let text: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 7) as u8).collect();
-        let mut c = encode_chunk(&spec(2), 0, [0; 16], &text);
-        c.payload[3] ^= 1;
-        let e = c.header.index_entry(ImageOffset(0));
-        let mut out = vec![0; text.len()];
-        let err = decode_chunk(&e, 0, &c.payload, &mut out).unwrap_err();
-        assert!(matches!(err, FormatError::Checksum { .. }), "{err}");
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! Encrypted images: keys, sealed chunks and metadata, and the image seal.
+//! Encrypted images: the secret, the keys, the crypto area of the
+//! superblock, and the AEAD and MAC primitives the sealed structures use.
 //!
 //! A master key comes from a key file (HKDF-SHA256) or a passphrase
 //! (Argon2id, parameters in the superblock). Per image, HKDF-SHA256 with the
 //! image's random salt and uuid derives three values from it: the AES-256-GCM
 //! data key, the HMAC-SHA256 seal key and a key check value. Chunk payloads
-//! and the metadata are sealed with the data key; the seal, an HMAC over
-//! the metadata, index, trailer and superblock fields, ties every structure
-//! to the others. `FORMAT.md` is the normative description.
+//! ([`crate::codec`]) and the metadata ([`crate::section`]) are sealed with
+//! the data key; the image seal ([`crate::seal`]), an HMAC over the
+//! metadata, index, trailer and superblock fields, ties every structure to
+//! the others. `FORMAT.md` is the normative description.
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -17,15 +19,12 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::addr::ImageOffset;
-use crate::chunk::{Codec, EncodedChunk, IndexEntry, CHUNK_HEADER_SIZE};
 use crate::error::FormatError;
+use crate::layout::crypto_area as area;
 use crate::le::{put_u32, put_u64, u32_at};
-use crate::ChunkHeader;
 
-/// Bytes of an AES-GCM tag, appended to every sealed payload.
-pub const TAG_SIZE: usize = 16;
 /// Bytes of the per-image random salt.
-pub const SALT_SIZE: usize = 32;
+pub const SALT_SIZE: usize = area::SALT_LEN;
 /// Shortest key file accepted: 256 bits.
 pub const MIN_KEY_FILE_LEN: usize = 32;
 /// Largest Argon2 memory cost a reader accepts: it must fit the 256 MiB
@@ -48,10 +47,28 @@ pub const CIPHER_AES256_GCM: u8 = 1;
 const KDF_KEY_FILE: u8 = 1;
 const KDF_ARGON2ID: u8 = 2;
 
-/// Nonce domains: a nonce is `domain, 0, 0, 0, counter: u64`, so no two
-/// structures of one image share a nonce under its data key.
-const DOMAIN_CHUNK: u8 = 1;
-const DOMAIN_METADATA: u8 = 2;
+/// What a nonce seals. A nonce is `domain, 0, 0, 0, counter: u64`, so no
+/// two structures of one image share a nonce under its data key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Nonce {
+    /// A chunk (domain 1), counted by its sequence number.
+    Chunk(u32),
+    /// The metadata (domain 2, counter 0).
+    Metadata,
+}
+
+impl Nonce {
+    fn bytes(self) -> [u8; 12] {
+        let (domain, counter) = match self {
+            Nonce::Chunk(seq) => (1, u64::from(seq)),
+            Nonce::Metadata => (2, 0),
+        };
+        let mut n = [0u8; 12];
+        n[0] = domain;
+        put_u64(&mut n, 4, counter);
+        n
+    }
+}
 
 const LABEL_KEY_FILE: &[u8] = b"kjump v1 key file";
 const LABEL_DATA: &[u8] = b"kjump v1 data key";
@@ -109,21 +126,6 @@ pub struct CryptoParams {
     pub resume_record_len: u32,
 }
 
-/// Offsets inside the superblock of the crypto area (FORMAT.md).
-pub(crate) mod area {
-    pub const CIPHER: usize = 168;
-    pub const KDF: usize = 169;
-    pub const RESERVED: usize = 170;
-    pub const MEMORY: usize = 172;
-    pub const ITERATIONS: usize = 176;
-    pub const LANES: usize = 180;
-    pub const SALT: usize = 184;
-    pub const CHECK: usize = 216;
-    pub const SEAL: usize = 248;
-    pub const RESUME_RECORD_LEN: usize = 280;
-    pub const END: usize = 284;
-}
-
 impl CryptoParams {
     /// Writes the area into a superblock block.
     pub(crate) fn encode_into(&self, b: &mut [u8]) {
@@ -141,8 +143,8 @@ impl CryptoParams {
         put_u32(b, area::ITERATIONS, t);
         put_u32(b, area::LANES, p);
         b[area::SALT..area::SALT + SALT_SIZE].copy_from_slice(&self.salt);
-        b[area::CHECK..area::CHECK + 32].copy_from_slice(&self.check);
-        b[area::SEAL..area::SEAL + 32].copy_from_slice(&self.seal);
+        b[area::CHECK..area::CHECK + area::CHECK_LEN].copy_from_slice(&self.check);
+        b[area::SEAL..area::SEAL + area::SEAL_LEN].copy_from_slice(&self.seal);
         put_u32(b, area::RESUME_RECORD_LEN, self.resume_record_len);
     }
 
@@ -235,8 +237,10 @@ impl CryptoParams {
         };
         p.salt
             .copy_from_slice(&b[area::SALT..area::SALT + SALT_SIZE]);
-        p.check.copy_from_slice(&b[area::CHECK..area::CHECK + 32]);
-        p.seal.copy_from_slice(&b[area::SEAL..area::SEAL + 32]);
+        p.check
+            .copy_from_slice(&b[area::CHECK..area::CHECK + area::CHECK_LEN]);
+        p.seal
+            .copy_from_slice(&b[area::SEAL..area::SEAL + area::SEAL_LEN]);
         Ok(p)
     }
 }
@@ -374,41 +378,9 @@ const _: () = {
     wiped_on_drop::<Aes256Gcm>()
 };
 
-type HmacSha256 = Hmac<Sha256>;
-type Nonce = aes_gcm::Nonce<U12>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
+type GcmNonce = aes_gcm::Nonce<U12>;
 type Tag = aes_gcm::Tag;
-
-/// An image seal being computed: fed the sealed structures in their order.
-pub struct SealHasher(HmacSha256);
-
-impl SealHasher {
-    /// Adds bytes.
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    /// The seal, after the superblock's authenticated fields.
-    pub fn finish(mut self, superblock_fields: &[u8]) -> [u8; 32] {
-        self.0.update(superblock_fields);
-        self.0.finalize().into_bytes().into()
-    }
-}
-
-fn nonce(domain: u8, counter: u64) -> [u8; 12] {
-    let mut n = [0u8; 12];
-    n[0] = domain;
-    put_u64(&mut n, 4, counter);
-    n
-}
-
-/// The associated data of a chunk: its header with the payload CRC (which
-/// covers the ciphertext, so follows the sealing) and the header CRC zero.
-fn chunk_aad(h: &ChunkHeader) -> [u8; CHUNK_HEADER_SIZE] {
-    let mut b = h.encode();
-    b[28..32].fill(0);
-    b[60..64].fill(0);
-    b
-}
 
 impl ImageKeys {
     /// Derives the keys of the image `uuid` whose salt and KDF are given.
@@ -466,237 +438,81 @@ impl ImageKeys {
         self.check
     }
 
-    /// A seal computation under this image's seal key.
-    pub fn seal_hasher(&self) -> SealHasher {
+    /// The image seal's MAC under this image's seal key, its label fed:
+    /// [`crate::seal`] feeds it the sealed structures in their order.
+    pub(crate) fn seal_mac(&self) -> HmacSha256 {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(self.seal_key.as_ref())
             .expect("HMAC takes keys of any length");
         mac.update(LABEL_IMAGE_SEAL);
-        SealHasher(mac)
+        mac
     }
 
-    /// Checks a stored seal (constant time).
-    pub fn check_seal(&self, hasher: SealHasher, sb_fields: &[u8], stored: &[u8; 32]) -> bool {
-        let mut mac = hasher.0;
-        mac.update(sb_fields);
-        mac.verify_slice(stored).is_ok()
-    }
-
-    /// Seals an encoded chunk in place: the payload is encrypted with the
-    /// header as associated data and gains a tag; the contents CRC (over
-    /// plaintext) becomes zero and the payload CRC covers the ciphertext.
-    /// An all-zero chunk stores nothing and stays as it is.
-    pub fn seal_chunk(&self, c: &mut EncodedChunk) {
-        c.header.data_crc = 0;
-        if c.header.codec == Codec::Zero {
-            return;
-        }
-        c.header.stored_len += TAG_SIZE as u32;
-        c.header.payload_crc = 0;
-        let aad = chunk_aad(&c.header);
-        let n = nonce(DOMAIN_CHUNK, c.header.seq.into());
+    /// Encrypts `buf` in place under the data key and appends the tag.
+    pub(crate) fn seal_in_place(&self, nonce: Nonce, aad: &[u8], buf: &mut Vec<u8>) {
         let tag = self
             .cipher
-            .encrypt_inout_detached(&Nonce::from(n), &aad, c.payload.as_mut_slice().into())
-            .expect("a chunk is far below AES-GCM's 64 GiB message limit");
-        c.payload.extend_from_slice(&tag);
-        c.header.payload_crc = crc32fast::hash(&c.payload);
-    }
-
-    /// Seals the metadata section: ciphertext then tag.
-    pub fn seal_metadata(&self, plain: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(plain.len() + TAG_SIZE);
-        out.extend_from_slice(plain);
-        let n = nonce(DOMAIN_METADATA, 0);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(n), uuid, out.as_mut_slice().into())
-            .expect("metadata is far below AES-GCM's 64 GiB message limit");
-        out.extend_from_slice(&tag);
-        out
-    }
-
-    /// Opens the metadata section found at `offset`.
-    pub fn open_metadata(
-        &self,
-        sealed: &[u8],
-        uuid: &[u8; 16],
-        offset: u64,
-    ) -> Result<Zeroizing<Vec<u8>>, FormatError> {
-        let fail = || FormatError::Authentication {
-            what: "metadata".into(),
-            offset: ImageOffset(offset),
-        };
-        let n = sealed.len().checked_sub(TAG_SIZE).ok_or_else(fail)?;
-        let mut plain = Zeroizing::new(sealed[..n].to_vec());
-        let tag = Tag::try_from(&sealed[n..]).map_err(|_| fail())?;
-        self.cipher
-            .decrypt_inout_detached(
-                &Nonce::from(nonce(DOMAIN_METADATA, 0)),
-                uuid,
-                plain.as_mut_slice().into(),
-                &tag,
+            .encrypt_inout_detached(
+                &GcmNonce::from(nonce.bytes()),
+                aad,
+                buf.as_mut_slice().into(),
             )
-            .map_err(|_aead_error_has_no_detail| fail())?;
-        Ok(plain)
+            .expect("a sealed structure is far below AES-GCM's 64 GiB message limit");
+        buf.extend_from_slice(&tag);
     }
 
-    fn open_in_place(&self, h: &ChunkHeader, buf: &mut [u8], tag: &[u8]) -> bool {
-        let n = nonce(DOMAIN_CHUNK, h.seq.into());
+    /// Decrypts `buf` in place and checks `tag`; false when it fails
+    /// authentication (the AEAD error says no more).
+    pub(crate) fn open_in_place(
+        &self,
+        nonce: Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> bool {
         let Ok(tag) = Tag::try_from(tag) else {
             return false;
         };
         self.cipher
-            .decrypt_inout_detached(&Nonce::from(n), &chunk_aad(h), buf.into(), &tag)
+            .decrypt_inout_detached(&GcmNonce::from(nonce.bytes()), aad, buf.into(), &tag)
             .is_ok()
     }
-}
-
-/// Checks, decrypts and decodes a sealed chunk's payload into `out`
-/// (`page_count` whole pages). `header` is the chunk's header, already
-/// checked against `entry`. Its payload CRC is checked first, so bit rot
-/// reads as a checksum error and only a deliberate change as a failed
-/// authentication.
-pub fn decode_sealed_chunk(
-    keys: &ImageKeys,
-    header: &ChunkHeader,
-    entry: &IndexEntry,
-    index: u64,
-    payload: &[u8],
-    out: &mut [u8],
-    scratch: &mut Vec<u8>,
-) -> Result<(), FormatError> {
-    let at = entry.offset.0;
-    crate::chunk::check_payload(entry, index, payload)?;
-    let raw_len = entry.raw_len();
-    let auth = || FormatError::Authentication {
-        what: format!("chunk {index}"),
-        offset: ImageOffset(at),
-    };
-    let Some(body) = payload.len().checked_sub(TAG_SIZE) else {
-        // A zero chunk: nothing stored, nothing sealed; its header and index
-        // entry are covered by the image seal.
-        out.fill(0);
-        return Ok(());
-    };
-    let (cipher, tag) = payload.split_at(body);
-    match header.codec {
-        Codec::Zero => out.fill(0),
-        Codec::Raw => {
-            out[..raw_len].copy_from_slice(cipher);
-            if !keys.open_in_place(header, &mut out[..raw_len], tag) {
-                return Err(auth());
-            }
-        }
-        Codec::Lz4 => {
-            scratch.clear();
-            scratch.extend_from_slice(cipher);
-            if !keys.open_in_place(header, scratch, tag) {
-                return Err(auth());
-            }
-            crate::chunk::decompress_exact(scratch, &mut out[..raw_len], index, at)?;
-        }
-    }
-    if header.zero_bitmap != 0 {
-        crate::chunk::scatter_in_place(header.zero_bitmap, out);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Pfn;
-    use crate::chunk::{encode_chunk, ChunkSpec};
-    use crate::PAGE_SIZE;
-    use proptest::prelude::*;
 
-    fn keys(uuid: [u8; 16]) -> ImageKeys {
-        let s = Secret::key_file(vec![7; 32]).unwrap();
-        ImageKeys::derive(&s, &Kdf::KeyFile, &[1; SALT_SIZE], &uuid).unwrap()
-    }
-
-    fn sealed(pages: &[u8], seq: u32, k: &ImageKeys) -> EncodedChunk {
-        let spec = ChunkSpec {
-            first_pfn: Pfn(128),
-            page_count: (pages.len() / PAGE_SIZE) as u8,
-            range: 0,
-        };
-        let mut c = encode_chunk(&spec, seq, [3; 16], pages);
-        k.seal_chunk(&mut c);
-        c
-    }
-
-    fn open(c: &EncodedChunk, k: &ImageKeys) -> Result<Vec<u8>, FormatError> {
-        let h = ChunkHeader::decode_as(&c.header.encode(), 0, true)?;
-        let e = h.index_entry(ImageOffset(4096));
-        let mut out = vec![0xee; usize::from(h.page_count) * PAGE_SIZE];
-        decode_sealed_chunk(k, &h, &e, 0, &c.payload, &mut out, &mut Vec::new())?;
-        Ok(out)
-    }
-
-    fn page_kinds(kinds: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, k) in kinds.iter().enumerate() {
-            let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            out.extend((0..PAGE_SIZE).map(|j| match k % 3 {
-                0 => 0,
-                1 => (j % 13) as u8,
-                _ => {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                }
-            }));
-        }
-        out
-    }
-
-    proptest! {
-        #[test]
-        fn sealed_chunks_round_trip(kinds in proptest::collection::vec(0u8..3, 1..=64), seq: u32) {
-            let k = keys([3; 16]);
-            let pages = page_kinds(&kinds);
-            let c = sealed(&pages, seq, &k);
-            prop_assert_eq!(c.header.data_crc, 0);
-            prop_assert_eq!(open(&c, &k).unwrap(), pages);
-        }
+    #[test]
+    fn nonces_of_chunks_and_metadata_never_meet() {
+        assert_eq!(
+            Nonce::Metadata.bytes(),
+            [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let n = Nonce::Chunk(0x0102_0304).bytes();
+        assert_eq!(n, [1, 0, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0]);
     }
 
     #[test]
-    fn any_change_to_a_sealed_chunk_fails_authentication() {
-        let k = keys([3; 16]);
-        let pages = page_kinds(&[1, 0, 2, 1]);
-        let c = sealed(&pages, 5, &k);
-        assert_eq!(c.header.codec, Codec::Lz4);
-        // A change the CRC does not see (the CRC is updated with it).
-        for at in [0, c.payload.len() / 2, c.payload.len() - 1] {
-            let mut d = c.clone();
-            d.payload[at] ^= 0x40;
-            d.header.payload_crc = crc32fast::hash(&d.payload);
-            let e = open(&d, &k).unwrap_err();
-            assert!(matches!(e, FormatError::Authentication { .. }), "{e}");
-        }
-        // The header is associated data: another sequence number or frame.
-        let mut d = c.clone();
-        d.header.seq = 6;
-        assert!(matches!(
-            open(&d, &k),
-            Err(FormatError::Authentication { .. })
-        ));
-        let mut d = c.clone();
-        d.header.first_pfn = Pfn(192);
-        assert!(matches!(
-            open(&d, &k),
-            Err(FormatError::Authentication { .. })
-        ));
-        // Another image's key (another uuid), same secret and salt.
-        assert!(matches!(
-            open(&c, &keys([4; 16])),
-            Err(FormatError::Authentication { .. })
-        ));
+    fn sealed_bytes_open_only_with_their_nonce_aad_and_key() {
+        let s = Secret::key_file(vec![7; 32]).unwrap();
+        let k = ImageKeys::derive(&s, &Kdf::KeyFile, &[1; SALT_SIZE], &[3; 16]).unwrap();
+        let mut buf = b"kjump sealed bytes".to_vec();
+        k.seal_in_place(Nonce::Chunk(5), b"aad", &mut buf);
+        let (body, tag) = buf.split_at(buf.len() - crate::layout::TAG_SIZE);
+        let open = |nonce, aad: &[u8], k: &ImageKeys| {
+            let mut b = body.to_vec();
+            k.open_in_place(nonce, aad, &mut b, tag).then_some(b)
+        };
+        assert_eq!(
+            open(Nonce::Chunk(5), b"aad", &k).unwrap(),
+            b"kjump sealed bytes"
+        );
+        assert!(open(Nonce::Chunk(6), b"aad", &k).is_none());
+        assert!(open(Nonce::Metadata, b"aad", &k).is_none());
+        assert!(open(Nonce::Chunk(5), b"aaD", &k).is_none());
+        let other = ImageKeys::derive(&s, &Kdf::KeyFile, &[1; SALT_SIZE], &[4; 16]).unwrap();
+        assert!(open(Nonce::Chunk(5), b"aad", &other).is_none());
     }
-
     #[test]
     fn wrong_secrets_are_refused_by_the_check_value() {
         let uuid = [9; 16];

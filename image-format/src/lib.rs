@@ -18,67 +18,49 @@
 //! be zero. An encrypted image (incompatible feature bit 0, [`crypto`])
 //! seals its metadata and chunk payloads with AES-256-GCM and ties every
 //! structure together with an HMAC-SHA256 image seal.
+//!
+//! Each structure has one module that holds both directions, encode and
+//! decode: [`superblock`], [`section`] (the metadata section: the
+//! [`metadata`] records, sealed with the resume record after them in an
+//! encrypted image), [`chunk`] (header, index entry, the chunk sequence),
+//! [`codec`] (a chunk's payload, plain or sealed), [`trailer`], [`seal`]
+//! (the image seal, in its order) and [`placement`] (where an image lies
+//! on its device). [`layout`] gives every field's offset and size, checked
+//! at compile time and held to FORMAT.md's tables by a test; [`reader`]
+//! opens an image and checks its structures against each other.
 
 #![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod chunk;
+pub mod codec;
 pub mod crypto;
 mod error;
+pub mod layout;
 mod le;
 pub mod metadata;
 pub mod placement;
 pub mod reader;
+pub mod seal;
+pub mod section;
 pub mod superblock;
 pub mod trailer;
 
 pub use addr::{ImageOffset, MemoryMap, Pfn, PhysAddr, PhysRange, RangeError};
 pub use chunk::{
-    chunk_count, chunk_specs, decode_chunk, encode_chunk, ChunkHeader, ChunkSpec, Codec,
-    EncodedChunk, IndexEntry, CHUNK_HEADER_SIZE, CHUNK_PAGES, INDEX_ENTRY_SIZE,
+    chunk_count, chunk_specs, ChunkHeader, ChunkSpec, Codec, IndexEntry, CHUNK_HEADER_SIZE,
+    INDEX_ENTRY_SIZE,
 };
+pub use codec::{ChunkCodec, EncodedChunk};
 pub use crypto::{CryptoParams, ImageKeys, Kdf, Secret, SecretError};
 pub use error::FormatError;
+pub use layout::{
+    block_align, plan_layout, Layout, ARCH_NAME, BLOCK_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
+};
 pub use metadata::Metadata;
 pub use placement::{Placement, Segment};
 pub use reader::{Image, ReadAt};
-pub use superblock::{ImageState, Layout, Superblock, SUPERBLOCK_SIZE};
+pub use seal::{ImageSeal, SuperblockSeal};
+pub use section::{MetadataSection, SectionParts};
+pub use superblock::{ImageState, Superblock, SUPERBLOCK_SIZE};
 pub use trailer::{Trailer, TRAILER_SIZE};
-
-/// Size of a page of the saved machine.
-pub const PAGE_SIZE: usize = 4096;
-/// Alignment of the image's sections.
-pub const BLOCK_SIZE: usize = 4096;
-/// Architecture named in the magic.
-#[cfg(target_arch = "x86_64")]
-pub const ARCH_NAME: &str = "x86_64";
-/// Architecture named in the magic.
-#[cfg(target_arch = "aarch64")]
-pub const ARCH_NAME: &str = "aarch64";
-
-/// Rounds `n` up to the next block boundary, `None` on overflow.
-pub fn block_align(n: u64) -> Option<u64> {
-    n.checked_next_multiple_of(BLOCK_SIZE as u64)
-}
-
-/// Where every section of an image goes, given what the writer knows at the
-/// end: the metadata size, the chunk stream size and the chunk count.
-pub fn plan_layout(metadata_len: u64, data_len: u64, chunk_count: u64) -> Option<Layout> {
-    let metadata_offset = BLOCK_SIZE as u64;
-    let data_offset = block_align(metadata_offset.checked_add(metadata_len)?)?;
-    let index_offset = block_align(data_offset.checked_add(data_len)?)?;
-    let index_len = chunk_count.checked_mul(INDEX_ENTRY_SIZE as u64)?;
-    let trailer_offset = index_offset.checked_add(index_len)?;
-    let image_len = block_align(trailer_offset.checked_add(TRAILER_SIZE as u64)?)?;
-    Some(Layout {
-        metadata_offset,
-        metadata_len,
-        data_offset,
-        data_len,
-        index_offset,
-        chunk_count,
-        trailer_offset,
-        image_len,
-        ..Layout::default()
-    })
-}

@@ -7,6 +7,7 @@
 
 use crate::addr::{ImageOffset, MemoryMap, PhysAddr, PhysRange};
 use crate::error::FormatError;
+use crate::layout::metadata_record as rec;
 use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
 
 /// Largest metadata section a reader accepts.
@@ -14,7 +15,7 @@ pub const MAX_METADATA_LEN: u64 = 64 << 20;
 /// Record flag: a reader that does not know the tag must refuse the image.
 pub const FLAG_REQUIRED: u16 = 1;
 
-const REC_HEADER: usize = 8;
+const REC_HEADER: usize = rec::SIZE;
 
 /// Record tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +89,12 @@ pub fn in_resume_record(key: &str) -> bool {
 
 fn push_record(out: &mut Vec<u8>, tag: Tag, flags: u16, value: &[u8]) {
     let mut h = [0u8; REC_HEADER];
-    put_u16(&mut h, 0, tag as u16);
-    put_u16(&mut h, 2, flags);
-    put_u32(&mut h, 4, value.len() as u32);
+    put_u16(&mut h, rec::TAG, tag as u16);
+    put_u16(&mut h, rec::FLAGS, flags);
+    put_u32(&mut h, rec::LEN, value.len() as u32);
     out.extend_from_slice(&h);
     out.extend_from_slice(value);
-    out.resize(out.len().next_multiple_of(8), 0);
+    out.resize(out.len().next_multiple_of(rec::ALIGN), 0);
 }
 
 impl Metadata {
@@ -188,11 +189,11 @@ impl Metadata {
                     bytes.len() - pos
                 )));
             }
-            let tag = u16_at(bytes, pos);
-            let flags = u16_at(bytes, pos + 2);
-            let len = u32_at(bytes, pos + 4) as usize;
+            let tag = u16_at(bytes, pos + rec::TAG);
+            let flags = u16_at(bytes, pos + rec::FLAGS);
+            let len = u32_at(bytes, pos + rec::LEN) as usize;
             let start = pos + REC_HEADER;
-            let padded = len.next_multiple_of(8);
+            let padded = len.next_multiple_of(rec::ALIGN);
             if padded > bytes.len() - start {
                 return Err(err(format!(
                     "record of {len} bytes runs past the end of the section ({} bytes remain)",

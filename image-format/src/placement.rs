@@ -18,10 +18,12 @@
 //!
 //! A [`Mapped`] reader presents any of them as image offsets.
 
+use crate::addr::ImageOffset;
 use crate::error::FormatError;
+use crate::layout::extent_map as map;
+use crate::layout::BLOCK_SIZE;
 use crate::le::{put_u32, put_u64, u32_at, u64_at};
 use crate::reader::ReadAt;
-use crate::{ImageOffset, BLOCK_SIZE};
 
 /// Bytes of the swap header kept in front of an image on a swap partition.
 pub const SWAP_HEADER_LEN: u64 = 4096;
@@ -40,9 +42,9 @@ pub const MAP_MAGIC: &[u8; 8] = b"KJUMPMAP";
 /// Version of the extent map layout.
 pub const MAP_VERSION: u32 = 1;
 /// Bytes of an extent map's header.
-pub const MAP_HEADER_LEN: usize = 64;
+pub const MAP_HEADER_LEN: usize = map::HEADER_SIZE;
 /// Bytes of one extent record.
-pub const MAP_EXTENT_LEN: usize = 24;
+pub const MAP_EXTENT_LEN: usize = map::EXTENT_SIZE;
 /// Room reserved for a map: the map block and the records, block aligned.
 pub const MAP_LEN: u64 = 64 * 1024;
 /// The most extents a map of [`MAP_LEN`] holds.
@@ -279,19 +281,19 @@ impl ExtentMap {
     /// The map's bytes, [`ExtentMap::map_len`] of them.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; self.map_len as usize];
-        b[..8].copy_from_slice(MAP_MAGIC);
-        put_u32(&mut b, 8, MAP_VERSION);
-        put_u64(&mut b, 16, self.map_len);
-        put_u64(&mut b, 24, self.file_len);
-        put_u32(&mut b, 32, self.extents.len() as u32);
+        b[map::MAGIC..map::MAGIC + 8].copy_from_slice(MAP_MAGIC);
+        put_u32(&mut b, map::VERSION, MAP_VERSION);
+        put_u64(&mut b, map::MAP_LEN, self.map_len);
+        put_u64(&mut b, map::FILE_LEN, self.file_len);
+        put_u32(&mut b, map::COUNT, self.extents.len() as u32);
         for (i, e) in self.extents.iter().enumerate() {
             let at = MAP_HEADER_LEN + i * MAP_EXTENT_LEN;
-            put_u64(&mut b, at, e.logical);
-            put_u64(&mut b, at + 8, e.physical);
-            put_u64(&mut b, at + 16, e.len);
+            put_u64(&mut b, at + map::EXTENT_LOGICAL, e.logical);
+            put_u64(&mut b, at + map::EXTENT_PHYSICAL, e.physical);
+            put_u64(&mut b, at + map::EXTENT_LEN, e.len);
         }
         let crc = crc32fast::hash(&b);
-        put_u32(&mut b, 12, crc);
+        put_u32(&mut b, map::CRC, crc);
         b
     }
 
@@ -304,15 +306,16 @@ impl ExtentMap {
         };
         let mut head = vec![0u8; BLOCK_SIZE];
         dev.read_exact_at(&mut head, at).map_err(io)?;
-        if &head[..8] != MAP_MAGIC {
+        let magic = &head[map::MAGIC..map::MAGIC + 8];
+        if magic != MAP_MAGIC {
             return Err(FormatError::BadMagic {
                 what: "extent map",
                 offset: ImageOffset(at),
                 expected: String::from_utf8_lossy(MAP_MAGIC).into_owned(),
-                found: String::from_utf8_lossy(&head[..8]).into_owned(),
+                found: String::from_utf8_lossy(magic).into_owned(),
             });
         }
-        let map_len = u64_at(&head, 16);
+        let map_len = u64_at(&head, map::MAP_LEN);
         if map_len < BLOCK_SIZE as u64 || map_len > MAP_LEN || map_len % BLOCK_SIZE as u64 != 0 {
             return Err(map_error(
                 at,
@@ -327,26 +330,26 @@ impl ExtentMap {
     /// Decodes and checks a whole map; `at` is its device offset, for
     /// messages.
     pub fn decode(b: &[u8], at: u64) -> Result<ExtentMap, FormatError> {
-        if b.len() < MAP_HEADER_LEN || &b[..8] != MAP_MAGIC {
+        if b.len() < MAP_HEADER_LEN || &b[map::MAGIC..map::MAGIC + 8] != MAP_MAGIC {
             return Err(map_error(at, "no extent map magic"));
         }
-        let version = u32_at(b, 8);
+        let version = u32_at(b, map::VERSION);
         if version != MAP_VERSION {
             return Err(map_error(
                 at,
                 format!("version {version}, this kjump reads {MAP_VERSION}"),
             ));
         }
-        let map_len = u64_at(b, 16);
+        let map_len = u64_at(b, map::MAP_LEN);
         if map_len != b.len() as u64 {
             return Err(map_error(
                 at,
                 format!("map length {map_len:#x}, {:#x} bytes read", b.len()),
             ));
         }
-        let stored = u32_at(b, 12);
+        let stored = u32_at(b, map::CRC);
         let mut copy = b.to_vec();
-        put_u32(&mut copy, 12, 0);
+        put_u32(&mut copy, map::CRC, 0);
         let computed = crc32fast::hash(&copy);
         if stored != computed {
             return Err(FormatError::Checksum {
@@ -356,7 +359,7 @@ impl ExtentMap {
                 computed,
             });
         }
-        let count = u32_at(b, 32) as usize;
+        let count = u32_at(b, map::COUNT) as usize;
         let room = (b.len() - MAP_HEADER_LEN) / MAP_EXTENT_LEN;
         if count == 0 || count > room {
             return Err(map_error(
@@ -364,7 +367,7 @@ impl ExtentMap {
                 format!("extent count {count}, the map holds 1 to {room}"),
             ));
         }
-        if b[36..MAP_HEADER_LEN].iter().any(|&x| x != 0)
+        if b[map::RESERVED..MAP_HEADER_LEN].iter().any(|&x| x != 0)
             || b[MAP_HEADER_LEN + count * MAP_EXTENT_LEN..]
                 .iter()
                 .any(|&x| x != 0)
@@ -378,15 +381,15 @@ impl ExtentMap {
             .map(|i| {
                 let o = MAP_HEADER_LEN + i * MAP_EXTENT_LEN;
                 Extent {
-                    logical: u64_at(b, o),
-                    physical: u64_at(b, o + 8),
-                    len: u64_at(b, o + 16),
+                    logical: u64_at(b, o + map::EXTENT_LOGICAL),
+                    physical: u64_at(b, o + map::EXTENT_PHYSICAL),
+                    len: u64_at(b, o + map::EXTENT_LEN),
                 }
             })
             .collect();
         let map = ExtentMap {
             map_len,
-            file_len: u64_at(b, 24),
+            file_len: u64_at(b, map::FILE_LEN),
             extents,
         };
         map.check(at)?;

@@ -8,14 +8,17 @@ use std::os::unix::fs::FileExt;
 
 use crate::addr::{ImageOffset, Pfn};
 use crate::chunk::{chunk_count, chunk_specs, ChunkHeader, ChunkSpec, IndexEntry};
-use crate::crypto::{decode_sealed_chunk, ImageKeys, Secret};
+use crate::chunk::{CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE};
+use crate::codec::ChunkCodec;
+use crate::crypto::{ImageKeys, Secret};
 use crate::error::FormatError;
-use crate::metadata::{in_resume_record, Metadata, MAX_METADATA_LEN};
+use crate::layout::superblock as sb_field;
+use crate::layout::{plan_layout, BLOCK_SIZE, PAGE_SIZE};
+use crate::metadata::{Metadata, MAX_METADATA_LEN};
+use crate::seal::ImageSeal;
+use crate::section::MetadataSection;
 use crate::superblock::{ImageState, Superblock};
 use crate::trailer::{Trailer, TRAILER_SIZE};
-use crate::{
-    decode_chunk, plan_layout, BLOCK_SIZE, CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE,
-};
 
 /// Positional reads from an image: a file, a block device or bytes in memory.
 pub trait ReadAt: Sync {
@@ -142,27 +145,24 @@ impl Image {
             (Some(_), None) => return Err(FormatError::KeyRequired),
             (Some(c), Some(s)) => Some(ImageKeys::unlock(s, c, &sb.uuid)?),
         };
-        let (size, meta_bytes) = metadata_section(src, &sb)?;
+        let (size, section_bytes) = metadata_section(src, &sb)?;
         let l = sb.layout;
-        let (sealed_part, record) = split_metadata(&sb, &meta_bytes)?;
-        let sealed = match &keys {
-            Some(k) => Some(open_sealed(src, &sb, k, &meta_bytes, sealed_part, size)?),
+        let section = MetadataSection::split(&sb, &section_bytes)?;
+        // An encrypted image's trailer and index are read (and CRC-checked,
+        // so that bit rot still reads as a checksum error) for the image
+        // seal, which is checked before the metadata is decrypted.
+        let sealed_index = match &keys {
+            Some(k) => {
+                let trailer = check_trailer(src, &sb, size)?;
+                let index_bytes = read_index(src, &sb, size)?;
+                let mut seal = ImageSeal::over_metadata(k, &section_bytes);
+                seal.index(&index_bytes);
+                seal.trailer(&trailer).check(&sb)?;
+                Some(index_bytes)
+            }
             None => None,
         };
-        let plain_meta = match &sealed {
-            Some((plain, _)) => plain.as_slice(),
-            None => meta_bytes.as_slice(),
-        };
-        let metadata = Metadata::decode(plain_meta, l.metadata_offset)?;
-        if !record.is_empty() {
-            let at = l.metadata_offset + sealed_part.len() as u64;
-            if Metadata::decode(record, at)? != metadata.resume_record() {
-                return Err(FormatError::Metadata {
-                    offset: ImageOffset(at),
-                    reason: "the resume record disagrees with the sealed metadata".into(),
-                });
-            }
-        }
+        let metadata = section.open(keys.as_ref(), &sb.uuid)?;
         let expected_chunks = chunk_count(&metadata.ranges);
         if expected_chunks != l.chunk_count {
             return Err(FormatError::mismatch(
@@ -183,8 +183,8 @@ impl Image {
                 l.total_pages,
             ));
         }
-        let index_bytes = match sealed {
-            Some((_, index_bytes)) => index_bytes,
+        let index_bytes = match sealed_index {
+            Some(index_bytes) => index_bytes,
             None => {
                 check_trailer(src, &sb, size)?;
                 read_index(src, &sb, size)?
@@ -205,6 +205,14 @@ impl Image {
     /// Whether the image is encrypted (and was opened with its key).
     pub fn is_encrypted(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// How its chunk payloads are encoded.
+    pub fn codec(&self) -> ChunkCodec<'_> {
+        match &self.keys {
+            Some(k) => ChunkCodec::Sealed(k),
+            None => ChunkCodec::Plain,
+        }
     }
 
     /// Pages stored in chunks (neither zero nor outside the ranges).
@@ -246,7 +254,7 @@ impl Image {
         let e = &self.index[i];
         let mut hb = [0u8; CHUNK_HEADER_SIZE];
         hb.copy_from_slice(&encoded[..CHUNK_HEADER_SIZE]);
-        let h = ChunkHeader::decode_as(&hb, e.offset.0, self.keys.is_some())?;
+        let h = ChunkHeader::decode_as(&hb, e.offset.0, self.is_encrypted())?;
         let what = || format!("chunk {i} header");
         if h.uuid != self.superblock.uuid {
             return Err(FormatError::ForeignUuid {
@@ -273,10 +281,8 @@ impl Image {
             ));
         }
         let payload = &encoded[CHUNK_HEADER_SIZE..];
-        match &self.keys {
-            Some(k) => decode_sealed_chunk(k, &h, e, i as u64, payload, out, scratch)?,
-            None => decode_chunk(e, i as u64, payload, out)?,
-        }
+        self.codec()
+            .decode(&h, e.offset, i as u64, payload, out, scratch)?;
         self.check_edges(i, out)
     }
 
@@ -352,7 +358,7 @@ fn check_layout(sb: &Superblock, size: u64) -> Result<(), FormatError> {
     if l.metadata_len > MAX_METADATA_LEN {
         return Err(FormatError::TooLarge {
             what: "metadata length",
-            offset: ImageOffset(88),
+            offset: ImageOffset(sb_field::METADATA_LEN as u64),
             value: l.metadata_len,
             limit: MAX_METADATA_LEN,
         });
@@ -362,7 +368,7 @@ fn check_layout(sb: &Superblock, size: u64) -> Result<(), FormatError> {
     if l.chunk_count > max_chunks {
         return Err(FormatError::TooLarge {
             what: "chunk count",
-            offset: ImageOffset(128),
+            offset: ImageOffset(sb_field::CHUNK_COUNT as u64),
             value: l.chunk_count,
             limit: max_chunks,
         });
@@ -370,7 +376,7 @@ fn check_layout(sb: &Superblock, size: u64) -> Result<(), FormatError> {
     let Some(want) = plan_layout(l.metadata_len, l.data_len, l.chunk_count) else {
         return Err(FormatError::TooLarge {
             what: "data length",
-            offset: ImageOffset(112),
+            offset: ImageOffset(sb_field::DATA_LEN as u64),
             value: l.data_len,
             limit: size,
         });
@@ -413,31 +419,7 @@ fn check_trailer<R: ReadAt + ?Sized>(
     let bytes = read_region(src, "trailer", l.trailer_offset, TRAILER_SIZE as u64, size)?;
     let mut b = [0u8; TRAILER_SIZE];
     b.copy_from_slice(&bytes);
-    let t = Trailer::decode(&b, l.trailer_offset)?;
-    if t.uuid != sb.uuid {
-        return Err(FormatError::ForeignUuid {
-            what: "trailer".into(),
-            offset: ImageOffset(l.trailer_offset),
-        });
-    }
-    let fields = [
-        ("index offset", l.index_offset, t.index_offset),
-        ("chunk count", l.chunk_count, t.chunk_count),
-        ("index crc", l.index_crc.into(), t.index_crc.into()),
-        ("metadata crc", l.metadata_crc.into(), t.metadata_crc.into()),
-        ("data length", l.data_len, t.data_len),
-    ];
-    for (field, expected, found) in fields {
-        if expected != found {
-            return Err(FormatError::mismatch(
-                "trailer",
-                field,
-                l.trailer_offset,
-                expected,
-                found,
-            ));
-        }
-    }
+    Trailer::decode(&b, l.trailer_offset)?.check_against(&sb.uuid, &l, l.trailer_offset)?;
     Ok(b)
 }
 
@@ -511,28 +493,6 @@ fn metadata_section<R: ReadAt + ?Sized>(
     Ok((size, meta_bytes))
 }
 
-/// Splits an encrypted image's metadata section into its sealed part and
-/// its resume record (empty for a plain image, whose records are all plain).
-fn split_metadata<'a>(
-    sb: &Superblock,
-    meta_bytes: &'a [u8],
-) -> Result<(&'a [u8], &'a [u8]), FormatError> {
-    let Some(c) = &sb.crypto else {
-        return Ok((meta_bytes, &[]));
-    };
-    let len = c.resume_record_len as usize;
-    let limit = meta_bytes.len().saturating_sub(crate::crypto::TAG_SIZE);
-    if len > limit || len % 8 != 0 {
-        return Err(FormatError::InvalidValue {
-            what: "superblock",
-            field: "resume record length (a multiple of 8, leaving the sealed metadata its tag)",
-            offset: ImageOffset(crate::crypto::area::RESUME_RECORD_LEN as u64),
-            value: len as u64,
-        });
-    }
-    Ok(meta_bytes.split_at(meta_bytes.len() - len))
-}
-
 /// The resume record of the committed (or consumed) image in `src`: what a
 /// normal boot reads to decide on a resume and to confine the restore
 /// kernel, without the key of an encrypted image. Its bytes are checked
@@ -541,54 +501,8 @@ fn split_metadata<'a>(
 /// is drawn from the metadata.
 pub fn read_resume_record<R: ReadAt + ?Sized>(src: &R) -> Result<Metadata, FormatError> {
     let sb = committed_superblock(src)?;
-    let (_, meta_bytes) = metadata_section(src, &sb)?;
-    let l = sb.layout;
-    let (sealed, record) = split_metadata(&sb, &meta_bytes)?;
-    if sb.crypto.is_none() {
-        return Ok(Metadata::decode(&meta_bytes, l.metadata_offset)?.resume_record());
-    }
-    if record.is_empty() {
-        return Err(FormatError::NoResumeRecord);
-    }
-    let record = Metadata::decode(record, l.metadata_offset + sealed.len() as u64)?;
-    if record.extra.iter().any(|(k, _)| !in_resume_record(k)) {
-        return Err(FormatError::Metadata {
-            offset: ImageOffset(l.metadata_offset + sealed.len() as u64),
-            reason: "the resume record holds a record that does not belong there".into(),
-        });
-    }
-    Ok(record)
-}
-
-/// The sealed part of opening an encrypted image: the trailer and index are
-/// read and CRC-checked (so bit rot still reads as a checksum error), the
-/// image seal is checked over metadata, index, trailer and superblock, and
-/// only then is the metadata decrypted. Returns the plain metadata and the
-/// index bytes.
-fn open_sealed<R: ReadAt + ?Sized>(
-    src: &R,
-    sb: &Superblock,
-    keys: &ImageKeys,
-    meta_bytes: &[u8],
-    sealed_part: &[u8],
-    size: u64,
-) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), FormatError> {
-    let l = sb.layout;
-    let trailer = check_trailer(src, sb, size)?;
-    let index_bytes = read_index(src, sb, size)?;
-    let mut seal = keys.seal_hasher();
-    seal.update(meta_bytes);
-    seal.update(&index_bytes);
-    seal.update(&trailer);
-    let stored = sb.crypto.map(|c| c.seal).unwrap_or_default();
-    if !keys.check_seal(seal, &sb.authenticated_fields(), &stored) {
-        return Err(FormatError::Authentication {
-            what: "image seal (superblock, metadata, index and trailer)".into(),
-            offset: ImageOffset(crate::crypto::area::SEAL as u64),
-        });
-    }
-    let plain = keys.open_metadata(sealed_part, &sb.uuid, l.metadata_offset)?;
-    Ok((plain, index_bytes))
+    let (_, section_bytes) = metadata_section(src, &sb)?;
+    MetadataSection::split(&sb, &section_bytes)?.resume_record()
 }
 
 /// Decodes the index and checks it against the chunk sequence the ranges

@@ -7,15 +7,23 @@
 //! fails the CRC and the image reads as corrupt, never as whole.
 
 use crate::addr::ImageOffset;
-use crate::crypto::{area, CryptoParams};
+use crate::crypto::CryptoParams;
 use crate::error::FormatError;
+use crate::layout::{
+    crypto_area as area, superblock as sb, Layout, ARCH_NAME, BLOCK_SIZE, PAGE_SIZE, UUID_LEN,
+};
 use crate::le::{first_nonzero, put_u16, put_u32, put_u64, show_bytes, u16_at, u32_at, u64_at};
-use crate::{ARCH_NAME, BLOCK_SIZE, PAGE_SIZE};
 
 /// Size of the encoded superblock; the rest of block 0 is zero.
-pub const SUPERBLOCK_SIZE: usize = 512;
+pub const SUPERBLOCK_SIZE: usize = sb::SIZE;
+/// Bytes of the magic: the prefix, then the architecture name, NUL padded.
+pub const MAGIC_LEN: usize = 16;
 /// First half of the magic: the same on every architecture.
 pub const MAGIC_PREFIX: [u8; 8] = *b"KJUMPIMG";
+// The architecture's name fits the magic, with at least one NUL after it.
+const _: () = assert!(MAGIC_PREFIX.len() + ARCH_NAME.len() < MAGIC_LEN);
+const _: () = assert!(MAGIC_LEN == sb::MAJOR - sb::MAGIC);
+
 /// Major version this build writes and reads.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this build writes.
@@ -26,35 +34,9 @@ pub const INCOMPAT_ENCRYPTED: u64 = 1;
 /// Incompatible features this build understands.
 pub const KNOWN_INCOMPAT: u64 = INCOMPAT_ENCRYPTED;
 
-const OFF_MAGIC: usize = 0;
-const OFF_MAJOR: usize = 16;
-const OFF_MINOR: usize = 18;
-const OFF_SB_SIZE: usize = 20;
-const OFF_INCOMPAT: usize = 24;
-const OFF_COMPAT: usize = 32;
-const OFF_PAGE_SIZE: usize = 40;
-const OFF_STATE: usize = 44;
-const OFF_UUID: usize = 48;
-const OFF_CAPTURE_TIME: usize = 64;
-const OFF_CONSUMED_TIME: usize = 72;
-const OFF_METADATA_OFFSET: usize = 80;
-const OFF_METADATA_LEN: usize = 88;
-const OFF_METADATA_CRC: usize = 96;
-const OFF_INDEX_CRC: usize = 100;
-const OFF_DATA_OFFSET: usize = 104;
-const OFF_DATA_LEN: usize = 112;
-const OFF_INDEX_OFFSET: usize = 120;
-const OFF_CHUNK_COUNT: usize = 128;
-const OFF_TRAILER_OFFSET: usize = 136;
-const OFF_IMAGE_LEN: usize = 144;
-const OFF_TOTAL_PAGES: usize = 152;
-const OFF_ZERO_PAGES: usize = 160;
-const OFF_RESERVED: usize = 168;
-const OFF_CRC: usize = SUPERBLOCK_SIZE - 4;
-
 /// The 16-byte magic of this build's architecture.
-pub fn magic() -> [u8; 16] {
-    let mut m = [0u8; 16];
+pub fn magic() -> [u8; MAGIC_LEN] {
+    let mut m = [0u8; MAGIC_LEN];
     m[..8].copy_from_slice(&MAGIC_PREFIX);
     m[8..8 + ARCH_NAME.len()].copy_from_slice(ARCH_NAME.as_bytes());
     m
@@ -99,35 +81,6 @@ impl ImageState {
     }
 }
 
-/// Where everything after the superblock lies; all zero while `Writing`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Layout {
-    /// Start of the metadata section (always one block in).
-    pub metadata_offset: u64,
-    /// Bytes of metadata records.
-    pub metadata_len: u64,
-    /// CRC32 of the metadata bytes.
-    pub metadata_crc: u32,
-    /// Start of the chunk stream (block aligned).
-    pub data_offset: u64,
-    /// Bytes of chunk stream.
-    pub data_len: u64,
-    /// Start of the chunk index (block aligned).
-    pub index_offset: u64,
-    /// Number of chunks (and index entries).
-    pub chunk_count: u64,
-    /// CRC32 of the index bytes.
-    pub index_crc: u32,
-    /// Start of the trailer (right after the index).
-    pub trailer_offset: u64,
-    /// Total bytes of the image, block aligned.
-    pub image_len: u64,
-    /// Pages covered by the saved ranges.
-    pub total_pages: u64,
-    /// Of those, pages that were all zero and are not stored.
-    pub zero_pages: u64,
-}
-
 /// The decoded superblock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -138,7 +91,7 @@ pub struct Superblock {
     /// Life state.
     pub state: ImageState,
     /// Random identity of this capture; chunks and trailer repeat it.
-    pub uuid: [u8; 16],
+    pub uuid: [u8; UUID_LEN],
     /// Capture start, nanoseconds since the Unix epoch.
     pub capture_time_ns: u64,
     /// When a restore consumed it (0 unless `Consumed`).
@@ -151,7 +104,7 @@ pub struct Superblock {
 
 impl Superblock {
     /// A superblock for a capture that has just begun.
-    pub fn writing(uuid: [u8; 16], capture_time_ns: u64) -> Self {
+    pub fn writing(uuid: [u8; UUID_LEN], capture_time_ns: u64) -> Self {
         Superblock {
             version_minor: VERSION_MINOR,
             compat: 0,
@@ -164,56 +117,43 @@ impl Superblock {
         }
     }
 
-    /// The bytes the image seal covers: the encoded fields with the state,
-    /// the consumed time (a restore changes both) and the seal itself zero.
-    pub fn authenticated_fields(&self) -> Vec<u8> {
-        let mut b = self.encode();
-        b.truncate(OFF_CRC);
-        b[OFF_STATE..OFF_STATE + 4].fill(0);
-        b[OFF_CONSUMED_TIME..OFF_CONSUMED_TIME + 8].fill(0);
-        if self.crypto.is_some() {
-            b[area::SEAL..area::SEAL + 32].fill(0);
-        }
-        b
-    }
-
     /// Encodes into a full block (512 bytes of fields, then zeros).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         let l = &self.layout;
-        b[OFF_MAGIC..OFF_MAGIC + 16].copy_from_slice(&magic());
-        put_u16(&mut b, OFF_MAJOR, VERSION_MAJOR);
-        put_u16(&mut b, OFF_MINOR, self.version_minor);
-        put_u32(&mut b, OFF_SB_SIZE, SUPERBLOCK_SIZE as u32);
+        b[sb::MAGIC..sb::MAGIC + MAGIC_LEN].copy_from_slice(&magic());
+        put_u16(&mut b, sb::MAJOR, VERSION_MAJOR);
+        put_u16(&mut b, sb::MINOR, self.version_minor);
+        put_u32(&mut b, sb::SIZE_FIELD, SUPERBLOCK_SIZE as u32);
         let incompat = if self.crypto.is_some() {
             INCOMPAT_ENCRYPTED
         } else {
             0
         };
-        put_u64(&mut b, OFF_INCOMPAT, incompat);
-        put_u64(&mut b, OFF_COMPAT, self.compat);
-        put_u32(&mut b, OFF_PAGE_SIZE, PAGE_SIZE as u32);
-        put_u32(&mut b, OFF_STATE, self.state.code());
-        b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&self.uuid);
-        put_u64(&mut b, OFF_CAPTURE_TIME, self.capture_time_ns);
-        put_u64(&mut b, OFF_CONSUMED_TIME, self.consumed_time_ns);
-        put_u64(&mut b, OFF_METADATA_OFFSET, l.metadata_offset);
-        put_u64(&mut b, OFF_METADATA_LEN, l.metadata_len);
-        put_u32(&mut b, OFF_METADATA_CRC, l.metadata_crc);
-        put_u32(&mut b, OFF_INDEX_CRC, l.index_crc);
-        put_u64(&mut b, OFF_DATA_OFFSET, l.data_offset);
-        put_u64(&mut b, OFF_DATA_LEN, l.data_len);
-        put_u64(&mut b, OFF_INDEX_OFFSET, l.index_offset);
-        put_u64(&mut b, OFF_CHUNK_COUNT, l.chunk_count);
-        put_u64(&mut b, OFF_TRAILER_OFFSET, l.trailer_offset);
-        put_u64(&mut b, OFF_IMAGE_LEN, l.image_len);
-        put_u64(&mut b, OFF_TOTAL_PAGES, l.total_pages);
-        put_u64(&mut b, OFF_ZERO_PAGES, l.zero_pages);
+        put_u64(&mut b, sb::INCOMPAT, incompat);
+        put_u64(&mut b, sb::COMPAT, self.compat);
+        put_u32(&mut b, sb::PAGE_SIZE, PAGE_SIZE as u32);
+        put_u32(&mut b, sb::STATE, self.state.code());
+        b[sb::UUID..sb::UUID + UUID_LEN].copy_from_slice(&self.uuid);
+        put_u64(&mut b, sb::CAPTURE_TIME, self.capture_time_ns);
+        put_u64(&mut b, sb::CONSUMED_TIME, self.consumed_time_ns);
+        put_u64(&mut b, sb::METADATA_OFFSET, l.metadata_offset);
+        put_u64(&mut b, sb::METADATA_LEN, l.metadata_len);
+        put_u32(&mut b, sb::METADATA_CRC, l.metadata_crc);
+        put_u32(&mut b, sb::INDEX_CRC, l.index_crc);
+        put_u64(&mut b, sb::DATA_OFFSET, l.data_offset);
+        put_u64(&mut b, sb::DATA_LEN, l.data_len);
+        put_u64(&mut b, sb::INDEX_OFFSET, l.index_offset);
+        put_u64(&mut b, sb::CHUNK_COUNT, l.chunk_count);
+        put_u64(&mut b, sb::TRAILER_OFFSET, l.trailer_offset);
+        put_u64(&mut b, sb::IMAGE_LEN, l.image_len);
+        put_u64(&mut b, sb::TOTAL_PAGES, l.total_pages);
+        put_u64(&mut b, sb::ZERO_PAGES, l.zero_pages);
         if let Some(c) = &self.crypto {
             c.encode_into(&mut b);
         }
-        let crc = crc32fast::hash(&b[..OFF_CRC]);
-        put_u32(&mut b, OFF_CRC, crc);
+        let crc = crc32fast::hash(&b[..sb::CRC]);
+        put_u32(&mut b, sb::CRC, crc);
         b
     }
 
@@ -229,9 +169,9 @@ impl Superblock {
                 available: block.len() as u64,
             });
         }
-        check_magic(&block[..16])?;
-        let major = u16_at(block, OFF_MAJOR);
-        let minor = u16_at(block, OFF_MINOR);
+        check_magic(&block[sb::MAGIC..sb::MAGIC + MAGIC_LEN])?;
+        let major = u16_at(block, sb::MAJOR);
+        let minor = u16_at(block, sb::MINOR);
         if major != VERSION_MAJOR {
             return Err(FormatError::UnsupportedVersion {
                 major,
@@ -239,12 +179,12 @@ impl Superblock {
                 supported: VERSION_MAJOR,
             });
         }
-        let stored = u32_at(block, OFF_CRC);
-        let computed = crc32fast::hash(&block[..OFF_CRC]);
+        let stored = u32_at(block, sb::CRC);
+        let computed = crc32fast::hash(&block[..sb::CRC]);
         if stored != computed {
             return Err(FormatError::checksum("superblock", 0, stored, computed));
         }
-        let sb_size = u32_at(block, OFF_SB_SIZE);
+        let sb_size = u32_at(block, sb::SIZE_FIELD);
         if sb_size as usize != SUPERBLOCK_SIZE {
             return Err(FormatError::mismatch(
                 "superblock",
@@ -254,14 +194,14 @@ impl Superblock {
                 sb_size.into(),
             ));
         }
-        let incompat = u64_at(block, OFF_INCOMPAT);
+        let incompat = u64_at(block, sb::INCOMPAT);
         if incompat & !KNOWN_INCOMPAT != 0 {
             return Err(FormatError::UnknownIncompatFeatures {
-                offset: ImageOffset(OFF_INCOMPAT as u64),
+                offset: ImageOffset(sb::INCOMPAT as u64),
                 flags: incompat & !KNOWN_INCOMPAT,
             });
         }
-        let page_size = u32_at(block, OFF_PAGE_SIZE);
+        let page_size = u32_at(block, sb::PAGE_SIZE);
         if page_size as usize != PAGE_SIZE {
             return Err(FormatError::mismatch(
                 "superblock",
@@ -272,8 +212,8 @@ impl Superblock {
             ));
         }
         let encrypted = incompat & INCOMPAT_ENCRYPTED != 0;
-        let reserved = if encrypted { area::END } else { OFF_RESERVED };
-        if let Some(p) = first_nonzero(&block[reserved..OFF_CRC]) {
+        let reserved = if encrypted { area::END } else { sb::RESERVED };
+        if let Some(p) = first_nonzero(&block[reserved..sb::CRC]) {
             return Err(FormatError::ReservedNotZero {
                 what: "superblock",
                 offset: ImageOffset((reserved + p) as u64),
@@ -291,22 +231,22 @@ impl Superblock {
                 offset: ImageOffset((SUPERBLOCK_SIZE + p) as u64),
             });
         }
-        let code = u32_at(block, OFF_STATE);
+        let code = u32_at(block, sb::STATE);
         let state = ImageState::from_code(code).ok_or(FormatError::InvalidValue {
             what: "superblock",
             field: "state",
-            offset: ImageOffset(OFF_STATE as u64),
+            offset: ImageOffset(sb::STATE as u64),
             value: code.into(),
         })?;
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&block[OFF_UUID..OFF_UUID + 16]);
+        let mut uuid = [0u8; UUID_LEN];
+        uuid.copy_from_slice(&block[sb::UUID..sb::UUID + UUID_LEN]);
         Ok(Superblock {
             version_minor: minor,
-            compat: u64_at(block, OFF_COMPAT),
+            compat: u64_at(block, sb::COMPAT),
             state,
             uuid,
-            capture_time_ns: u64_at(block, OFF_CAPTURE_TIME),
-            consumed_time_ns: u64_at(block, OFF_CONSUMED_TIME),
+            capture_time_ns: u64_at(block, sb::CAPTURE_TIME),
+            consumed_time_ns: u64_at(block, sb::CONSUMED_TIME),
             layout: decode_layout(block),
             crypto,
         })
@@ -315,18 +255,18 @@ impl Superblock {
 
 fn decode_layout(b: &[u8]) -> Layout {
     Layout {
-        metadata_offset: u64_at(b, OFF_METADATA_OFFSET),
-        metadata_len: u64_at(b, OFF_METADATA_LEN),
-        metadata_crc: u32_at(b, OFF_METADATA_CRC),
-        data_offset: u64_at(b, OFF_DATA_OFFSET),
-        data_len: u64_at(b, OFF_DATA_LEN),
-        index_offset: u64_at(b, OFF_INDEX_OFFSET),
-        chunk_count: u64_at(b, OFF_CHUNK_COUNT),
-        index_crc: u32_at(b, OFF_INDEX_CRC),
-        trailer_offset: u64_at(b, OFF_TRAILER_OFFSET),
-        image_len: u64_at(b, OFF_IMAGE_LEN),
-        total_pages: u64_at(b, OFF_TOTAL_PAGES),
-        zero_pages: u64_at(b, OFF_ZERO_PAGES),
+        metadata_offset: u64_at(b, sb::METADATA_OFFSET),
+        metadata_len: u64_at(b, sb::METADATA_LEN),
+        metadata_crc: u32_at(b, sb::METADATA_CRC),
+        data_offset: u64_at(b, sb::DATA_OFFSET),
+        data_len: u64_at(b, sb::DATA_LEN),
+        index_offset: u64_at(b, sb::INDEX_OFFSET),
+        chunk_count: u64_at(b, sb::CHUNK_COUNT),
+        index_crc: u32_at(b, sb::INDEX_CRC),
+        trailer_offset: u64_at(b, sb::TRAILER_OFFSET),
+        image_len: u64_at(b, sb::IMAGE_LEN),
+        total_pages: u64_at(b, sb::TOTAL_PAGES),
+        zero_pages: u64_at(b, sb::ZERO_PAGES),
     }
 }
 
@@ -355,17 +295,6 @@ fn check_magic(found: &[u8]) -> Result<(), FormatError> {
     })
 }
 
-/// Byte ranges of the superblock fields, for tests that corrupt each one.
-pub const FIELD_OFFSETS: &[(&str, usize)] = &[
-    ("magic", OFF_MAGIC),
-    ("version major", OFF_MAJOR),
-    ("incompat", OFF_INCOMPAT),
-    ("page size", OFF_PAGE_SIZE),
-    ("state", OFF_STATE),
-    ("reserved", OFF_RESERVED),
-    ("crc", OFF_CRC),
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn crypto_area_round_trips_and_is_sealed_except_state() {
+    fn crypto_area_round_trips() {
         let mut sb = Superblock::writing([7; 16], 123);
         sb.crypto = Some(CryptoParams {
             kdf: crate::crypto::DEFAULT_KDF,
@@ -392,15 +321,8 @@ mod tests {
             resume_record_len: 40,
         });
         let b = sb.encode();
-        assert_eq!(u64_at(&b, OFF_INCOMPAT), INCOMPAT_ENCRYPTED);
+        assert_eq!(u64_at(&b, sb::INCOMPAT), INCOMPAT_ENCRYPTED);
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
-        let before = sb.authenticated_fields();
-        sb.state = ImageState::Consumed;
-        sb.consumed_time_ns = 5;
-        sb.crypto.as_mut().unwrap().seal = [4; 32];
-        assert_eq!(sb.authenticated_fields(), before);
-        sb.capture_time_ns += 1;
-        assert_ne!(sb.authenticated_fields(), before);
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use kjump_image_format::layout::metadata_record as rec;
 use kjump_image_format::{
-    Codec, FormatError, Image, IndexEntry, Layout, MemoryMap, PhysAddr, PhysRange,
-    CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE, TRAILER_SIZE,
+    Codec, FormatError, Image, IndexEntry, Layout, MemoryMap, PhysAddr, PhysRange, BLOCK_SIZE,
+    CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE, SUPERBLOCK_SIZE, TRAILER_SIZE,
 };
 use kjump_restorer::ScanError;
 use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
@@ -21,72 +22,15 @@ pub const UUID_A: [u8; 16] = *b"corruption-img-A";
 pub const UUID_B: [u8; 16] = *b"corruption-img-B";
 const CAPTURE_TIME_NS: u64 = 1_700_000_000_123_456_789;
 
-/// Superblock field offsets (image-format/FORMAT.md, superblock table).
-pub mod sb {
-    pub const MAJOR: usize = 16;
-    pub const MINOR: usize = 18;
-    pub const SIZE: usize = 20;
-    pub const INCOMPAT: usize = 24;
-    pub const COMPAT: usize = 32;
-    pub const PAGE_SIZE: usize = 40;
-    pub const STATE: usize = 44;
-    pub const UUID: usize = 48;
-    pub const CAPTURE_TIME: usize = 64;
-    pub const CONSUMED_TIME: usize = 72;
-    pub const METADATA_OFFSET: usize = 80;
-    pub const METADATA_LEN: usize = 88;
-    pub const METADATA_CRC: usize = 96;
-    pub const INDEX_CRC: usize = 100;
-    pub const DATA_OFFSET: usize = 104;
-    pub const DATA_LEN: usize = 112;
-    pub const INDEX_OFFSET: usize = 120;
-    pub const CHUNK_COUNT: usize = 128;
-    pub const TRAILER_OFFSET: usize = 136;
-    pub const IMAGE_LEN: usize = 144;
-    pub const TOTAL_PAGES: usize = 152;
-    pub const ZERO_PAGES: usize = 160;
-    pub const RESERVED: usize = 168;
-    pub const CRC: usize = 508;
-}
+/// Field offsets of every structure: the format crate's own layout, which
+/// its tests hold to the tables of image-format/FORMAT.md.
+pub use kjump_image_format::layout::{
+    chunk_header as hdr, index_entry as entry, superblock as sb, trailer as trl,
+};
 
-/// Chunk header field offsets.
-pub mod hdr {
-    pub const CODEC: usize = 4;
-    pub const PAGE_COUNT: usize = 5;
-    pub const RESERVED_A: usize = 6;
-    pub const FIRST_PFN: usize = 8;
-    pub const ZERO_BITMAP: usize = 16;
-    pub const STORED_LEN: usize = 24;
-    pub const PAYLOAD_CRC: usize = 28;
-    pub const DATA_CRC: usize = 32;
-    pub const SEQ: usize = 36;
-    pub const UUID: usize = 40;
-    pub const RESERVED_B: usize = 56;
-    pub const CRC: usize = 60;
-}
-
-/// Index entry field offsets (the CRC fields sit where the header's do).
-pub mod entry {
-    pub const OFFSET: usize = 0;
-    pub const FIRST_PFN: usize = 8;
-    pub const ZERO_BITMAP: usize = 16;
-    pub const STORED_LEN: usize = 24;
-    pub const CODEC: usize = 36;
-    pub const PAGE_COUNT: usize = 37;
-    pub const RESERVED: usize = 38;
-}
-
-/// Trailer field offsets.
-pub mod trl {
-    pub const UUID: usize = 8;
-    pub const INDEX_OFFSET: usize = 24;
-    pub const CHUNK_COUNT: usize = 32;
-    pub const INDEX_CRC: usize = 40;
-    pub const METADATA_CRC: usize = 44;
-    pub const DATA_LEN: usize = 48;
-    pub const RESERVED: usize = 56;
-    pub const CRC: usize = 60;
-}
+// `set_chunk_crc` writes a CRC into a header and its index entry at one
+// offset: the format puts both CRC fields at the same place in each.
+const _: () = assert!(hdr::PAYLOAD_CRC == entry::PAYLOAD_CRC && hdr::DATA_CRC == entry::DATA_CRC);
 
 pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -114,7 +58,8 @@ pub fn ranges() -> Vec<PhysRange> {
 /// The same ranges as `kjump capture --ranges` takes them (inclusive ends).
 pub const RANGES_ARG: &str = "0x1000-0x10fff,0x40010-0x43fef,0x100000-0x187fff";
 
-fn random_fill(buf: &mut [u8], seed: u64) {
+/// Fills `buf` with bytes lz4 cannot fold (xorshift64*, from `seed`).
+pub fn random_fill(buf: &mut [u8], seed: u64) {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for b in buf {
         // xorshift64*: enough to defeat lz4.
@@ -441,13 +386,15 @@ impl Fixture {
         let (l, at) = (&self.layout, off as u64);
         match off {
             0..8 => return "BadMagic(superblock@0x0)".into(),
-            8..16 => return arch_outcome(&flipped[8..16]),
-            16..18 => {
-                let major = u16::from_le_bytes([flipped[16], flipped[17]]);
+            8..sb::MAJOR => return arch_outcome(&flipped[8..sb::MAJOR]),
+            sb::MAJOR..sb::MINOR => {
+                let major = u16::from_le_bytes([flipped[sb::MAJOR], flipped[sb::MAJOR + 1]]);
                 return format!("UnsupportedVersion({major}.0)");
             }
-            18..512 => return "Checksum(superblock@0x0)".into(),
-            512..4096 => return format!("PaddingNotZero(after the superblock@{at:#x})"),
+            sb::MINOR..SUPERBLOCK_SIZE => return "Checksum(superblock@0x0)".into(),
+            SUPERBLOCK_SIZE..BLOCK_SIZE => {
+                return format!("PaddingNotZero(after the superblock@{at:#x})")
+            }
             _ => {}
         }
         if at < l.metadata_offset + l.metadata_len {
@@ -459,7 +406,7 @@ impl Fixture {
             }
         }
         if off >= self.trailer_at() {
-            let what = if off < self.trailer_at() + 8 {
+            let what = if off < self.trailer_at() + trl::UUID {
                 "BadMagic"
             } else {
                 "Checksum"
@@ -471,9 +418,9 @@ impl Fixture {
         }
         let i = self.index.partition_point(|e| e.offset.0 <= at) - 1;
         let h = self.index[i].offset.0;
-        match at - h {
-            0..4 => format!("BadMagic(chunk header@{h:#x})"),
-            4..64 => format!("Checksum(chunk header@{h:#x})"),
+        match (at - h) as usize {
+            hdr::MAGIC..hdr::CODEC => format!("BadMagic(chunk header@{h:#x})"),
+            hdr::CODEC..CHUNK_HEADER_SIZE => format!("Checksum(chunk header@{h:#x})"),
             _ => format!("Checksum(chunk {i} payload@{h:#x})"),
         }
     }
@@ -504,10 +451,11 @@ pub fn records(b: &[u8], start: usize, len: usize) -> Vec<(usize, u16, usize)> {
     let mut out = Vec::new();
     let mut at = start;
     while at < start + len {
-        let tag = u16::from_le_bytes([b[at], b[at + 1]]);
-        let n = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
+        let tag = u16::from_le_bytes([b[at + rec::TAG], b[at + rec::TAG + 1]]);
+        let l = at + rec::LEN;
+        let n = u32::from_le_bytes([b[l], b[l + 1], b[l + 2], b[l + 3]]) as usize;
         out.push((at, tag, n));
-        at += 8 + n.next_multiple_of(8);
+        at += rec::SIZE + n.next_multiple_of(rec::ALIGN);
     }
     out
 }

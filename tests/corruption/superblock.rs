@@ -80,7 +80,7 @@ fn sizes_reserved_bytes_and_state_are_checked() {
     let c = |name, at, bytes: &[u8], want: &str| check(f, name, at, bytes, want);
     let mm = "Mismatch(superblock.";
     let want = format!("{mm}size@0x0 expected 0x200 found 0x400)");
-    c("superblock size", sb::SIZE, &[0, 4], &want);
+    c("superblock size", sb::SIZE_FIELD, &[0, 4], &want);
     let want = format!("{mm}page size@0x0 expected 0x1000 found 0x2000)");
     c("page size", sb::PAGE_SIZE, &[0, 0x20], &want);
     let want = "ReservedNotZero(superblock@0xa8 0x1)";

@@ -9,11 +9,12 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
-use kjump_image_format::crypto::{SealHasher, SALT_SIZE, TAG_SIZE};
+use kjump_image_format::crypto::SALT_SIZE;
 use kjump_image_format::{
-    chunk_count, chunk_specs, encode_chunk, plan_layout, ChunkSpec, CryptoParams, EncodedChunk,
-    FormatError, ImageKeys, ImageState, IndexEntry, Kdf, Layout, Metadata, Secret, Superblock,
-    Trailer, BLOCK_SIZE, CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE, PAGE_SIZE,
+    chunk_count, chunk_specs, plan_layout, ChunkCodec, ChunkSpec, CryptoParams, EncodedChunk,
+    FormatError, ImageKeys, ImageSeal, ImageState, IndexEntry, Kdf, Layout, Metadata,
+    MetadataSection, Secret, Superblock, SuperblockSeal, Trailer, BLOCK_SIZE, CHUNK_HEADER_SIZE,
+    INDEX_ENTRY_SIZE, PAGE_SIZE, TAG_SIZE,
 };
 use rayon::prelude::*;
 
@@ -264,23 +265,19 @@ fn capture_with(
     // An encrypted image's metadata is sealed, then followed by its resume
     // record in the clear (what a normal boot needs before the key is
     // asked); the image seal covers both.
-    let mut resume_record_len = 0;
-    let meta_bytes = match keys {
-        Some(k) => {
-            let mut b = k.seal_metadata(&zeroize::Zeroizing::new(metadata.encode()), &opts.uuid);
-            let record = metadata.resume_record().encode();
-            resume_record_len = record.len() as u32;
-            b.extend_from_slice(&record);
-            b
-        }
-        None => metadata.encode(),
+    let (section, codec) = match keys {
+        Some(k) => (
+            MetadataSection::seal(metadata, k, &opts.uuid),
+            ChunkCodec::Sealed(k),
+        ),
+        None => (MetadataSection::plain(metadata), ChunkCodec::Plain),
     };
     let count = chunk_count(&metadata.ranges);
     let (tx, rx) = sync_channel::<Vec<EncodedChunk>>(1);
     let stream = std::thread::scope(|s| {
-        let seal = keys.map(ImageKeys::seal_hasher);
-        let writer = s.spawn(|| write_stream(target, &meta_bytes, count, opts.uuid, seal, rx));
-        let produced = produce(source, metadata, opts, keys, &pool, tx);
+        let seal = keys.map(|k| ImageSeal::over_metadata(k, section.bytes()));
+        let writer = s.spawn(|| write_stream(target, section.bytes(), count, opts.uuid, seal, rx));
+        let produced = produce(source, metadata, opts, codec, &pool, tx);
         let written = writer.join().map_err(|_| CaptureError::WriterDied)?;
         // A producer that stops on a write error returns Ok and leaves the
         // error to the writer; a writer that runs short of chunks leaves it
@@ -294,12 +291,12 @@ fn capture_with(
     target.sync()?;
     sb.state = ImageState::Committed;
     sb.layout = layout;
-    if let (Some(hasher), Some(mut params)) = (stream.seal, sb.crypto) {
-        params.resume_record_len = resume_record_len;
-        sb.crypto = Some(params);
-        // The seal field is zero in what the seal covers.
-        params.seal = hasher.finish(&sb.authenticated_fields());
-        sb.crypto = Some(params);
+    if let (Some(seal), Some(sealing)) = (stream.seal, &sealing) {
+        let params = CryptoParams {
+            resume_record_len: section.resume_record_len(),
+            ..sealing.params
+        };
+        seal.store(&mut sb, params);
     }
     target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
@@ -338,7 +335,7 @@ fn produce(
     source: &MemorySource,
     metadata: &Metadata,
     opts: &CaptureOptions,
-    keys: Option<&ImageKeys>,
+    codec: ChunkCodec,
     pool: &rayon::ThreadPool,
     tx: std::sync::mpsc::SyncSender<Vec<EncodedChunk>>,
 ) -> Result<(), CaptureError> {
@@ -355,11 +352,7 @@ fn produce(
                 .map(|(seq, spec)| {
                     let at = ((spec.first_pfn.0 - first.0) as usize) * PAGE_SIZE;
                     let len = usize::from(spec.page_count) * PAGE_SIZE;
-                    let mut c = encode_chunk(spec, *seq, opts.uuid, &data[at..at + len]);
-                    if let Some(k) = keys {
-                        k.seal_chunk(&mut c);
-                    }
-                    c
+                    codec.encode(spec, *seq, opts.uuid, &data[at..at + len])
                 })
                 .collect()
         });
@@ -377,7 +370,7 @@ fn produce(
 struct Stream {
     layout: Layout,
     stored_pages: u64,
-    seal: Option<SealHasher>,
+    seal: Option<SuperblockSeal>,
 }
 
 /// Positional writes gathered into large aligned blocks.
@@ -436,14 +429,9 @@ fn write_stream(
     meta_bytes: &[u8],
     count: u64,
     uuid: [u8; 16],
-    mut seal: Option<SealHasher>,
+    mut seal: Option<ImageSeal>,
     rx: Receiver<Vec<EncodedChunk>>,
 ) -> Result<Stream, CaptureError> {
-    // The seal covers metadata, index and trailer in this order; the
-    // superblock fields are added at the commit.
-    if let Some(h) = seal.as_mut() {
-        h.update(meta_bytes);
-    }
     let meta_len = meta_bytes.len() as u64;
     let start = plan_layout(meta_len, 0, 0).ok_or(CaptureError::TooLarge)?;
     let mut w = BlockWriter {
@@ -476,8 +464,8 @@ fn write_stream(
     for e in &index {
         let b = e.encode();
         crc.update(&b);
-        if let Some(h) = seal.as_mut() {
-            h.update(&b);
+        if let Some(s) = seal.as_mut() {
+            s.index(&b);
         }
         w.push(&b)?;
     }
@@ -489,18 +477,8 @@ fn write_stream(
     layout.metadata_crc = crc32fast::hash(meta_bytes);
     layout.total_pages = stored_pages + zero_pages;
     layout.zero_pages = zero_pages;
-    let trailer = Trailer {
-        uuid,
-        index_offset: layout.index_offset,
-        chunk_count: count,
-        index_crc: layout.index_crc,
-        metadata_crc: layout.metadata_crc,
-        data_len,
-    };
-    let trailer = trailer.encode();
-    if let Some(h) = seal.as_mut() {
-        h.update(&trailer);
-    }
+    let trailer = Trailer::of(uuid, &layout).encode();
+    let seal = seal.map(|s| s.trailer(&trailer));
     w.push(&trailer)?;
     w.pad_to(layout.image_len)?;
     debug_assert_eq!(w.pos() % BLOCK_SIZE as u64, 0);

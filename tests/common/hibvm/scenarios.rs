@@ -17,8 +17,8 @@ use super::flows::{
 };
 use super::{dir, new_disk_of, rig_for, Boot, BootOpts, Kernel, Line};
 
-/// The superblock field holding the offset of the first chunk (FORMAT.md).
-const DATA_OFFSET_FIELD: u64 = 104;
+/// The superblock field holding the offset of the first chunk.
+const DATA_OFFSET_FIELD: u64 = kjump_image_format::layout::superblock::DATA_OFFSET as u64;
 /// The encrypted cycle's passphrase.
 pub const PASSPHRASE: &str = "correct-horse-battery";
 
