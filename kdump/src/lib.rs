@@ -1,0 +1,20 @@
+//! kjump as a kdump dump collector.
+//!
+//! - [`vmcoreinfo`]: the `KEY=VALUE` text a kernel publishes for dump
+//!   tools, and the struct page layout and address-translation facts taken
+//!   from it.
+//! - [`mem`]: physical memory behind a trait.
+//! - [`core`]: a small ELF64 core reader (`/proc/vmcore` and copies of it)
+//!   as physical memory.
+//!
+//! Nothing here touches a system interface: memory comes through
+//! [`mem::PhysMemory`], output goes to any `Write + Seek`.
+
+#![forbid(unsafe_code)]
+
+pub mod core;
+pub mod mem;
+pub mod vmcoreinfo;
+
+pub use mem::{PhysMemory, PhysReadError};
+pub use vmcoreinfo::{VmcoreInfo, VmcoreInfoError};
