@@ -190,6 +190,8 @@ pub enum FilterError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Exclusions {
     runs: Vec<(u64, u64)>,
+    /// Frames in the runs before each run.
+    prefix: Vec<u64>,
 }
 
 impl Exclusions {
@@ -208,7 +210,25 @@ impl Exclusions {
             }
             out.push((first, count));
         }
-        Exclusions { runs: out }
+        let mut total = 0;
+        let prefix = out
+            .iter()
+            .map(|r| {
+                let before = total;
+                total += r.1;
+                before
+            })
+            .collect();
+        Exclusions { runs: out, prefix }
+    }
+
+    /// Frames left out below `pfn`.
+    pub fn before(&self, pfn: u64) -> u64 {
+        let i = self.runs.partition_point(|r| r.0 < pfn);
+        match i.checked_sub(1) {
+            None => 0,
+            Some(j) => self.prefix[j] + self.runs[j].1.min(pfn - self.runs[j].0),
+        }
     }
 
     /// The runs, `(first frame, count)`, sorted and disjoint.
@@ -218,7 +238,9 @@ impl Exclusions {
 
     /// Frames left out.
     pub fn pages(&self) -> u64 {
-        self.runs.iter().map(|r| r.1).sum()
+        self.prefix
+            .last()
+            .map_or(0, |p| p + self.runs[self.runs.len() - 1].1)
     }
 
     /// Whether nothing is left out.
@@ -834,6 +856,7 @@ mod tests {
             }
             for pfn in 0..400 {
                 proptest::prop_assert_eq!(e.contains(pfn), set.contains(&pfn));
+                proptest::prop_assert_eq!(e.before(pfn), set.range(..pfn).count() as u64);
             }
             let mask = e.mask(Pfn(first), count);
             for i in 0..count {

@@ -9,6 +9,8 @@
 //!   from its struct page.
 //! - [`core`]: a small ELF64 core reader (`/proc/vmcore` and copies of it)
 //!   as physical memory.
+//! - [`diskdump`]: the kdump-compressed format makedumpfile writes and
+//!   `crash` reads; [`diskdump_read`] reads it back.
 //!
 //! Nothing here touches a system interface: memory comes through
 //! [`mem::PhysMemory`], output goes to any `Write + Seek`.
@@ -16,6 +18,8 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod diskdump;
+pub mod diskdump_read;
 pub mod filter;
 pub mod mem;
 pub mod vmcoreinfo;
