@@ -39,7 +39,7 @@ pub use chunk::{
 };
 pub use crypto::{CryptoParams, ImageKeys, Kdf, Secret, SecretError};
 pub use error::FormatError;
-pub use metadata::Metadata;
+pub use metadata::{ExcludedPages, Metadata};
 pub use placement::{Placement, Segment};
 pub use reader::{Image, ReadAt};
 pub use superblock::{ImageState, Layout, Superblock, SUPERBLOCK_SIZE};
