@@ -53,19 +53,27 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Write the saved memory out as an ELF64 core (for crash, drgn, gdb)
+    /// Write the saved memory out as an ELF64 core (for crash, drgn, gdb) or a kdump-compressed file (for crash, drgn)
     Export {
         #[command(flatten)]
         at: cmd::ImageAt,
         #[command(flatten)]
         key: cmd::KeyArgs,
-        /// The ELF core to write
+        /// The file to write
         #[arg(long, short)]
         output: PathBuf,
+        /// elf: an ELF64 core; kdump: makedumpfile's kdump-compressed format (frames a filtered capture left out are marked excluded)
+        #[arg(long, value_enum, default_value = "elf")]
+        format: ExportFormat,
+        /// With --format kdump: how pages are compressed
+        #[arg(long, value_enum, default_value = "snappy")]
+        compress: cmd::kdump::KdumpCodec,
         /// Worker threads (default: all CPUs)
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Save a crashed kernel's memory as kdump's collector: called as makedumpfile is, `kjump collect [-d LEVEL] [-l|-c|-p|-z] /proc/vmcore DEST`; exit 0 only when the image is committed
+    Collect(cmd::kdump::CollectArgs),
     /// Invalidate an image so that it is never resumed, and give a swap area back to swap
     Discard {
         #[command(flatten)]
@@ -101,6 +109,15 @@ enum Command {
         #[arg(long = "file", value_parser = cmd::initramfs::parse_extra)]
         files: Vec<kjump_initramfs::ExtraFile>,
     },
+}
+
+/// What `kjump export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// An ELF64 core
+    Elf,
+    /// The kdump-compressed format
+    Kdump,
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -163,8 +180,11 @@ fn main() -> ExitCode {
             at,
             key,
             output,
+            format,
+            compress,
             threads,
-        } => cmd::inspect::export(&at, &key, &output, threads),
+        } => cmd::inspect::export(&at, &key, &output, (format, compress), threads),
+        Command::Collect(args) => cmd::kdump::collect(args),
         Command::Discard { at } => cmd::discard::discard(&at),
         Command::Prepare { file, size } => cmd::discard::prepare(&file, size),
         Command::Hibernate(args) => cmd::hibernate::run(args),

@@ -57,7 +57,7 @@ pub use error::FormatError;
 pub use layout::{
     block_align, plan_layout, Layout, ARCH_NAME, BLOCK_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
 };
-pub use metadata::Metadata;
+pub use metadata::{ExcludedPages, Metadata};
 pub use placement::{Placement, Segment};
 pub use reader::{Image, ReadAt};
 pub use seal::{ImageSeal, SuperblockSeal};

@@ -37,6 +37,10 @@ pub enum Tag {
     Source = 7,
     /// A free-form `key_len: u16, key, value` pair (UTF-8); may repeat.
     KeyValue = 8,
+    /// Frames a filtered capture left out (kdump dump levels): `level: u32`,
+    /// zero `u32`, then runs `first_pfn: u64, count: u64`. Required: a
+    /// reader that does not know it would take them for zero pages.
+    ExcludedPages = 9,
 }
 
 impl Tag {
@@ -50,6 +54,7 @@ impl Tag {
             6 => Tag::JumpBackEntry,
             7 => Tag::Source,
             8 => Tag::KeyValue,
+            9 => Tag::ExcludedPages,
             _ => return None,
         })
     }
@@ -74,6 +79,103 @@ pub struct Metadata {
     pub source: Option<String>,
     /// Free-form pairs, in order.
     pub extra: Vec<(String, String)>,
+    /// Frames left out by a filtered capture (a kdump dump level), which
+    /// are not stored and are not zero.
+    pub excluded: Option<ExcludedPages>,
+}
+
+/// Frames a filtered capture left out: stored nowhere, marked in their
+/// chunks' zero bitmaps, and never to be read as zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExcludedPages {
+    /// The makedumpfile dump level the capture filtered at (0 to 31).
+    pub level: u32,
+    /// Runs `(first frame, count)`: sorted, non-empty, with gaps between
+    /// them, each inside one saved range.
+    pub runs: Vec<(u64, u64)>,
+}
+
+impl ExcludedPages {
+    /// Frames left out.
+    pub fn pages(&self) -> u64 {
+        self.runs.iter().map(|r| r.1).sum()
+    }
+
+    /// Bit `i` set when frame `first + i` is left out, for up to 64 frames.
+    pub fn mask(&self, first: u64, count: u32) -> u64 {
+        let end = first + u64::from(count);
+        let mut mask = 0u64;
+        let mut i = self.runs.partition_point(|r| r.0 + r.1 <= first);
+        while let Some(&(f, n)) = self.runs.get(i) {
+            if f >= end {
+                break;
+            }
+            let (lo, hi) = (f.max(first) - first, (f + n).min(end) - first);
+            mask |= if hi - lo >= 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            i += 1;
+        }
+        mask
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(8 + 16 * self.runs.len());
+        b.extend_from_slice(&self.level.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for &(f, n) in &self.runs {
+            b.extend_from_slice(&f.to_le_bytes());
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        b
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, String> {
+        if v.len() < 8 || (v.len() - 8) % 16 != 0 {
+            return Err(format!(
+                "excluded pages record of {} bytes is not 8 plus a multiple of 16",
+                v.len()
+            ));
+        }
+        let level = u32_at(v, 0);
+        if level > 31 || u32_at(v, 4) != 0 {
+            return Err(format!(
+                "excluded pages record: dump level {level} (0 to 31) or reserved {:#x} (0)",
+                u32_at(v, 4)
+            ));
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity((v.len() - 8) / 16);
+        for (i, pair) in v[8..].chunks_exact(16).enumerate() {
+            let (f, n) = (u64_at(pair, 0), u64_at(pair, 8));
+            let after_last = runs.last().map_or(Some(0), |l| (l.0 + l.1).checked_add(1));
+            if n == 0 || f.checked_add(n).is_none() || after_last.map_or(true, |a| f < a) {
+                return Err(format!(
+                    "excluded run {i} (frame {f:#x}, {n} frames) is empty, overflows or does not follow the previous one with a gap"
+                ));
+            }
+            runs.push((f, n));
+        }
+        Ok(ExcludedPages { level, runs })
+    }
+
+    /// Checks that every run lies inside one range of `map`.
+    fn check_inside(&self, map: &MemoryMap) -> Result<(), String> {
+        for &(f, n) in &self.runs {
+            let inside = map
+                .ranges()
+                .iter()
+                .any(|r| r.first_pfn().0 <= f && f + n <= r.end_pfn().0);
+            if !inside {
+                return Err(format!(
+                    "excluded frames {f:#x}..{:#x} lie outside the saved ranges",
+                    f + n
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Key of the key/value record holding the capture kernel's region
@@ -161,6 +263,9 @@ impl Metadata {
                 &e.to_le_bytes(),
             );
         }
+        if let Some(x) = &self.excluded {
+            push_record(&mut out, Tag::ExcludedPages, FLAG_REQUIRED, &x.encode());
+        }
         for (k, v) in &self.extra {
             let mut b = Vec::with_capacity(2 + k.len() + v.len());
             b.extend_from_slice(&(k.len() as u16).to_le_bytes());
@@ -234,6 +339,13 @@ impl Metadata {
                 reason: "no memory ranges recorded".into(),
             });
         }
+        if let Some(x) = &m.excluded {
+            x.check_inside(&m.ranges)
+                .map_err(|reason| FormatError::Metadata {
+                    offset: ImageOffset(base),
+                    reason,
+                })?;
+        }
         Ok(m)
     }
 
@@ -268,6 +380,7 @@ impl Metadata {
                 self.extra.push((text(&v[2..k])?, text(&v[k..])?));
                 Ok(())
             }
+            Tag::ExcludedPages => once(&mut self.excluded, tag, ExcludedPages::decode(v)?),
             Tag::Ranges => Err("ranges handled by the caller".into()),
         }
     }
@@ -307,7 +420,52 @@ mod tests {
                 ("mode".into(), "poweroff".into()),
                 ("k".into(), String::new()),
             ],
+            excluded: None,
         }
+    }
+
+    fn excluded(runs: Vec<(u64, u64)>) -> Metadata {
+        Metadata {
+            excluded: Some(ExcludedPages { level: 31, runs }),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn excluded_pages_round_trip_as_a_required_record() {
+        let m = excluded(vec![(0x10, 4), (0x100, 0x200), (0x400ff, 1)]);
+        let b = m.encode();
+        assert_eq!(Metadata::decode(&b, 4096).unwrap(), m);
+        let x = m.excluded.unwrap();
+        assert_eq!(x.pages(), 0x205);
+        assert_eq!(x.mask(0x0, 64), 0xf << 0x10);
+        assert_eq!(x.mask(0x100, 64), u64::MAX);
+        assert_eq!(x.mask(0x2e0, 64), u64::MAX >> 32);
+        assert_eq!(x.mask(0x400ff, 1), 1);
+        // The record carries the required flag: an older reader refuses it.
+        let at = b.windows(4).position(|w| w == [9, 0, 1, 0]).unwrap();
+        assert_eq!(u16_at(&b, at + 2), FLAG_REQUIRED);
+    }
+
+    #[test]
+    fn bad_excluded_runs_are_refused() {
+        let cases: [(Vec<(u64, u64)>, &str); 4] = [
+            (vec![(0x10, 0)], "is empty"),
+            (vec![(0x10, 4), (0x14, 1)], "with a gap"),
+            (vec![(0x10, 4), (0x8, 1)], "with a gap"),
+            (vec![(0x9f, 2)], "outside the saved ranges"),
+        ];
+        for (runs, want) in cases {
+            let e = Metadata::decode(&excluded(runs.clone()).encode(), 0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{runs:?}: {e}");
+        }
+        let mut b = excluded(vec![(0x10, 1)]).encode();
+        let at = b.windows(4).position(|w| w == [9, 0, 1, 0]).unwrap() + 8;
+        b[at] = 32;
+        let e = Metadata::decode(&b, 0).unwrap_err().to_string();
+        assert!(e.contains("dump level 32"), "{e}");
     }
 
     #[test]

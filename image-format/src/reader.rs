@@ -192,6 +192,9 @@ impl Image {
         };
         let specs: Vec<ChunkSpec> = chunk_specs(&metadata.ranges).collect();
         let index = decode_index(&index_bytes, &specs, &sb)?;
+        if let Some(x) = &metadata.excluded {
+            check_excluded(x, &index, &sb)?;
+        }
         Ok(Image {
             superblock: sb,
             metadata,
@@ -503,6 +506,27 @@ pub fn read_resume_record<R: ReadAt + ?Sized>(src: &R) -> Result<Metadata, Forma
     let sb = committed_superblock(src)?;
     let (_, section_bytes) = metadata_section(src, &sb)?;
     MetadataSection::split(&sb, &section_bytes)?.resume_record()
+}
+
+/// Every excluded frame must be marked not stored in its chunk.
+fn check_excluded(
+    x: &crate::metadata::ExcludedPages,
+    index: &[IndexEntry],
+    sb: &Superblock,
+) -> Result<(), FormatError> {
+    for (i, e) in index.iter().enumerate() {
+        let mask = x.mask(e.first_pfn.0, u32::from(e.page_count));
+        if e.zero_bitmap & mask != mask {
+            return Err(FormatError::mismatch(
+                format!("index entry {i} (an excluded frame stored)"),
+                "zero bitmap",
+                sb.layout.index_offset + (i * INDEX_ENTRY_SIZE) as u64,
+                e.zero_bitmap | mask,
+                e.zero_bitmap,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the index and checks it against the chunk sequence the ranges

@@ -308,6 +308,7 @@ pub fn export(
     at: &ImageAt,
     key: &KeyArgs,
     output: &Path,
+    (format, codec): (crate::ExportFormat, super::kdump::KdumpCodec),
     threads: Option<usize>,
 ) -> Result<(), Failure> {
     let (place, file) = at.open()?;
@@ -329,6 +330,39 @@ pub fn export(
         )));
     }
     let image = open_image(path, &file, key.secret()?.as_ref())?;
+    if format == crate::ExportFormat::Kdump {
+        let started = std::time::Instant::now();
+        let (len, dumped) =
+            super::kdump::export_kdump(&file, &image, output, codec, super::threads(threads))
+                .map_err(|e| {
+                    // A partial file must not pass for a whole one.
+                    let _ = std::fs::remove_file(output);
+                    Failure::error(e.context(format!("exporting {path} to {}", output.display())))
+                })?;
+        println!(
+            "exported {} to {}: kdump-compressed ({codec:?}) of {} with {} frames dumped in {:.2} s",
+            path,
+            output.display(),
+            human(len),
+            dumped,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    if let Some(x) = image
+        .metadata
+        .excluded
+        .as_ref()
+        .filter(|x| !x.runs.is_empty())
+    {
+        // An ELF core cannot say that a frame was left out: its reader
+        // would take those frames for zero pages.
+        return Err(Failure::error(anyhow::anyhow!(
+            "{path} was captured at dump level {} and leaves out {} frames, which an ELF core would show as zero pages: export it with --format kdump, which marks them excluded",
+            x.level,
+            x.pages()
+        )));
+    }
     let report = kjump_restorer::export(
         &file,
         &image,

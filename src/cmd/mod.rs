@@ -5,6 +5,7 @@ pub mod discard;
 pub mod hibernate;
 pub mod initramfs;
 pub mod inspect;
+pub mod kdump;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

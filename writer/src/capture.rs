@@ -352,7 +352,30 @@ fn produce(
                 .map(|(seq, spec)| {
                     let at = ((spec.first_pfn.0 - first.0) as usize) * PAGE_SIZE;
                     let len = usize::from(spec.page_count) * PAGE_SIZE;
-                    codec.encode(spec, *seq, opts.uuid, &data[at..at + len])
+                    let pages = &data[at..at + len];
+                    // Frames a filtered capture leaves out are encoded as
+                    // not stored, like zero pages; the metadata tells them
+                    // apart (FORMAT.md, tag 9).
+                    let mask = metadata
+                        .excluded
+                        .as_ref()
+                        .map_or(0, |x| x.mask(spec.first_pfn.0, u32::from(spec.page_count)));
+                    let cleared;
+                    let pages = if mask == 0 {
+                        pages
+                    } else {
+                        // Excluded pages are never touched, so a mapped
+                        // source never reads them.
+                        let mut v = vec![0u8; len];
+                        for (i, p) in v.chunks_exact_mut(PAGE_SIZE).enumerate() {
+                            if mask >> i & 1 == 0 {
+                                p.copy_from_slice(&pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                            }
+                        }
+                        cleared = v;
+                        &cleared[..]
+                    };
+                    codec.encode(spec, *seq, opts.uuid, pages)
                 })
                 .collect()
         });

@@ -1,0 +1,868 @@
+//! Dump levels: which page frames a crash dump may leave out, decided from
+//! each frame's `struct page` as makedumpfile decides it (its `-d` bits,
+//! makedumpfile.c `__exclude_unnecessary_pages`).
+//!
+//! | bit | pages left out |
+//! |---|---|
+//! | 1 | zero pages (kjump always skips them; this module does not look) |
+//! | 2 | page cache and swap cache without private data |
+//! | 4 | page cache and swap cache, private data or not |
+//! | 8 | user process data: anonymous pages and hugetlbfs pages |
+//! | 16 | free pages (buddy blocks, and unaccepted memory) |
+//!
+//! Hardware-poisoned and logically offline pages are left out at every level
+//! above 1, as makedumpfile does: reading them may fault the machine or
+//! return garbage.
+//!
+//! The struct page array is found at `SYMBOL(vmemmap)` (x86_64 with
+//! SPARSEMEM_VMEMMAP, every kernel since 2.6.24 there) and read through the
+//! dumped kernel's own page tables. A frame whose struct page cannot be read
+//! (its vmemmap page is not in the dump) is kept.
+
+use kjump_image_format::Pfn;
+
+use crate::mem::{PhysMemory, TranslateError, Translator};
+use crate::vmcoreinfo::{KernelLayout, MissingKeys, PageLayout, VmcoreInfo};
+
+/// Frames read per batch of struct pages: makedumpfile's PGMM_CACHED. A
+/// compound page is aligned to its order, so a head page is never the last
+/// of a batch and its second page (which holds the order) is in the batch.
+const BATCH: u64 = 512;
+
+/// A makedumpfile dump level, 0 to 31.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DumpLevel(u8);
+
+impl DumpLevel {
+    /// Zero pages.
+    pub const ZERO: u8 = 1;
+    /// Cache pages without private data.
+    pub const CACHE: u8 = 2;
+    /// Cache pages, private or not.
+    pub const CACHE_PRIVATE: u8 = 4;
+    /// User process data.
+    pub const USER: u8 = 8;
+    /// Free pages.
+    pub const FREE: u8 = 16;
+
+    /// The level `n`, if it is one (0 to 31).
+    pub fn new(n: u8) -> Option<Self> {
+        (n <= 31).then_some(DumpLevel(n))
+    }
+
+    /// The number.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Whether `bit` is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Whether struct pages must be read (any bit above zero pages).
+    pub fn needs_struct_pages(self) -> bool {
+        self.0 & !Self::ZERO != 0
+    }
+
+    /// The level with only the zero-page bit kept: what is left when struct
+    /// pages cannot be read.
+    pub fn zero_only(self) -> Self {
+        DumpLevel(self.0 & Self::ZERO)
+    }
+}
+
+impl std::fmt::Display for DumpLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [
+            (Self::ZERO, "zero"),
+            (Self::CACHE, "cache"),
+            (Self::CACHE_PRIVATE, "cache-private"),
+            (Self::USER, "user"),
+            (Self::FREE, "free"),
+        ]
+        .iter()
+        .filter(|(b, _)| self.has(*b))
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            write!(f, "0 (nothing left out)")
+        } else {
+            write!(f, "{} ({})", self.0, names.join(", "))
+        }
+    }
+}
+
+/// Why a frame was left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageKind {
+    /// A free buddy block, or unaccepted memory.
+    Free,
+    /// Page or swap cache without private data.
+    Cache,
+    /// Page or swap cache with private data (buffer heads).
+    CachePrivate,
+    /// Anonymous or hugetlbfs memory of a process.
+    User,
+    /// Marked hardware-poisoned.
+    HwPoison,
+    /// Logically offline (a balloon driver took it).
+    Offline,
+}
+
+/// How many frames of each kind were left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    /// Free pages.
+    pub free: u64,
+    /// Cache pages without private data.
+    pub cache: u64,
+    /// Cache pages with private data.
+    pub cache_private: u64,
+    /// User pages.
+    pub user: u64,
+    /// Hardware-poisoned pages.
+    pub hwpoison: u64,
+    /// Offline pages.
+    pub offline: u64,
+    /// Frames kept because their struct page could not be read.
+    pub unreadable: u64,
+}
+
+impl KindCounts {
+    fn add(&mut self, kind: PageKind, n: u64) {
+        match kind {
+            PageKind::Free => self.free += n,
+            PageKind::Cache => self.cache += n,
+            PageKind::CachePrivate => self.cache_private += n,
+            PageKind::User => self.user += n,
+            PageKind::HwPoison => self.hwpoison += n,
+            PageKind::Offline => self.offline += n,
+        }
+    }
+
+    /// Frames left out, all kinds.
+    pub fn total(&self) -> u64 {
+        self.free + self.cache + self.cache_private + self.user + self.hwpoison + self.offline
+    }
+}
+
+/// Why struct pages could not be used; the caller falls back to zero pages
+/// only and says why.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The dump carries no VMCOREINFO note.
+    #[error("the dump has no VMCOREINFO note, so kjump cannot tell page cache, user and free pages from kernel memory")]
+    NoVmcoreInfo,
+    /// The dump is of a page size kjump does not filter.
+    #[error("VMCOREINFO gives PAGESIZE={found:?}; kjump filters 4096-byte pages only")]
+    PageSize {
+        /// What was found.
+        found: Option<u64>,
+    },
+    /// The struct page layout is incomplete or unknown.
+    #[error("unknown struct page layout")]
+    Layout(#[source] MissingKeys),
+    /// The struct page array's address is unknown.
+    #[error("VMCOREINFO lacks SYMBOL(vmemmap), the struct page array's address (kjump filters SPARSEMEM_VMEMMAP kernels only)")]
+    NoVmemmap,
+    /// The kernel's page tables are not in the dump.
+    #[error("reading the dumped kernel's page tables (init_top_pgt at physical {at:#x})")]
+    PageTables {
+        /// Where the top table should be.
+        at: u64,
+        /// The cause.
+        #[source]
+        source: TranslateError,
+    },
+    /// Most struct pages could not be read: the layout does not describe
+    /// this dump.
+    #[error("{unreadable} of {total} struct pages could not be read through the dumped kernel's page tables: VMCOREINFO does not describe this memory")]
+    Unreadable {
+        /// Frames whose struct page was unreadable.
+        unreadable: u64,
+        /// Frames looked at.
+        total: u64,
+    },
+}
+
+/// The frames a dump leaves out: sorted, disjoint, non-adjacent runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exclusions {
+    runs: Vec<(u64, u64)>,
+    /// Frames in the runs before each run.
+    prefix: Vec<u64>,
+}
+
+impl Exclusions {
+    /// From runs `(first frame, count)`; sorts and joins them.
+    pub fn from_runs(mut runs: Vec<(u64, u64)>) -> Self {
+        runs.retain(|r| r.1 > 0);
+        runs.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+        for (first, count) in runs {
+            if let Some(last) = out.last_mut() {
+                let end = last.0 + last.1;
+                if first <= end {
+                    last.1 = last.1.max(first + count - last.0);
+                    continue;
+                }
+            }
+            out.push((first, count));
+        }
+        let mut total = 0;
+        let prefix = out
+            .iter()
+            .map(|r| {
+                let before = total;
+                total += r.1;
+                before
+            })
+            .collect();
+        Exclusions { runs: out, prefix }
+    }
+
+    /// Frames left out below `pfn`.
+    pub fn before(&self, pfn: u64) -> u64 {
+        let i = self.runs.partition_point(|r| r.0 < pfn);
+        match i.checked_sub(1) {
+            None => 0,
+            Some(j) => self.prefix[j] + self.runs[j].1.min(pfn - self.runs[j].0),
+        }
+    }
+
+    /// The runs, `(first frame, count)`, sorted and disjoint.
+    pub fn runs(&self) -> &[(u64, u64)] {
+        &self.runs
+    }
+
+    /// Frames left out.
+    pub fn pages(&self) -> u64 {
+        self.prefix
+            .last()
+            .map_or(0, |p| p + self.runs[self.runs.len() - 1].1)
+    }
+
+    /// Whether nothing is left out.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Whether `pfn` is left out.
+    pub fn contains(&self, pfn: u64) -> bool {
+        let i = self.runs.partition_point(|r| r.0 + r.1 <= pfn);
+        self.runs.get(i).is_some_and(|r| r.0 <= pfn)
+    }
+
+    /// Bit `i` set when frame `first + i` is left out, for `count` ≤ 64
+    /// frames.
+    pub fn mask(&self, first: Pfn, count: u32) -> u64 {
+        debug_assert!(count <= 64);
+        let (start, end) = (first.0, first.0 + u64::from(count));
+        let mut mask = 0u64;
+        let mut i = self.runs.partition_point(|r| r.0 + r.1 <= start);
+        while let Some(&(f, n)) = self.runs.get(i) {
+            if f >= end {
+                break;
+            }
+            let (lo, hi) = (f.max(start) - start, (f + n).min(end) - start);
+            let bits = if hi - lo >= 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            mask |= bits;
+            i += 1;
+        }
+        mask
+    }
+
+    /// Keeps only the frames inside `ranges` (`[first, end)` frame pairs).
+    pub fn clip(&self, ranges: &[(u64, u64)]) -> Self {
+        let mut out = Vec::new();
+        for &(f, n) in &self.runs {
+            for &(rs, re) in ranges {
+                let (lo, hi) = (f.max(rs), (f + n).min(re));
+                if lo < hi {
+                    out.push((lo, hi - lo));
+                }
+            }
+        }
+        Exclusions::from_runs(out)
+    }
+}
+
+/// The outcome of a filtering pass.
+#[derive(Clone, Debug)]
+pub struct FilterPlan {
+    /// The level asked for.
+    pub level: DumpLevel,
+    /// Frames left out.
+    pub excluded: Exclusions,
+    /// By kind.
+    pub counts: KindCounts,
+}
+
+/// What one struct page says, for [`classify`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageFields {
+    /// `page.flags`.
+    pub flags: u64,
+    /// `page.mapping`.
+    pub mapping: u64,
+    /// `page._mapcount` (the page type on newer kernels).
+    pub mapcount: u32,
+    /// `page.private`.
+    pub private: u64,
+    /// `page.compound_head`.
+    pub compound_head: u64,
+    /// For a head page, the next page's `flags` (its low byte is the
+    /// folio's order on 6.6 and later).
+    pub next_flags: Option<u64>,
+}
+
+impl PageFields {
+    /// Reads the fields from one struct page's bytes (and the next one's,
+    /// when at hand).
+    pub fn read(layout: &PageLayout, page: &[u8], next: Option<&[u8]>) -> Self {
+        let u64_at = |b: &[u8], o: u64| {
+            let o = o as usize;
+            u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]))
+        };
+        let u32_at = |b: &[u8], o: u64| {
+            let o = o as usize;
+            u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]))
+        };
+        let flags = u64_at(page, layout.flags);
+        PageFields {
+            flags,
+            mapping: u64_at(page, layout.mapping),
+            mapcount: u32_at(page, layout.mapcount),
+            private: u64_at(page, layout.private),
+            compound_head: u64_at(page, layout.compound_head),
+            next_flags: (flags & layout.pg_head_mask != 0)
+                .then(|| next.map(|n| u64_at(n, layout.flags)))
+                .flatten(),
+        }
+    }
+}
+
+/// Whether a `_mapcount` value is the page type `want` (a
+/// `PAGE_*_MAPCOUNT_VALUE`). Since Linux 6.11 the type is the top byte and
+/// the low 24 bits may hold type data; before, the value is compared whole,
+/// as makedumpfile does.
+fn is_type(mapcount: u32, want: Option<u32>) -> bool {
+    match want {
+        Some(w) if w & 0x00ff_ffff == 0 && (0xf0..0xff).contains(&(w >> 24)) => {
+            mapcount >> 24 == w >> 24
+        }
+        Some(w) => mapcount == w,
+        None => false,
+    }
+}
+
+fn bit(flags: u64, n: Option<u32>) -> bool {
+    n.is_some_and(|n| flags & (1u64 << n) != 0)
+}
+
+/// Decides one frame: `None` to keep it, else why it may go and how many
+/// frames from it go with it (a buddy block or a compound page). Tail pages
+/// of compound pages are kept here: their head decides for them.
+pub fn classify(
+    layout: &PageLayout,
+    level: DumpLevel,
+    pfn: u64,
+    p: &PageFields,
+) -> Option<(PageKind, u64)> {
+    let slab = is_type(p.mapcount, layout.slab_type) || bit(p.flags, layout.pg_slab);
+    let anon = p.mapping & 1 != 0 && !slab;
+    let mut order = 0u32;
+    let mut hugetlb = false;
+    if let Some(next) = p.next_flags {
+        if layout.hugetlb_type.is_some() {
+            order = (next & 0xff) as u32;
+            hugetlb = is_type(p.mapcount, layout.hugetlb_type);
+        } else if let Some(b) = layout.pg_hugetlb {
+            order = (next & 0xff) as u32;
+            hugetlb = next & (1u64 << b) != 0;
+        }
+        if order >= 64 || pfn & ((1u64 << order) - 1) != 0 {
+            order = 0;
+        }
+    }
+    let compound = 1u64 << order;
+    if p.compound_head & 1 != 0 {
+        return None;
+    }
+    let cache = bit(p.flags, Some(layout.pg_lru))
+        || (bit(p.flags, Some(layout.pg_swapbacked)) && bit(p.flags, Some(layout.pg_swapcache)));
+    let private = bit(p.flags, Some(layout.pg_private));
+    if level.has(DumpLevel::FREE) && !slab && is_type(p.mapcount, Some(layout.buddy_type)) {
+        let orders = layout.free_area_orders.unwrap_or(64);
+        if p.private >= orders || p.private >= 64 {
+            // makedumpfile warns and keeps it: a free block of an order the
+            // zone cannot have is not trusted.
+            return None;
+        }
+        return Some((PageKind::Free, 1u64 << p.private));
+    }
+    if level.has(DumpLevel::FREE) && is_type(p.mapcount, layout.unaccepted_type) {
+        let orders = layout.free_area_orders.unwrap_or(11).clamp(1, 64);
+        return Some((PageKind::Free, 1u64 << (orders - 1)));
+    }
+    if level.has(DumpLevel::CACHE) && cache && !private && !anon {
+        return Some((PageKind::Cache, compound));
+    }
+    if level.has(DumpLevel::CACHE_PRIVATE) && cache && !anon {
+        let kind = if private {
+            PageKind::CachePrivate
+        } else {
+            PageKind::Cache
+        };
+        return Some((kind, compound));
+    }
+    if level.has(DumpLevel::USER) && (anon || hugetlb) {
+        return Some((PageKind::User, compound));
+    }
+    if bit(p.flags, layout.pg_hwpoison) {
+        return Some((PageKind::HwPoison, compound));
+    }
+    if !slab && is_type(p.mapcount, layout.offline_type) {
+        return Some((PageKind::Offline, compound));
+    }
+    None
+}
+
+/// Decides, for every frame of `ranges` (`[first, end)` frame pairs, sorted),
+/// whether a dump at `level` leaves it out, reading struct pages from `mem`.
+/// Zero pages are not looked at here.
+pub fn plan<M: PhysMemory + ?Sized>(
+    mem: &M,
+    info: Option<&VmcoreInfo>,
+    ranges: &[(u64, u64)],
+    level: DumpLevel,
+) -> Result<FilterPlan, FilterError> {
+    let mut result = FilterPlan {
+        level,
+        excluded: Exclusions::default(),
+        counts: KindCounts::default(),
+    };
+    if !level.needs_struct_pages() {
+        return Ok(result);
+    }
+    let info = info.ok_or(FilterError::NoVmcoreInfo)?;
+    if info.page_size() != Some(4096) {
+        return Err(FilterError::PageSize {
+            found: info.page_size(),
+        });
+    }
+    let page = PageLayout::from_info(info).map_err(FilterError::Layout)?;
+    let kernel = KernelLayout::from_info(info).map_err(FilterError::Layout)?;
+    let vmemmap = info.symbol("vmemmap").ok_or(FilterError::NoVmemmap)?;
+    let top = kernel
+        .text_to_phys(kernel.init_top_pgt)
+        .ok_or(FilterError::Layout(MissingKeys {
+            missing: vec![format!(
+                "SYMBOL(init_top_pgt) in the kernel text mapping (found {:#x})",
+                kernel.init_top_pgt
+            )],
+        }))?;
+    let tr = Translator::new(mem, &kernel).ok_or(FilterError::NoVmemmap)?;
+    // The top table must be readable, or nothing will be.
+    tr.memory()
+        .read_u64(top)
+        .map_err(|source| FilterError::PageTables {
+            at: top,
+            source: TranslateError::Read {
+                vaddr: kernel.init_top_pgt,
+                source,
+            },
+        })?;
+    let mut runs: Vec<(u64, u64, PageKind)> = Vec::new();
+    let mut total = 0u64;
+    let size = page.size as usize;
+    let mut buf = vec![0u8; BATCH as usize * size];
+    let mut readable = vec![true; BATCH as usize];
+    // A buddy block or compound page decided by its first frame may reach
+    // past a batch or a range: its frames are not looked at again.
+    let mut skip_until = 0u64;
+    for &(first, end) in ranges {
+        let mut pfn = first.max(skip_until);
+        while pfn < end {
+            let batch_end = ((pfn / BATCH + 1) * BATCH).min(end);
+            let n = (batch_end - pfn) as usize;
+            total += n as u64;
+            read_batch(
+                &tr,
+                vmemmap,
+                pfn,
+                &mut buf[..n * size],
+                &mut readable[..n],
+                size,
+            );
+            result.counts.unreadable += readable[..n].iter().filter(|r| !**r).count() as u64;
+            let mut i = 0usize;
+            while i < n {
+                if !readable[i] {
+                    i += 1;
+                    continue;
+                }
+                let p = &buf[i * size..(i + 1) * size];
+                let next =
+                    (i + 1 < n && readable[i + 1]).then(|| &buf[(i + 1) * size..(i + 2) * size]);
+                let fields = PageFields::read(&page, p, next);
+                let at = pfn + i as u64;
+                match classify(&page, level, at, &fields) {
+                    Some((kind, count)) => {
+                        runs.push((at, count, kind));
+                        skip_until = at + count;
+                        i = i.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+                    }
+                    None => i += 1,
+                }
+            }
+            pfn = batch_end.max(skip_until);
+        }
+    }
+    if total > 0 && result.counts.unreadable * 2 > total {
+        return Err(FilterError::Unreadable {
+            unreadable: result.counts.unreadable,
+            total,
+        });
+    }
+    let mut plain = Vec::with_capacity(runs.len());
+    for (f, n, kind) in runs {
+        for &(rs, re) in ranges {
+            let (lo, hi) = (f.max(rs), (f + n).min(re));
+            if lo < hi {
+                result.counts.add(kind, hi - lo);
+                plain.push((lo, hi - lo));
+            }
+        }
+    }
+    result.excluded = Exclusions::from_runs(plain);
+    Ok(result)
+}
+
+/// Reads the struct pages of `n` frames from `pfn` into `buf`; frames whose
+/// struct page cannot be read are marked in `readable`.
+fn read_batch<M: PhysMemory + ?Sized>(
+    tr: &Translator<'_, M>,
+    vmemmap: u64,
+    pfn: u64,
+    buf: &mut [u8],
+    readable: &mut [bool],
+    size: usize,
+) {
+    readable.fill(true);
+    if tr.read_virt(vmemmap + pfn * size as u64, buf).is_ok() {
+        return;
+    }
+    for (i, r) in readable.iter_mut().enumerate() {
+        let one = &mut buf[i * size..(i + 1) * size];
+        let at = vmemmap + (pfn + i as u64) * size as u64;
+        *r = tr.read_virt(at, one).is_ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::tests::Tables;
+    use crate::vmcoreinfo::START_KERNEL_MAP;
+
+    const REAL: &[u8] = include_bytes!("../tests/fixtures/vmcoreinfo-6.12.117.txt");
+    const SLAB: u32 = 0xf500_0000;
+    const BUDDY: u32 = 0xf000_0000;
+    const HUGETLB: u32 = 0xf400_0000;
+    const NONE: u32 = 0xffff_ffff;
+
+    fn layout() -> PageLayout {
+        PageLayout::from_info(&VmcoreInfo::parse(REAL).unwrap()).unwrap()
+    }
+
+    fn page(flags: u64, mapping: u64, mapcount: u32) -> PageFields {
+        PageFields {
+            flags,
+            mapping,
+            mapcount,
+            ..PageFields::default()
+        }
+    }
+
+    const LRU: u64 = 1 << 5;
+    const PRIVATE: u64 = 1 << 14;
+    const SWAPCACHE: u64 = 1 << 10;
+    const SWAPBACKED: u64 = 1 << 17;
+    const HEAD: u64 = 1 << 6;
+
+    fn level(n: u8) -> DumpLevel {
+        DumpLevel::new(n).unwrap()
+    }
+
+    #[test]
+    fn each_kind_at_its_level_only() {
+        let l = layout();
+        let file = page(LRU, 0xff27_98a9_0100_0000, 0);
+        assert_eq!(classify(&l, level(1), 0, &file), None);
+        assert_eq!(classify(&l, level(2), 0, &file), Some((PageKind::Cache, 1)));
+        assert_eq!(classify(&l, level(4), 0, &file), Some((PageKind::Cache, 1)));
+        assert_eq!(classify(&l, level(8), 0, &file), None);
+        let buffers = page(LRU | PRIVATE, 0xff27_98a9_0100_0000, 0);
+        assert_eq!(classify(&l, level(2), 0, &buffers), None);
+        assert_eq!(
+            classify(&l, level(4), 0, &buffers),
+            Some((PageKind::CachePrivate, 1))
+        );
+        let anon = page(LRU | SWAPBACKED, 0xff27_98a9_0200_0001, 0);
+        assert_eq!(classify(&l, level(6), 0, &anon), None, "anon is not cache");
+        assert_eq!(classify(&l, level(8), 0, &anon), Some((PageKind::User, 1)));
+        let swapcache = page(SWAPBACKED | SWAPCACHE, 0xff27_98a9_0100_0000, 0);
+        assert_eq!(
+            classify(&l, level(2), 0, &swapcache),
+            Some((PageKind::Cache, 1))
+        );
+        // PG_swapcache alone is another flag's bit (PG_owner_priv_1).
+        assert_eq!(classify(&l, level(2), 0, &page(SWAPCACHE, 0, NONE)), None);
+        let mut free = page(0, 0, BUDDY);
+        free.private = 3;
+        assert_eq!(classify(&l, level(15), 0, &free), None);
+        assert_eq!(classify(&l, level(16), 0, &free), Some((PageKind::Free, 8)));
+        free.private = 11;
+        assert_eq!(
+            classify(&l, level(16), 0, &free),
+            None,
+            "order past MAX_ORDER"
+        );
+        assert_eq!(classify(&l, level(31), 0, &page(0, 0, NONE)), None);
+    }
+
+    #[test]
+    fn slab_pages_are_never_user_pages() {
+        // A slab's fields overlay `mapping`, whose bit 0 is then no anon
+        // mark: makedumpfile before 1.7.5 excluded such pages on 6.10 and
+        // later, kernel memory included.
+        let l = layout();
+        for mapping in [1, 3, 0xdead_0000_0000_0005] {
+            assert_eq!(classify(&l, level(31), 0, &page(0, mapping, SLAB)), None);
+        }
+    }
+
+    #[test]
+    fn compound_pages_go_whole_and_tails_follow_their_head() {
+        let l = layout();
+        let mut thp = page(HEAD | LRU | SWAPBACKED, 0xff27_98a9_0200_0001, 0);
+        thp.next_flags = Some(9);
+        assert_eq!(
+            classify(&l, level(8), 512, &thp),
+            Some((PageKind::User, 512))
+        );
+        // A head whose order does not fit its frame number is taken alone.
+        assert_eq!(classify(&l, level(8), 513, &thp), Some((PageKind::User, 1)));
+        let mut huge = page(HEAD, 0xff27_98a9_0300_0000, HUGETLB);
+        huge.next_flags = Some(9);
+        assert_eq!(
+            classify(&l, level(8), 0, &huge),
+            Some((PageKind::User, 512))
+        );
+        let mut tail = page(0, 1, 0);
+        tail.compound_head = 0xff5d_f176_c000_8001;
+        assert_eq!(classify(&l, level(31), 1, &tail), None);
+    }
+
+    #[test]
+    fn hwpoison_and_offline_go_at_any_level_above_zero() {
+        let mut l = layout();
+        l.pg_hwpoison = Some(19);
+        assert_eq!(
+            classify(&l, level(2), 0, &page(1 << 19, 0, NONE)),
+            Some((PageKind::HwPoison, 1))
+        );
+        assert_eq!(
+            classify(&l, level(2), 0, &page(0, 0, 0xf100_0000)),
+            Some((PageKind::Offline, 1))
+        );
+    }
+
+    #[test]
+    fn page_types_before_6_11_are_compared_whole() {
+        assert!(is_type(0xffff_ff7f, Some(0xffff_ff7f)));
+        assert!(!is_type(0xffff_ff7e, Some(0xffff_ff7f)));
+        // Since 6.11 the low 24 bits may carry data.
+        assert!(is_type(0xf500_0123, Some(SLAB)));
+        assert!(!is_type(0xffff_ffff, Some(SLAB)));
+        assert!(!is_type(SLAB, None));
+    }
+
+    /// Memory with page tables mapping the struct page array of `frames`
+    /// frames at the real fixture's vmemmap address, and the struct pages
+    /// written by `fill`.
+    fn memory(frames: u64, fill: impl Fn(u64) -> [u8; 64]) -> (Vec<u8>, VmcoreInfo) {
+        let vmemmap = 0xff5d_f176_c000_0000u64;
+        let mut t = Tables::new(16 << 20, 0x10_0000);
+        let array_at = 0x20_0000u64;
+        let array_len = frames * 64;
+        let mut off = 0;
+        while off < array_len {
+            t.map(vmemmap + off, array_at + off, 0x1000);
+            off += 0x1000;
+        }
+        for pfn in 0..frames {
+            let at = (array_at + pfn * 64) as usize;
+            t.mem[at..at + 64].copy_from_slice(&fill(pfn));
+        }
+        let text = String::from_utf8_lossy(REAL)
+            .lines()
+            .filter(|l| {
+                !l.starts_with("NUMBER(phys_base)")
+                    && !l.starts_with("SYMBOL(init_top_pgt)")
+                    && !l.starts_with("NUMBER(pgtable_l5_enabled)")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + &format!(
+                "NUMBER(phys_base)=0\nSYMBOL(init_top_pgt)={:x}\nNUMBER(pgtable_l5_enabled)=0\n",
+                START_KERNEL_MAP + t.top
+            );
+        (t.mem, VmcoreInfo::parse(text.as_bytes()).unwrap())
+    }
+
+    fn struct_page(flags: u64, mapping: u64, mapcount: u32, private: u64) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&flags.to_le_bytes());
+        b[24..32].copy_from_slice(&mapping.to_le_bytes());
+        b[40..48].copy_from_slice(&private.to_le_bytes());
+        b[48..52].copy_from_slice(&mapcount.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_pass_over_struct_pages_through_the_page_tables() {
+        // Frames 0x400..0x600: a free order-4 block at 0x410, a file page at
+        // 0x500, an anon page at 0x501, a slab page at 0x502, the rest kernel.
+        let (mem, info) = memory(0x600, |pfn| match pfn {
+            0x410 => struct_page(0, 0, BUDDY, 4),
+            0x500 => struct_page(LRU, 0xff27_98a9_0100_0000, 0, 0),
+            0x501 => struct_page(LRU | SWAPBACKED, 0xff27_98a9_0200_0001, 0, 0),
+            0x502 => struct_page(0, 1, SLAB, 0),
+            _ => struct_page(0, 0, NONE, 0),
+        });
+        let ranges = [(0x400, 0x600)];
+        let p = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x410, 16), (0x500, 2)]);
+        assert_eq!((p.counts.free, p.counts.cache, p.counts.user), (16, 1, 1));
+        assert_eq!(p.counts.unreadable, 0);
+        let p = plan(&mem[..], Some(&info), &ranges, level(2)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x500, 1)]);
+        // A free block reaching past the range is cut to it.
+        let p = plan(&mem[..], Some(&info), &[(0x400, 0x418)], level(16)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x410, 8)]);
+        // Level 1 reads nothing.
+        let p = plan(&[][..], None, &ranges, level(1)).unwrap();
+        assert!(p.excluded.is_empty());
+    }
+
+    #[test]
+    fn frames_whose_struct_page_is_not_mapped_are_kept() {
+        let (mem, info) = memory(0x600, |pfn| match pfn {
+            0x410 => struct_page(0, 0, BUDDY, 0),
+            _ => struct_page(0, 0, NONE, 0),
+        });
+        // Frames 0x600..0x640 have no struct pages mapped: kept, counted.
+        let p = plan(&mem[..], Some(&info), &[(0x400, 0x640)], level(16)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x410, 1)]);
+        assert_eq!(p.counts.unreadable, 0x40);
+        // Mostly unmapped: the layout does not describe this memory.
+        let e = plan(&mem[..], Some(&info), &[(0x400, 0x1000)], level(16)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FilterError::Unreadable {
+                    unreadable: 0xa00,
+                    total: 0xc00
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_input_names_what_is_missing() {
+        let ranges = [(0, 16)];
+        let e = plan(&[0u8; 64][..], None, &ranges, level(31)).unwrap_err();
+        assert!(matches!(e, FilterError::NoVmcoreInfo));
+        let info = VmcoreInfo::parse(b"OSRELEASE=6.12\nPAGESIZE=4096\nSIZE(page)=64\n").unwrap();
+        let e = plan(&[0u8; 64][..], Some(&info), &ranges, level(31)).unwrap_err();
+        let FilterError::Layout(m) = &e else {
+            panic!("{e}")
+        };
+        assert!(m.missing.contains(&"OFFSET(page.flags)".to_string()), "{m}");
+        let no_vmemmap: String = String::from_utf8_lossy(REAL)
+            .lines()
+            .filter(|l| !l.starts_with("SYMBOL(vmemmap)"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let info = VmcoreInfo::parse(no_vmemmap.as_bytes()).unwrap();
+        let e = plan(&[0u8; 64][..], Some(&info), &ranges, level(31)).unwrap_err();
+        assert!(matches!(e, FilterError::NoVmemmap), "{e}");
+        // The real text, but memory without the kernel's page tables.
+        let info = VmcoreInfo::parse(REAL).unwrap();
+        let e = plan(&[0u8; 64][..], Some(&info), &ranges, level(31)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FilterError::PageTables {
+                    at: 0x1dc2_c000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let huge = String::from_utf8_lossy(REAL).replace("PAGESIZE=4096", "PAGESIZE=65536");
+        let info = VmcoreInfo::parse(huge.as_bytes()).unwrap();
+        let e = plan(&[0u8; 64][..], Some(&info), &ranges, level(31)).unwrap_err();
+        assert!(
+            matches!(e, FilterError::PageSize { found: Some(65536) }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(DumpLevel::new(32), None);
+        assert_eq!(
+            level(31).to_string(),
+            "31 (zero, cache, cache-private, user, free)"
+        );
+        assert_eq!(level(0).to_string(), "0 (nothing left out)");
+        assert!(!level(1).needs_struct_pages());
+        assert!(level(16).needs_struct_pages());
+        assert_eq!(level(31).zero_only(), level(1));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn exclusions_agree_with_a_frame_set(
+            runs in proptest::collection::vec((0u64..300, 0u64..40), 0..12),
+            first in 0u64..320,
+            count in 1u32..=64,
+        ) {
+            let set: std::collections::BTreeSet<u64> =
+                runs.iter().flat_map(|&(f, n)| f..f + n).collect();
+            let e = Exclusions::from_runs(runs.clone());
+            proptest::prop_assert_eq!(e.pages(), set.len() as u64);
+            for w in e.runs().windows(2) {
+                proptest::prop_assert!(w[0].0 + w[0].1 < w[1].0, "joined and sorted");
+            }
+            for pfn in 0..400 {
+                proptest::prop_assert_eq!(e.contains(pfn), set.contains(&pfn));
+                proptest::prop_assert_eq!(e.before(pfn), set.range(..pfn).count() as u64);
+            }
+            let mask = e.mask(Pfn(first), count);
+            for i in 0..count {
+                proptest::prop_assert_eq!(mask >> i & 1 == 1, set.contains(&(first + u64::from(i))));
+            }
+            proptest::prop_assert_eq!(mask >> count.min(63) >> u32::from(count == 64), 0);
+        }
+    }
+}

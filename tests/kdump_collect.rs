@@ -1,0 +1,386 @@
+//! `kjump collect` (makedumpfile's calling convention) and `kjump export
+//! --format kdump` on a synthetic kernel core: 8 MiB of RAM whose struct
+//! pages, page tables and VMCOREINFO (the real 6.12 one, with this core's
+//! addresses) say which frames are free, page cache, user or kernel pages.
+//! The filtered image verifies, the left-out frames are recorded as
+//! excluded and read back as excluded (never as zero) from the
+//! kdump-compressed export, and bad input falls back to zero pages only.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::cores::TempDir;
+use kjump_kdump::diskdump_read::{Diskdump, ReadError};
+
+const REAL: &str = include_str!("../kdump/tests/fixtures/vmcoreinfo-6.12.117.txt");
+const PAGE: usize = 4096;
+/// RAM: frames 0x100..0x800 (1 MiB to 8 MiB).
+const FIRST: u64 = 0x100;
+const END: u64 = 0x800;
+const VMEMMAP: u64 = 0xffff_ea00_0000_0000;
+const TEXT: u64 = 0xffff_ffff_8000_0000;
+/// Page tables at 1 MiB, the struct page array at 2 MiB (0x800 × 64 bytes).
+const TABLES: u64 = 0x10_0000;
+const ARRAY: u64 = 0x20_0000;
+
+fn kjump(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kjump"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("running kjump")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = kjump(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kjump {args:?}: {text}");
+    text
+}
+
+/// What each frame of the synthetic RAM is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Kernel,
+    /// The first frame of a free order-3 block.
+    FreeHead,
+    FreeTail,
+    Cache,
+    User,
+    Zero,
+}
+
+fn kind(pfn: u64) -> Kind {
+    match pfn {
+        _ if pfn < 0x300 => Kind::Kernel,
+        0x300..=0x3ff if pfn % 8 == 0 => Kind::FreeHead,
+        0x300..=0x3ff => Kind::FreeTail,
+        0x400..=0x4ff if pfn % 2 == 0 => Kind::Cache,
+        0x400..=0x4ff => Kind::User,
+        0x500..=0x57f => Kind::Zero,
+        _ => Kind::Kernel,
+    }
+}
+
+fn put(mem: &mut [u8], at: u64, v: u64) {
+    mem[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The RAM: page contents, struct pages and 4-level page tables that map
+/// the struct page array at `VMEMMAP`.
+fn ram() -> Vec<u8> {
+    let mut mem = vec![0u8; (END * PAGE as u64) as usize];
+    for pfn in FIRST..END {
+        if kind(pfn) == Kind::Zero {
+            continue;
+        }
+        let at = (pfn * PAGE as u64) as usize;
+        let line = format!("frame {pfn:#x} {:?} ", kind(pfn)).into_bytes();
+        for (i, b) in mem[at..at + PAGE].iter_mut().enumerate() {
+            *b = line[i % line.len()];
+        }
+    }
+    // Page tables: top, then one table per level for the vmemmap range.
+    let (top, l3, l2, l1) = (TABLES, TABLES + 0x1000, TABLES + 0x2000, TABLES + 0x3000);
+    for t in [top, l3, l2, l1] {
+        mem[t as usize..(t + 0x1000) as usize].fill(0);
+    }
+    put(&mut mem, top + ((VMEMMAP >> 39) & 0x1ff) * 8, l3 | 3);
+    put(&mut mem, l3 + ((VMEMMAP >> 30) & 0x1ff) * 8, l2 | 3);
+    put(&mut mem, l2 + ((VMEMMAP >> 21) & 0x1ff) * 8, l1 | 3);
+    for i in 0..(END * 64).div_ceil(PAGE as u64) {
+        put(&mut mem, l1 + i * 8, (ARRAY + i * PAGE as u64) | 3);
+    }
+    let array = ARRAY as usize;
+    mem[array..array + (END * 64) as usize].fill(0);
+    for pfn in 0..END {
+        let p = ARRAY + pfn * 64;
+        let (flags, mapping, mapcount, private) = match kind(pfn) {
+            Kind::FreeHead => (0u64, 0u64, 0xf000_0000u32, 3u64),
+            Kind::Cache => (1 << 5, 0xffff_8880_0100_0000, 0, 0),
+            Kind::User => (1 << 5 | 1 << 17, 0xffff_8880_0200_0001, 0, 0),
+            _ => (0, 0, 0xffff_ffff, 0),
+        };
+        put(&mut mem, p, flags);
+        put(&mut mem, p + 24, mapping);
+        put(&mut mem, p + 40, private);
+        mem[(p + 48) as usize..(p + 52) as usize].copy_from_slice(&mapcount.to_le_bytes());
+    }
+    mem
+}
+
+/// The real VMCOREINFO with this core's page tables and vmemmap, less
+/// the keys named in `drop`.
+fn vmcoreinfo(drop: &[&str]) -> String {
+    let own = [
+        "NUMBER(phys_base)",
+        "SYMBOL(init_top_pgt)",
+        "NUMBER(pgtable_l5_enabled)",
+        "SYMBOL(vmemmap)",
+    ];
+    let mut text: String = REAL
+        .lines()
+        .filter(|l| !own.iter().chain(drop).any(|k| l.starts_with(k)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (k, v) in [
+        ("NUMBER(phys_base)", "0".to_string()),
+        ("SYMBOL(init_top_pgt)", format!("{:x}", TEXT + TABLES)),
+        ("NUMBER(pgtable_l5_enabled)", "0".to_string()),
+        ("SYMBOL(vmemmap)", format!("{VMEMMAP:x}")),
+    ] {
+        if !drop.contains(&k) {
+            text += &format!("{k}={v}\n");
+        }
+    }
+    text
+}
+
+/// An ELF core of the RAM from frame `FIRST` with `info` as its
+/// VMCOREINFO note (none when `None`).
+fn write_core(path: &Path, mem: &[u8], info: Option<&str>) {
+    let mut note = Vec::new();
+    if let Some(info) = info {
+        note.extend(11u32.to_le_bytes());
+        note.extend((info.len() as u32).to_le_bytes());
+        note.extend(0u32.to_le_bytes());
+        note.extend(b"VMCOREINFO\0\0");
+        note.extend(info.as_bytes());
+        note.resize(note.len().next_multiple_of(4), 0);
+    }
+    let phnum = 1 + u16::from(!note.is_empty());
+    let data_at = 0x1000u64;
+    let mut f = vec![0u8; 64];
+    f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    f[16..18].copy_from_slice(&4u16.to_le_bytes());
+    f[18..20].copy_from_slice(&62u16.to_le_bytes());
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[32..40].copy_from_slice(&64u64.to_le_bytes());
+    f[52..54].copy_from_slice(&64u16.to_le_bytes());
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&phnum.to_le_bytes());
+    let ram_len = (END - FIRST) * PAGE as u64;
+    let mut phdr = |t: u32, off: u64, paddr: u64, len: u64| {
+        let mut p = vec![0u8; 56];
+        p[0..4].copy_from_slice(&t.to_le_bytes());
+        p[8..16].copy_from_slice(&off.to_le_bytes());
+        p[24..32].copy_from_slice(&paddr.to_le_bytes());
+        p[32..40].copy_from_slice(&len.to_le_bytes());
+        p[40..48].copy_from_slice(&len.to_le_bytes());
+        f.extend(p);
+    };
+    let note_at = 64 + 56 * u64::from(phnum);
+    if !note.is_empty() {
+        phdr(4, note_at, 0, note.len() as u64);
+    }
+    phdr(1, data_at, FIRST * PAGE as u64, ram_len);
+    f.extend(&note);
+    f.resize(data_at as usize, 0);
+    f.extend(&mem[(FIRST * PAGE as u64) as usize..]);
+    std::fs::write(path, f).expect("writing the core");
+}
+
+fn excluded_at_31(pfn: u64) -> bool {
+    matches!(
+        kind(pfn),
+        Kind::FreeHead | Kind::FreeTail | Kind::Cache | Kind::User
+    )
+}
+
+#[test]
+fn collect_filters_and_the_kdump_export_marks_excluded_frames() {
+    let dir = TempDir::new("kdump-collect");
+    let mem = ram();
+    let core = dir.path("vmcore");
+    write_core(&core, &mem, Some(&vmcoreinfo(&[])));
+    let img = dir.path("dump.img");
+    let (c, i) = (core.to_str().unwrap(), img.to_str().unwrap());
+    let text = ok(&["collect", "-l", "--message-level", "7", "-d", "31", c, i]);
+    assert!(
+        text.contains(
+            "leaving out 512 frames (free 256, cache 128, cache with private data 0, user 128"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("(512 left out, 128 zero)"), "{text}");
+    ok(&["verify", i]);
+    let kd = dir.path("dump.kdump");
+    let k = kd.to_str().unwrap();
+    for codec in ["snappy", "zstd", "none"] {
+        ok(&[
+            "export",
+            i,
+            "-o",
+            k,
+            "--format",
+            "kdump",
+            "--compress",
+            codec,
+        ]);
+        let d = Diskdump::open(std::fs::File::open(&kd).unwrap()).unwrap();
+        assert_eq!(d.dump_level, 30, "zero pages are dumped, the rest left out");
+        assert_eq!(d.vmcoreinfo, vmcoreinfo(&[]).as_bytes());
+        for pfn in FIRST..END {
+            let at = (pfn * PAGE as u64) as usize;
+            match d.read_page(pfn) {
+                Ok(p) => {
+                    assert!(!excluded_at_31(pfn), "{codec}: frame {pfn:#x} dumped");
+                    assert_eq!(p, &mem[at..at + PAGE], "{codec}: frame {pfn:#x}");
+                }
+                Err(ReadError::NotDumped(_)) => {
+                    assert!(excluded_at_31(pfn), "{codec}: frame {pfn:#x} excluded")
+                }
+                Err(e) => panic!("{codec}: frame {pfn:#x}: {e}"),
+            }
+        }
+    }
+    // An ELF core cannot mark a frame excluded: that export is refused.
+    let elf = dir.path("dump.elf");
+    let out = kjump(&["export", i, "-o", elf.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("leaves out 512 frames, which an ELF core would show as zero pages"),
+        "{err}"
+    );
+    // Level 2 leaves out the cache pages only.
+    let img2 = dir.path("dump2.img");
+    ok(&["collect", "-d", "2", c, img2.to_str().unwrap()]);
+    ok(&[
+        "export",
+        img2.to_str().unwrap(),
+        "-o",
+        k,
+        "--format",
+        "kdump",
+    ]);
+    let d = Diskdump::open(std::fs::File::open(&kd).unwrap()).unwrap();
+    for pfn in FIRST..END {
+        assert_eq!(d.is_dumped(pfn), kind(pfn) != Kind::Cache, "frame {pfn:#x}");
+    }
+}
+
+#[test]
+fn bad_input_falls_back_to_zero_pages_and_says_why() {
+    let dir = TempDir::new("kdump-collect-bad");
+    let mem = ram();
+    let cases: [(Option<String>, &str); 3] = [
+        (None, "the dump has no VMCOREINFO note"),
+        (
+            Some(vmcoreinfo(&["OFFSET(page.mapping)", "NUMBER(PG_lru)"])),
+            "VMCOREINFO lacks OFFSET(page.mapping), NUMBER(PG_lru)",
+        ),
+        (
+            Some(vmcoreinfo(&["SYMBOL(vmemmap)"])),
+            "VMCOREINFO lacks SYMBOL(vmemmap)",
+        ),
+    ];
+    for (n, (info, want)) in cases.iter().enumerate() {
+        let core = dir.path(&format!("vmcore{n}"));
+        write_core(&core, &mem, info.as_deref());
+        let img = dir.path(&format!("dump{n}.img"));
+        let text = ok(&[
+            "collect",
+            "-d",
+            "31",
+            core.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ]);
+        assert!(
+            text.contains("dump level 31 (zero, cache, cache-private, user, free) refused"),
+            "{text}"
+        );
+        assert!(text.contains(want), "{want:?} in {text}");
+        assert!(
+            text.contains("dumping with zero pages left out only"),
+            "{text}"
+        );
+        assert!(text.contains("dump level 1 (zero)"), "{text}");
+        ok(&["verify", img.to_str().unwrap()]);
+        let kd = dir.path(&format!("dump{n}.kdump"));
+        ok(&[
+            "export",
+            img.to_str().unwrap(),
+            "-o",
+            kd.to_str().unwrap(),
+            "--format",
+            "kdump",
+        ]);
+        let d = Diskdump::open(std::fs::File::open(&kd).unwrap()).unwrap();
+        assert!((FIRST..END).all(|p| d.is_dumped(p)), "nothing left out");
+    }
+}
+
+#[test]
+fn flattened_output_is_refused() {
+    let out = kjump(&["collect", "-F", "-d", "31", "/proc/vmcore", "/tmp/x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("-F (flattened output to standard output) is not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_full_destination_leaves_the_image_uncommitted_and_fails() {
+    if !nix_root() {
+        common::skip("a_full_destination_leaves_the_image_uncommitted_and_fails needs root to mount a small tmpfs");
+        return;
+    }
+    let dir = TempDir::new("kdump-collect-full");
+    let mnt = dir.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "kjump-full", m])
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tmpfs on {m}");
+    let result = std::panic::catch_unwind(|| {
+        let mem = ram();
+        let core = dir.path("vmcore");
+        write_core(&core, &mem, Some(&vmcoreinfo(&[])));
+        let img = mnt.join("dump.img");
+        let out = kjump(&[
+            "collect",
+            "-d",
+            "1",
+            core.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("the image is left uncommitted"), "{err}");
+        assert!(
+            err.contains("at offset 0x") || err.contains("offset"),
+            "{err}"
+        );
+        assert!(err.contains("No space left on device"), "{err}");
+        let info = kjump(&["info", img.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&info.stdout);
+        assert!(text.contains("state:      incomplete"), "{text}");
+        eprintln!("full destination: {}", err.trim());
+    });
+    let _ = Command::new("umount").arg(m).status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
