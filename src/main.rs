@@ -1,7 +1,10 @@
 //! `kjump`: Linux hibernation through kexec jump.
 //!
 //! This binary parses the command line, sets up logging and maps failures to
-//! documented exit codes; the work lives in the library crates.
+//! documented exit codes; the work lives in the library crates, and every
+//! system call with unsafe code in `kjump-sys`.
+
+#![forbid(unsafe_code)]
 
 mod cmd;
 
@@ -148,11 +151,7 @@ fn main() -> ExitCode {
     // Die quietly of SIGPIPE, as command-line tools do, when the reader of
     // the output goes away (`kjump info DEV | head`), rather than fail a
     // write and panic.
-    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
-    // code; nothing else in this process handles SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    kjump_sys::signal::die_on_sigpipe();
     logger(env_logger::WriteStyle::Auto);
     let cli = Cli::parse();
     let result = match cli.command {

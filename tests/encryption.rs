@@ -21,7 +21,8 @@ use kjump_image_format::{
 };
 use kjump_restorer::restore::restore_with_key;
 use kjump_restorer::ScanError;
-use kjump_writer::{capture, capture_encrypted, Encryption, Place, Target};
+use kjump_sys::{Place, Target};
+use kjump_writer::{capture, capture_encrypted, Encryption};
 
 const KEY: &[u8] = b"kjump-test-key-0123456789abcdef-0123456789abcdef";
 const OTHER_KEY: &[u8] = b"kjump-test-key-fedcba9876543210-fedcba9876543210";

@@ -12,7 +12,7 @@
 use std::fmt;
 
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
-use kjump_writer::ranges;
+use kjump_sys::ranges;
 
 use crate::hibernate::{B_LOW_MEMORY, HEADER_RESERVE};
 

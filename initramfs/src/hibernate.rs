@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Placement};
-use kjump_restorer::kexec;
-use kjump_writer::{ranges, Place};
+use kjump_sys::freemem::{free_memory, MemInfo};
+use kjump_sys::kexec;
+use kjump_sys::swap::{shortfall, SwapArea};
+use kjump_sys::{ranges, Place, Target};
 
 use crate::mailbox::{Mailbox, Report};
 use crate::manifest::{Manifest, Mode};
@@ -303,7 +305,7 @@ fn target_place(
         let place = if opts.dry_run {
             Place::locate(&opts.target, None).map_err(|e| pre(&e))?
         } else {
-            kjump_writer::place::prepare_file(&opts.target, worst).map_err(|e| pre(&e))?
+            kjump_sys::place::prepare_file(&opts.target, worst).map_err(|e| pre(&e))?
         };
         if place.placement == Placement::Whole {
             // Dry run on a file not yet prepared: the real run allocates it.
@@ -317,40 +319,30 @@ fn target_place(
         return Ok((place, Some(room)));
     }
     let place = Place::locate(&opts.target, None).map_err(|e| pre(&e))?;
-    let active = matches!(place.placement, Placement::Swap(_))
-        && kjump_writer::place::is_active_swap(&opts.target);
-    let size = if active {
+    let size = match SwapArea::of(&place).filter(SwapArea::is_active) {
         // The kernel holds it: no exclusive open until it is swapped off.
-        check_swapoff_fits(&opts.target)?;
-        kjump_writer::place::device_size(&opts.target).map_err(|e| pre(&e))?
-    } else {
-        kjump_writer::Target::open_check(&opts.target)
+        Some(swap) => {
+            check_swapoff_fits(&swap)?;
+            kjump_sys::place::device_size(&opts.target).map_err(|e| pre(&e))?
+        }
+        None => Target::open_check(&opts.target)
             .map_err(|e| pre(&e))?
-            .unwrap_or(0)
+            .unwrap_or(0),
     };
     let room = place.placement.segments(size).iter().map(|s| s.len).sum();
     Ok((place, Some(room)))
 }
 
-/// Bytes of RAM missing to swap off an area holding `used` bytes of
-/// swapped-out pages, keeping the kernel a margin (5% of RAM, at least
-/// 64 MiB); `None` when it fits.
-pub fn swapoff_shortfall(used: u64, mem: &crate::freemem::MemInfo) -> Option<u64> {
-    let margin = (mem.total / 20).max(64 << 20);
-    let need = used.saturating_add(margin);
-    (need > mem.available).then(|| need - mem.available)
-}
-
 /// An active swap area can take the image once it is swapped off, which
 /// needs room in RAM for every page swapped out to it.
-fn check_swapoff_fits(target: &Path) -> Result<(), HibernateError> {
-    let used = kjump_writer::place::swap_used_bytes(target).unwrap_or(0);
-    let mem = crate::freemem::MemInfo::read().map_err(HibernateError::Preflight)?;
-    match swapoff_shortfall(used, &mem) {
+fn check_swapoff_fits(swap: &SwapArea) -> Result<(), HibernateError> {
+    let used = swap.used_bytes().unwrap_or(0);
+    let mem = MemInfo::read().map_err(|e| HibernateError::Preflight(crate::error_chain(&e)))?;
+    match shortfall(used, &mem) {
         None => Ok(()),
         Some(missing) => Err(HibernateError::Preflight(format!(
             "{} is an active swap area holding {} MiB of swapped-out pages; swapping it off needs that much RAM and a margin for the kernel, and {} MiB is available: {} MiB is missing (close programs, or hibernate to another target)",
-            target.display(),
+            swap.device().display(),
             used >> 20,
             mem.available >> 20,
             missing.div_ceil(1 << 20)
@@ -362,10 +354,9 @@ fn check_swapoff_fits(target: &Path) -> Result<(), HibernateError> {
 /// memory. Returns whether the target was swapped off (and so is swapped on
 /// again afterwards).
 fn prepare_ram(opts: &HibernateOptions, place: &Place) -> Result<bool, HibernateError> {
-    let active = matches!(place.placement, Placement::Swap(_))
-        && kjump_writer::place::is_active_swap(&place.holder);
-    if active {
-        let used = kjump_writer::place::swap_used_bytes(&place.holder).unwrap_or(0);
+    let active = SwapArea::of(place).filter(SwapArea::is_active);
+    if let Some(swap) = &active {
+        let used = swap.used_bytes().unwrap_or(0);
         if opts.dry_run {
             println!(
                 "would swap off {} ({} MiB in use) and swap it on again after the resume",
@@ -373,7 +364,7 @@ fn prepare_ram(opts: &HibernateOptions, place: &Place) -> Result<bool, Hibernate
                 used >> 20
             );
         } else {
-            kjump_writer::place::swap_off(&place.holder)
+            swap.swap_off()
                 .map_err(|e| HibernateError::Preflight(crate::error_chain(&e)))?;
             println!(
                 "swapped off {} ({} MiB read back into RAM); it is swapped on again after the resume",
@@ -386,18 +377,18 @@ fn prepare_ram(opts: &HibernateOptions, place: &Place) -> Result<bool, Hibernate
         if opts.dry_run {
             println!("would drop the page cache and zero free RAM (--free-memory)");
         } else {
-            match crate::freemem::free_memory() {
+            match free_memory() {
                 Ok(report) => report.lines().iter().for_each(|l| println!("{l}")),
                 Err(e) => {
-                    if active {
-                        let _ = kjump_writer::place::swap_on(&place.holder);
+                    if let Some(swap) = &active {
+                        let _ = swap.swap_on();
                     }
-                    return Err(HibernateError::Preflight(e));
+                    return Err(HibernateError::Preflight(crate::error_chain(&e)));
                 }
             }
         }
     }
-    Ok(active && !opts.dry_run)
+    Ok(active.is_some() && !opts.dry_run)
 }
 
 /// After this kernel runs again: a swap area it swapped off is given back
@@ -410,9 +401,7 @@ fn give_swap_back(place: &Place, mode: Mode, image: &Result<&'static str, String
             "{dev} stays swapped off: it holds the checkpoint image (kjump discard {dev} gives it back)"
         );
     }
-    let back = place
-        .release_swap()
-        .and_then(|_| kjump_writer::place::swap_on(&place.holder));
+    let back = SwapArea::new(&place.holder).return_to_swap();
     match back {
         Ok(()) => format!("{dev} is swapped on again"),
         Err(e) => format!(
@@ -479,9 +468,8 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let place = preflight(opts, &plan)?;
     let a_cmdline = read("/proc/cmdline")?;
     let cmdline = capture_cmdline(&plan, &a_cmdline, &opts.append);
-    let uuid = kjump_writer::random_uuid();
-    let swap_active = matches!(place.placement, Placement::Swap(_))
-        && kjump_writer::place::is_active_swap(&place.holder);
+    let uuid = kjump_sys::random::uuid();
+    let swap_active = SwapArea::of(&place).is_some_and(|s| s.is_active());
     // Without a mailbox the capture kernel can still fail safely; only its
     // reason then stays on its console.
     let mut mailbox = match Mailbox::open(&plan.saved) {
@@ -511,7 +499,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
             plan.region.end().0 - 1
         ),
         kernel_release: read("/proc/sys/kernel/osrelease")?.trim().to_string(),
-        started_ns: kjump_writer::now_ns(),
+        started_ns: kjump_sys::clock::now_ns(),
         filesystems: crate::fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)
             .iter()
             .map(|d| crate::kernel_name(Path::new(d)))
@@ -559,7 +547,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     if let Err(e) = kexec::jump() {
         load.unload();
         if swapped_off {
-            let _ = kjump_writer::place::swap_on(&place.holder);
+            let _ = SwapArea::new(&place.holder).swap_on();
         }
         return Err(e.into());
     }
@@ -602,28 +590,6 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn swapoff_needs_room_for_the_swapped_pages_and_a_margin() {
-        let mem = crate::freemem::MemInfo {
-            total: 1 << 30,
-            free: 300 << 20,
-            available: 500 << 20,
-            cached: 0,
-        };
-        // 1 GiB of RAM: a 64 MiB margin (5% is 51 MiB).
-        assert_eq!(swapoff_shortfall(0, &mem), None);
-        assert_eq!(swapoff_shortfall(436 << 20, &mem), None);
-        assert_eq!(swapoff_shortfall(437 << 20, &mem), Some(1 << 20));
-        assert_eq!(
-            swapoff_shortfall(2 << 30, &mem),
-            Some((2 << 30) + (64 << 20) - (500 << 20))
-        );
-        assert_eq!(
-            swapoff_shortfall(u64::MAX, &mem),
-            Some(u64::MAX - (500 << 20))
-        );
-    }
 
     const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
         000a0000-000fffff : Reserved\n00100000-3ffdffff : System RAM\n  \

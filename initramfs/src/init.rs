@@ -21,9 +21,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use kjump_image_format::MemoryMap;
-use kjump_restorer::kexec::{self, PowerAction};
-use kjump_writer::{capture, ranges, CaptureOptions, MemorySource, Place, Target};
-use nix::mount::{mount, MsFlags};
+use kjump_sys::kexec;
+use kjump_sys::power::{power, PowerAction};
+use kjump_sys::{ranges, Place, Target};
+use kjump_writer::{capture, CaptureOptions, MemorySource};
 
 use crate::error_chain;
 use crate::mailbox::{MailboxAddress, Report, ReportKind};
@@ -167,19 +168,7 @@ fn check_confinement(manifest: &Manifest, state: &mut State) -> Result<(), Strin
 
 fn mount_all() -> Result<(), String> {
     for m in MOUNTS {
-        let _ = std::fs::create_dir_all(m.target);
-        let flags = MsFlags::empty();
-        match mount(
-            Some(m.fstype),
-            m.target,
-            Some(m.fstype),
-            flags,
-            None::<&str>,
-        ) {
-            // Already mounted (the kernel may mount devtmpfs itself).
-            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
-            Err(e) => return Err(format!("{m}: {e}")),
-        }
+        kjump_sys::mount::mount_kernel_fs(m.fstype, m.target).map_err(|e| format!("{m}: {e}"))?;
     }
     Ok(())
 }
@@ -451,7 +440,7 @@ fn suspend_then_jump_back(entry: u64) -> ! {
     say("suspending to RAM; on wake this kernel jumps back to the saved one, if the power fails the next boot resumes from the image");
     // The wall clock: the monotonic clock stands still while suspended.
     let slept = std::time::SystemTime::now();
-    match std::fs::write("/sys/power/state", "mem") {
+    match kjump_sys::power::suspend_to_ram() {
         Ok(()) => {
             say(format_args!(
                 "woke from suspend to RAM after {:.1} s: RAM is intact, jumping back to the saved kernel at {entry:#x}",
@@ -477,14 +466,14 @@ fn jump_back(entry: u64) {
 }
 
 fn restart_now() -> ! {
-    let e = kexec::power(PowerAction::Restart);
+    let e = power(PowerAction::Restart);
     say(format_args!("restart failed: {e}"));
     power_off_now()
 }
 
 fn power_off_now() -> ! {
     loop {
-        let e = kexec::power(PowerAction::PowerOff);
+        let e = power(PowerAction::PowerOff);
         say(format_args!(
             "power-off failed: {e}; retrying in {COUNTDOWN} s"
         ));

@@ -9,7 +9,6 @@
 
 pub mod confine;
 pub mod cpio;
-pub mod freemem;
 pub mod fsguard;
 pub mod hibernate;
 pub mod init;

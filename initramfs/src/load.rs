@@ -6,15 +6,13 @@
 //! /proc/self/fd, so the key of an encrypted image it may carry stays in RAM, and
 //! that memory is overwritten once the kernel is loaded.
 
-use std::io::{Seek, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
 use zeroize::Zeroizing;
 
 use kjump_image_format::PhysRange;
+use kjump_sys::memfd::MemFile;
 
 use crate::manifest::Manifest;
 
@@ -80,19 +78,14 @@ impl KexecLoad<'_> {
             zeroize::Zeroize::zeroize(bytes);
         }
         let initrd = Zeroizing::new(built.map_err(|e| crate::error_chain(&e))?);
-        let memfd =
-            nix::sys::memfd::memfd_create(c"kjump-initramfs", nix::sys::memfd::MFdFlags::empty())
-                .map_err(|e| format!("creating an in-memory file for the initramfs: {e}"))?;
-        let mut file = std::fs::File::from(memfd);
-        file.write_all(&initrd)
-            .map_err(|e| format!("writing the initramfs to memory: {e}"))?;
-        let _ = file.rewind();
-        // The child inherits the descriptor (no close-on-exec) and reads it
-        // through /proc/self/fd.
-        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let out = Command::new(self.kexec).args(self.args(&path)).output();
-        let _ = file.write_all_at(&vec![0u8; initrd.len()], 0);
-        drop(file);
+        let file = MemFile::with_contents(c"kjump-initramfs", &initrd)
+            .map_err(|e| format!("writing the initramfs to an in-memory file: {e}"))?;
+        // The child inherits the descriptor and reads it through
+        // /proc/self/fd.
+        let out = Command::new(self.kexec)
+            .args(self.args(&file.child_path()))
+            .output();
+        file.wipe();
         let out = out.map_err(|e| format!("running {}: {e}", self.kexec.display()))?;
         if !out.status.success() {
             return Err(format!(

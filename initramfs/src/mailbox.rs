@@ -24,15 +24,14 @@
 //! | 36 | length | message, UTF-8 |
 
 use std::fmt;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
-use memmap2::MmapMut;
+use kjump_sys::pagemap::LockedPage;
+use kjump_sys::physmem::PhysFile;
 
 /// The page size the mailbox occupies.
-pub const PAGE: usize = 4096;
+pub const PAGE: usize = kjump_sys::pagemap::PAGE;
 const MAGIC: &[u8; 8] = b"KJMAILBX";
 const HEADER: usize = 36;
 /// Longest message a report carries; longer ones are cut.
@@ -144,7 +143,7 @@ fn holds_token(page: &[u8], token: &[u8; 16]) -> bool {
 
 /// The jumping kernel's side: a locked page of this process.
 pub struct Mailbox {
-    map: MmapMut,
+    map: LockedPage,
     address: MailboxAddress,
 }
 
@@ -153,14 +152,13 @@ impl Mailbox {
     /// `reachable` (the memory the next kernel can write through
     /// /dev/mem). Needs CAP_SYS_ADMIN for the physical address.
     pub fn open(reachable: &MemoryMap) -> Result<Mailbox, String> {
-        let mut map =
-            MmapMut::map_anon(PAGE).map_err(|e| format!("mapping a page for the mailbox: {e}"))?;
-        let token = kjump_writer::random_uuid();
-        map[..8].copy_from_slice(MAGIC);
-        map[8..24].copy_from_slice(&token);
-        map.lock()
-            .map_err(|e| format!("locking the mailbox page in RAM: {e}"))?;
-        let phys = physical_address(map.as_ptr() as u64)?;
+        let token = kjump_sys::random::uuid();
+        let map = LockedPage::new(|page| {
+            page[..8].copy_from_slice(MAGIC);
+            page[8..24].copy_from_slice(&token);
+        })
+        .map_err(|e| crate::error_chain(&e))?;
+        let phys = map.phys();
         let page = PhysRange::from_start_len(PhysAddr(phys), PAGE as u64)
             .map_err(|e| format!("mailbox page at {phys:#x}: {e}"))?;
         if !reachable
@@ -194,37 +192,13 @@ impl Mailbox {
     }
 }
 
-/// The physical address of this process's resident page at `vaddr`, from
-/// /proc/self/pagemap (bits 0-54 the frame number, bit 63 present; the
-/// kernel shows frame 0 to a reader without CAP_SYS_ADMIN).
-fn physical_address(vaddr: u64) -> Result<u64, String> {
-    let page = PAGE as u64;
-    let file =
-        File::open("/proc/self/pagemap").map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;
-    let mut entry = [0u8; 8];
-    file.read_exact_at(&mut entry, vaddr / page * 8)
-        .map_err(|e| format!("reading /proc/self/pagemap for {vaddr:#x}: {e}"))?;
-    let entry = u64::from_le_bytes(entry);
-    let pfn = entry & ((1 << 55) - 1);
-    if entry >> 63 == 0 || pfn == 0 {
-        return Err(format!(
-            "/proc/self/pagemap gives no frame for {vaddr:#x} (entry {entry:#x}): not root?"
-        ));
-    }
-    Ok(pfn * page + vaddr % page)
-}
-
 /// The other kernel's side: writes `report` into the mailbox at `at`
 /// through `mem` (/dev/mem), after checking that the page there still
 /// holds the magic and the token.
 pub fn post(mem: &Path, at: &MailboxAddress, report: &Report) -> Result<(), String> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .open(mem)
-        .map_err(|e| format!("opening {}: {e}", mem.display()))?;
+    let file = PhysFile::open(mem).map_err(|e| format!("opening {}: {e}", mem.display()))?;
     let mut page = vec![0u8; PAGE];
-    file.read_exact_at(&mut page, at.phys)
+    file.read_at(&mut page, at.phys)
         .map_err(|e| format!("reading the mailbox at {:#x}: {e}", at.phys))?;
     if !holds_token(&page, &at.token) {
         return Err(format!(
@@ -234,7 +208,7 @@ pub fn post(mem: &Path, at: &MailboxAddress, report: &Report) -> Result<(), Stri
     }
     page[24..].fill(0);
     report.encode_into(&mut page);
-    file.write_all_at(&page[24..], at.phys + 24)
+    file.write_at(&page[24..], at.phys + 24)
         .map_err(|e| format!("writing the mailbox at {:#x}: {e}", at.phys))
 }
 

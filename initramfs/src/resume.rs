@@ -21,8 +21,8 @@ use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{
     CryptoParams, Image, ImageKeys, ImageState, Kdf, PhysAddr, PhysRange, Placement, Secret,
 };
-use kjump_restorer::kexec;
-use kjump_writer::{ranges, Place};
+use kjump_sys::kexec;
+use kjump_sys::{ranges, Place};
 
 use crate::hibernate::{capture_cmdline, JumpPlan};
 use crate::mailbox::{Mailbox, Report, ReportKind};
@@ -377,7 +377,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
             plan.region.end().0 - 1
         ),
         kernel_release: found.release,
-        started_ns: kjump_writer::now_ns(),
+        started_ns: kjump_sys::clock::now_ns(),
         filesystems: Vec::new(),
     };
     // Preserve-context: R jumps back here when it does not resume.

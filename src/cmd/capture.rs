@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use kjump_image_format::{Kdf, MemoryMap, Secret, PAGE_SIZE};
-use kjump_writer::{
-    capture, capture_encrypted, ranges, CaptureOptions, Encryption, MemorySource, Place, Target,
-};
+use kjump_sys::{ranges, Place, Target};
+use kjump_writer::{capture, capture_encrypted, CaptureOptions, Encryption, MemorySource};
 
 use crate::Failure;
 

@@ -204,7 +204,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
 /// `kjump selftest`: the running kernel's half of every kjump jump, tried
 /// on its own (Linux's tools/testing/selftests/kexec/test_kexec_jump).
 pub fn selftest(jumps: u32) -> Result<(), Failure> {
-    use kjump_restorer::kexec;
+    use kjump_sys::kexec;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
         .unwrap_or_else(|_| "an unknown release".into());

@@ -5,7 +5,7 @@ use std::path::Path;
 use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{FormatError, Image, ImageState, Kdf, Secret, Superblock, PAGE_SIZE};
 use kjump_restorer::ScanError;
-use kjump_writer::{Place, PlaceReader};
+use kjump_sys::{Place, PlaceReader};
 use serde_json::json;
 
 use super::{human, ImageAt, KeyArgs};

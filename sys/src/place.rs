@@ -7,16 +7,16 @@
 //! map, on the running system that owns the filesystem.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use kjump_image_format::placement::{
-    detect, read_mapped, swap_signature, Extent, ExtentMap, SwapSignature, MAP_HEADER_LEN, MAP_LEN,
-    MAP_MAGIC, SWAP_HEADER_LEN,
+    detect, ExtentMap, Mapped, MAP_HEADER_LEN, MAP_LEN, MAP_MAGIC,
 };
-use kjump_image_format::{FormatError, Placement, ReadAt, Segment, BLOCK_SIZE};
+use kjump_image_format::{FormatError, Placement, BLOCK_SIZE};
+
+use crate::block::{self, drop_cache};
+use crate::fiemap::file_extents;
 
 /// A place that cannot be found, prepared or used.
 #[derive(Debug, thiserror::Error)]
@@ -70,24 +70,16 @@ pub struct Place {
     pub placement: Placement,
 }
 
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PlaceError + 'a {
+/// Wraps an I/O error of `what` on `path`.
+pub(crate) fn io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> PlaceError + 'a {
     move |source| PlaceError::Io {
         what,
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Drops a block device's cached pages: another kernel (the capture or
-/// restore kernel) may have written it since this one last read it, and a
-/// device that stays open, as a mounted filesystem's does, keeps its cache.
-fn drop_cache(file: &File) {
-    let _ = nix::fcntl::posix_fadvise(
-        file,
-        0,
-        0,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
 }
 
 impl Place {
@@ -214,128 +206,13 @@ impl Place {
         if self.block_device {
             drop_cache(&file);
         }
-        let size = ReadAt::size(&file).map_err(io("measuring", &self.holder))?;
-        let segments = self.placement.segments(size);
-        let len = segments.iter().map(|s| s.len).sum();
-        Ok(PlaceReader {
-            file,
-            segments,
-            len,
-        })
-    }
-
-    /// Gives a swap area held for an image back to swap: writes its
-    /// signature back. `None` when there was nothing to give back (not a
-    /// swap area, or not held); else whether the area was swapped on when
-    /// kjump took it, so that the caller swaps it on again.
-    pub fn release_swap(&self) -> Result<Option<bool>, PlaceError> {
-        if !matches!(self.placement, Placement::Swap(_)) {
-            return Ok(None);
-        }
-        let was = set_swap_signature(&self.holder, SwapSignature::Free)?;
-        Ok(was.is_held().then_some(was == SwapSignature::HeldWasActive))
-    }
-
-    /// Marks a swap area as holding an image, so that `swapon` refuses it,
-    /// noting whether it was swapped on before. Returns whether the
-    /// signature changed.
-    pub fn hold_swap(&self, was_active: bool) -> Result<bool, PlaceError> {
-        if !matches!(self.placement, Placement::Swap(_)) {
-            return Ok(false);
-        }
-        let to = if was_active {
-            SwapSignature::HeldWasActive
-        } else {
-            SwapSignature::Held
-        };
-        Ok(set_swap_signature(&self.holder, to)? != to)
+        Mapped::new(file, &self.placement).map_err(io("measuring", &self.holder))
     }
 }
 
-/// Rewrites the signature of the swap header on `device`; returns the one
-/// it had.
-fn set_swap_signature(device: &Path, to: SwapSignature) -> Result<SwapSignature, PlaceError> {
-    use kjump_image_format::placement::SWAP_MAGIC_OFFSET;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .map_err(io("opening", device))?;
-    let mut head = vec![0u8; SWAP_HEADER_LEN as usize];
-    FileExt::read_exact_at(&f, &mut head, 0).map_err(io("reading the swap header of", device))?;
-    let now = swap_signature(&head).ok_or_else(|| PlaceError::Unsupported {
-        path: device.to_path_buf(),
-        why: "its swap header has no swap signature any more".into(),
-    })?;
-    if now == to {
-        return Ok(now);
-    }
-    f.write_all_at(to.magic(), SWAP_MAGIC_OFFSET as u64)
-        .map_err(io("writing the swap signature of", device))?;
-    f.sync_data()
-        .map_err(io("flushing the swap signature of", device))?;
-    Ok(now)
-}
-
-/// Whether `path` (a device or a swap file) is listed as an active swap
-/// area.
-pub fn is_active_swap(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/swaps") else {
-        return false;
-    };
-    let Ok(want) = std::fs::metadata(path) else {
-        return false;
-    };
-    let same = |m: &std::fs::Metadata| {
-        if want.file_type().is_block_device() {
-            m.file_type().is_block_device() && m.rdev() == want.rdev()
-        } else {
-            m.dev() == want.dev() && m.ino() == want.ino()
-        }
-    };
-    text.lines().skip(1).any(|l| {
-        let name = l
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .replace("\\040", " ");
-        std::fs::metadata(&name).is_ok_and(|m| same(&m))
-    })
-}
-
-/// An image read through its place's segments.
-pub struct PlaceReader {
-    file: File,
-    segments: Vec<Segment>,
-    len: u64,
-}
-
-impl PlaceReader {
-    /// Bytes of room for the image.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether there is no room at all.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The device runs that hold the image, in image order.
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
-    }
-}
-
-impl ReadAt for PlaceReader {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        read_mapped(&self.file, &self.segments, buf, offset)
-    }
-
-    fn size(&self) -> std::io::Result<u64> {
-        Ok(self.len)
-    }
-}
+/// An image read through its place's segments: image offsets in, device
+/// reads out.
+pub type PlaceReader = Mapped<File>;
 
 /// The block device a file's filesystem lies on, found through sysfs.
 fn file_device(path: &Path, meta: &std::fs::Metadata) -> Result<PathBuf, PlaceError> {
@@ -382,113 +259,6 @@ fn filesystem_verdict(magic: i64) -> Result<&'static str, String> {
             "a filesystem of type {other:#x}, which kjump does not know to keep file blocks in place"
         )),
     }
-}
-
-// FIEMAP, from linux/fiemap.h.
-const FIEMAP_FLAG_SYNC: u32 = 0x1;
-const FIEMAP_EXTENT_LAST: u32 = 0x1;
-/// Extent flags that make a file unusable: unknown location, delayed
-/// allocation, encoded or encrypted data, unaligned or inline data, shared.
-const FIEMAP_EXTENT_REFUSED: u32 = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x2000;
-const FIEMAP_BATCH: usize = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct FiemapExtent {
-    fe_logical: u64,
-    fe_physical: u64,
-    fe_length: u64,
-    fe_reserved64: [u64; 2],
-    fe_flags: u32,
-    fe_reserved: [u32; 3],
-}
-
-/// struct fiemap with room for a batch of extents after it.
-#[repr(C)]
-struct Fiemap {
-    header: FiemapHeader,
-    fm_extents: [FiemapExtent; FIEMAP_BATCH],
-}
-
-#[repr(C)]
-struct FiemapHeader {
-    fm_start: u64,
-    fm_length: u64,
-    fm_flags: u32,
-    fm_mapped_extents: u32,
-    fm_extent_count: u32,
-    fm_reserved: u32,
-}
-
-nix::ioctl_readwrite!(
-    /// FS_IOC_FIEMAP: where a file's bytes lie on its device.
-    fs_ioc_fiemap,
-    b'f',
-    11,
-    FiemapHeader
-);
-
-/// The extents of `file`'s first `len` bytes, refusing any the kernel
-/// cannot promise stay put.
-fn file_extents(file: &File, path: &Path, len: u64) -> Result<Vec<Extent>, PlaceError> {
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    while start < len {
-        let mut fm = Box::new(Fiemap {
-            header: FiemapHeader {
-                fm_start: start,
-                fm_length: len - start,
-                fm_flags: FIEMAP_FLAG_SYNC,
-                fm_mapped_extents: 0,
-                fm_extent_count: FIEMAP_BATCH as u32,
-                fm_reserved: 0,
-            },
-            fm_extents: [FiemapExtent::default(); FIEMAP_BATCH],
-        });
-        // SAFETY: `fm` is a struct fiemap followed by room for
-        // `fm_extent_count` extents, as FS_IOC_FIEMAP expects; the kernel
-        // writes at most that many extents, and the box outlives the call.
-        unsafe {
-            fs_ioc_fiemap(
-                file.as_raw_fd(),
-                std::ptr::from_mut(&mut *fm).cast::<FiemapHeader>(),
-            )
-        }
-        .map_err(|e| {
-            io("mapping the extents (FIEMAP) of", path)(std::io::Error::from_raw_os_error(e as i32))
-        })?;
-        let n = (fm.header.fm_mapped_extents as usize).min(FIEMAP_BATCH);
-        if n == 0 {
-            return Err(PlaceError::Unsupported {
-                path: path.to_path_buf(),
-                why: format!("it has no blocks at offset {start:#x} (a hole)"),
-            });
-        }
-        let mut last = false;
-        for e in &fm.fm_extents[..n] {
-            if e.fe_flags & FIEMAP_EXTENT_REFUSED != 0 {
-                return Err(PlaceError::Unsupported {
-                    path: path.to_path_buf(),
-                    why: format!(
-                        "its extent at file offset {:#x} has flags {:#x} (shared, inline, encoded or not yet allocated): its blocks may move or belong to other files",
-                        e.fe_logical, e.fe_flags
-                    ),
-                });
-            }
-            out.push(Extent {
-                logical: e.fe_logical,
-                physical: e.fe_physical,
-                len: e.fe_length,
-            });
-            last |= e.fe_flags & FIEMAP_EXTENT_LAST != 0;
-        }
-        let end = out.last().map_or(start, |e| e.logical + e.len);
-        if last || end <= start {
-            break;
-        }
-        start = end;
-    }
-    Ok(out)
 }
 
 /// Makes `path` a file target of at least `image_len` bytes of image: on
@@ -589,56 +359,6 @@ pub fn prepare_file(path: &Path, image_len: u64) -> Result<Place, PlaceError> {
 
 /// A block device's size in bytes.
 pub fn device_size(path: &Path) -> Result<u64, PlaceError> {
-    let mut f = File::open(path).map_err(io("opening", path))?;
-    f.seek(SeekFrom::End(0)).map_err(io("measuring", path))
-}
-
-/// Bytes of swapped-out pages on the active swap area `path` (the `Used`
-/// column of /proc/swaps), or `None` when it is not active.
-pub fn swap_used_bytes(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/swaps").ok()?;
-    let want = std::fs::metadata(path).ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let name = f.first()?.replace("\\040", " ");
-        let m = std::fs::metadata(&name).ok()?;
-        let same = if want.file_type().is_block_device() {
-            m.file_type().is_block_device() && m.rdev() == want.rdev()
-        } else {
-            m.dev() == want.dev() && m.ino() == want.ino()
-        };
-        same.then(|| f.get(3)?.parse::<u64>().ok().map(|kib| kib * 1024))?
-    })
-}
-
-fn c_path(path: &Path) -> Result<std::ffi::CString, PlaceError> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| PlaceError::Unsupported {
-        path: path.to_path_buf(),
-        why: "the path holds a NUL byte".into(),
-    })
-}
-
-/// Stops swapping to `path` (swapoff(2)): the kernel reads every page
-/// swapped out there back into RAM first.
-pub fn swap_off(path: &Path) -> Result<(), PlaceError> {
-    let c = c_path(path)?;
-    // SAFETY: `c` is a NUL-terminated path that outlives the call, which
-    // only reads it.
-    let rc = unsafe { libc::swapoff(c.as_ptr()) };
-    if rc != 0 {
-        return Err(io("swapping off", path)(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Swaps to `path` again (swapon(2), default priority).
-pub fn swap_on(path: &Path) -> Result<(), PlaceError> {
-    let c = c_path(path)?;
-    // SAFETY: as in swap_off: a NUL-terminated path, only read.
-    let rc = unsafe { libc::swapon(c.as_ptr(), 0) };
-    if rc != 0 {
-        return Err(io("swapping on", path)(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    let f = File::open(path).map_err(io("opening", path))?;
+    block::size(&f).map_err(io("measuring", path))
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kjump_image_format::{MemoryMap, Metadata, Pfn, PhysRange, PAGE_SIZE};
-use memmap2::{Mmap, MmapOptions};
+use kjump_sys::physmem::{map_memory, MemoryView};
 
 use crate::elf::{self, ElfCore, ElfError};
 
@@ -92,7 +92,7 @@ pub struct MemorySource {
 /// The bytes of one window: whole pages covering a run of frames.
 pub enum Window {
     /// Mapped straight from the source.
-    Mapped(Mmap),
+    Mapped(MemoryView),
     /// Read or assembled into memory (partial pages, zero tails, no mmap).
     Owned(Vec<u8>),
 }
@@ -249,14 +249,11 @@ impl MemorySource {
         Ok(Window::Owned(buf))
     }
 
-    fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<Mmap> {
-        // SAFETY: the mapping is read-only and private to this capture. The
-        // bytes behind it must not change while it is held: for /dev/mem they
-        // are the RAM of the suspended kernel, which is not running; for a
-        // dump file, kjump asks that nothing rewrites or truncates it during
-        // the capture (a truncation would raise SIGBUS, not corrupt the image
-        // silently, since every range was checked against the file length).
-        unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file) }
+    fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<MemoryView> {
+        // The bytes stand still while mapped: the RAM of a kernel that is
+        // not running, or a dump that nothing rewrites during the capture
+        // (see map_memory).
+        map_memory(&self.file, offset, len)
     }
 
     fn read_into(&self, buf: &mut [u8], offset: u64, phys: u64) -> Result<(), SourceError> {
