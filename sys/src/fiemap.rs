@@ -4,11 +4,27 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
 use kjump_image_format::placement::Extent;
 
-use crate::place::{io, PlaceError};
+/// Why a file's extents are unknown or unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum FiemapError {
+    /// The ioctl failed.
+    #[error("mapping the extents (FIEMAP)")]
+    Ioctl(#[source] std::io::Error),
+    /// A hole in the file.
+    #[error("it has no blocks at offset {0:#x} (a hole)")]
+    Hole(u64),
+    /// An extent whose blocks may move or be shared.
+    #[error("its extent at file offset {logical:#x} has flags {flags:#x} (shared, inline, encoded or not yet allocated): its blocks may move or belong to other files")]
+    Refused {
+        /// Its file offset.
+        logical: u64,
+        /// Its FIEMAP flags.
+        flags: u32,
+    },
+}
 
 // FIEMAP, from linux/fiemap.h.
 const FIEMAP_FLAG_SYNC: u32 = 0x1;
@@ -56,7 +72,7 @@ nix::ioctl_readwrite!(
 
 /// The extents of `file`'s first `len` bytes, refusing any the kernel
 /// cannot promise stay put.
-pub(crate) fn file_extents(file: &File, path: &Path, len: u64) -> Result<Vec<Extent>, PlaceError> {
+pub fn file_extents(file: &File, len: u64) -> Result<Vec<Extent>, FiemapError> {
     let mut out = Vec::new();
     let mut start = 0u64;
     while start < len {
@@ -80,25 +96,17 @@ pub(crate) fn file_extents(file: &File, path: &Path, len: u64) -> Result<Vec<Ext
                 std::ptr::from_mut(&mut *fm).cast::<FiemapHeader>(),
             )
         }
-        .map_err(|e| {
-            io("mapping the extents (FIEMAP) of", path)(std::io::Error::from_raw_os_error(e as i32))
-        })?;
+        .map_err(|e| FiemapError::Ioctl(std::io::Error::from_raw_os_error(e as i32)))?;
         let n = (fm.header.fm_mapped_extents as usize).min(FIEMAP_BATCH);
         if n == 0 {
-            return Err(PlaceError::Unsupported {
-                path: path.to_path_buf(),
-                why: format!("it has no blocks at offset {start:#x} (a hole)"),
-            });
+            return Err(FiemapError::Hole(start));
         }
         let mut last = false;
         for e in &fm.fm_extents[..n] {
             if e.fe_flags & FIEMAP_EXTENT_REFUSED != 0 {
-                return Err(PlaceError::Unsupported {
-                    path: path.to_path_buf(),
-                    why: format!(
-                        "its extent at file offset {:#x} has flags {:#x} (shared, inline, encoded or not yet allocated): its blocks may move or belong to other files",
-                        e.fe_logical, e.fe_flags
-                    ),
+                return Err(FiemapError::Refused {
+                    logical: e.fe_logical,
+                    flags: e.fe_flags,
                 });
             }
             out.push(Extent {

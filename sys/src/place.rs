@@ -16,7 +16,7 @@ use kjump_image_format::placement::{
 use kjump_image_format::{FormatError, Placement, BLOCK_SIZE};
 
 use crate::block::{self, drop_cache};
-use crate::fiemap::file_extents;
+use crate::fiemap::{file_extents, FiemapError};
 
 /// A place that cannot be found, prepared or used.
 #[derive(Debug, thiserror::Error)]
@@ -134,12 +134,21 @@ impl Place {
                 placement,
             });
         }
-        // The file's own copy of its map says where the file begins on the
-        // device; the device's copy there is the one that counts.
+        Place::file_target(path, &file, &meta)
+    }
+
+    /// The place of a file target: its blocks on the device beneath its
+    /// filesystem, as the copy of its extent map there says. The file's
+    /// own copy says where the file begins on the device; the device's
+    /// copy there is the one that counts, and must agree.
+    fn file_target(
+        path: &Path,
+        file: &File,
+        meta: &std::fs::Metadata,
+    ) -> Result<Place, PlaceError> {
         let mut own = vec![0u8; MAP_LEN as usize];
-        FileExt::read_exact_at(&file, &mut own, 0)
-            .map_err(io("reading the extent map of", path))?;
-        let device = file_device(path, &meta)?;
+        FileExt::read_exact_at(file, &mut own, 0).map_err(io("reading the extent map of", path))?;
+        let device = file_device(path, meta)?;
         // The first extent record's second field: its device offset.
         let mut first = [0u8; 8];
         first.copy_from_slice(&own[MAP_HEADER_LEN + 8..MAP_HEADER_LEN + 16]);
@@ -270,31 +279,7 @@ pub fn prepare_file(path: &Path, image_len: u64) -> Result<Place, PlaceError> {
         path: path.to_path_buf(),
         why,
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("opening", path))?;
-    let meta = file.metadata().map_err(io("inspecting", path))?;
-    if !meta.file_type().is_file() {
-        return Err(unsupported("not a regular file".into()));
-    }
-    // Never overwrite a file that is not kjump's: a swap file, an image
-    // written whole, anyone's data.
-    if meta.len() > 0 {
-        let mut magic = [0u8; 8];
-        let ours = FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && &magic == MAP_MAGIC;
-        if !ours {
-            return Err(unsupported(format!(
-                "it exists ({} bytes) and is not a kjump file target (it does not start with {}): remove it or name a new file",
-                meta.len(),
-                String::from_utf8_lossy(MAP_MAGIC)
-            )));
-        }
-    }
+    let (file, meta) = open_file_target(path)?;
     let fs = nix::sys::statfs::fstatfs(&file)
         .map_err(|e| io("inspecting the filesystem of", path)(std::io::Error::from(e)))?;
     let fs_name = filesystem_verdict(fs.filesystem_type().0 as i64).map_err(|why| {
@@ -316,31 +301,18 @@ pub fn prepare_file(path: &Path, image_len: u64) -> Result<Place, PlaceError> {
     )
     .map_err(|e| io("allocating", path)(std::io::Error::from(e)))?;
     file.sync_all().map_err(io("flushing", path))?;
-    let extents = file_extents(&file, path, file_len)?;
+    let extents = file_extents(&file, file_len).map_err(|e| match e {
+        FiemapError::Ioctl(source) => io("mapping the extents (FIEMAP) of", path)(source),
+        other => unsupported(other.to_string()),
+    })?;
     let map = ExtentMap::new(file_len, &extents).map_err(|source| PlaceError::Format {
         path: path.to_path_buf(),
         source,
     })?;
-    let bytes = map.encode();
-    file.write_all_at(&bytes, 0)
+    file.write_all_at(&map.encode(), 0)
         .map_err(io("writing the extent map of", path))?;
     file.sync_all().map_err(io("flushing", path))?;
-    // The map must now read back from the device where FIEMAP says the file
-    // starts: proof that file blocks and device offsets agree.
-    let dev = File::open(&device).map_err(io("opening", &device))?;
-    drop_cache(&dev);
-    let on_device = ExtentMap::read(&dev, map.map_at());
-    if !matches!(&on_device, Ok(m) if *m == map) {
-        return Err(unsupported(format!(
-            "the extent map written to it did not appear at offset {:#x} of {} ({}): the {fs_name} filesystem does not map file blocks straight onto that device",
-            map.map_at(),
-            device.display(),
-            match on_device {
-                Ok(_) => "a different map is there".to_string(),
-                Err(e) => e.to_string(),
-            }
-        )));
-    }
+    confirm_on_device(path, &device, &map, fs_name)?;
     log::info!(
         "{}: {} bytes in {} extents on {}, map at offset {:#x}",
         path.display(),
@@ -354,6 +326,69 @@ pub fn prepare_file(path: &Path, image_len: u64) -> Result<Place, PlaceError> {
         holder: device,
         block_device: true,
         placement: Placement::Extents(map),
+    })
+}
+
+/// Opens (or creates, owner-only) the file for a file target, refusing a
+/// file that is not kjump's: a swap file, an image written whole, anyone's
+/// data.
+fn open_file_target(path: &Path) -> Result<(File, std::fs::Metadata), PlaceError> {
+    let unsupported = |why: String| PlaceError::Unsupported {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("opening", path))?;
+    let meta = file.metadata().map_err(io("inspecting", path))?;
+    if !meta.file_type().is_file() {
+        return Err(unsupported("not a regular file".into()));
+    }
+    if meta.len() > 0 {
+        let mut magic = [0u8; 8];
+        let ours = FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && &magic == MAP_MAGIC;
+        if !ours {
+            return Err(unsupported(format!(
+                "it exists ({} bytes) and is not a kjump file target (it does not start with {}): remove it or name a new file",
+                meta.len(),
+                String::from_utf8_lossy(MAP_MAGIC)
+            )));
+        }
+    }
+    Ok((file, meta))
+}
+
+/// The extent map written to a file must read back from its device where
+/// FIEMAP says the file starts: proof that file blocks and device offsets
+/// agree.
+fn confirm_on_device(
+    path: &Path,
+    device: &Path,
+    map: &ExtentMap,
+    fs_name: &str,
+) -> Result<(), PlaceError> {
+    let dev = File::open(device).map_err(io("opening", device))?;
+    drop_cache(&dev);
+    let on_device = ExtentMap::read(&dev, map.map_at());
+    if matches!(&on_device, Ok(m) if m == map) {
+        return Ok(());
+    }
+    Err(PlaceError::Unsupported {
+        path: path.to_path_buf(),
+        why: format!(
+            "the extent map written to it did not appear at offset {:#x} of {} ({}): the {fs_name} filesystem does not map file blocks straight onto that device",
+            map.map_at(),
+            device.display(),
+            match on_device {
+                Ok(_) => "a different map is there".to_string(),
+                Err(e) => e.to_string(),
+            }
+        ),
     })
 }
 
