@@ -173,10 +173,7 @@ fn missing_wrong_and_mismatched_keys_are_refused_before_anything_else() {
     let place = Place::locate(&dir.join("p"), None).unwrap();
     let own = kjump_image_format::MemoryMap::default();
     let e = restore_with_key(&place, &blank, &own, 2, Some(&wrong), None).unwrap_err();
-    assert!(
-        kjump_initramfs::error_chain(&e).contains("wrong key"),
-        "{e}"
-    );
+    assert!(kjump_handoff::error_chain(&e).contains("wrong key"), "{e}");
     assert_eq!(state(&dir.join("p")), ImageState::Committed);
     assert!(std::fs::read(&blank).unwrap().iter().all(|&b| b == 0xee));
     assert_eq!(std::fs::read(dir.join("p")).unwrap(), bytes);

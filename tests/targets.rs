@@ -11,7 +11,7 @@ use common::cores::TempDir;
 use common::loopdev::{ready, sh, Loop, Mount};
 use kjump_image_format::placement::{Extent, ExtentMap, SWAP_MAGIC_OFFSET};
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange, Placement};
-use kjump_initramfs::resume::check;
+use kjump_jump::resume::check;
 use kjump_restorer::restore;
 use kjump_sys::Place;
 
@@ -247,7 +247,10 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
         uuid
     );
     match check(&dev.0, None, IOMEM, false) {
-        Ok(Err(why)) => assert!(why.contains("swap signature in place"), "{why}"),
+        Ok(Err(why)) => {
+            let why = kjump_handoff::error_chain(&why);
+            assert!(why.contains("swap signature in place"), "{why}")
+        }
         other => panic!("a given-back swap area must hold nothing to resume: {other:?}"),
     }
     sh(&format!("swapon {0} && swapoff {0}", dev.0.display()));

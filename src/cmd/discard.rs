@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use anyhow::Context;
+use kjump_handoff::plan::JumpPlan;
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{Metadata, Placement, BLOCK_SIZE};
-use kjump_initramfs::hibernate::JumpPlan;
 use kjump_sys::swap::SwapArea;
 use kjump_sys::Target;
 
