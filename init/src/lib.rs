@@ -96,7 +96,7 @@ pub enum InitError {
         step: MountStep,
         /// The cause.
         #[source]
-        source: nix::errno::Errno,
+        source: kjump_sys::mount::Errno,
     },
     /// A file could not be read.
     #[error("reading {}", .path.display())]
