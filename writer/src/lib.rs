@@ -1,7 +1,7 @@
 //! Capturing physical memory into a kjump image.
 //!
 //! [`MemorySource`] reads memory from an ELF core (/proc/vmcore, QEMU's
-//! `dump-guest-memory`) or from /dev/mem over given ranges; [`capture`]
+//! `dump-guest-memory`) or from /dev/mem over given ranges; [`capture()`]
 //! compresses it in parallel into a [`Target`] and commits the image only
 //! once every other byte is on stable storage. The devices and mappings
 //! underneath are [`kjump_sys`]'s.
