@@ -1,7 +1,10 @@
 //! `kjump`: Linux hibernation through kexec jump.
 //!
 //! This binary parses the command line, sets up logging and maps failures to
-//! documented exit codes; the work lives in the library crates.
+//! documented exit codes; the work lives in the library crates, and every
+//! system call with unsafe code in `kjump-sys`.
+
+#![forbid(unsafe_code)]
 
 mod cmd;
 
@@ -154,22 +157,18 @@ fn main() -> ExitCode {
     // The capture and restore kernels run kjump as /init, in an initramfs
     // that carries its manifest. PID 1 elsewhere (a container's entrypoint)
     // is an ordinary command line.
-    let manifest = std::path::Path::new("/").join(kjump_initramfs::manifest::PATH);
+    let manifest = std::path::Path::new("/").join(kjump_handoff::manifest::PATH);
     if std::process::id() == 1 && manifest.is_file() {
         // The capture's and the restore's progress and warnings go to the
         // console, as everything else /init says: plain text, which any
         // console (a serial line, a log) shows as it is.
         logger(env_logger::WriteStyle::Never);
-        kjump_initramfs::init::main();
+        kjump_init::main();
     }
     // Die quietly of SIGPIPE, as command-line tools do, when the reader of
     // the output goes away (`kjump info DEV | head`), rather than fail a
     // write and panic.
-    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
-    // code; nothing else in this process handles SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    kjump_sys::signal::die_on_sigpipe();
     logger(env_logger::WriteStyle::Auto);
     let cli = Cli::parse();
     let result = match cli.command {

@@ -1,6 +1,6 @@
 //! The capture and restore kernels stay inside the crashkernel region on a
 //! machine unlike the 1 GiB pc rig, and a kernel that finds itself outside
-//! writes nothing and says so (`initramfs/src/confine.rs`).
+//! writes nothing and says so (`init/src/confine.rs`).
 //!
 //! - A q35 machine with 4 GiB and 2 CPUs: RAM above 4 GiB, and five saved
 //!   ranges around the region, one more than the decompressor's KASLR

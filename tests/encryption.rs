@@ -21,7 +21,8 @@ use kjump_image_format::{
 };
 use kjump_restorer::restore::restore_with_key;
 use kjump_restorer::ScanError;
-use kjump_writer::{capture, capture_encrypted, Encryption, Place, Target};
+use kjump_sys::{Place, Target};
+use kjump_writer::{capture, capture_encrypted, Encryption};
 
 const KEY: &[u8] = b"kjump-test-key-0123456789abcdef-0123456789abcdef";
 const OTHER_KEY: &[u8] = b"kjump-test-key-fedcba9876543210-fedcba9876543210";
@@ -172,10 +173,7 @@ fn missing_wrong_and_mismatched_keys_are_refused_before_anything_else() {
     let place = Place::locate(&dir.join("p"), None).unwrap();
     let own = kjump_image_format::MemoryMap::default();
     let e = restore_with_key(&place, &blank, &own, 2, Some(&wrong), None).unwrap_err();
-    assert!(
-        kjump_initramfs::error_chain(&e).contains("wrong key"),
-        "{e}"
-    );
+    assert!(kjump_handoff::error_chain(&e).contains("wrong key"), "{e}");
     assert_eq!(state(&dir.join("p")), ImageState::Committed);
     assert!(std::fs::read(&blank).unwrap().iter().all(|&b| b == 0xee));
     assert_eq!(std::fs::read(dir.join("p")).unwrap(), bytes);

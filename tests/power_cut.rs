@@ -94,7 +94,7 @@ fn restored(dir: &TempDir, image: &Path) -> Result<Vec<u8>, RestoreError> {
     )
     .unwrap()]);
     match restore(
-        &kjump_writer::Place::locate(image, None).unwrap(),
+        &kjump_sys::Place::locate(image, None).unwrap(),
         &blank,
         &own,
         2,

@@ -11,7 +11,8 @@ use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
 use kjump_image_format::metadata::KEY_REGION;
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange};
 use kjump_restorer::{restore, RestoreError};
-use kjump_writer::{capture, CaptureOptions, MemorySource, Place, Target};
+use kjump_sys::{Place, Target};
+use kjump_writer::{capture, CaptureOptions, MemorySource};
 
 const FILL: u8 = 0xee;
 /// The capture region the images record.

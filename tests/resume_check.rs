@@ -8,7 +8,7 @@ use std::path::Path;
 use common::cores::TempDir;
 use kjump_image_format::{Kdf, Secret};
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Superblock};
-use kjump_initramfs::resume::{check, ResumeError};
+use kjump_jump::resume::{check, ResumeError};
 use kjump_writer::{capture, capture_encrypted, CaptureOptions, Encryption, MemorySource, Target};
 
 const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
@@ -58,14 +58,14 @@ fn image_sealed(
 
 fn nothing(path: &Path, iomem: &str) -> String {
     match check(path, None, iomem, false) {
-        Ok(Err(why)) => why,
+        Ok(Err(why)) => kjump_handoff::error_chain(&why),
         other => panic!("expected nothing to resume, got {other:?}"),
     }
 }
 
 fn refused(path: &Path, iomem: &str) -> String {
     match check(path, None, iomem, false) {
-        Err(ResumeError::Refused { reason, .. }) => reason,
+        Err(ResumeError::Refused { reason, .. }) => kjump_handoff::error_chain(&reason),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

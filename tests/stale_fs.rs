@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use common::cores::TempDir;
 use common::loopdev::{self, Loop};
+use kjump_handoff::fsguard;
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
-use kjump_initramfs::fsguard;
-use kjump_initramfs::resume::{check, ResumeError};
+use kjump_jump::resume::{check, ResumeError};
 use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
 
 const IOMEM: &str = "00001000-0009fbff : System RAM\n00100000-3fffffff : System RAM\n";
@@ -66,6 +66,7 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
     dev.write_as_another_boot(&dir.path("mnt"));
     match check(&img, None, IOMEM, false) {
         Err(ResumeError::Refused { reason, .. }) => {
+            let reason = kjump_handoff::error_chain(&reason);
             let name = dev.0.display().to_string();
             assert!(
                 reason.contains(&format!(

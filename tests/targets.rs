@@ -11,9 +11,9 @@ use common::cores::TempDir;
 use common::loopdev::{ready, sh, Loop, Mount};
 use kjump_image_format::placement::{Extent, ExtentMap, SWAP_MAGIC_OFFSET};
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange, Placement};
-use kjump_initramfs::resume::check;
+use kjump_jump::resume::check;
 use kjump_restorer::restore;
-use kjump_writer::Place;
+use kjump_sys::Place;
 
 const RANGES: &str = "0x100000-0x13ffff,0x200000-0x27ffff";
 const IOMEM: &str = "00001000-0009fbff : System RAM\n00100000-3fffffff : System RAM\n";
@@ -139,10 +139,10 @@ fn mapped_writes_land_only_in_the_extents() {
         block_device: false,
         placement: Placement::Extents(map),
     };
-    let target = kjump_writer::Target::open_place(&place).unwrap();
-    let ranges = kjump_writer::ranges::parse_range_list(RANGES).unwrap();
+    let target = kjump_sys::Target::open_place(&place).unwrap();
+    let ranges = kjump_sys::ranges::parse_range_list(RANGES).unwrap();
     let source =
-        kjump_writer::MemorySource::open(&mem, Some(kjump_writer::ranges::memory_map(ranges)))
+        kjump_writer::MemorySource::open(&mem, Some(kjump_sys::ranges::memory_map(ranges)))
             .unwrap();
     let mut meta = source.metadata();
     meta.jump_back_entry = Some(0x1000);
@@ -247,7 +247,10 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
         uuid
     );
     match check(&dev.0, None, IOMEM, false) {
-        Ok(Err(why)) => assert!(why.contains("swap signature in place"), "{why}"),
+        Ok(Err(why)) => {
+            let why = kjump_handoff::error_chain(&why);
+            assert!(why.contains("swap signature in place"), "{why}")
+        }
         other => panic!("a given-back swap area must hold nothing to resume: {other:?}"),
     }
     sh(&format!("swapon {0} && swapoff {0}", dev.0.display()));

@@ -9,16 +9,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = kjump_writer::ranges::parse_range_list(text);
-    let _ = kjump_writer::ranges::parse_iomem("fuzz", text);
-    let _ = kjump_writer::ranges::parse_iomem_named("fuzz", text, "Crash kernel");
-    let _ = kjump_initramfs::manifest::Manifest::parse(text);
-    let _ = kjump_restorer::kexec::jump_back_entry(text);
-    let _ = kjump_initramfs::hibernate::JumpPlan::from_iomem(text).map(|p| p.memmap_args());
+    let _ = kjump_sys::ranges::parse_range_list(text);
+    let _ = kjump_sys::ranges::parse_iomem("fuzz", text);
+    let _ = kjump_sys::ranges::parse_iomem_named("fuzz", text, "Crash kernel");
+    let _ = kjump_handoff::manifest::Manifest::parse(text);
+    let _ = kjump_sys::kexec::jump_back_entry(text);
+    let _ = kjump_handoff::plan::JumpPlan::from_iomem(text).map(|p| p.memmap_args());
     if let Ok(region) = kjump_image_format::PhysRange::new(
         kjump_image_format::PhysAddr(0x2f00_0000),
         kjump_image_format::PhysAddr(0x3f00_0000),
     ) {
-        let _ = kjump_initramfs::confine::check(text, region);
+        let _ = kjump_init::confine::check(text, region);
     }
 });

@@ -518,16 +518,27 @@ pub fn for_each_piece<E>(
     Ok(())
 }
 
-/// Image offsets read through a placement's segments.
-pub struct Mapped<'a, R: ?Sized> {
-    dev: &'a R,
+impl<R: ReadAt + ?Sized> ReadAt for &R {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        (**self).size()
+    }
+}
+
+/// Image offsets read through a placement's segments of a device `D`:
+/// one borrowed (`&File`, `&[u8]`) or an open device the reader owns.
+pub struct Mapped<D> {
+    dev: D,
     segments: Vec<Segment>,
     len: u64,
 }
 
-impl<'a, R: ReadAt + ?Sized> Mapped<'a, R> {
+impl<D: ReadAt> Mapped<D> {
     /// Reads the image placed on `dev` as `placement` says.
-    pub fn new(dev: &'a R, placement: &Placement) -> std::io::Result<Self> {
+    pub fn new(dev: D, placement: &Placement) -> std::io::Result<Self> {
         let segments = placement.segments(dev.size()?);
         let len = segments.iter().map(|s| s.len).sum();
         Ok(Mapped { dev, segments, len })
@@ -536,6 +547,16 @@ impl<'a, R: ReadAt + ?Sized> Mapped<'a, R> {
     /// The device runs, in image order.
     pub fn segments(&self) -> &[Segment] {
         &self.segments
+    }
+
+    /// Bytes of room for the image.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether there is no room at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -557,9 +578,9 @@ pub fn read_mapped<R: ReadAt + ?Sized>(
     )
 }
 
-impl<R: ReadAt + ?Sized> ReadAt for Mapped<'_, R> {
+impl<D: ReadAt> ReadAt for Mapped<D> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        read_mapped(self.dev, &self.segments, buf, offset)
+        read_mapped(&self.dev, &self.segments, buf, offset)
     }
 
     fn size(&self) -> std::io::Result<u64> {

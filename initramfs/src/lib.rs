@@ -1,5 +1,7 @@
-//! The initramfs kjump boots its capture and restore kernels with, and the
-//! program that runs as its `/init` ([`init`]).
+//! The initramfs kjump boots its capture and restore kernels with: this
+//! kjump binary as `/init` (which runs `kjump-init` there), the mount
+//! points and console it needs, and files generated in memory (the
+//! manifest, an encrypted image's secret).
 //!
 //! [`cpio`] writes (and reads back) the kernel's initramfs format, newc cpio,
 //! reproducibly: the same files give the same bytes, whatever the build
@@ -7,41 +9,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod confine;
 pub mod cpio;
-pub mod freemem;
-pub mod fsguard;
-pub mod hibernate;
-pub mod init;
-pub mod load;
-pub mod mailbox;
-pub mod manifest;
-pub mod prompt;
-pub mod resume;
 
 use cpio::{Archive, CpioError, Kind};
-
-/// The name the next kernel gives a device: the capture and restore kernels
-/// run no udev, so `/dev/disk/by-*` links do not exist there, while the
-/// devtmpfs node the link points to (`/dev/sdb2`) does.
-pub fn kernel_name(path: &std::path::Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
-}
-
-/// An error with its causes, as the CLI prints them (`a: b: c`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 /// Why an initramfs could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -106,24 +76,4 @@ pub fn build_with(
         a.add(path, *mode, Kind::File(data.clone()))?;
     }
     Ok(a.to_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn links_resolve_to_the_node_the_next_kernel_has() {
-        let dir = std::env::temp_dir().join(format!("kjump-kernel-name-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let node = dir.join("sdb2");
-        std::fs::write(&node, b"").unwrap();
-        let link = dir.join("by-partlabel-kjump");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&node, &link).unwrap();
-        assert_eq!(super::kernel_name(&link), node.display().to_string());
-        assert_eq!(
-            super::kernel_name(std::path::Path::new("/nonexistent/x")),
-            "/nonexistent/x"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

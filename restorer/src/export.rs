@@ -6,12 +6,12 @@
 //! pages are left as holes of a sparse file.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kjump_image_format::{Image, PhysRange, ReadAt, PAGE_SIZE};
-use kjump_writer::elf::EXPECTED_MACHINE;
+use kjump_sys::ELF_MACHINE;
 
 use crate::scan::{scan_chunks, ScanError};
 
@@ -73,7 +73,7 @@ fn headers(image: &Image, offsets: &[u64], notes_off: u64) -> Vec<u8> {
     h.extend_from_slice(b"\x7fELF\x02\x01\x01");
     h.resize(16, 0);
     h.extend_from_slice(&4u16.to_le_bytes()); // ET_CORE
-    h.extend_from_slice(&EXPECTED_MACHINE.0.to_le_bytes());
+    h.extend_from_slice(&ELF_MACHINE.0.to_le_bytes());
     h.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
     h.extend_from_slice(&0u64.to_le_bytes()); // e_entry
     h.extend_from_slice(&EHDR_SIZE.to_le_bytes()); // e_phoff
@@ -141,17 +141,7 @@ fn write_core<R: ReadAt + ?Sized>(
     // Readable by its owner only: the core holds all of a machine's RAM,
     // keys and passwords included (and in clear, from an encrypted image).
     // A symbolic link as the last component is refused, not followed.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(output)
-        .map_err(|e| out_err(0, e))?;
-    // An existing file keeps its mode through the open: narrow it too.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| out_err(0, e))?;
+    let file = kjump_sys::block::create_private(output).map_err(|e| out_err(0, e))?;
     file.set_len(file_len).map_err(|e| out_err(file_len, e))?;
     file.write_all_at(&headers(image, &offsets, notes_off), 0)
         .map_err(|e| out_err(0, e))?;

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysRange, Secret, PAGE_SIZE};
-use kjump_writer::{Place, Target};
+use kjump_sys::physmem::{PhysMem, PhysMemError};
+use kjump_sys::{Place, PlaceError, Target, TargetError};
 
-use crate::physmem::{PhysMem, PhysMemError};
 use crate::scan::{scan_chunks, ScanError};
 
 /// Why a restore refused or failed.
@@ -25,7 +25,7 @@ pub enum RestoreError {
         path: String,
         /// The cause.
         #[source]
-        source: Box<kjump_writer::PlaceError>,
+        source: Box<PlaceError>,
     },
     /// The image fails a check; nothing was changed.
     #[error("image {path} is not whole; it was left as it is")]
@@ -71,7 +71,7 @@ pub enum RestoreError {
         path: String,
         /// The cause.
         #[source]
-        source: kjump_writer::TargetError,
+        source: TargetError,
     },
     /// Mapping memory failed; memory was not touched.
     #[error(transparent)]
@@ -126,7 +126,7 @@ impl Pin {
             .metadata
             .get(kjump_image_format::metadata::KEY_REGION)
             .unwrap_or_default();
-        let region = kjump_writer::ranges::parse_range_list(recorded).ok();
+        let region = kjump_sys::ranges::parse_range_list(recorded).ok();
         (region.as_deref() != Some(&[self.region])).then(|| {
             format!(
                 "capture region {} expected, {recorded:?} found",
@@ -210,7 +210,8 @@ pub fn restore_with_key(
         path: shown.clone(),
         source,
     })?;
-    let mem = PhysMem::open(mem_path, &image.metadata.ranges).map_err(RestoreError::Map)?;
+    let mem =
+        PhysMem::open(mem_path, &image.metadata.ranges, own_ram).map_err(RestoreError::Map)?;
     let started = Instant::now();
     scan_chunks(&file, &image, threads, false, |i, pages| {
         write_chunk(&mem, &image, i, pages)
@@ -255,12 +256,9 @@ pub fn consume(place: &Place) -> Result<bool, RestoreError> {
 
 /// Rewrites the superblock in state consumed and flushes it; a swap area
 /// then gets its swap signature back.
-fn mark_consumed(
-    place: &Place,
-    mut sb: kjump_image_format::Superblock,
-) -> Result<(), kjump_writer::TargetError> {
+fn mark_consumed(place: &Place, mut sb: kjump_image_format::Superblock) -> Result<(), TargetError> {
     sb.state = ImageState::Consumed;
-    sb.consumed_time_ns = kjump_writer::now_ns().max(1);
+    sb.consumed_time_ns = kjump_sys::clock::now_ns().max(1);
     let target = Target::open_place(place)?;
     target.write_copy_at(&sb.encode(), 0)?;
     target.sync()?;
@@ -269,8 +267,8 @@ fn mark_consumed(
 }
 
 /// Writes chunk `i`'s pages, clipped to its range (a partial edge page
-/// writes only its bytes inside the range).
-#[allow(unsafe_code)]
+/// writes only its bytes inside the range). Chunks cover disjoint frames
+/// of a range, so every page is written once, as [`PhysMem`] asks.
 fn write_chunk(mem: &PhysMem, image: &Image, i: usize, pages: &[u8]) -> Result<(), PhysMemError> {
     let spec = &image.specs[i];
     let range = image.metadata.ranges.ranges()[spec.range];
@@ -278,10 +276,5 @@ fn write_chunk(mem: &PhysMem, image: &Image, i: usize, pages: &[u8]) -> Result<(
     let end = base + (usize::from(spec.page_count) * PAGE_SIZE) as u64;
     let (from, to) = (base.max(range.start().0), end.min(range.end().0));
     let bytes = &pages[(from - base) as usize..(to - base) as usize];
-    // SAFETY: chunks cover disjoint frames of the ranges (the reader checked
-    // the index against the chunk sequence the ranges imply), and a frame
-    // shared by two ranges is clipped to each range's own bytes, so no two
-    // calls write the same byte. restore() refused ranges that overlap this
-    // kernel's own RAM before mapping them.
-    unsafe { mem.write(from, bytes) }
+    mem.write(from, bytes)
 }

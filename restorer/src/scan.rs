@@ -4,7 +4,7 @@
 //! such a pass; memory stays bounded by the window whatever the image size.
 
 use kjump_image_format::{FormatError, Image, ImageOffset, ReadAt, PAGE_SIZE};
-use kjump_writer::progress::Progress;
+use kjump_sys::progress::Progress;
 use rayon::prelude::*;
 
 /// Encoded bytes read per window.

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use kjump_image_format::{Kdf, MemoryMap, Secret, PAGE_SIZE};
+use kjump_sys::{ranges, Place, Target};
 use kjump_writer::{
-    capture, capture_encrypted, ranges, CaptureOptions, Encryption, MemorySource, Place, Target,
+    capture, capture_encrypted, CaptureOptions, CaptureReport, Encryption, MemorySource,
 };
 
 use crate::Failure;
@@ -123,14 +124,7 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
     let report = match &secret {
         None => capture(&source, &target, &metadata, &opts),
         Some(secret) => {
-            let kdf = match secret {
-                Secret::KeyFile(_) => Kdf::KeyFile,
-                Secret::Passphrase(_) => Kdf::Argon2id {
-                    memory_kib: args.kdf_memory_mib * 1024,
-                    iterations: args.kdf_iterations,
-                    lanes: 1,
-                },
-            };
+            let kdf = kdf_for(secret, &args);
             log::info!("encrypting with AES-256-GCM, key from a {}", kdf.describe());
             capture_encrypted(
                 &source,
@@ -142,12 +136,30 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
         }
     }
     .map_err(Failure::error)?;
+    print_report(&place, secret.is_some(), &report);
+    Ok(())
+}
+
+/// The key derivation for `secret`: a key file's, or Argon2id at the cost
+/// the arguments ask for a passphrase.
+fn kdf_for(secret: &Secret, args: &CaptureArgs) -> Kdf {
+    match secret {
+        Secret::KeyFile(_) => Kdf::KeyFile,
+        Secret::Passphrase(_) => Kdf::Argon2id {
+            memory_kib: args.kdf_memory_mib * 1024,
+            iterations: args.kdf_iterations,
+            lanes: 1,
+        },
+    }
+}
+
+fn print_report(place: &Place, encrypted: bool, report: &CaptureReport) {
     let l = &report.layout;
     let secs = report.elapsed.as_secs_f64();
     println!(
         "committed {}{}: {} of memory, {} pages ({} zero, {:.1}%), image {} (ratio {:.2}), {:.2} s, {:.2} GB/s",
         place.describe(),
-        if secret.is_some() { " (encrypted)" } else { "" },
+        if encrypted { " (encrypted)" } else { "" },
         super::human(report.input_bytes),
         l.total_pages,
         l.zero_pages,
@@ -158,5 +170,4 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
         report.input_bytes as f64 / secs.max(1e-9) / 1e9,
     );
     debug_assert_eq!(report.input_bytes, l.total_pages * PAGE_SIZE as u64);
-    Ok(())
 }

@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use anyhow::Context;
+use kjump_handoff::plan::JumpPlan;
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{Metadata, Placement, BLOCK_SIZE};
-use kjump_initramfs::hibernate::JumpPlan;
-use kjump_writer::Target;
+use kjump_sys::swap::SwapArea;
+use kjump_sys::Target;
 
 use super::{human, ImageAt};
 use crate::Failure;
@@ -49,7 +50,9 @@ pub fn discard(at: &ImageAt) -> Result<(), Failure> {
     let dev = place.holder.display();
     if was_active {
         // It was swapped on when the image was written: as it was.
-        kjump_writer::place::swap_on(&place.holder).map_err(Failure::error)?;
+        SwapArea::new(&place.holder)
+            .swap_on()
+            .map_err(Failure::error)?;
         println!("{dev} is a swap area again, swapped on as before the hibernation");
     } else if matches!(place.placement, Placement::Swap(_)) {
         println!("{dev} is a swap area again (swapon it)");
@@ -76,7 +79,7 @@ pub fn prepare(file: &Path, size: Option<u64>) -> Result<(), Failure> {
                 .map_err(Failure::error)?
         }
     };
-    let place = kjump_writer::place::prepare_file(file, size).map_err(Failure::error)?;
+    let place = kjump_sys::place::prepare_file(file, size).map_err(Failure::error)?;
     let Placement::Extents(map) = &place.placement else {
         unreachable!("prepare_file returns a file's extents")
     };

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kjump_handoff::error_chain;
+use kjump_handoff::mailbox::ReportKind;
+use kjump_handoff::manifest::Mode;
 use kjump_image_format::Secret;
-use kjump_initramfs::hibernate::{hibernate, HibernateOptions};
-use kjump_initramfs::mailbox::ReportKind;
-use kjump_initramfs::manifest::Mode;
-use kjump_initramfs::resume::{self, Outcome, ResumeError, ResumeOptions};
 use kjump_initramfs::ExtraFile;
+use kjump_jump::hibernate::{hibernate, HibernateOptions};
+use kjump_jump::resume::{self, Outcome, ResumeError, ResumeOptions};
 
 use crate::Failure;
 
@@ -125,7 +126,10 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {
-            println!("nothing to resume: {why}; continuing the normal boot");
+            println!(
+                "nothing to resume: {}; continuing the normal boot",
+                error_chain(&why)
+            );
             Ok(())
         }
         Ok(Outcome::DryRun) => {
@@ -186,13 +190,15 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
                 (Ok(state), _) => println!("resumed: this kernel was away for {away:.1} s; its image is {state}"),
                 (Err(why), Some(report)) => {
                     return Err(Failure::invalid(anyhow::anyhow!(
-                        "the capture kernel did not save this machine: {} ({why}); it jumped back after {away:.1} s",
-                        report.message
+                        "the capture kernel did not save this machine: {} ({}); it jumped back after {away:.1} s",
+                        report.message,
+                        error_chain(&why)
                     )))
                 }
                 (Err(why), None) => {
                     return Err(Failure::invalid(anyhow::anyhow!(
-                        "the capture kernel did not save this machine ({why}); it jumped back after {away:.1} s: see its messages on the console"
+                        "the capture kernel did not save this machine ({}); it jumped back after {away:.1} s: see its messages on the console",
+                        error_chain(&why)
                     )))
                 }
             }
@@ -204,7 +210,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
 /// `kjump selftest`: the running kernel's half of every kjump jump, tried
 /// on its own (Linux's tools/testing/selftests/kexec/test_kexec_jump).
 pub fn selftest(jumps: u32) -> Result<(), Failure> {
-    use kjump_restorer::kexec;
+    use kjump_sys::kexec;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
         .unwrap_or_else(|_| "an unknown release".into());

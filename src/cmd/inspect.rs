@@ -5,7 +5,7 @@ use std::path::Path;
 use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{FormatError, Image, ImageState, Kdf, Secret, Superblock, PAGE_SIZE};
 use kjump_restorer::ScanError;
-use kjump_writer::{Place, PlaceReader};
+use kjump_sys::{Place, PlaceReader};
 use serde_json::json;
 
 use super::{human, ImageAt, KeyArgs};
@@ -175,41 +175,50 @@ fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
         None => println!("encryption: none"),
         Some(c) => println!("encryption: AES-256-GCM, key from a {}", c.kdf.describe()),
     }
-    let Some(image) = image else {
-        if sb.state == ImageState::Writing {
+    match image {
+        Some(image) => image_text(sb, image),
+        None if sb.state == ImageState::Writing => {
             println!("(the capture never committed this image: it cannot be resumed or exported)");
-            return;
         }
-        let l = &sb.layout;
-        println!(
-            "pages:      {} total, {} zero; image {} in {} chunks",
-            l.total_pages,
-            l.zero_pages,
-            human(l.image_len),
-            l.chunk_count
-        );
-        let record = place
-            .reader()
-            .map_err(|e| e.to_string())
-            .and_then(|f| read_resume_record(&f).map_err(|e| e.to_string()));
-        match record {
-            Ok(r) => {
-                println!(
-                    "ranges:     {} (physical, inclusive; from the resume record, in the clear)",
-                    r.ranges.ranges().len()
-                );
-                for range in r.ranges.ranges() {
-                    println!("  {:>18} {:>12}", range.to_string(), human(range.len()));
-                }
-                for (k, v) in &r.extra {
-                    println!("meta:       {k}={v}");
-                }
+        None => sealed_text(place, sb),
+    }
+}
+
+/// What an encrypted image shows without its key: the superblock's
+/// layout and the resume record.
+fn sealed_text(place: &Place, sb: &Superblock) {
+    let l = &sb.layout;
+    println!(
+        "pages:      {} total, {} zero; image {} in {} chunks",
+        l.total_pages,
+        l.zero_pages,
+        human(l.image_len),
+        l.chunk_count
+    );
+    let record = place
+        .reader()
+        .map_err(|e| e.to_string())
+        .and_then(|f| read_resume_record(&f).map_err(|e| e.to_string()));
+    match record {
+        Ok(r) => {
+            println!(
+                "ranges:     {} (physical, inclusive; from the resume record, in the clear)",
+                r.ranges.ranges().len()
+            );
+            for range in r.ranges.ranges() {
+                println!("  {:>18} {:>12}", range.to_string(), human(range.len()));
             }
-            Err(e) => println!("resume record: {e}"),
+            for (k, v) in &r.extra {
+                println!("meta:       {k}={v}");
+            }
         }
-        println!("(encrypted: give --key-file or --passphrase-file to check it and see its kernel and the rest of its metadata)");
-        return;
-    };
+        Err(e) => println!("resume record: {e}"),
+    }
+    println!("(encrypted: give --key-file or --passphrase-file to check it and see its kernel and the rest of its metadata)");
+}
+
+/// What an opened image shows: its kernel, ranges, pages and metadata.
+fn image_text(sb: &Superblock, image: &Image) {
     let (l, m) = (&sb.layout, &image.metadata);
     let unknown = || "unknown".to_string();
     println!(

@@ -11,7 +11,8 @@ use kjump_image_format::{ExcludedPages, Image, PAGE_SIZE};
 use kjump_kdump::core::Core;
 use kjump_kdump::diskdump::{DiskdumpWriter, DumpInfo, PageCodec, Utsname};
 use kjump_kdump::{filter, DumpLevel, VmcoreInfo};
-use kjump_writer::{capture, CaptureOptions, MemorySource, Place, PlaceReader, Target};
+use kjump_sys::{Place, PlaceReader};
+use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
 
 use crate::Failure;
 
@@ -227,7 +228,6 @@ pub fn export_kdump(
     codec: KdumpCodec,
     threads: usize,
 ) -> anyhow::Result<(u64, u64)> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let m = &image.metadata;
     let ranges: Vec<(u64, u64)> = m
         .ranges
@@ -266,16 +266,8 @@ pub fn export_kdump(
             .map(|i| i.raw().to_vec())
             .unwrap_or_default(),
     };
-    let out = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(output)
+    let out = kjump_sys::block::create_private(output)
         .with_context(|| format!("creating {}", output.display()))?;
-    out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let writer = DiskdumpWriter::create(
         std::io::BufWriter::new(out),
         &ranges,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use kjump_image_format::Secret;
-use kjump_writer::{Place, PlaceReader};
+use kjump_sys::{Place, PlaceReader};
 
 use crate::Failure;
 
@@ -82,7 +82,7 @@ pub fn default_tty() -> PathBuf {
 pub fn ask_passphrase(twice: bool) -> Result<Secret, Failure> {
     let tty = default_tty();
     let ask = |prompt: &str| {
-        kjump_initramfs::prompt::read_secret_line(&tty, prompt)
+        kjump_sys::tty::read_secret_line(&tty, prompt)
             .map_err(|e| anyhow::anyhow!("reading a passphrase from {}: {e}", tty.display()))?
             .ok_or_else(|| {
                 anyhow::anyhow!("{} closed before a passphrase was given", tty.display())

@@ -18,9 +18,10 @@ use kjump_image_format::{
 };
 use rayon::prelude::*;
 
-use crate::progress::Progress;
+use kjump_sys::progress::Progress;
+use kjump_sys::target::{AlignedBuf, Target, TargetError, DIRECT_ALIGN};
+
 use crate::source::{MemorySource, SourceError};
-use crate::target::{AlignedBuf, Target, TargetError, DIRECT_ALIGN};
 
 /// Default window: 16 MiB of input.
 pub const DEFAULT_WINDOW_PAGES: usize = 4096;
@@ -93,8 +94,8 @@ impl CaptureOptions {
         CaptureOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             window_pages: DEFAULT_WINDOW_PAGES,
-            uuid: crate::random_uuid(),
-            capture_time_ns: crate::now_ns(),
+            uuid: kjump_sys::random::uuid(),
+            capture_time_ns: kjump_sys::clock::now_ns(),
             check_worst_case: true,
             progress_line: false,
         }
@@ -171,21 +172,7 @@ impl Sealing {
 /// uuid there is no fallback to the clock.
 fn random_salt() -> std::io::Result<[u8; SALT_SIZE]> {
     let mut b = [0u8; SALT_SIZE];
-    let mut filled = 0;
-    while filled < b.len() {
-        let rest = &mut b[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`,
-        // which we own.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        } else {
-            filled += n as usize;
-        }
-    }
+    kjump_sys::random::fill(&mut b)?;
     Ok(b)
 }
 

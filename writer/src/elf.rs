@@ -14,6 +14,7 @@
 mod overlap;
 
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
+use kjump_sys::ELF_MACHINE;
 
 use overlap::merge_overlaps;
 
@@ -26,13 +27,6 @@ const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const ET_CORE: u16 = 4;
 const PN_XNUM: u16 = 0xffff;
-
-/// The machine this build captures for.
-#[cfg(target_arch = "x86_64")]
-pub const EXPECTED_MACHINE: (u16, &str) = (62, "x86_64");
-/// The machine this build captures for.
-#[cfg(target_arch = "aarch64")]
-pub const EXPECTED_MACHINE: (u16, &str) = (183, "aarch64");
 
 /// Why a file is not a usable ELF core.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +225,7 @@ fn parse_header(h: &[u8]) -> Result<(u64, u16), ElfError> {
     if u16_at(h, 16) != ET_CORE {
         return bad("e_type", u16_at(h, 16).into(), "expected ET_CORE (4)");
     }
-    if u16_at(h, 18) != EXPECTED_MACHINE.0 {
+    if u16_at(h, 18) != ELF_MACHINE.0 {
         return bad(
             "e_machine",
             u16_at(h, 18).into(),
@@ -404,7 +398,7 @@ pub(crate) mod tests {
         h[5] = 1;
         h[6] = 1;
         h[16..18].copy_from_slice(&ET_CORE.to_le_bytes());
-        h[18..20].copy_from_slice(&EXPECTED_MACHINE.0.to_le_bytes());
+        h[18..20].copy_from_slice(&ELF_MACHINE.0.to_le_bytes());
         h[32..40].copy_from_slice(&64u64.to_le_bytes());
         h[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
         h[56..58].copy_from_slice(&phnum.to_le_bytes());

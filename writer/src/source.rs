@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kjump_image_format::{MemoryMap, Metadata, Pfn, PhysRange, PAGE_SIZE};
-use memmap2::{Mmap, MmapOptions};
+use kjump_sys::physmem::{map_memory, MemoryView};
 
 use crate::elf::{self, ElfCore, ElfError};
 
@@ -92,7 +92,7 @@ pub struct MemorySource {
 /// The bytes of one window: whole pages covering a run of frames.
 pub enum Window {
     /// Mapped straight from the source.
-    Mapped(Mmap),
+    Mapped(MemoryView),
     /// Read or assembled into memory (partial pages, zero tails, no mmap).
     Owned(Vec<u8>),
 }
@@ -123,52 +123,10 @@ impl MemorySource {
         let file = File::open(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         let (segments, map, notes) = match ranges {
-            Some(map) => {
-                if meta.is_file() {
-                    if let Some(r) = map.ranges().iter().find(|r| r.end().0 > meta.len()) {
-                        return Err(SourceError::RangeBeyondFile {
-                            path: path.to_path_buf(),
-                            range: *r,
-                            size: meta.len(),
-                        });
-                    }
-                }
-                let segs = map
-                    .ranges()
-                    .iter()
-                    .map(|r| Segment {
-                        range: *r,
-                        file_offset: r.start().0,
-                        file_len: r.len(),
-                    })
-                    .collect();
-                (segs, map, None)
-            }
+            Some(map) => (raw_segments(path, &meta, &map)?, map, None),
             None if is_elf(&file) => {
-                let core = read_core(&file, meta.len()).map_err(|source| SourceError::Elf {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                for o in &core.overlaps {
-                    // A kdump core's kernel text mapping, usually.
-                    log::info!(
-                        "{}: PT_LOAD {} covers {} of PT_LOAD {} with the same bytes: read once",
-                        path.display(),
-                        o.other,
-                        o.range,
-                        o.kept
-                    );
-                }
-                let segs = core
-                    .segments
-                    .iter()
-                    .map(|s| Segment {
-                        range: s.range,
-                        file_offset: s.file_offset,
-                        file_len: s.file_len,
-                    })
-                    .collect();
-                (segs, core.map, Some(core.notes))
+                let (segments, core) = core_segments(path, &file, meta.len())?;
+                (segments, core.map, Some(core.notes))
             }
             None => {
                 return Err(SourceError::NeedRanges {
@@ -249,14 +207,11 @@ impl MemorySource {
         Ok(Window::Owned(buf))
     }
 
-    fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<Mmap> {
-        // SAFETY: the mapping is read-only and private to this capture. The
-        // bytes behind it must not change while it is held: for /dev/mem they
-        // are the RAM of the suspended kernel, which is not running; for a
-        // dump file, kjump asks that nothing rewrites or truncates it during
-        // the capture (a truncation would raise SIGBUS, not corrupt the image
-        // silently, since every range was checked against the file length).
-        unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file) }
+    fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<MemoryView> {
+        // The bytes stand still while mapped: the RAM of a kernel that is
+        // not running, or a dump that nothing rewrites during the capture
+        // (see map_memory).
+        map_memory(&self.file, offset, len)
     }
 
     fn read_into(&self, buf: &mut [u8], offset: u64, phys: u64) -> Result<(), SourceError> {
@@ -276,6 +231,66 @@ impl MemorySource {
                 source,
             })
     }
+}
+
+/// Segments of physical memory read at their own address (offset =
+/// address), as /dev/mem holds them; a regular file standing in for it
+/// must hold every range.
+fn raw_segments(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    map: &MemoryMap,
+) -> Result<Vec<Segment>, SourceError> {
+    if meta.is_file() {
+        if let Some(r) = map.ranges().iter().find(|r| r.end().0 > meta.len()) {
+            return Err(SourceError::RangeBeyondFile {
+                path: path.to_path_buf(),
+                range: *r,
+                size: meta.len(),
+            });
+        }
+    }
+    Ok(map
+        .ranges()
+        .iter()
+        .map(|r| Segment {
+            range: *r,
+            file_offset: r.start().0,
+            file_len: r.len(),
+        })
+        .collect())
+}
+
+/// The segments of an ELF core, and the core as parsed.
+fn core_segments(
+    path: &Path,
+    file: &File,
+    size: u64,
+) -> Result<(Vec<Segment>, ElfCore), SourceError> {
+    let core = read_core(file, size).map_err(|source| SourceError::Elf {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    for o in &core.overlaps {
+        // A kdump core's kernel text mapping, usually.
+        log::info!(
+            "{}: PT_LOAD {} covers {} of PT_LOAD {} with the same bytes: read once",
+            path.display(),
+            o.other,
+            o.range,
+            o.kept
+        );
+    }
+    let segments = core
+        .segments
+        .iter()
+        .map(|s| Segment {
+            range: s.range,
+            file_offset: s.file_offset,
+            file_len: s.file_len,
+        })
+        .collect();
+    Ok((segments, core))
 }
 
 fn read_core(file: &File, size: u64) -> Result<ElfCore, ElfError> {

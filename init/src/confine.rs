@@ -2,7 +2,7 @@
 //! B and R check that the memory their own kernel uses lies inside the
 //! `crashkernel=` region (and B's low 64 KiB for the real-mode trampoline).
 //!
-//! The command line confines them ([`crate::hibernate::CONFINEMENT`] and
+//! The command line confines them ([`kjump_handoff::plan::CONFINEMENT`] and
 //! the `memmap=` words), but a kernel that ignores a word, or a boot path
 //! that allocates before the memory map is applied, would put the kernel
 //! into the saved RAM: it has already overwritten part of it, and a capture
@@ -12,9 +12,9 @@
 use std::fmt;
 
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
-use kjump_writer::ranges;
+use kjump_sys::ranges;
 
-use crate::hibernate::{B_LOW_MEMORY, HEADER_RESERVE};
+use kjump_handoff::plan::{B_LOW_MEMORY, HEADER_RESERVE};
 
 /// The /proc/iomem resources that show where a kernel lives: its RAM and
 /// its own image.
@@ -64,6 +64,8 @@ impl fmt::Display for Escape {
         )
     }
 }
+
+impl std::error::Error for Escape {}
 
 /// Checks /proc/iomem's `text` of the running kernel against `region`:
 /// `Ok(None)` when every [`CHECKED`] resource lies inside [`allowed`], else

@@ -24,15 +24,16 @@
 //! | 36 | length | message, UTF-8 |
 
 use std::fmt;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
-use memmap2::MmapMut;
+use kjump_image_format::{MemoryMap, PhysAddr, PhysRange, RangeError};
+use kjump_sys::pagemap::{LockedPage, PageError};
+use kjump_sys::physmem::PhysFile;
+
+use crate::uuid::Uuid;
 
 /// The page size the mailbox occupies.
-pub const PAGE: usize = 4096;
+pub const PAGE: usize = kjump_sys::pagemap::PAGE;
 const MAGIC: &[u8; 8] = b"KJMAILBX";
 const HEADER: usize = 36;
 /// Longest message a report carries; longer ones are cut.
@@ -45,17 +46,12 @@ pub struct MailboxAddress {
     /// Physical address of the page.
     pub phys: u64,
     /// The random token written after the magic.
-    pub token: [u8; 16],
+    pub token: Uuid,
 }
 
 impl fmt::Display for MailboxAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:#x}:{}",
-            self.phys,
-            crate::manifest::uuid_hex(&self.token)
-        )
+        write!(f, "{:#x}:{}", self.phys, self.token)
     }
 }
 
@@ -67,7 +63,7 @@ impl MailboxAddress {
         (phys % PAGE as u64 == 0).then_some(())?;
         Some(MailboxAddress {
             phys,
-            token: crate::manifest::parse_uuid(token)?,
+            token: Uuid::parse(token)?,
         })
     }
 }
@@ -138,13 +134,61 @@ fn report_crc(fields: &[u8], message: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn holds_token(page: &[u8], token: &[u8; 16]) -> bool {
-    page.len() >= HEADER && &page[..8] == MAGIC && &page[8..24] == token
+fn holds_token(page: &[u8], token: &Uuid) -> bool {
+    page.len() >= HEADER && &page[..8] == MAGIC && page[8..24] == token.0
+}
+
+/// Why the jumping kernel has no mailbox.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    /// No locked page with a known physical address.
+    #[error(transparent)]
+    Page(#[from] PageError),
+    /// The page is not a range of physical memory.
+    #[error("mailbox page at {phys:#x}")]
+    Range {
+        /// Its physical address.
+        phys: u64,
+        /// The cause.
+        #[source]
+        source: RangeError,
+    },
+    /// The next kernel cannot write the page.
+    #[error("the mailbox page {0} lies outside the memory the next kernel can reach")]
+    Unreachable(PhysRange),
+}
+
+/// Why the confined kernel could not leave its report.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// /dev/mem could not be opened.
+    #[error("opening {path}")]
+    Open {
+        /// /dev/mem or its stand-in.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The page could not be read or written.
+    #[error("{what} the mailbox at {phys:#x}")]
+    Io {
+        /// "reading" or "writing".
+        what: &'static str,
+        /// Its physical address.
+        phys: u64,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The page is not the mailbox any more.
+    #[error("the page at {0:#x} no longer holds the mailbox: nothing written")]
+    Gone(u64),
 }
 
 /// The jumping kernel's side: a locked page of this process.
 pub struct Mailbox {
-    map: MmapMut,
+    map: LockedPage,
     address: MailboxAddress,
 }
 
@@ -152,25 +196,21 @@ impl Mailbox {
     /// Sets up the mailbox in a locked page whose physical address lies in
     /// `reachable` (the memory the next kernel can write through
     /// /dev/mem). Needs CAP_SYS_ADMIN for the physical address.
-    pub fn open(reachable: &MemoryMap) -> Result<Mailbox, String> {
-        let mut map =
-            MmapMut::map_anon(PAGE).map_err(|e| format!("mapping a page for the mailbox: {e}"))?;
-        let token = kjump_writer::random_uuid();
-        map[..8].copy_from_slice(MAGIC);
-        map[8..24].copy_from_slice(&token);
-        map.lock()
-            .map_err(|e| format!("locking the mailbox page in RAM: {e}"))?;
-        let phys = physical_address(map.as_ptr() as u64)?;
+    pub fn open(reachable: &MemoryMap) -> Result<Mailbox, MailboxError> {
+        let token = Uuid::random();
+        let map = LockedPage::new(|page| {
+            page[..8].copy_from_slice(MAGIC);
+            page[8..24].copy_from_slice(&token.0);
+        })?;
+        let phys = map.phys();
         let page = PhysRange::from_start_len(PhysAddr(phys), PAGE as u64)
-            .map_err(|e| format!("mailbox page at {phys:#x}: {e}"))?;
+            .map_err(|source| MailboxError::Range { phys, source })?;
         if !reachable
             .ranges()
             .iter()
             .any(|r| r.intersect(&page) == Some(page))
         {
-            return Err(format!(
-                "the mailbox page {page} lies outside the memory the next kernel can reach"
-            ));
+            return Err(MailboxError::Unreachable(page));
         }
         Ok(Mailbox {
             map,
@@ -194,48 +234,30 @@ impl Mailbox {
     }
 }
 
-/// The physical address of this process's resident page at `vaddr`, from
-/// /proc/self/pagemap (bits 0-54 the frame number, bit 63 present; the
-/// kernel shows frame 0 to a reader without CAP_SYS_ADMIN).
-fn physical_address(vaddr: u64) -> Result<u64, String> {
-    let page = PAGE as u64;
-    let file =
-        File::open("/proc/self/pagemap").map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;
-    let mut entry = [0u8; 8];
-    file.read_exact_at(&mut entry, vaddr / page * 8)
-        .map_err(|e| format!("reading /proc/self/pagemap for {vaddr:#x}: {e}"))?;
-    let entry = u64::from_le_bytes(entry);
-    let pfn = entry & ((1 << 55) - 1);
-    if entry >> 63 == 0 || pfn == 0 {
-        return Err(format!(
-            "/proc/self/pagemap gives no frame for {vaddr:#x} (entry {entry:#x}): not root?"
-        ));
-    }
-    Ok(pfn * page + vaddr % page)
-}
-
 /// The other kernel's side: writes `report` into the mailbox at `at`
 /// through `mem` (/dev/mem), after checking that the page there still
 /// holds the magic and the token.
-pub fn post(mem: &Path, at: &MailboxAddress, report: &Report) -> Result<(), String> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .open(mem)
-        .map_err(|e| format!("opening {}: {e}", mem.display()))?;
+pub fn post(mem: &Path, at: &MailboxAddress, report: &Report) -> Result<(), PostError> {
+    let file = PhysFile::open(mem).map_err(|source| PostError::Open {
+        path: mem.to_path_buf(),
+        source,
+    })?;
+    let io = |what| {
+        move |source| PostError::Io {
+            what,
+            phys: at.phys,
+            source,
+        }
+    };
     let mut page = vec![0u8; PAGE];
-    file.read_exact_at(&mut page, at.phys)
-        .map_err(|e| format!("reading the mailbox at {:#x}: {e}", at.phys))?;
+    file.read_at(&mut page, at.phys).map_err(io("reading"))?;
     if !holds_token(&page, &at.token) {
-        return Err(format!(
-            "the page at {:#x} no longer holds the mailbox: nothing written",
-            at.phys
-        ));
+        return Err(PostError::Gone(at.phys));
     }
     page[24..].fill(0);
     report.encode_into(&mut page);
-    file.write_all_at(&page[24..], at.phys + 24)
-        .map_err(|e| format!("writing the mailbox at {:#x}: {e}", at.phys))
+    file.write_at(&page[24..], at.phys + 24)
+        .map_err(io("writing"))
 }
 
 #[cfg(test)]
@@ -253,7 +275,7 @@ mod tests {
     fn address_round_trips() {
         let a = MailboxAddress {
             phys: 0x1234_5000,
-            token: *b"0123456789abcdef",
+            token: Uuid(*b"0123456789abcdef"),
         };
         assert_eq!(MailboxAddress::parse(&a.to_string()), Some(a));
         assert_eq!(
@@ -279,7 +301,7 @@ mod tests {
         };
         let at = MailboxAddress {
             phys: PAGE as u64,
-            token,
+            token: Uuid(token),
         };
         post(&mem, &at, &report).unwrap();
         let after = std::fs::read(&mem).unwrap();
@@ -290,13 +312,13 @@ mod tests {
         // A page that does not hold the token is left alone.
         let other = MailboxAddress {
             phys: 2 * PAGE as u64,
-            token,
+            token: Uuid(token),
         };
-        let e = post(&mem, &other, &report).unwrap_err();
+        let e = post(&mem, &other, &report).unwrap_err().to_string();
         assert!(e.contains("no longer holds the mailbox"), "{e}");
         let wrong = MailboxAddress {
             phys: PAGE as u64,
-            token: [8u8; 16],
+            token: Uuid([8u8; 16]),
         };
         assert!(post(&mem, &wrong, &report).is_err());
         assert_eq!(std::fs::read(&mem).unwrap(), after);

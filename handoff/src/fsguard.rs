@@ -81,20 +81,59 @@ pub fn mounted_block_devices(mountinfo: &str) -> Vec<String> {
     out
 }
 
+/// A filesystem that is not as the capture recorded it.
+#[derive(Debug)]
+pub enum Change {
+    /// Its fingerprint differs.
+    Changed {
+        /// The device.
+        device: String,
+        /// The fingerprint the capture recorded.
+        then: String,
+        /// The fingerprint now.
+        now: String,
+    },
+    /// The device cannot be read.
+    Unreadable {
+        /// The device.
+        device: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Changed { device, then, now } => write!(
+                f,
+                "the filesystem on {device} changed since the hibernation ({then} then, {now} now): \
+             it was mounted and written by another boot, and resuming would corrupt it"
+            ),
+            Change::Unreadable { device, error } => write!(
+                f,
+                "cannot read {device} to check that its filesystem is unchanged: {error}"
+            ),
+        }
+    }
+}
+
 /// Compares recorded fingerprints (`(device, fingerprint)`) with the
 /// devices now; returns the first that changed or cannot be read.
-pub fn first_change(recorded: &[(String, String)]) -> Option<String> {
+pub fn first_change(recorded: &[(String, String)]) -> Option<Change> {
     recorded
         .iter()
         .find_map(|(dev, then)| match fingerprint(Path::new(dev)) {
             Ok(now) if now == *then => None,
-            Ok(now) => Some(format!(
-                "the filesystem on {dev} changed since the hibernation ({then} then, {now} now): \
-             it was mounted and written by another boot, and resuming would corrupt it"
-            )),
-            Err(e) => Some(format!(
-                "cannot read {dev} to check that its filesystem is unchanged: {e}"
-            )),
+            Ok(now) => Some(Change::Changed {
+                device: dev.clone(),
+                then: then.clone(),
+                now,
+            }),
+            Err(error) => Some(Change::Unreadable {
+                device: dev.clone(),
+                error,
+            }),
         })
 }
 

@@ -225,8 +225,9 @@ pub fn selftest(jumps: u32) -> Result<Vec<Duration>, KexecError> {
 /// Jumps into the loaded kexec image with its context preserved. Returns
 /// when something jumps back into this kernel.
 pub fn jump() -> Result<(), KexecError> {
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    nix::unistd::sync();
+    // Not nix's reboot(), which takes every return for a failure: with a
+    // preserve-context image loaded, 0 means we were jumped back into.
     // SAFETY: reboot with LINUX_REBOOT_CMD_KEXEC takes no pointer; with a
     // preserve-context image loaded it returns 0 once we are jumped back to.
     let rc = unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) };
@@ -242,27 +243,24 @@ pub fn jump() -> Result<(), KexecError> {
     Ok(())
 }
 
-/// How to end a kernel's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PowerAction {
-    /// Switch the machine off.
-    PowerOff,
-    /// Restart the machine.
-    Restart,
+/// Whether a kexec image is loaded (/sys/kernel/kexec_loaded).
+pub fn image_loaded() -> bool {
+    std::fs::read_to_string("/sys/kernel/kexec_loaded").is_ok_and(|v| v.trim() == "1")
 }
 
-/// Flushes filesystems and powers off or restarts. Returns only on failure.
-pub fn power(action: PowerAction) -> io::Error {
-    let cmd = match action {
-        PowerAction::PowerOff => libc::RB_POWER_OFF,
-        PowerAction::Restart => libc::RB_AUTOBOOT,
-    };
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    // SAFETY: reboot with these commands takes no pointer and does not
-    // return on success.
-    unsafe { libc::reboot(cmd) };
-    io::Error::last_os_error()
+/// Whether `kexec_load` is switched off until the next boot (sysctl
+/// `kernel.kexec_load_disabled`).
+pub fn load_disabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/kexec_load_disabled").is_ok_and(|v| v.trim() == "1")
+}
+
+/// The kernel's lockdown state when it is locked down (which refuses
+/// `kexec_load` and /dev/mem), as /sys/kernel/security/lockdown shows it
+/// (`none [integrity] confidentiality`); `None` when it is not, or when the
+/// kernel has no lockdown.
+pub fn lockdown() -> Option<String> {
+    let v = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    (!v.contains("[none]")).then(|| v.trim().to_string())
 }
 
 /// The re-entry point the jumping kernel left on `cmdline`.

@@ -3,9 +3,18 @@
 //! `kjump hibernate` writes it into the capture initramfs as
 //! `etc/kjump/manifest`; kjump as `/init` in the capture kernel reads it. One
 //! `key=value` per line, `#` comments; every key known, every required key
-//! present, nothing repeated.
+//! present, nothing repeated. The restore kernel gets one too, from
+//! `kjump resume`.
 
 use std::fmt::Write as _;
+use std::num::ParseIntError;
+use std::path::PathBuf;
+
+use kjump_image_format::{MemoryMap, PhysRange};
+use kjump_sys::ranges::{parse_range_list, RangesError};
+
+use crate::mailbox::MailboxAddress;
+use crate::uuid::Uuid;
 
 /// Path of the manifest inside the initramfs.
 pub const PATH: &str = "etc/kjump/manifest";
@@ -55,12 +64,70 @@ impl Mode {
 
 /// A manifest line that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("manifest line {line}: {reason}")]
+#[error("manifest line {line}: {problem}")]
 pub struct ManifestError {
     /// Line number, from 1 (0 for the manifest as a whole).
     pub line: usize,
     /// What is wrong.
-    pub reason: String,
+    #[source]
+    pub problem: Problem,
+}
+
+/// What is wrong with a manifest line.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// Not a `key=value` line.
+    #[error("expected key=value, got {0:?}")]
+    NotKeyValue(String),
+    /// A key this kjump does not know.
+    #[error("unknown key {0:?}")]
+    UnknownKey(String),
+    /// A key given on two lines.
+    #[error("{0} given twice")]
+    Twice(&'static str),
+    /// A required key is missing.
+    #[error("required key {0} is missing")]
+    Missing(&'static str),
+    /// Another manifest version.
+    #[error("version {0:?}, this kjump reads {VERSION}")]
+    Version(String),
+    /// An unknown mode.
+    #[error("mode {0:?} is not poweroff, reboot, checkpoint, suspend or restore")]
+    Mode(String),
+    /// A value that is not the number it should be.
+    #[error("{key} {value:?}{expected}")]
+    Number {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// What it should be, after the value (empty, or " is not ...").
+        expected: &'static str,
+        /// The cause.
+        #[source]
+        source: ParseIntError,
+    },
+    /// A value that is not one of the words its key takes.
+    #[error("{key} {value:?} is not {expected}")]
+    Word {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// What it may be.
+        expected: &'static str,
+    },
+    /// A list of ranges that cannot be read.
+    #[error("{key} {value:?}")]
+    Ranges {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// The cause.
+        #[source]
+        source: RangesError,
+    },
 }
 
 /// The decoded manifest.
@@ -70,22 +137,23 @@ pub struct Manifest {
     pub mode: Mode,
     /// The block device (or file) to write the image to, as the capture
     /// kernel names it.
-    pub target: String,
+    pub target: PathBuf,
     /// When the image goes into a file's blocks on `target`: the device
     /// offset of the file's extent map (optional key `target-offset`, hex).
     pub target_offset: Option<u64>,
-    /// The saved kernel's physical memory to capture: `start-end` pairs with
-    /// inclusive ends, as in /proc/iomem.
-    pub ram: String,
-    /// The reserved region the capture kernel runs in (`start-end`).
-    pub region: String,
+    /// The saved kernel's physical memory to capture (key `ram`: `start-end`
+    /// pairs with inclusive ends, as in /proc/iomem).
+    pub ram: MemoryMap,
+    /// The reserved region the capture kernel runs in (key `region`,
+    /// `start-end`).
+    pub region: PhysRange,
     /// `uname -r` of the saved kernel.
     pub kernel_release: String,
     /// When the saved kernel started hibernating, ns since the epoch.
     pub started_ns: u64,
     /// Block devices the saved kernel had filesystems mounted on, whose
     /// fingerprints the capture records for the stale-filesystem guard.
-    pub filesystems: Vec<String>,
+    pub filesystems: Vec<PathBuf>,
     /// The image is encrypted with this kind of secret (optional key
     /// `encrypt`).
     pub encrypt: Option<SecretKind>,
@@ -94,16 +162,16 @@ pub struct Manifest {
     pub key_source: KeySource,
     /// The terminal a passphrase is asked on (optional key `tty`; default
     /// /dev/console).
-    pub tty: Option<String>,
+    pub tty: Option<PathBuf>,
     /// The uuid the image gets, so that the saved kernel can tell its own
     /// image (optional key `image-uuid`, 32 hex digits).
-    pub image_uuid: Option<[u8; 16]>,
+    pub image_uuid: Option<Uuid>,
     /// The target is a swap area the saved kernel had swapped on: its held
     /// signature records that (optional key `swap-was-active=1`).
     pub swap_was_active: bool,
     /// Where to report why this kernel jumps back without doing its work
     /// (optional key `mailbox`, `0xADDR:TOKEN`).
-    pub mailbox: Option<crate::mailbox::MailboxAddress>,
+    pub mailbox: Option<MailboxAddress>,
 }
 
 /// What kind of secret an encrypted image is sealed with.
@@ -113,6 +181,24 @@ pub enum SecretKind {
     KeyFile,
     /// A passphrase.
     Passphrase,
+}
+
+impl SecretKind {
+    /// The manifest's word.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretKind::KeyFile => "key-file",
+            SecretKind::Passphrase => "passphrase",
+        }
+    }
+
+    fn parse(v: &str) -> Option<SecretKind> {
+        match v {
+            "key-file" => Some(SecretKind::KeyFile),
+            "passphrase" => Some(SecretKind::Passphrase),
+            _ => None,
+        }
+    }
 }
 
 /// Where the secret of an encrypted image comes from.
@@ -127,7 +213,7 @@ pub enum KeySource {
     /// The first `size` bytes of a block device (a key file).
     Device {
         /// The device, as the kernel names it.
-        device: String,
+        device: PathBuf,
         /// Bytes of it that are the key.
         size: usize,
     },
@@ -138,7 +224,9 @@ impl KeySource {
         match self {
             KeySource::Initramfs => None,
             KeySource::Ask => Some("ask".into()),
-            KeySource::Device { device, size } => Some(format!("device:{device}:{size}")),
+            KeySource::Device { device, size } => {
+                Some(format!("device:{}:{size}", device.display()))
+            }
         }
     }
 
@@ -158,30 +246,138 @@ impl KeySource {
     }
 }
 
-impl SecretKind {
-    /// The manifest's word.
-    pub fn name(self) -> &'static str {
-        match self {
-            SecretKind::KeyFile => "key-file",
-            SecretKind::Passphrase => "passphrase",
+/// Every key a manifest may have.
+const KEYS: [&str; 15] = [
+    "mailbox",
+    "version",
+    "mode",
+    "target",
+    "target-offset",
+    "encrypt",
+    "key",
+    "tty",
+    "image-uuid",
+    "swap-was-active",
+    "ram",
+    "region",
+    "kernel-release",
+    "started-ns",
+    "filesystems",
+];
+
+/// A manifest's lines, by key: where each key stands and its value.
+struct Lines<'a> {
+    found: Vec<(&'static str, usize, &'a str)>,
+}
+
+impl<'a> Lines<'a> {
+    /// Splits `text` into known keys, each given once.
+    fn read(text: &'a str) -> Result<Lines<'a>, ManifestError> {
+        let mut found: Vec<(&'static str, usize, &'a str)> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let at = |problem| ManifestError {
+                line: n + 1,
+                problem,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| at(Problem::NotKeyValue(line.into())))?;
+            let key = *KEYS
+                .iter()
+                .find(|name| **name == k)
+                .ok_or_else(|| at(Problem::UnknownKey(k.into())))?;
+            if found.iter().any(|(name, _, _)| *name == key) {
+                return Err(at(Problem::Twice(key)));
+            }
+            found.push((key, n + 1, v));
         }
+        Ok(Lines { found })
+    }
+
+    /// The value of an optional key, and its line.
+    fn get(&self, key: &str) -> Option<(usize, &'a str)> {
+        self.found
+            .iter()
+            .find(|(name, _, _)| *name == key)
+            .map(|(_, line, v)| (*line, *v))
+    }
+
+    /// The value of a required key.
+    fn required(&self, key: &'static str) -> Result<&'a str, ManifestError> {
+        self.get(key).map(|(_, v)| v).ok_or(ManifestError {
+            line: 0,
+            problem: Problem::Missing(key),
+        })
+    }
+
+    /// An optional key's value, decoded by `decode`; its problem names
+    /// the key's line.
+    fn decode<T>(
+        &self,
+        key: &str,
+        decode: impl FnOnce(&'a str) -> Result<T, Problem>,
+    ) -> Result<Option<T>, ManifestError> {
+        self.get(key)
+            .map(|(line, v)| decode(v).map_err(|problem| ManifestError { line, problem }))
+            .transpose()
+    }
+
+    /// A required key's value, decoded by `decode`.
+    fn decode_required<T>(
+        &self,
+        key: &'static str,
+        decode: impl FnOnce(&'a str) -> Result<T, Problem>,
+    ) -> Result<T, ManifestError> {
+        self.required(key)?;
+        self.decode(key, decode)?.ok_or(ManifestError {
+            line: 0,
+            problem: Problem::Missing(key),
+        })
     }
 }
 
-/// A uuid as 32 hex digits.
-pub fn uuid_hex(u: &[u8; 16]) -> String {
-    u.iter().map(|b| format!("{b:02x}")).collect()
+fn word<T>(
+    key: &'static str,
+    expected: &'static str,
+    v: Option<T>,
+    value: &str,
+) -> Result<T, Problem> {
+    v.ok_or_else(|| Problem::Word {
+        key,
+        value: value.into(),
+        expected,
+    })
 }
 
-pub(crate) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
-    let mut u = [0u8; 16];
-    for (i, b) in u.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(u)
+fn decode_mode(v: &str) -> Result<Mode, Problem> {
+    Mode::parse(v).ok_or_else(|| Problem::Mode(v.into()))
+}
+
+fn decode_offset(v: &str) -> Result<u64, Problem> {
+    u64::from_str_radix(v.strip_prefix("0x").unwrap_or(v), 16).map_err(|source| Problem::Number {
+        key: "target-offset",
+        value: v.into(),
+        expected: " is not a hex offset",
+        source,
+    })
+}
+
+fn decode_ranges(key: &'static str, v: &str) -> Result<Vec<PhysRange>, Problem> {
+    parse_range_list(v).map_err(|source| Problem::Ranges {
+        key,
+        value: v.into(),
+        source,
+    })
+}
+
+fn decode_region(v: &str) -> Result<PhysRange, Problem> {
+    let ranges = decode_ranges("region", v)?;
+    let one = (ranges.len() == 1).then(|| ranges[0]);
+    word("region", "one range", one, v)
 }
 
 impl Manifest {
@@ -190,15 +386,21 @@ impl Manifest {
         let mut s = String::from("# kjump capture manifest\n");
         let _ = writeln!(s, "version={VERSION}");
         let _ = writeln!(s, "mode={}", self.mode.name());
-        let _ = writeln!(s, "target={}", self.target);
+        let _ = writeln!(s, "target={}", self.target.display());
         if let Some(at) = self.target_offset {
             let _ = writeln!(s, "target-offset={at:#x}");
         }
-        let _ = writeln!(s, "ram={}", self.ram);
+        let ram: Vec<String> = self.ram.ranges().iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "ram={}", ram.join(","));
         let _ = writeln!(s, "region={}", self.region);
         let _ = writeln!(s, "kernel-release={}", self.kernel_release);
         let _ = writeln!(s, "started-ns={}", self.started_ns);
-        let _ = writeln!(s, "filesystems={}", self.filesystems.join(","));
+        let filesystems: Vec<String> = self
+            .filesystems
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let _ = writeln!(s, "filesystems={}", filesystems.join(","));
         if let Some(k) = self.encrypt {
             let _ = writeln!(s, "encrypt={}", k.name());
         }
@@ -206,10 +408,10 @@ impl Manifest {
             let _ = writeln!(s, "key={k}");
         }
         if let Some(t) = &self.tty {
-            let _ = writeln!(s, "tty={t}");
+            let _ = writeln!(s, "tty={}", t.display());
         }
         if let Some(u) = &self.image_uuid {
-            let _ = writeln!(s, "image-uuid={}", uuid_hex(u));
+            let _ = writeln!(s, "image-uuid={u}");
         }
         if self.swap_was_active {
             let _ = writeln!(s, "swap-was-active=1");
@@ -222,152 +424,59 @@ impl Manifest {
 
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let mut fields: [(&str, Option<(usize, &str)>); 15] = [
-            ("mailbox", None),
-            ("version", None),
-            ("mode", None),
-            ("target", None),
-            ("target-offset", None),
-            ("encrypt", None),
-            ("key", None),
-            ("tty", None),
-            ("image-uuid", None),
-            ("swap-was-active", None),
-            ("ram", None),
-            ("region", None),
-            ("kernel-release", None),
-            ("started-ns", None),
-            ("filesystems", None),
-        ];
-        for (n, line) in text.lines().enumerate() {
-            let line_no = n + 1;
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let err = |reason: String| ManifestError {
-                line: line_no,
-                reason,
-            };
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| err(format!("expected key=value, got {line:?}")))?;
-            let slot = fields
-                .iter_mut()
-                .find(|(name, _)| *name == k)
-                .ok_or_else(|| err(format!("unknown key {k:?}")))?;
-            if slot.1.is_some() {
-                return Err(err(format!("{k} given twice")));
-            }
-            slot.1 = Some((line_no, v));
-        }
-        let get = |key: &str| {
-            fields
-                .iter()
-                .find(|(name, _)| *name == key)
-                .and_then(|(_, v)| *v)
-                .ok_or_else(|| ManifestError {
-                    line: 0,
-                    reason: format!("required key {key} is missing"),
-                })
-        };
-        let (line, version) = get("version")?;
-        if version != VERSION.to_string() {
-            return Err(ManifestError {
-                line,
-                reason: format!("version {version:?}, this kjump reads {VERSION}"),
-            });
-        }
-        let (line, mode) = get("mode")?;
-        let mode = Mode::parse(mode).ok_or_else(|| ManifestError {
-            line,
-            reason: format!(
-                "mode {mode:?} is not poweroff, reboot, checkpoint, suspend or restore"
-            ),
+        let lines = Lines::read(text)?;
+        lines.decode_required("version", |v| {
+            (v == VERSION.to_string())
+                .then_some(())
+                .ok_or_else(|| Problem::Version(v.into()))
         })?;
-        let (line, started) = get("started-ns")?;
-        let started_ns = started.parse().map_err(|e| ManifestError {
-            line,
-            reason: format!("started-ns {started:?}: {e}"),
+        let mode = lines.decode_required("mode", decode_mode)?;
+        let started_ns = lines.decode_required("started-ns", |v| {
+            v.parse().map_err(|source| Problem::Number {
+                key: "started-ns",
+                value: v.into(),
+                expected: "",
+                source,
+            })
         })?;
-        let target_offset = match get("target-offset") {
-            Ok((line, v)) => Some(
-                u64::from_str_radix(v.strip_prefix("0x").unwrap_or(v), 16).map_err(|e| {
-                    ManifestError {
-                        line,
-                        reason: format!("target-offset {v:?} is not a hex offset: {e}"),
-                    }
-                })?,
-            ),
-            Err(_) => None,
-        };
-        let encrypt = match get("encrypt") {
-            Ok((_, "key-file")) => Some(SecretKind::KeyFile),
-            Ok((_, "passphrase")) => Some(SecretKind::Passphrase),
-            Ok((line, v)) => {
-                return Err(ManifestError {
-                    line,
-                    reason: format!("encrypt {v:?} is not key-file or passphrase"),
-                })
-            }
-            Err(_) => None,
-        };
-        let key_source = match get("key") {
-            Ok((line, v)) => KeySource::parse(v).ok_or_else(|| ManifestError {
-                line,
-                reason: format!("key {v:?} is not initramfs, ask or device:DEV:BYTES"),
-            })?,
-            Err(_) => KeySource::Initramfs,
-        };
-        let image_uuid = match get("image-uuid") {
-            Ok((line, v)) => Some(parse_uuid(v).ok_or_else(|| ManifestError {
-                line,
-                reason: format!("image-uuid {v:?} is not 32 hex digits"),
-            })?),
-            Err(_) => None,
-        };
-        let swap_was_active = match get("swap-was-active") {
-            Ok((_, "1")) => true,
-            Ok((line, v)) => {
-                return Err(ManifestError {
-                    line,
-                    reason: format!("swap-was-active {v:?} is not 1"),
-                })
-            }
-            Err(_) => false,
-        };
-        let mailbox =
-            match get("mailbox") {
-                Ok((line, v)) => Some(crate::mailbox::MailboxAddress::parse(v).ok_or_else(
-                    || ManifestError {
-                        line,
-                        reason: format!(
-                            "mailbox {v:?} is not 0xADDR:TOKEN (a page address, 32 hex digits)"
-                        ),
-                    },
-                )?),
-                Err(_) => None,
-            };
+        let key_source = lines.decode("key", |v| {
+            word(
+                "key",
+                "initramfs, ask or device:DEV:BYTES",
+                KeySource::parse(v),
+                v,
+            )
+        })?;
+        let swap_was_active = lines.decode("swap-was-active", |v| {
+            word("swap-was-active", "1", (v == "1").then_some(true), v)
+        })?;
         Ok(Manifest {
             mode,
-            swap_was_active,
-            mailbox,
-            target: get("target")?.1.to_string(),
-            target_offset,
-            ram: get("ram")?.1.to_string(),
-            region: get("region")?.1.to_string(),
-            kernel_release: get("kernel-release")?.1.to_string(),
+            swap_was_active: swap_was_active.unwrap_or(false),
+            mailbox: lines.decode("mailbox", |v| {
+                let expected = "0xADDR:TOKEN (a page address, 32 hex digits)";
+                word("mailbox", expected, MailboxAddress::parse(v), v)
+            })?,
+            target: lines.required("target")?.into(),
+            target_offset: lines.decode("target-offset", decode_offset)?,
+            ram: MemoryMap::merged(lines.decode_required("ram", |v| decode_ranges("ram", v))?),
+            region: lines.decode_required("region", decode_region)?,
+            kernel_release: lines.required("kernel-release")?.to_string(),
             started_ns,
-            filesystems: get("filesystems")?
-                .1
+            filesystems: lines
+                .required("filesystems")?
                 .split(',')
                 .filter(|d| !d.is_empty())
-                .map(String::from)
+                .map(PathBuf::from)
                 .collect(),
-            encrypt,
-            key_source,
-            tty: get("tty").ok().map(|(_, v)| v.to_string()),
-            image_uuid,
+            encrypt: lines.decode("encrypt", |v| {
+                word("encrypt", "key-file or passphrase", SecretKind::parse(v), v)
+            })?,
+            key_source: key_source.unwrap_or_default(),
+            tty: lines.get("tty").map(|(_, v)| PathBuf::from(v)),
+            image_uuid: lines.decode("image-uuid", |v| {
+                word("image-uuid", "32 hex digits", Uuid::parse(v), v)
+            })?,
         })
     }
 }
@@ -375,14 +484,19 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kjump_image_format::PhysAddr;
+
+    fn range(s: u64, e: u64) -> PhysRange {
+        PhysRange::new(PhysAddr(s), PhysAddr(e)).unwrap()
+    }
 
     fn sample() -> Manifest {
         Manifest {
             mode: Mode::Checkpoint,
             target: "/dev/vdb".into(),
             target_offset: None,
-            ram: "0x1000-0xffff,0x20000-0x9efff".into(),
-            region: "0x2f000000-0x3effffff".into(),
+            ram: MemoryMap::merged(vec![range(0x1000, 0x10000), range(0x20000, 0x9f000)]),
+            region: range(0x2f00_0000, 0x3f00_0000),
             kernel_release: "6.12.117".into(),
             started_ns: 42,
             filesystems: vec!["/dev/vdb".into(), "/dev/vda1".into()],
@@ -405,7 +519,7 @@ mod tests {
         let e = Manifest::parse(&m.encode().replace("0x12345000", "0xg")).unwrap_err();
         assert!(e.to_string().contains("not a hex offset"), "{e}");
         m.encrypt = Some(SecretKind::Passphrase);
-        m.image_uuid = Some(*b"0123456789abcdef");
+        m.image_uuid = Some(Uuid(*b"0123456789abcdef"));
         m.swap_was_active = true;
         let text = m.encode();
         assert!(
@@ -419,9 +533,9 @@ mod tests {
         assert!(e.to_string().contains("not key-file or passphrase"), "{e}");
         let e = Manifest::parse(&text.replace("image-uuid=3031", "image-uuid=zz31")).unwrap_err();
         assert!(e.to_string().contains("not 32 hex digits"), "{e}");
-        m.mailbox = Some(crate::mailbox::MailboxAddress {
+        m.mailbox = Some(MailboxAddress {
             phys: 0x7654_3000,
-            token: [0xab; 16],
+            token: Uuid([0xab; 16]),
         });
         let text = m.encode();
         assert!(

@@ -1,4 +1,5 @@
-//! `kjump hibernate --free-memory`: fewer pages for the capture to save.
+//! /proc/meminfo, and `kjump hibernate --free-memory`: fewer pages for the
+//! capture to save.
 //!
 //! The capture saves every page of RAM that is not all zeros, free or not:
 //! the kernel does not clear pages when it frees them, so dropped caches
@@ -13,6 +14,20 @@
 //! disk again the first time they are used.
 
 use memmap2::{MmapMut, MmapOptions};
+
+/// Why memory could not be measured or freed.
+#[derive(Debug, thiserror::Error)]
+pub enum FreeMemError {
+    /// A file under /proc could not be read or written.
+    #[error("{what}")]
+    Proc {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// What /proc/meminfo said, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,10 +64,13 @@ impl MemInfo {
     }
 
     /// Reads /proc/meminfo.
-    pub fn read() -> Result<MemInfo, String> {
+    pub fn read() -> Result<MemInfo, FreeMemError> {
         std::fs::read_to_string("/proc/meminfo")
             .map(|t| MemInfo::parse(&t))
-            .map_err(|e| format!("reading /proc/meminfo: {e}"))
+            .map_err(|source| FreeMemError::Proc {
+                what: "reading /proc/meminfo",
+                source,
+            })
     }
 
     /// RAM holding something: all but the free pages.
@@ -97,11 +115,13 @@ const STEP: usize = 32 << 20;
 
 /// Drops caches, compacts, and zeroes free RAM down to a floor kept free
 /// for the kernel (5% of RAM, at least 64 MiB). Needs root.
-pub fn free_memory() -> Result<FreeReport, String> {
+pub fn free_memory() -> Result<FreeReport, FreeMemError> {
     let before = MemInfo::read()?;
     nix::unistd::sync();
-    std::fs::write("/proc/sys/vm/drop_caches", "3")
-        .map_err(|e| format!("dropping caches (/proc/sys/vm/drop_caches): {e}"))?;
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|source| FreeMemError::Proc {
+        what: "dropping caches (/proc/sys/vm/drop_caches)",
+        source,
+    })?;
     // Without CONFIG_COMPACTION there is nothing to compact.
     let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
     let dropped = MemInfo::read()?;

@@ -8,18 +8,17 @@
 //! the buffers, and any write that cannot be aligned turns direct I/O off for
 //! the rest of the capture rather than fail.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use kjump_image_format::placement::for_each_piece;
 use kjump_image_format::{ImageOffset, Placement, Segment};
 
-use crate::place::{is_active_swap, Place, PlaceError};
+use crate::block::{self, Access};
+use crate::place::{Place, PlaceError};
+use crate::swap::SwapArea;
 
 /// A target that cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -203,33 +202,20 @@ impl Target {
                 ),
             });
         }
-        let open = |direct: bool| {
-            let mut opts = OpenOptions::new();
-            opts.write(true).read(true);
-            let mut flags = if direct { libc::O_DIRECT } else { 0 };
-            if block_device {
-                flags |= libc::O_EXCL;
-            } else {
-                // An image holds a machine's RAM: its owner's alone, and
-                // never written through a symbolic link planted in its
-                // place (a device is named through links, a file is not).
-                opts.create(true).mode(0o600);
-                flags |= libc::O_NOFOLLOW;
-            }
-            opts.custom_flags(flags).open(path)
+        // An image holds a machine's RAM: its owner's alone, and never
+        // written through a symbolic link planted in its place (a device is
+        // named through links, a file is not).
+        let access = Access {
+            exclusive: block_device,
+            create_private: !block_device,
         };
-        // Filesystems without direct I/O refuse O_DIRECT at open with EINVAL.
-        let (mut file, direct) = match open(true) {
-            Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false).map_err(err)?, false),
-            Err(e) => return Err(err(e)),
-        };
+        let (file, direct) = block::open_direct(path, access).map_err(err)?;
         let capacity = if block_device {
-            Some(file.seek(SeekFrom::End(0)).map_err(err)?)
+            Some(block::size(&file).map_err(err)?)
         } else {
             // The new image reuses the blocks the file already holds.
             let held = file.metadata().map_err(err)?.blocks().saturating_mul(512);
-            free_space(&file).map(|free| free.saturating_add(held))
+            block::free_space(&file).map(|free| free.saturating_add(held))
         };
         Ok(Target {
             path: path.to_path_buf(),
@@ -253,8 +239,8 @@ impl Target {
             return Target::open(&place.holder);
         }
         let path = &place.holder;
-        let swap = matches!(place.placement, Placement::Swap(_));
-        if swap && is_active_swap(path) {
+        let swap = SwapArea::of(place);
+        if swap.as_ref().is_some_and(SwapArea::is_active) {
             return Err(PlaceError::ActiveSwap { path: path.clone() }.into());
         }
         let err = |source| TargetError::Open {
@@ -264,23 +250,12 @@ impl Target {
         // A swap partition is unused and taken whole: claim it. A file's
         // blocks lie under a filesystem that may be mounted, whose other
         // blocks are not touched.
-        let open = |direct: bool| {
-            let mut flags = if direct { libc::O_DIRECT } else { 0 };
-            if swap {
-                flags |= libc::O_EXCL;
-            }
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(flags)
-                .open(path)
+        let access = Access {
+            exclusive: swap.is_some(),
+            create_private: false,
         };
-        let (mut file, direct) = match open(true) {
-            Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false).map_err(err)?, false),
-            Err(e) => return Err(err(e)),
-        };
-        let size = file.seek(SeekFrom::End(0)).map_err(err)?;
+        let (file, direct) = block::open_direct(path, access).map_err(err)?;
+        let size = block::size(&file).map_err(err)?;
         let segments = place.placement.segments(size);
         let capacity = segments.iter().map(|s| s.len).sum();
         Ok(Target {
@@ -299,11 +274,11 @@ impl Target {
     /// Takes the place for a new image before its first byte is written:
     /// a swap area gets kjump's signature so that `swapon` leaves it alone.
     pub fn claim(&self) -> Result<(), TargetError> {
-        if let Some(place) = &self.place {
-            if place.hold_swap(self.swap_was_active)? {
+        if let Some(swap) = self.place.as_ref().and_then(SwapArea::of) {
+            if swap.hold(self.swap_was_active)? {
                 log::info!(
                     "{}: swap signature set aside for the image",
-                    place.holder.display()
+                    swap.device().display()
                 );
             }
         }
@@ -315,9 +290,9 @@ impl Target {
     /// Returns whether the area was swapped on when kjump took it (and so
     /// is to be swapped on again).
     pub fn release(&self) -> Result<bool, TargetError> {
-        if let Some(place) = &self.place {
-            if let Some(was_active) = place.release_swap()? {
-                log::info!("{}: swap signature restored", place.holder.display());
+        if let Some(swap) = self.place.as_ref().and_then(SwapArea::of) {
+            if let Some(was_active) = swap.give_back()? {
+                log::info!("{}: swap signature restored", swap.device().display());
                 return Ok(was_active);
             }
         }
@@ -339,11 +314,7 @@ impl Target {
     fn stop_direct(&self, why: &str) {
         if self.direct.swap(false, Ordering::Relaxed) {
             log::debug!("{}: direct I/O off ({why})", self.path.display());
-            let flags = fcntl(&self.file, FcntlArg::F_GETFL)
-                .map(|f| OFlag::from_bits_truncate(f) & !OFlag::O_DIRECT);
-            if let Ok(flags) = flags {
-                let _ = fcntl(&self.file, FcntlArg::F_SETFL(flags));
-            }
+            block::stop_direct(&self.file);
         }
     }
 
@@ -357,12 +328,8 @@ impl Target {
         };
         let kind = std::fs::metadata(path).map_err(err)?.file_type();
         if kind.is_block_device() {
-            let mut f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_EXCL)
-                .open(path)
-                .map_err(err)?;
-            return Ok(Some(f.seek(SeekFrom::End(0)).map_err(err)?));
+            let f = block::open_exclusive(path).map_err(err)?;
+            return Ok(Some(block::size(&f).map_err(err)?));
         }
         if !kind.is_file() {
             return Err(TargetError::Kind {
@@ -371,7 +338,7 @@ impl Target {
         }
         let f = File::open(path).map_err(err)?;
         let held = f.metadata().map_err(err)?.blocks().saturating_mul(512);
-        Ok(free_space(&f).map(|free| free.saturating_add(held)))
+        Ok(block::free_space(&f).map(|free| free.saturating_add(held)))
     }
 
     /// The target's path.
@@ -403,7 +370,7 @@ impl Target {
         match self.write_all_at(buf, offset) {
             // Some filesystems accept O_DIRECT at open and refuse the write.
             Err(TargetError::Write { source, .. })
-                if self.is_direct() && source.raw_os_error() == Some(libc::EINVAL) =>
+                if self.is_direct() && block::refused_direct(&source) =>
             {
                 self.stop_direct("the filesystem refused a direct write");
                 self.write_all_at(buf, offset)
@@ -517,18 +484,4 @@ impl Target {
             source,
         })
     }
-}
-
-fn free_space(file: &File) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: fstatvfs writes a statvfs into the buffer we own and reads
-    // nothing else; the descriptor stays open for the call.
-    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: fstatvfs returned 0, so it filled the whole struct.
-    let st = unsafe { st.assume_init() };
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

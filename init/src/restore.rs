@@ -1,0 +1,71 @@
+//! R, the restore kernel: the image on the target back into memory.
+
+use std::path::Path;
+
+use kjump_handoff::manifest::Manifest;
+use kjump_image_format::MemoryMap;
+use kjump_restorer::restore::{restore_with_key, Pin};
+use kjump_sys::{ranges, Place};
+
+use crate::{read, say, InitError, Plan, State};
+
+/// Restores the image the manifest names, once it is found to be the
+/// image R0 checked; gives up the hand-back to the normal boot once
+/// memory is being written.
+pub(crate) fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Plan, InitError> {
+    let iomem = read(Path::new("/proc/iomem"))?;
+    let own = ranges::parse_iomem("/proc/iomem", &iomem).map_err(InitError::OwnRam)?;
+    if manifest.kernel_release.is_empty() {
+        say(format_args!("restoring {}", manifest.target.display()));
+    } else {
+        say(format_args!(
+            "restoring {} (kernel {})",
+            manifest.target.display(),
+            manifest.kernel_release
+        ));
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let place = Place::locate(&manifest.target, manifest.target_offset)?;
+    let secret = match manifest.encrypt {
+        None => None,
+        Some(kind) => Some(crate::secret::restore_secret(manifest, kind, &place)?),
+    };
+    let pin = pin(manifest)?;
+    let report = restore_with_key(
+        &place,
+        Path::new("/dev/mem"),
+        &MemoryMap::merged(own),
+        threads,
+        secret.as_ref(),
+        Some(&pin),
+    )
+    .inspect_err(|e| {
+        if !e.memory_untouched() {
+            state.hand_back = None;
+        }
+    })?;
+    drop(secret);
+    state.hand_back = None;
+    let mb = report.bytes as f64 / 1e6;
+    say(format_args!(
+        "verified in {:.2} s, wrote {mb:.0} MB of memory in {:.2} s ({:.0} MB/s)",
+        report.verify.as_secs_f64(),
+        report.write.as_secs_f64(),
+        mb / report.write.as_secs_f64().max(1e-9)
+    ));
+    Ok(Plan {
+        mode: kjump_handoff::manifest::Mode::Restore,
+        entry: report.entry,
+    })
+}
+
+/// What R0 checked, from the manifest: the image must still be that
+/// image, with the ranges and the region R is confined by.
+fn pin(manifest: &Manifest) -> Result<Pin, InitError> {
+    let uuid = manifest.image_uuid.ok_or(InitError::NoUuid)?;
+    Ok(Pin {
+        uuid: uuid.0,
+        ranges: manifest.ram.clone(),
+        region: manifest.region,
+    })
+}

@@ -1,0 +1,262 @@
+//! What `kjump hibernate` checks before it changes anything: that the
+//! kernel can kexec-jump, that the capture kernel and kexec-tools are
+//! there, and that the target can take the worst-case image.
+
+use std::path::{Path, PathBuf};
+
+use kjump_handoff::plan::{JumpPlan, PlanError};
+use kjump_image_format::{Metadata, Placement};
+use kjump_sys::freemem::{FreeMemError, MemInfo};
+use kjump_sys::kexec::{self, KexecError};
+use kjump_sys::swap::{shortfall, SwapArea};
+use kjump_sys::{Place, PlaceError, Target, TargetError};
+
+/// What the preflight checks: the files `kjump hibernate` was given.
+#[derive(Clone, Copy, Debug)]
+pub struct Given<'a> {
+    /// Where the image goes.
+    pub target: &'a Path,
+    /// The capture kernel.
+    pub kernel: &'a Path,
+    /// kexec-tools' `kexec`.
+    pub kexec: &'a Path,
+    /// Only print what would be done: change nothing.
+    pub dry_run: bool,
+}
+
+/// The kernel series kjump's VM tests run the whole cycle on
+/// (KERNELS.md). Other kernels are not refused: the preflight probes
+/// what it can and says so.
+pub const TESTED_SERIES: [&str; 2] = ["6.12", "7.2"];
+
+/// Something the jump needs is missing or wrong; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// No jump can be planned on this machine's memory map.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// `kexec_load` is off until the next boot.
+    #[error("kexec_load is disabled (sysctl kernel.kexec_load_disabled=1, which cannot be undone until reboot)")]
+    LoadDisabled,
+    /// The kernel is locked down.
+    #[error("the kernel is locked down ({0}): kexec_load and /dev/mem are refused (Secure Boot?)")]
+    Lockdown(String),
+    /// The kernel refused a preserve-context load.
+    #[error(transparent)]
+    Probe(KexecError),
+    /// The kernel's configuration has no kexec jump.
+    #[error("{config}: the running kernel lacks CONFIG_KEXEC_JUMP")]
+    NoKexecJump {
+        /// The configuration file.
+        config: String,
+    },
+    /// No capture kernel.
+    #[error("capture kernel {} not found", .0.display())]
+    NoKernel(PathBuf),
+    /// No kexec-tools.
+    #[error("{} not found: install kexec-tools", .0.display())]
+    NoKexec(PathBuf),
+    /// The target cannot be found, prepared or measured.
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    /// The target cannot be opened.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The target is smaller than the worst-case image.
+    #[error("target {place} holds {capacity} bytes, but the image of {ram} bytes of RAM can take up to {worst}")]
+    TooSmall {
+        /// The target, described.
+        place: String,
+        /// Its room.
+        capacity: u64,
+        /// Bytes of RAM to save.
+        ram: u64,
+        /// The worst-case image.
+        worst: u64,
+    },
+    /// An active swap target whose pages do not fit in RAM.
+    #[error("{} is an active swap area holding {} MiB of swapped-out pages; swapping it off needs that much RAM and a margin for the kernel, and {} MiB is available: {} MiB is missing (close programs, or hibernate to another target)", .device.display(), .used >> 20, .available >> 20, .missing.div_ceil(1 << 20))]
+    SwapFull {
+        /// The swap area.
+        device: PathBuf,
+        /// Bytes swapped out to it.
+        used: u64,
+        /// Bytes of RAM available.
+        available: u64,
+        /// Bytes missing.
+        missing: u64,
+    },
+    /// Swapping the target off failed.
+    #[error(transparent)]
+    SwapOff(PlaceError),
+    /// Measuring or freeing memory failed.
+    #[error(transparent)]
+    Memory(#[from] FreeMemError),
+}
+
+/// The `major.minor` series of a kernel release ("7.2.13-amd64" -> "7.2").
+pub fn series(release: &str) -> Option<String> {
+    let mut parts = release.split(['.', '-', '+', ' ']);
+    let major = parts.next().filter(|p| p.parse::<u32>().is_ok())?;
+    let minor = parts.next().filter(|p| p.parse::<u32>().is_ok())?;
+    Some(format!("{major}.{minor}"))
+}
+
+/// What to tell the user of a kernel release outside [`TESTED_SERIES`], or
+/// `None` on a tested one.
+pub fn untested_note(release: &str) -> Option<String> {
+    if series(release).is_some_and(|s| TESTED_SERIES.contains(&s.as_str())) {
+        return None;
+    }
+    Some(format!(
+        "note: kjump was tested on Linux {} only, and this kernel is {release}: hibernation goes ahead, but whether this kernel can be jumped back into is unknown; `kjump selftest` tries that on its own, before an image depends on it (KERNELS.md)",
+        TESTED_SERIES.join(" and ")
+    ))
+}
+
+/// Refuses early, with the reason, what would make the jump fail later;
+/// returns where the image will go. `release` is the running kernel's.
+pub(crate) fn preflight(
+    opts: Given,
+    plan: &JumpPlan,
+    release: &str,
+) -> Result<Place, PreflightError> {
+    if kexec::load_disabled() {
+        return Err(PreflightError::LoadDisabled);
+    }
+    if let Some(state) = kexec::lockdown() {
+        return Err(PreflightError::Lockdown(state));
+    }
+    if !probe_kexec_jump(opts.dry_run)? {
+        let config = format!("/boot/config-{release}");
+        if let Ok(c) = std::fs::read_to_string(&config) {
+            if !c.lines().any(|l| l == "CONFIG_KEXEC_JUMP=y") {
+                return Err(PreflightError::NoKexecJump { config });
+            }
+        }
+    }
+    if let Some(note) = untested_note(release) {
+        println!("{note}");
+    }
+    if !opts.kernel.is_file() {
+        return Err(PreflightError::NoKernel(opts.kernel.to_path_buf()));
+    }
+    if !opts.kexec.is_file() && which(opts.kexec).is_none() {
+        return Err(PreflightError::NoKexec(opts.kexec.to_path_buf()));
+    }
+    let metadata = Metadata {
+        ranges: plan.saved.clone(),
+        ..Metadata::default()
+    };
+    let worst = kjump_writer::worst_case_len(&metadata).unwrap_or(u64::MAX);
+    let (place, capacity) = target_place(opts, worst)?;
+    match capacity {
+        Some(capacity) if capacity < worst => Err(PreflightError::TooSmall {
+            place: place.describe(),
+            capacity,
+            ram: plan.saved.total_bytes(),
+            worst,
+        }),
+        _ => Ok(place),
+    }
+}
+
+/// Whether this kernel takes a preserve-context kexec load, found by
+/// loading one (and unloading it) rather than from its version or a
+/// /boot/config that may be missing or stale; the error says why not.
+/// Returns `false` without probing on a dry run while a kexec image is
+/// loaded: the probe would replace it, and a dry run changes nothing.
+fn probe_kexec_jump(dry_run: bool) -> Result<bool, PreflightError> {
+    if dry_run && kexec::image_loaded() {
+        return Ok(false);
+    }
+    kexec::probe_preserve_context().map_err(PreflightError::Probe)?;
+    Ok(true)
+}
+
+/// Where the image goes and how many bytes it may take there. A regular
+/// file becomes a file target: allocated (on a dry run only when it is
+/// one already) and written by the capture kernel through its extents on
+/// the raw device. A block device takes the image whole, or after the
+/// header of a swap area that is not in use.
+fn target_place(opts: Given, worst: u64) -> Result<(Place, Option<u64>), PreflightError> {
+    let is_dev = std::fs::metadata(opts.target)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if !is_dev {
+        let place = if opts.dry_run {
+            Place::locate(opts.target, None)?
+        } else {
+            kjump_sys::place::prepare_file(opts.target, worst)?
+        };
+        if place.placement == Placement::Whole {
+            // Dry run on a file not yet prepared: the real run allocates it.
+            println!(
+                "file target {}: the real run allocates {worst} bytes for it",
+                opts.target.display()
+            );
+            return Ok((place, None));
+        }
+        let room = place.reader()?.len();
+        return Ok((place, Some(room)));
+    }
+    let place = Place::locate(opts.target, None)?;
+    let size = match SwapArea::of(&place).filter(SwapArea::is_active) {
+        // The kernel holds it: no exclusive open until it is swapped off.
+        Some(swap) => {
+            check_swapoff_fits(&swap)?;
+            kjump_sys::place::device_size(opts.target)?
+        }
+        None => Target::open_check(opts.target)?.unwrap_or(0),
+    };
+    let room = place.placement.segments(size).iter().map(|s| s.len).sum();
+    Ok((place, Some(room)))
+}
+
+/// An active swap area can take the image once it is swapped off, which
+/// needs room in RAM for every page swapped out to it.
+fn check_swapoff_fits(swap: &SwapArea) -> Result<(), PreflightError> {
+    let used = swap.used_bytes().unwrap_or(0);
+    let mem = MemInfo::read()?;
+    match shortfall(used, &mem) {
+        None => Ok(()),
+        Some(missing) => Err(PreflightError::SwapFull {
+            device: swap.device().to_path_buf(),
+            used,
+            available: mem.available,
+            missing,
+        }),
+    }
+}
+
+fn which(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_of_kernel_releases() {
+        assert_eq!(series("6.12.117").as_deref(), Some("6.12"));
+        assert_eq!(series("7.2.13-amd64").as_deref(), Some("7.2"));
+        assert_eq!(
+            series("6.12.0-124.8.1.el10_1.x86_64").as_deref(),
+            Some("6.12")
+        );
+        assert_eq!(series("7.0-rc3").as_deref(), Some("7.0"));
+        assert_eq!(series("6.18+deb14-amd64").as_deref(), Some("6.18"));
+        assert_eq!(series("linux"), None);
+        assert!(untested_note("6.12.117").is_none());
+        assert!(untested_note("7.2.13-amd64").is_none());
+        let note = untested_note("6.19.4-200.fc43.x86_64").unwrap();
+        assert!(
+            note.contains("Linux 6.12 and 7.2") && note.contains("6.19.4-200.fc43.x86_64"),
+            "{note}"
+        );
+        assert!(note.contains("kjump selftest"), "{note}");
+    }
+}
