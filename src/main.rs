@@ -8,7 +8,7 @@ mod cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code of a command that found an image invalid, corrupt or incomplete.
 pub const EXIT_INVALID: u8 = 1;
@@ -101,6 +101,9 @@ enum Command {
         #[arg(long = "file", value_parser = cmd::initramfs::parse_extra)]
         files: Vec<kjump_initramfs::ExtraFile>,
     },
+    /// Write the man pages and shell completions (for packaging)
+    #[command(hide = true)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
             init,
             files,
         } => cmd::initramfs::mkinitramfs(&output, init.as_deref(), &files),
+        Command::Generate(args) => cmd::generate::run(&args, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod discard;
+pub mod generate;
 pub mod hibernate;
 pub mod initramfs;
 pub mod inspect;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cores;
+pub mod deb;
 pub mod hibvm;
 pub mod loopdev;
 pub mod vm;
