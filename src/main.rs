@@ -22,7 +22,7 @@ pub const EXIT_ERROR: u8 = 2;
     about = "Linux hibernation through kexec jump"
 )]
 #[command(
-    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error (a missing or wrong key included).\nLogging: RUST_LOG=debug|info|warn (default info)."
+    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error (a missing or wrong key included), 3 (check) this machine cannot hibernate with kjump.\nLogging: RUST_LOG=debug|info|warn (default info)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,6 +89,8 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         jumps: u32,
     },
+    /// Say whether this machine can hibernate with kjump and, if not, why (root; exit 0 it can, 3 it cannot)
+    Check(cmd::check::CheckArgs),
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
         /// The cpio archive to write
@@ -178,6 +180,7 @@ fn main() -> ExitCode {
             init,
             files,
         } => cmd::initramfs::mkinitramfs(&output, init.as_deref(), &files),
+        Command::Check(args) => cmd::check::run(&args),
         Command::Generate(args) => cmd::generate::run(&args, Cli::command()),
     };
     match result {

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod capture;
+pub mod check;
 pub mod discard;
 pub mod generate;
 pub mod hibernate;
