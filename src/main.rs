@@ -103,6 +103,8 @@ enum Command {
         #[arg(long = "file", value_parser = cmd::initramfs::parse_extra)]
         files: Vec<kjump_initramfs::ExtraFile>,
     },
+    /// What systemd-hibernate.service and systemd-hybrid-sleep.service run with kjump's drop-ins, in place of systemd-sleep: the sleep hooks, then hibernation with kjump (hybrid-sleep: --then suspend); systemd's own systemd-sleep when kjump.conf names no target
+    SystemdSleep(cmd::systemd_sleep::SleepArgs),
     /// Write the man pages and shell completions (for packaging)
     #[command(hide = true)]
     Generate(cmd::generate::GenerateArgs),
@@ -181,6 +183,7 @@ fn main() -> ExitCode {
             files,
         } => cmd::initramfs::mkinitramfs(&output, init.as_deref(), &files),
         Command::Check(args) => cmd::check::run(&args),
+        Command::SystemdSleep(args) => cmd::systemd_sleep::run(&args),
         Command::Generate(args) => cmd::generate::run(&args, Cli::command()),
     };
     match result {

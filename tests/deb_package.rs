@@ -53,7 +53,7 @@ fn package_builds_with_its_files_and_passes_lintian() {
     let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     let files: BTreeSet<String> = listing
         .lines()
-        .filter_map(|l| l.split_whitespace().last())
+        .filter_map(|l| l.split(" -> ").next()?.split_whitespace().last())
         .map(|p| p.trim_start_matches('.').to_string())
         .collect();
     let mut wanted: Vec<String> = [
@@ -63,7 +63,13 @@ fn package_builds_with_its_files_and_passes_lintian() {
         "/usr/share/initramfs-tools/scripts/local-premount/kjump",
         "/usr/lib/dracut/modules.d/90kjump/module-setup.sh",
         "/usr/lib/dracut/modules.d/90kjump/kjump-resume.sh",
-        "/usr/lib/systemd/system/kjump-hibernate.service",
+        "/usr/lib/systemd/system/kjump-check.service",
+        "/usr/lib/systemd/system/kjump-check.path",
+        "/usr/lib/systemd/system/multi-user.target.wants/kjump-check.service",
+        "/usr/lib/systemd/system/paths.target.wants/kjump-check.path",
+        "/usr/lib/systemd/system/systemd-hibernate.service.d/kjump.conf",
+        "/usr/lib/systemd/system/systemd-hybrid-sleep.service.d/kjump.conf",
+        "/usr/lib/systemd/system/systemd-logind.service.d/kjump.conf",
         "/usr/share/bash-completion/completions/kjump",
         "/usr/share/zsh/vendor-completions/_kjump",
         "/usr/share/fish/vendor_completions.d/kjump.fish",

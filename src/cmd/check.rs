@@ -41,6 +41,9 @@ pub struct CheckArgs {
     /// Check this capture kernel instead of the configuration's KJUMP_KERNEL
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Also write the verdict as a sleep.conf drop-in for logind (kjump-check.service: /run/systemd/sleep.conf.d/kjump.conf); removed when no target is configured
+    #[arg(long, value_name = "PATH")]
+    sleep_conf: Option<PathBuf>,
 }
 
 /// `KEY=VALUE` lines of a shell-style configuration (kjump.conf): comments
@@ -481,7 +484,12 @@ pub fn run(args: &CheckArgs) -> Result<(), Failure> {
             "kjump check needs root: it probes the kernel with a kexec_load, reads the addresses in /proc/iomem and opens the target exclusively (sudo kjump check)"
         )));
     }
-    let facts = Facts::gather(&settings(args)?);
+    let settings = settings(args)?;
+    let facts = Facts::gather(&settings);
+    if let Some(path) = &args.sleep_conf {
+        let problems = super::systemd_sleep::problems(&facts);
+        super::systemd_sleep::write_sleep_conf(path, settings.target.is_some(), &problems)?;
+    }
     report(&facts, &judge(&facts))
 }
 

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod hibernate;
 pub mod initramfs;
 pub mod inspect;
+pub mod systemd_sleep;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
