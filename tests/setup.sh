@@ -15,7 +15,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 packages=(qemu-system-x86 busybox-static cpio lz4 zstd file time kexec-tools ca-certificates gzip
-	initramfs-tools-core dracut-core systemd e2fsprogs lintian)
+	initramfs-tools-core dracut-core systemd e2fsprogs lintian mmdebstrap gdisk gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -9,6 +9,7 @@ pub mod cores;
 pub mod deb;
 pub mod hibvm;
 pub mod loopdev;
+pub mod sysvm;
 pub mod vm;
 
 /// Says that a test is skipped, where a plain `cargo test` shows it: libtest
