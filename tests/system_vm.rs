@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::cores::TempDir;
-use common::sysvm::{Machine, System};
+use common::sysvm::{boot_once_more, Machine, System};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// The workload's memory and seed (debian-system.sh's unit).
@@ -42,13 +41,13 @@ fn run(cmd: &mut Command) -> String {
 
 /// Builds (or takes from the cache) the `variant` system and copies its
 /// disk into `dir`; returns it and the workload's expected checksum.
-fn system(dir: &TempDir, variant: &str) -> (System, String) {
+fn system(dir: &Path, variant: &str) -> (System, String) {
     let started = Instant::now();
     let kernel = run(Command::new("bash")
         .arg(repo().join("tests/vm/build-kernel.sh"))
         .arg("6.12"));
-    let deb = common::deb::build_package(&dir.path("deb"));
-    let workload = dir.path("kjump-workload");
+    let deb = common::deb::build_package(&dir.join("deb"));
+    let workload = dir.join("kjump-workload");
     run(Command::new("cc")
         .args(["-static", "-O2", "-o"])
         .arg(&workload)
@@ -73,7 +72,7 @@ fn system(dir: &TempDir, variant: &str) -> (System, String) {
             built.display()
         );
     }
-    let disk = dir.path("disk.raw");
+    let disk = dir.join("disk.raw");
     run(Command::new("cp")
         .arg("--sparse=always")
         .arg(built.join("disk.raw"))
@@ -213,7 +212,7 @@ fn hibernate(m: &mut Machine) -> Duration {
 /// Boots the hibernated system and checks that the same one came back;
 /// `n` is the cycle number. Returns the machine and the phase times.
 fn resume(
-    dir: &TempDir,
+    dir: &Path,
     sys: &System,
     sum: &str,
     n: usize,
@@ -221,7 +220,7 @@ fn resume(
     before: (&str, u32, u64),
 ) -> (Machine, Duration, Duration) {
     let (boot_id, pid, pass) = before;
-    let mut m = Machine::boot(&dir.0, sys, "", &format!("resume{n}-{starts}"));
+    let mut m = boot_once_more(dir, sys, "", &format!("resume{n}-{starts}"));
     let back = m.wait_for("kjump-test-hook: post hibernate", SECS(900));
     let running = next_pass(&mut m, sum, pid, pass);
     let service = m.started.elapsed();
@@ -264,11 +263,14 @@ fn cycles(variant: &str, hibernations: usize) {
     {
         return;
     }
-    let dir = TempDir::new(&format!("system-vm-{variant}"));
+    // Kept after a failure, for its console logs; the next run clears it.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("system-vm-{variant}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let (sys, sum) = system(&dir, variant);
     let mut times = Vec::new();
 
-    let mut m = Machine::boot(&dir.0, &sys, "", "boot");
+    let mut m = boot_once_more(&dir, &sys, "", "boot");
     let login = wait_login(&mut m);
     first_pass(&mut m);
     let mut starts = 1;
@@ -285,7 +287,7 @@ fn cycles(variant: &str, hibernations: usize) {
         if n == hibernations && hibernations > 1 {
             // Skip the resume once: a normal boot, and a hibernation after it.
             let down = hibernate(&mut m);
-            m = Machine::boot(&dir.0, &sys, "kjump.noresume", "noresume");
+            m = boot_once_more(&dir, &sys, "kjump.noresume", "noresume");
             m.wait_for("kjump: resume skipped (kjump.noresume)", SECS(600));
             wait_login(&mut m);
             first_pass(&mut m);
@@ -334,6 +336,7 @@ fn cycles(variant: &str, hibernations: usize) {
         String::from_utf8_lossy(&fsck.stderr)
     );
     eprintln!("{variant}: e2fsck -fn of the root found nothing after a clean shutdown");
+    let _ = std::fs::remove_file(&sys.disk);
 }
 
 #[test]

@@ -133,17 +133,31 @@ impl Machine {
     /// Waits until the console shows `pattern` past what earlier waits
     /// consumed; returns the time since QEMU started.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Duration {
+        match self.wait_or_exit(pattern, timeout) {
+            Some(t) => t,
+            None => self.fail(format!("QEMU exited before {pattern:?}")),
+        }
+    }
+
+    /// As [`Machine::wait_for`], but `None` when QEMU exits first.
+    pub fn wait_or_exit(&mut self, pattern: &str, timeout: Duration) -> Option<Duration> {
         let deadline = Instant::now() + timeout;
         loop {
             {
                 let c = self.console.lock().unwrap();
                 if let Some(at) = c[self.seen..].find(pattern) {
                     self.seen += at + pattern.len();
-                    return self.started.elapsed();
+                    return Some(self.started.elapsed());
                 }
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.fail(format!("QEMU exited ({status}) before {pattern:?}"));
+            if let Ok(Some(_)) = self.child.try_wait() {
+                // What it printed last is in the console now.
+                thread::sleep(Duration::from_millis(200));
+                let c = self.console.lock().unwrap();
+                return c[self.seen..].find(pattern).map(|at| {
+                    self.seen += at + pattern.len();
+                    self.started.elapsed()
+                });
             }
             if Instant::now() > deadline {
                 self.fail(format!("no {pattern:?} within {} s", timeout.as_secs()));
@@ -212,6 +226,27 @@ impl Machine {
     pub fn console(&self) -> String {
         self.console.lock().unwrap().clone()
     }
+}
+
+/// Boots as [`Machine::boot`] does, and once more when QEMU stops before
+/// the kernel runs /init: under TCG with two CPUs the kernel now and then
+/// fails that early, before kjump or the system did anything
+/// (KEXEC-JUMP.md); the retry is said on stderr.
+pub fn boot_once_more(dir: &Path, sys: &System, append: &str, name: &str) -> Machine {
+    let mut m = Machine::boot(dir, sys, append, name);
+    if m.wait_or_exit("Run /init as init process", Duration::from_secs(600))
+        .is_some()
+    {
+        return m;
+    }
+    eprintln!(
+        "{name}: QEMU stopped before the kernel ran /init (console in {}): booting again, once",
+        m.log.display()
+    );
+    drop(m);
+    let mut m = Machine::boot(dir, sys, append, &format!("{name}-again"));
+    m.wait_for("Run /init as init process", Duration::from_secs(600));
+    m
 }
 
 impl Drop for Machine {
