@@ -194,6 +194,62 @@ fn logind_can(m: &mut Machine, method: &str) -> String {
     ))
 }
 
+/// Polls `cmd` until it exits 0.
+fn until(m: &mut Machine, cmd: &str, what: &str) {
+    let deadline = Instant::now() + SECS(120);
+    while m.sh(cmd, SECS(60)).0 != 0 {
+        if Instant::now() > deadline {
+            m.fail(format!("no {what}"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// kjump configured with a target that does not exist: kjump-check (run
+/// again by kjump-check.path) tells logind, which refuses `systemctl
+/// hibernate` at once; the journal says why; nothing else changes. Then
+/// the configuration is put back.
+fn refused_when_kjump_cannot(m: &mut Machine) {
+    let conf = "/etc/kjump/kjump.conf";
+    let missing = "/dev/disk/by-partlabel/missing";
+    m.ok(&format!(
+        "sed -i 's|^KJUMP_DEVICE=.*|KJUMP_DEVICE={missing}|' {conf}"
+    ));
+    let sleep_conf = "/run/systemd/sleep.conf.d/kjump.conf";
+    until(
+        m,
+        &format!("grep -qx AllowHibernation=no {sleep_conf}"),
+        "refusal for logind",
+    );
+    assert_eq!(logind_can(m, "CanHibernate"), "s \"na\"");
+    assert_eq!(logind_can(m, "CanHybridSleep"), "s \"na\"");
+    let t = Instant::now();
+    let (code, out) = m.sh("systemctl hibernate 2>&1", SECS(120));
+    assert!(
+        code != 0 && out.contains("not supported"),
+        "systemctl hibernate with kjump unable: exit {code}: {out}"
+    );
+    let reason = format!("cannot hibernate with kjump: target: {missing} does not exist");
+    let journal = m.ok("journalctl -b -o cat -u kjump-check.service");
+    assert!(
+        journal.contains(&reason),
+        "{reason:?} missing from:\n{journal}"
+    );
+    eprintln!(
+        "kjump unable: systemctl hibernate refused in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        out.trim()
+    );
+    m.ok(&format!(
+        "sed -i 's|^KJUMP_DEVICE=.*|KJUMP_DEVICE=/dev/disk/by-partlabel/kjump|' {conf}"
+    ));
+    until(
+        m,
+        &format!("grep -qx AllowHibernation=yes {sleep_conf}"),
+        "permission for logind",
+    );
+}
+
 /// `systemctl hibernate` and the power-off: returns the time it took.
 fn hibernate(m: &mut Machine) -> Duration {
     assert_eq!(logind_can(m, "CanHibernate"), "s \"yes\"");
@@ -257,7 +313,7 @@ fn resume(
 
 /// Three cycles, a boot that skips the resume and hibernates again, a
 /// fourth resume, a clean shutdown and a host e2fsck of the root.
-fn cycles(variant: &str, hibernations: usize) {
+fn cycles(variant: &str, hibernations: usize, refusal: bool) {
     if !common::vm::require_qemu()
         || !common::deb::ready(&["cargo-deb", "mmdebstrap", "sgdisk", "cc"])
     {
@@ -282,6 +338,9 @@ fn cycles(variant: &str, hibernations: usize) {
     m.ok(HOOK);
     assert_eq!(logind_can(&mut m, "CanHybridSleep"), "s \"yes\"");
     m.ok("kjump check");
+    if refusal {
+        refused_when_kjump_cannot(&mut m);
+    }
     let (mut pid, mut pass) = status(&mut m, &sum);
     for n in 1..=hibernations {
         if n == hibernations && hibernations > 1 {
@@ -342,10 +401,11 @@ fn cycles(variant: &str, hibernations: usize) {
 #[test]
 fn debian_initramfs_tools_three_cycles_noresume_and_fsck() {
     // Three cycles, then a kjump.noresume boot and one more.
-    cycles("initramfs-tools", 4);
+    cycles("initramfs-tools", 4, false);
 }
 
 #[test]
-fn debian_dracut_one_cycle() {
-    cycles("dracut", 1);
+fn debian_dracut_one_cycle_and_a_refusal() {
+    // One cycle; before it, kjump configured with a missing target.
+    cycles("dracut", 1, true);
 }
