@@ -11,7 +11,7 @@ mod cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code of a command that found an image invalid, corrupt or incomplete.
 pub const EXIT_INVALID: u8 = 1;
@@ -25,7 +25,7 @@ pub const EXIT_ERROR: u8 = 2;
     about = "Linux hibernation through kexec jump"
 )]
 #[command(
-    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error (a missing or wrong key included).\nLogging: RUST_LOG=debug|info|warn (default info)."
+    after_help = "Exit codes: 0 success, 1 invalid, corrupt or incomplete image, 2 usage or I/O error (a missing or wrong key included), 3 (check) this machine cannot hibernate with kjump.\nLogging: RUST_LOG=debug|info|warn (default info)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -100,6 +100,8 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         jumps: u32,
     },
+    /// Say whether this machine can hibernate with kjump and, if not, why (root; exit 0 it can, 3 it cannot)
+    Check(cmd::check::CheckArgs),
     /// Write a reproducible initramfs (newc cpio) with kjump as /init
     Mkinitramfs {
         /// The cpio archive to write
@@ -112,6 +114,11 @@ enum Command {
         #[arg(long = "file", value_parser = cmd::initramfs::parse_extra)]
         files: Vec<kjump_initramfs::ExtraFile>,
     },
+    /// What systemd-hibernate.service and systemd-hybrid-sleep.service run with kjump's drop-ins, in place of systemd-sleep: the sleep hooks, then hibernation with kjump (hybrid-sleep: --then suspend); systemd's own systemd-sleep when kjump.conf names no target
+    SystemdSleep(cmd::systemd_sleep::SleepArgs),
+    /// Write the man pages and shell completions (for packaging)
+    #[command(hide = true)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 /// What `kjump export` writes.
@@ -194,6 +201,9 @@ fn main() -> ExitCode {
             init,
             files,
         } => cmd::initramfs::mkinitramfs(&output, init.as_deref(), &files),
+        Command::Check(args) => cmd::check::run(&args),
+        Command::SystemdSleep(args) => cmd::systemd_sleep::run(&args),
+        Command::Generate(args) => cmd::generate::run(&args, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

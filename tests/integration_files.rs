@@ -1,6 +1,6 @@
 //! The files that hook kjump into real systems, built by the real tools:
 //! initramfs-tools' mkinitramfs with kjump's hook and premount script,
-//! dracut with kjump's module, and systemd-analyze on the hibernate unit.
+//! dracut with kjump's module, and systemd-analyze on the units and drop-ins.
 //! Each initramfs must carry kjump, kexec, the restore kernel, the config and
 //! the resume step in its place.
 
@@ -224,8 +224,59 @@ fn dracut_module_builds_into_an_initramfs() {
     );
 }
 
+/// A unit directory for systemd-analyze: systemd's sleep and logind units
+/// with kjump's drop-ins, and kjump's own units, with kjump's path
+/// replaced by `kjump` (verify checks that ExecStart exists).
+fn unit_dir(dir: &TempDir, name: &str, kjump: &str) -> PathBuf {
+    let units = dir.path(name);
+    std::fs::create_dir_all(&units).unwrap();
+    for unit in [
+        "systemd-hibernate.service",
+        "systemd-hybrid-sleep.service",
+        "systemd-logind.service",
+    ] {
+        std::fs::copy(
+            Path::new("/lib/systemd/system").join(unit),
+            units.join(unit),
+        )
+        .unwrap_or_else(|e| panic!("/lib/systemd/system/{unit}: {e}"));
+    }
+    let ours = integration("systemd");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", ours.display()))
+        .arg(&units));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "sed -i 's|/usr/bin/kjump |{kjump} |' {0}/*.service {0}/*.d/*.conf",
+        units.display()
+    )));
+    units
+}
+
+/// systemd-analyze verify of `names` in `units`: whether it passed, and
+/// its debug log.
+fn verify(units: &Path, man: Option<&Path>, names: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify")
+        .arg(format!(
+            "--man={}",
+            if man.is_some() { "yes" } else { "no" }
+        ))
+        .args(names.iter().map(|n| units.join(n)))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display()))
+        .env("SYSTEMD_LOG_LEVEL", "debug");
+    if let Some(m) = man {
+        cmd.env("MANPATH", m);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn systemd_unit_verifies() {
+fn systemd_units_and_drop_ins_verify() {
     if which("systemd-analyze").is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -234,14 +285,38 @@ fn systemd_unit_verifies() {
         common::skip("systemd-analyze not found (apt-get install systemd)");
         return;
     }
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(integration("systemd/kjump-hibernate.service"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify: {stderr}"
+    let dir = TempDir::new("it-systemd");
+    let units = unit_dir(&dir, "units", env!("CARGO_BIN_EXE_kjump"));
+    // kjump's units name man pages that `kjump generate` writes.
+    run(Command::new(env!("CARGO_BIN_EXE_kjump"))
+        .arg("generate")
+        .arg("--man")
+        .arg(dir.path("man/man1")));
+    let man = dir.path("man");
+    let (ok, log) = verify(
+        &units,
+        Some(&man),
+        &["kjump-check.service", "kjump-check.path"],
     );
+    assert!(ok, "{log}");
+    // systemd's man pages may be missing here: no --man for its units.
+    let sleep = ["systemd-hibernate.service", "systemd-hybrid-sleep.service"];
+    let (ok, log) = verify(
+        &units,
+        None,
+        &[sleep[0], sleep[1], "systemd-logind.service"],
+    );
+    assert!(ok, "{log}");
+    for unit in sleep {
+        // Only kjump's drop-in documents that page.
+        let doc = format!("{unit}: Found documentation item: man:kjump-systemd-sleep(1)");
+        assert!(log.contains(&doc), "{doc} missing from:\n{log}");
+    }
+    // The drop-ins' ExecStart is the one that counts: pointed at a missing
+    // program, verify names it.
+    let broken = unit_dir(&dir, "broken", "/nonexistent/kjump");
+    for unit in sleep {
+        let (ok, log) = verify(&broken, None, &[unit]);
+        assert!(!ok && log.contains("/nonexistent/kjump"), "{unit}:\n{log}");
+    }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kjump's tests and demo need on a Debian machine (run as root):
 # QEMU and busybox to boot test guests, cpio to pack their initramfs, the peer
-# tools the benchmark compares against, the cached Debian guest kernel, and the
+# tools the benchmark compares against, lintian and cargo-deb for the Debian
+# package, the cached Debian guest kernel, and the
 # cached test kernels with CONFIG_KEXEC_JUMP (built from Debian's source: 6.12
 # for the whole suite, 7.2 from sid for kernel_7_2_vm).
 # Safe to run again: apt skips what is installed, the kernels come from cache.
@@ -14,7 +15,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 packages=(qemu-system-x86 busybox-static cpio lz4 zstd file time kexec-tools ca-certificates gzip
-	initramfs-tools-core dracut-core systemd e2fsprogs)
+	initramfs-tools-core dracut-core systemd e2fsprogs lintian mmdebstrap gdisk gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,6 +26,11 @@ if ((${#missing[@]})); then
 	# kexec-tools would otherwise arm kexec for this machine's next reboot.
 	echo 'kexec-tools kexec-tools/load_kexec boolean false' | debconf-set-selections
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# cargo-deb builds the Debian package (packaging/deb/build.sh, deb_package);
+# installed from outside the checkout, whose .cargo/config.toml links static.
+if ! cargo deb --version >/dev/null 2>&1; then
+	(cd / && cargo install cargo-deb --locked --version 3.8.0)
 fi
 echo "guest kernel: $(bash tests/vm/debian-kernel.sh)"
 # The kernels with CONFIG_KEXEC_JUMP that the hibernate VM tests boot as A, B

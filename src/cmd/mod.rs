@@ -1,11 +1,14 @@
 //! The subcommands.
 
 pub mod capture;
+pub mod check;
 pub mod discard;
+pub mod generate;
 pub mod hibernate;
 pub mod initramfs;
 pub mod inspect;
 pub mod kdump;
+pub mod systemd_sleep;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

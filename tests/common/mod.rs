@@ -6,8 +6,10 @@
 #![allow(dead_code)]
 
 pub mod cores;
+pub mod deb;
 pub mod hibvm;
 pub mod loopdev;
+pub mod sysvm;
 pub mod vm;
 
 /// Says that a test is skipped, where a plain `cargo test` shows it: libtest

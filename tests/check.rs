@@ -1,0 +1,100 @@
+//! `kjump check` on this machine, as root: whatever the machine is, the
+//! verdict and the exit code agree with the lines printed, and facts read
+//! here independently (the crashkernel reservation, a target that does
+//! not exist) show up as the reasons.
+
+use std::process::Command;
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn check(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kjump"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("running kjump check");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_on_this_machine_gives_its_reasons_and_exit_code() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        eprintln!("SKIPPED: kjump check needs root");
+        return;
+    }
+    // A file target in a directory that does not exist.
+    let dir = std::env::temp_dir().join(format!("kjump-check-{}", std::process::id()));
+    let dir = dir.to_str().unwrap();
+    let missing = format!("{dir}/image");
+    let missing = missing.as_str();
+    let (code, stdout, stderr) = check(&["--target", missing, "--config", "/nonexistent"]);
+    eprintln!("{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("kjump check: Linux "), "{stdout}");
+    let whats: Vec<&str> = lines[1..]
+        .iter()
+        .take_while(|l| l.starts_with("ok ") || l.starts_with("FAIL "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        whats,
+        [
+            "kernel",
+            "lockdown",
+            "kexec_load",
+            "crashkernel",
+            "capture",
+            "target"
+        ],
+        "{stdout}"
+    );
+    // A target that cannot exist is always a reason.
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("FAIL  target       {dir} does not exist")),
+        "{stdout}"
+    );
+    // Every FAIL line is in the error, which is what systemd logs.
+    assert!(
+        stderr.starts_with("kjump: this machine cannot hibernate with kjump: "),
+        "{stderr}"
+    );
+    for l in lines.iter().filter(|l| l.starts_with("FAIL")) {
+        let (what, said) = l["FAIL".len()..].trim_start().split_once(' ').unwrap();
+        let reason = format!("{what}: {}", said.trim_start());
+        assert!(stderr.contains(&reason), "{reason:?} missing from {stderr}");
+    }
+    // The crashkernel line agrees with /proc/iomem, read here.
+    let iomem = std::fs::read_to_string("/proc/iomem").unwrap();
+    let reserved = iomem.contains(" : Crash kernel");
+    assert_eq!(
+        stdout.contains("FAIL  crashkernel  no crashkernel= region is reserved")
+            || stdout.contains("FAIL  crashkernel  the kernel command line asks"),
+        !reserved,
+        "{stdout}"
+    );
+    // The kernel line agrees with kexec_load's presence: without
+    // CONFIG_KEXEC the sysctl is absent and the probe says so.
+    if !std::path::Path::new("/proc/sys/kernel/kexec_load_disabled").exists() {
+        assert!(stdout.contains("FAIL  kernel "), "{stdout}");
+        assert!(stdout.contains("without CONFIG_KEXEC"), "{stdout}");
+    }
+    // A missing capture kernel is named.
+    let (code, stdout, _) = check(&["--kernel", "/nonexistent/vmlinuz", "--target", missing]);
+    assert_eq!(code, 3);
+    assert!(
+        stdout.contains("FAIL  capture      capture kernel /nonexistent/vmlinuz not found"),
+        "{stdout}"
+    );
+}
