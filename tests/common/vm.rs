@@ -640,7 +640,11 @@ impl Qmp {
         writeln!(self.writer, "{request}").map_err(|e| QmpError {
             command,
             detail: format!("write to qmp socket: {e}"),
-            closed: false,
+            // QEMU on its way out may close the socket before the request.
+            closed: matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
         })?;
         loop {
             let line = self.read_line(command)?;
