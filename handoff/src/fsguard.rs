@@ -10,6 +10,7 @@
 //! count and lifetime kilobytes written; for anything else a CRC32 of the
 //! device's first 64 KiB, where filesystems keep their superblocks.
 
+use kjump_image_format::le::{u16_at, u32_at};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -21,14 +22,6 @@ const EXT_SUPER: usize = 1024;
 const EXT_MAGIC: u16 = 0xef53;
 /// Key prefix of fingerprints in an image's metadata.
 pub const META_PREFIX: &str = kjump_image_format::metadata::KEY_FS_FINGERPRINT;
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
 
 /// The fingerprint of a device's first bytes (`head`, up to 64 KiB).
 pub fn fingerprint_of(head: &[u8]) -> String {

@@ -1,16 +1,20 @@
-//! Little-endian field access on fixed-size records.
+//! Little-endian field access on fixed-size records; the readers serve
+//! the other crates' binary headers too (ELF cores, diskdump, ext4).
 
-pub(crate) fn u16_at(b: &[u8], off: usize) -> u16 {
+/// The little-endian `u16` at `off` in `b` (panics past the end).
+pub fn u16_at(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
 
-pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
+/// The little-endian `u32` at `off` in `b` (panics past the end).
+pub fn u32_at(b: &[u8], off: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[off..off + 4]);
     u32::from_le_bytes(a)
 }
 
-pub(crate) fn u64_at(b: &[u8], off: usize) -> u64 {
+/// The little-endian `u64` at `off` in `b` (panics past the end).
+pub fn u64_at(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(a)

@@ -37,7 +37,7 @@ pub mod codec;
 pub mod crypto;
 mod error;
 pub mod layout;
-mod le;
+pub mod le;
 pub mod metadata;
 pub mod placement;
 pub mod reader;

@@ -10,6 +10,7 @@
 use std::os::unix::fs::FileExt;
 
 use crate::mem::{PhysMemory, PhysReadError};
+use kjump_image_format::le::{u16_at, u32_at, u64_at};
 
 const EHDR: usize = 64;
 const PHDR: usize = 56;
@@ -82,18 +83,6 @@ pub struct Core<F: FileExt> {
     /// Segment indexes sorted by physical start; where segments overlap
     /// (a kdump core's kernel text), the longer one comes first.
     by_paddr: Vec<usize>,
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl<F: FileExt> Core<F> {

@@ -6,6 +6,7 @@
 use std::os::unix::fs::FileExt;
 
 use crate::diskdump::BLOCK;
+use kjump_image_format::le::{u32_at, u64_at};
 
 /// Why a kdump-compressed file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -64,15 +65,6 @@ pub struct Diskdump<F: FileExt> {
     /// Dumped frames before each bitmap2 byte.
     ranks: Vec<u64>,
     desc_offset: u64,
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl<F: FileExt> Diskdump<F> {

@@ -16,6 +16,7 @@ mod overlap;
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
 use kjump_sys::ELF_MACHINE;
 
+use kjump_image_format::le::{u16_at, u32_at, u64_at};
 use overlap::merge_overlaps;
 
 /// Largest total of PT_NOTE contents kept.
@@ -167,18 +168,6 @@ pub struct ElfCore {
     pub overlaps: Vec<Overlap>,
     /// All PT_NOTE contents, concatenated in header order.
     pub notes: Vec<u8>,
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn in_file(
