@@ -177,8 +177,21 @@ fn main() -> ExitCode {
     // write and panic.
     kjump_sys::signal::die_on_sigpipe();
     logger(env_logger::WriteStyle::Auto);
-    let cli = Cli::parse();
-    let result = match cli.command {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One write, so a console's kernel messages cannot split the line.
+            use std::io::Write as _;
+            let line = format!("kjump: {:#}\n", f.error);
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Runs one command line's command.
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
         Command::Capture(args) => cmd::capture::run(args),
         Command::Info { at, key, json } => cmd::inspect::info(&at, &key, json),
         Command::Verify { at, key, threads } => cmd::inspect::verify(&at, &key, threads),
@@ -204,15 +217,5 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(&args),
         Command::SystemdSleep(args) => cmd::systemd_sleep::run(&args),
         Command::Generate(args) => cmd::generate::run(&args, Cli::command()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            // One write, so a console's kernel messages cannot split the line.
-            use std::io::Write as _;
-            let line = format!("kjump: {:#}\n", f.error);
-            let _ = std::io::stderr().write_all(line.as_bytes());
-            ExitCode::from(f.code)
-        }
     }
 }

@@ -3,34 +3,25 @@
 //! here independently (the crashkernel reservation, a target that does
 //! not exist) show up as the reasons.
 
-use std::process::Command;
+mod common;
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
+use common::kjump::kjump_info;
 
+/// `kjump check ARGS` at kjump's default log level: its exit code, stdout
+/// and stderr.
 fn check(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .arg("check")
-        .args(args)
-        .output()
-        .expect("running kjump check");
-    (
-        out.status.code().expect("exit code"),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let run = kjump_info(&[&["check"], args].concat());
+    (run.code, run.stdout, run.stderr)
 }
 
 #[test]
 fn check_on_this_machine_gives_its_reasons_and_exit_code() {
-    if !is_root() {
+    if !common::is_root() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI runs the tests as root"
         );
-        eprintln!("SKIPPED: kjump check needs root");
+        common::skip("kjump check needs root");
         return;
     }
     // A file target in a directory that does not exist.

@@ -4,34 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::cores::{read_core, TempDir};
+use common::cores::read_core;
+use common::kjump::kjump;
+use common::tempdir::TempDir;
 use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
-
-fn kjump(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kjump")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = kjump(args);
-    assert!(
-        out.status.success(),
-        "kjump {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], code: i32) -> String {
-    let out = kjump(args);
-    assert_eq!(out.status.code(), Some(code), "kjump {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A file standing in for /dev/mem: byte `a` of the file is physical `a`.
 /// Returns it with the memory of each segment, from a synthetic dump.
@@ -55,7 +33,7 @@ fn physical_memory(dir: &TempDir, segments: Vec<SegmentSpec>) -> (String, Vec<(u
 }
 
 fn assert_exported(image: &str, out: &Path, want: &[(u64, Vec<u8>)]) {
-    ok(&["export", image, "--output", out.to_str().unwrap()]);
+    kjump(&["export", image, "--output", out.to_str().unwrap()]).ok();
     let (got, _) = read_core(out);
     let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|s| (s.paddr, s.bytes)).collect();
     assert_eq!(got.len(), want.len());
@@ -79,7 +57,7 @@ fn raw_memory_with_ranges_and_memmap() {
     let img = dir.path("a.img");
     let img = img.to_str().unwrap();
     let ranges = "0x1000-0x9fbff,0x100000-0x3bbfff";
-    ok(&[
+    kjump(&[
         "capture",
         "--source",
         &mem,
@@ -89,8 +67,9 @@ fn raw_memory_with_ranges_and_memmap() {
         ranges,
         "--meta",
         "mode=test",
-    ]);
-    ok(&["verify", img]);
+    ])
+    .ok();
+    kjump(&["verify", img]).ok();
     assert_exported(img, &dir.path("a.elf"), &segs);
 
     let iomem = dir.path("iomem");
@@ -103,7 +82,7 @@ fn raw_memory_with_ranges_and_memmap() {
     .unwrap();
     let img2 = dir.path("b.img");
     let img2 = img2.to_str().unwrap();
-    ok(&[
+    kjump(&[
         "capture",
         "--source",
         &mem,
@@ -111,10 +90,12 @@ fn raw_memory_with_ranges_and_memmap() {
         img2,
         "--memmap",
         iomem.to_str().unwrap(),
-    ]);
+    ])
+    .ok();
     assert_exported(img2, &dir.path("b.elf"), &segs);
 
-    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", img])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&kjump(&["info", "--json", img]).ok().stdout).unwrap();
     assert_eq!(info["state"], "committed");
     assert_eq!(info["ranges"][0]["start"], 0x1000);
     assert_eq!(info["ranges"][0]["end"], 0x9fc00);
@@ -138,7 +119,7 @@ fn info_shows_the_kernel_of_an_elf_core() {
     let dinfo = write_dump(&spec, &dump).unwrap();
     let img = dir.path("d.img");
     let (dump, img) = (dump.to_str().unwrap(), img.to_str().unwrap());
-    ok(&[
+    kjump(&[
         "capture",
         "--source",
         dump,
@@ -148,8 +129,9 @@ fn info_shows_the_kernel_of_an_elf_core() {
         "0x1234000",
         "--threads",
         "1",
-    ]);
-    let text = ok(&["info", img]);
+    ])
+    .ok();
+    let text = kjump(&["info", img]).ok().stdout;
     assert!(text.contains("state:      committed"), "{text}");
     assert!(
         text.contains(&format!("kernel:     {}", dinfo.os_release)),
@@ -161,7 +143,8 @@ fn info_shows_the_kernel_of_an_elf_core() {
     );
     assert!(text.contains("re-entry:   0x1234000"), "{text}");
     assert!(text.contains("0x40000000-0x403fffff"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", img])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&kjump(&["info", "--json", img]).ok().stdout).unwrap();
     assert_eq!(json["kernel"]["jump_back_entry"], 0x1234000);
     assert_eq!(json["kernel"]["vmcoreinfo_bytes"], dinfo.vmcoreinfo.len());
     assert_eq!(json["pages"]["total"], 256 + 1024);
@@ -216,7 +199,7 @@ fn capture_errors_name_what_is_wrong() {
     for (source, target, extra, want) in cases {
         let mut args = vec!["capture", "--source", source, "--target", target];
         args.extend_from_slice(extra);
-        let e = fails(&args, 2);
+        let e = kjump(&args).exits(2).stderr;
         assert!(e.contains(want), "{args:?}: {e}");
     }
 }
@@ -233,25 +216,24 @@ fn capture_and_export_refuse_to_destroy_their_input() {
     let link = dir.path("mem-link");
     std::os::unix::fs::symlink(&mem, &link).unwrap();
     for target in [mem.as_str(), link.to_str().unwrap()] {
-        let e = fails(
-            &[
-                "capture",
-                "--source",
-                &mem,
-                "--target",
-                target,
-                "--ranges",
-                "0x1000-0x3fff",
-            ],
-            2,
-        );
+        let e = kjump(&[
+            "capture",
+            "--source",
+            &mem,
+            "--target",
+            target,
+            "--ranges",
+            "0x1000-0x3fff",
+        ])
+        .exits(2)
+        .stderr;
         assert!(e.contains("are the same file"), "{target}: {e}");
     }
     assert!(std::fs::read(&mem).unwrap() == before, "the source changed");
 
     let img = dir.path("a.img");
     let img = img.to_str().unwrap();
-    ok(&[
+    kjump(&[
         "capture",
         "--source",
         &mem,
@@ -259,14 +241,15 @@ fn capture_and_export_refuse_to_destroy_their_input() {
         img,
         "--ranges",
         "0x1000-0x3fff",
-    ]);
+    ])
+    .ok();
     let image = std::fs::read(img).unwrap();
-    let e = fails(&["export", img, "-o", img], 2);
+    let e = kjump(&["export", img, "-o", img]).exits(2).stderr;
     assert!(e.contains("is the image"), "{e}");
-    let e = fails(&["export", img, "-o", "/dev/null"], 2);
+    let e = kjump(&["export", img, "-o", "/dev/null"]).exits(2).stderr;
     assert!(e.contains("is a device node"), "{e}");
     assert!(std::fs::read(img).unwrap() == image, "the image changed");
-    ok(&["verify", img]);
+    kjump(&["verify", img]).ok();
 
     // A link as the last component is not followed, and the core is the
     // owner's alone, also when it replaces a file readable by others.
@@ -274,7 +257,7 @@ fn capture_and_export_refuse_to_destroy_their_input() {
     std::fs::write(&victim, b"not kjump's").unwrap();
     let out_link = dir.path("core-link");
     std::os::unix::fs::symlink(&victim, &out_link).unwrap();
-    fails(&["export", img, "-o", out_link.to_str().unwrap()], 2);
+    kjump(&["export", img, "-o", out_link.to_str().unwrap()]).exits(2);
     assert_eq!(std::fs::read(&victim).unwrap(), b"not kjump's");
     let out = dir.path("core.elf");
     std::fs::write(&out, b"old").unwrap();
@@ -292,7 +275,7 @@ fn image_files_are_private_and_never_written_through_a_link() {
     let dir = TempDir::new("cli-private");
     let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
     let img = dir.path("a.img");
-    ok(&[
+    kjump(&[
         "capture",
         "--source",
         &mem,
@@ -300,25 +283,25 @@ fn image_files_are_private_and_never_written_through_a_link() {
         img.to_str().unwrap(),
         "--ranges",
         "0x1000-0x3fff",
-    ]);
+    ])
+    .ok();
     let mode = std::fs::metadata(&img).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
     let victim = dir.path("victim");
     std::fs::write(&victim, b"not kjump's").unwrap();
     let link = dir.path("b.img");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let e = fails(
-        &[
-            "capture",
-            "--source",
-            &mem,
-            "--target",
-            link.to_str().unwrap(),
-            "--ranges",
-            "0x1000-0x3fff",
-        ],
-        2,
-    );
+    let e = kjump(&[
+        "capture",
+        "--source",
+        &mem,
+        "--target",
+        link.to_str().unwrap(),
+        "--ranges",
+        "0x1000-0x3fff",
+    ])
+    .exits(2)
+    .stderr;
     assert!(e.contains("b.img is a symbolic link to a file"), "{e}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"not kjump's");
 }
@@ -341,7 +324,7 @@ fn pid_1_without_a_manifest_is_an_ordinary_command() {
     let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
     let img = dir.path("a.img");
     let img = img.to_str().unwrap();
-    ok(&[
+    kjump(&[
         "capture",
         "--source",
         &mem,
@@ -349,7 +332,8 @@ fn pid_1_without_a_manifest_is_an_ordinary_command() {
         img,
         "--ranges",
         "0x1000-0x3fff",
-    ]);
+    ])
+    .ok();
     // Its own mount namespace: were kjump to act as /init, its mounts
     // would stay inside.
     let out = Command::new(unshare)

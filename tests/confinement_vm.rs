@@ -20,23 +20,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::hibvm::flows::{
-    assert_memcheck_passed, check_committed, failed_capture, find, kjump, machine, machine_cpus,
-    md5s, print_phases, resume, state, PHASE,
+    assert_memcheck_passed, check_committed, counts, failed_capture, info, md5s, print_phases,
+    resume, state, Saved, PHASE,
 };
-use common::hibvm::scenarios;
-use common::hibvm::{self, Boot, BootOpts, Kernel};
-
-/// A disk with room for the worst case of a 4 GiB machine's image.
-fn big_disk(name: &str) -> PathBuf {
-    scenarios::big_disk(name)
-}
-
-fn q35(disk: &std::path::Path, mode: &str, memcheck_mib: u32) -> BootOpts {
-    scenarios::q35(Kernel::Linux6_12, disk, mode, memcheck_mib)
-}
+use common::hibvm::scenarios::{self, big_disk, q35};
+use common::hibvm::{self, start, BootOpts, Kernel};
+use common::kjump::{kjump, Run};
+use common::vm::{self, find, machine, machine_cpus};
 
 #[test]
 fn q35_4g_two_cpus_cycle_keeps_every_word() {
@@ -52,7 +43,7 @@ fn q35_4g_failed_capture_keeps_every_word() {
         return;
     };
     let disk = big_disk("q35-readonly");
-    let opts = q35(&disk, "poweroff", 1024).readonly();
+    let opts = q35(Kernel::Linux6_12, &disk, "poweroff", 1024).readonly();
     let (boot, failed) = failed_capture("q35-readonly", &opts);
     assert_memcheck_passed(&boot, failed.at, "A: MEMCHECK-AFTER");
 }
@@ -60,7 +51,7 @@ fn q35_4g_failed_capture_keeps_every_word() {
 /// `memmap=` words that give a kernel the top megabyte of the region the
 /// image on `disk` recorded as RAM, and that megabyte's start.
 fn header_as_ram(disk: &std::path::Path) -> (String, u64) {
-    let v = common::hibvm::flows::info(disk);
+    let v = info(disk);
     let region = v["extra"]["region"]
         .as_str()
         .unwrap_or_else(|| panic!("no region in {v:#}"));
@@ -75,14 +66,14 @@ fn header_as_ram(disk: &std::path::Path) -> (String, u64) {
 #[test]
 fn kernels_outside_their_region_write_nothing_and_say_so() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk(&hibvm::dir().join("escape.img"));
+    let disk = hibvm::new_disk(&vm::dir().join("escape.img"));
     let opts = BootOpts::new(&disk, "poweroff")
         .arg("kjump.memcheck=256")
         .arg("kjump.escape=1");
 
     // B: refuses, jumps back; A reports it, and its memory is as it was.
     let name = "escape-capture";
-    let mut boot = Boot::start_opts(name, &opts);
+    let mut boot = start(name, &opts);
     let tripped = boot.wait_for(
         "kjump: capture failed: this kernel runs outside its region",
         PHASE,
@@ -113,12 +104,9 @@ fn kernels_outside_their_region_write_nothing_and_say_so() {
     print_phases(&boot);
     let lines = boot.lines();
     check_committed(name, &disk, "poweroff");
-    let saved = common::hibvm::flows::Saved {
+    let saved = Saved {
         md5: md5s(&lines).into_iter().next().expect("an MD5 line"),
-        last_count: common::hibvm::flows::counts(&lines)
-            .into_iter()
-            .max()
-            .expect("COUNT lines"),
+        last_count: counts(&lines).into_iter().max().expect("COUNT lines"),
         memcheck: true,
     };
 
@@ -126,7 +114,7 @@ fn kernels_outside_their_region_write_nothing_and_say_so() {
     // and the image stays committed.
     let name = "escape-restore";
     let (words, top) = header_as_ram(&disk);
-    let mut boot = Boot::start_opts(
+    let mut boot = start(
         name,
         &BootOpts::new(&disk, "none").arg(&format!("kjump.rappend={words}")),
     );
@@ -159,7 +147,9 @@ fn kernels_outside_their_region_write_nothing_and_say_so() {
         boot.logs()
     );
     assert_eq!(state(&disk), "committed", "R changed the image");
-    let (code, out) = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
+    let Run {
+        code, text: out, ..
+    } = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
     assert_eq!(code, 0, "{out}");
 
     // And the image resumes, every word of A's buffer intact.

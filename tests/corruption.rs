@@ -15,6 +15,7 @@
 mod chunks;
 #[path = "corruption/cli.rs"]
 mod cli;
+mod common;
 #[path = "corruption/fixture.rs"]
 mod fixture;
 #[path = "corruption/metadata.rs"]

@@ -7,14 +7,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::cores::TempDir;
-use common::deb::{build_package, ready, repo, run};
+use common::deb::{build_package, ready, repo};
+use common::kjump::kjump;
+use common::run;
+use common::tempdir::TempDir;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The commands `kjump --help` lists, `help` aside.
 fn commands() -> Vec<String> {
-    let help = run(Command::new(env!("CARGO_BIN_EXE_kjump")).arg("--help"));
+    let help = kjump(&["--help"]).ok().stdout;
     let list = help
         .split("Commands:\n")
         .nth(1)

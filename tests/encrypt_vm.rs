@@ -21,11 +21,12 @@
 
 mod common;
 
-use common::hibvm::flows::{
-    assert_resumed, disk, find, hibernate_poweroff_unchecked, kjump, machine, state, PHASE,
-};
+use common::hibvm::flows::{assert_resumed, disk, hibernate_poweroff_unchecked, state, PHASE};
 use common::hibvm::scenarios;
-use common::hibvm::{self, Boot, BootOpts, Kernel};
+use common::hibvm::{self, start, BootOpts, Kernel};
+use common::kjump::{kjump, Run};
+use common::vm::{self, find, machine};
+use kjump_dumpgen::Rng;
 
 #[test]
 fn encrypted_hibernation_asks_for_the_passphrase_on_the_console() {
@@ -37,10 +38,9 @@ fn encrypted_hibernation_asks_for_the_passphrase_on_the_console() {
 fn the_restore_kernel_reads_a_key_from_a_named_device() {
     let Some(_machine) = machine() else { return };
     let disk = disk("encrypted-keydev");
-    let key_disk = hibvm::new_disk_of(&hibvm::dir().join("key-disk.img"), 1 << 20);
-    let key: Vec<u8> = (0..64u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let key_disk = hibvm::new_disk_of(&vm::dir().join("key-disk.img"), 1 << 20);
+    let mut key = vec![0u8; 64];
+    Rng::new(64).fill(&mut key);
     {
         use std::os::unix::fs::FileExt as _;
         let f = std::fs::OpenOptions::new()
@@ -53,10 +53,10 @@ fn the_restore_kernel_reads_a_key_from_a_named_device() {
         .disk(&key_disk)
         .arg("kjump.keydev=/dev/vdb");
     let (saved, _) = hibernate_poweroff_unchecked("keydev-hibernate", &opts);
-    let key_file = hibvm::dir().join("keydev.key");
+    let key_file = vm::dir().join("keydev.key");
     std::fs::write(&key_file, &key).unwrap();
     let host = disk.display().to_string();
-    let (code, text) = kjump(&[
+    let Run { code, text, .. } = kjump(&[
         "verify",
         &host,
         "--key-file",
@@ -68,7 +68,7 @@ fn the_restore_kernel_reads_a_key_from_a_named_device() {
     let opts = BootOpts::new(&disk, "none")
         .disk(&key_disk)
         .arg("kjump.keydev=/dev/vdb");
-    let mut boot = Boot::start_opts("keydev-resume", &opts);
+    let mut boot = start("keydev-resume", &opts);
     boot.wait_for("kjump: restore kernel started", PHASE);
     let read = boot.wait_for("kjump: read the key from /dev/vdb (64 bytes)", PHASE);
     boot.wait_for("kjump: verified in", PHASE);

@@ -5,6 +5,7 @@
 //! index, a cut); no plaintext and no CRC of plaintext in the image; and the
 //! CLI. The memory and ranges are the corruption tests' fixture.
 
+mod common;
 #[path = "corruption/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
@@ -13,7 +14,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::process::Command;
 
-use fixture::{entry, hdr, put_u32, sb, Fixture, TempDir};
+use common::kjump::{kjump, Arg, Run};
+use common::tempdir::TempDir;
+use fixture::{entry, hdr, put_u32, sb, Fixture};
 use kjump_image_format::crypto::DEFAULT_KDF;
 use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{
@@ -40,12 +43,12 @@ fn key(k: &[u8]) -> Secret {
 /// Captures the fixture memory into `dir/name`, encrypted when `enc` is
 /// given, and returns the image bytes.
 fn capture_to(dir: &TempDir, name: &str, uuid: [u8; 16], enc: Option<(&Secret, Kdf)>) -> Vec<u8> {
-    let mem = dir.join("memory");
+    let mem = dir.path("memory");
     if !mem.exists() {
         std::fs::write(&mem, fixture::memory()).unwrap();
     }
     let (src, meta) = fixture::source(&mem);
-    let img = dir.join(name);
+    let img = dir.path(name);
     let target = Target::open(&img).unwrap();
     let opts = fixture::options(uuid);
     match enc {
@@ -115,13 +118,13 @@ fn key_file_and_passphrase_images_round_trip_through_restore_and_export() {
             open_and_verify(&bytes, Some(&secret)).map_err(|e| e.to_string()),
             Ok(())
         );
-        let core = dir.join(&format!("{name}.elf"));
+        let core = dir.path(&format!("{name}.elf"));
         kjump_restorer::export(bytes.as_slice(), &image, &core, 2, false).unwrap();
         assert!(std::fs::metadata(&core).unwrap().len() > 0);
         // Restore into a blank memory file: every saved byte comes back.
-        let blank = dir.join(&format!("{name}.mem"));
+        let blank = dir.path(&format!("{name}.mem"));
         std::fs::write(&blank, vec![0xee; mem.len()]).unwrap();
-        let place = Place::locate(&dir.join(name), None).unwrap();
+        let place = Place::locate(&dir.path(name), None).unwrap();
         let own = kjump_image_format::MemoryMap::default();
         restore_with_key(&place, &blank, &own, 2, Some(&secret), None).unwrap();
         let got = std::fs::read(&blank).unwrap();
@@ -129,10 +132,10 @@ fn key_file_and_passphrase_images_round_trip_through_restore_and_export() {
             let (s, e) = (r.start().0 as usize, r.end().0 as usize);
             assert!(got[s..e] == mem[s..e], "{name}: range {r} differs");
         }
-        assert_eq!(state(&dir.join(name)), ImageState::Consumed);
+        assert_eq!(state(&dir.path(name)), ImageState::Consumed);
         // A consumed image still verifies: the state is not sealed.
         assert_eq!(
-            open_and_verify(&std::fs::read(dir.join(name)).unwrap(), Some(&secret))
+            open_and_verify(&std::fs::read(dir.path(name)).unwrap(), Some(&secret))
                 .map_err(|e| e.to_string()),
             Ok(())
         );
@@ -168,15 +171,15 @@ fn missing_wrong_and_mismatched_keys_are_refused_before_anything_else() {
     );
 
     // A restore with the wrong key changes neither the image nor memory.
-    let blank = dir.join("blank");
+    let blank = dir.path("blank");
     std::fs::write(&blank, vec![0xee; 0x188000]).unwrap();
-    let place = Place::locate(&dir.join("p"), None).unwrap();
+    let place = Place::locate(&dir.path("p"), None).unwrap();
     let own = kjump_image_format::MemoryMap::default();
     let e = restore_with_key(&place, &blank, &own, 2, Some(&wrong), None).unwrap_err();
     assert!(kjump_handoff::error_chain(&e).contains("wrong key"), "{e}");
-    assert_eq!(state(&dir.join("p")), ImageState::Committed);
+    assert_eq!(state(&dir.path("p")), ImageState::Committed);
     assert!(std::fs::read(&blank).unwrap().iter().all(|&b| b == 0xee));
-    assert_eq!(std::fs::read(dir.join("p")).unwrap(), bytes);
+    assert_eq!(std::fs::read(dir.path("p")).unwrap(), bytes);
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -444,31 +447,23 @@ fn another_images_metadata_or_index_fails_the_seal_and_cuts_are_refused() {
     }
 }
 
-fn kjump(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn cli_encrypts_verifies_exports_and_refuses_wrong_keys_without_showing_them() {
     let dir = TempDir::new("enc-cli");
-    let mem = dir.join("memory");
+    let mem = dir.path("memory");
     std::fs::write(&mem, fixture::memory()).unwrap();
-    let (keyf, wrongf, passf) = (dir.join("key"), dir.join("wrong"), dir.join("pass"));
+    let (keyf, wrongf, passf) = (dir.path("key"), dir.path("wrong"), dir.path("pass"));
     std::fs::write(&keyf, KEY).unwrap();
     std::fs::write(&wrongf, OTHER_KEY).unwrap();
     std::fs::write(&passf, "hunter2 but longer\n").unwrap();
-    let img = dir.join("img");
+    let img = dir.path("img");
     let r = fixture::RANGES_ARG;
-    let (code, out, err) = kjump(&[
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+        ..
+    } = kjump::<Arg>(&[
         &"capture",
         &"--source",
         &mem,
@@ -481,7 +476,9 @@ fn cli_encrypts_verifies_exports_and_refuses_wrong_keys_without_showing_them() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(encrypted)"), "{out}");
-    let (code, out, _) = kjump(&[&"info", &img]);
+    let Run {
+        code, stdout: out, ..
+    } = kjump::<Arg>(&[&"info", &img]);
     assert_eq!(code, 0);
     assert!(
         out.contains("encryption: AES-256-GCM, key from a key file (HKDF-SHA256)"),
@@ -491,16 +488,22 @@ fn cli_encrypts_verifies_exports_and_refuses_wrong_keys_without_showing_them() {
         out.contains("give --key-file or --passphrase-file"),
         "{out}"
     );
-    let (code, out, _) = kjump(&[&"info", &img, &"--key-file", &keyf]);
+    let Run {
+        code, stdout: out, ..
+    } = kjump::<Arg>(&[&"info", &img, &"--key-file", &keyf]);
     assert_eq!(code, 0);
     assert!(out.contains("ranges:     3"), "{out}");
-    let (code, _, err) = kjump(&[&"verify", &img]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &img]);
     assert_eq!(code, 2);
     assert!(
         err.contains("image is encrypted: give --key-file or --passphrase-file"),
         "{err}"
     );
-    let (code, _, err) = kjump(&[&"verify", &img, &"--key-file", &wrongf]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &img, &"--key-file", &wrongf]);
     assert_eq!(code, 2);
     assert!(err.contains("wrong key or passphrase"), "{err}");
     for k in [KEY, OTHER_KEY] {
@@ -509,11 +512,18 @@ fn cli_encrypts_verifies_exports_and_refuses_wrong_keys_without_showing_them() {
             "{err}"
         );
     }
-    let (code, out, err) = kjump(&[&"verify", &img, &"--key-file", &keyf]);
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+        ..
+    } = kjump::<Arg>(&[&"verify", &img, &"--key-file", &keyf]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("encrypted and authentic"), "{out}");
-    let core = dir.join("core");
-    let (code, _, err) = kjump(&[&"export", &img, &"--key-file", &keyf, &"-o", &core]);
+    let core = dir.path("core");
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"export", &img, &"--key-file", &keyf, &"-o", &core]);
     assert_eq!(code, 0, "{err}");
     // A flipped payload byte is exit 1 and names the structure.
     let mut bytes = std::fs::read(&img).unwrap();
@@ -521,12 +531,16 @@ fn cli_encrypts_verifies_exports_and_refuses_wrong_keys_without_showing_them() {
     let at = image.index[0].offset.0 as usize + CHUNK_HEADER_SIZE + 3;
     bytes[at] ^= 1;
     std::fs::write(&img, &bytes).unwrap();
-    let (code, _, err) = kjump(&[&"verify", &img, &"--key-file", &keyf]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &img, &"--key-file", &keyf]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("chunk 0 payload"), "{err}");
 
-    let pimg = dir.join("pimg");
-    let (code, _, err) = kjump(&[
+    let pimg = dir.path("pimg");
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[
         &"capture",
         &"--source",
         &mem,
@@ -542,15 +556,21 @@ fn cli_encrypts_verifies_exports_and_refuses_wrong_keys_without_showing_them() {
         &"1",
     ]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = kjump(&[&"info", &pimg, &"--json"]);
+    let Run {
+        code, stdout: out, ..
+    } = kjump::<Arg>(&[&"info", &pimg, &"--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["encryption"]["kdf"], "argon2id");
     assert_eq!(v["encryption"]["memory_kib"], 8192);
     assert_eq!(v["locked"], true);
-    let (code, _, err) = kjump(&[&"verify", &pimg, &"--passphrase-file", &passf]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &pimg, &"--passphrase-file", &passf]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = kjump(&[&"verify", &pimg, &"--key-file", &keyf]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &pimg, &"--key-file", &keyf]);
     assert_eq!(code, 2);
     assert!(
         err.contains("encrypted with a passphrase, but a key file was given"),
@@ -635,14 +655,14 @@ fn passphrase_asked_on_a_terminal() {
 #[test]
 fn the_resume_record_is_readable_without_the_key_and_sealed_with_the_rest() {
     let dir = TempDir::new("enc-record");
-    std::fs::write(dir.join("memory"), fixture::memory()).unwrap();
-    let (src, mut meta) = fixture::source(&dir.join("memory"));
+    std::fs::write(dir.path("memory"), fixture::memory()).unwrap();
+    let (src, mut meta) = fixture::source(&dir.path("memory"));
     const REGION: &[u8] = b"0x2f000000-0x3effffff";
     meta.extra
         .push(("region".into(), String::from_utf8(REGION.to_vec()).unwrap()));
     meta.extra
         .push(("fs-fingerprint:/dev/vdb".into(), "ext4 mounts=3".into()));
-    let img = dir.join("img");
+    let img = dir.path("img");
     let k = key(KEY);
     let enc = Encryption {
         secret: &k,

@@ -18,13 +18,15 @@
 //! `KJUMP_WRITE_PINNED_IMAGES=1 cargo test --test format_pin`, then commit
 //! both files.
 
+mod common;
 #[path = "corruption/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
 
 use std::path::{Path, PathBuf};
 
-use fixture::{random_fill, TempDir};
+use common::tempdir::TempDir;
+use fixture::random_fill;
 use kjump_image_format::reader::{read_resume_record, read_superblock};
 use kjump_image_format::{
     chunk_specs, plan_layout, ChunkCodec, CryptoParams, Image, ImageKeys, ImageSeal, ImageState,
@@ -121,12 +123,12 @@ fn passphrase() -> Secret {
 
 /// Captures [`memory`] into a new file in `dir`, sealed when `sealed`.
 fn capture_now(dir: &TempDir, sealed: bool) -> Vec<u8> {
-    let mem = dir.join("memory");
+    let mem = dir.path("memory");
     std::fs::write(&mem, memory()).unwrap();
     let map = MemoryMap::from_sorted(ranges()).unwrap();
     let source = MemorySource::open(&mem, Some(map)).unwrap();
     let meta = metadata(&source);
-    let img = dir.join(if sealed { "sealed" } else { "plain" });
+    let img = dir.path(if sealed { "sealed" } else { "plain" });
     let target = Target::open(&img).unwrap();
     if sealed {
         let secret = passphrase();
@@ -197,7 +199,7 @@ fn check_holds_memory(bytes: &[u8], secret: Option<&Secret>) {
 /// the trailer, and the image seal over them and the superblock.
 fn sealed_oracle(salt: [u8; 32], secret: &Secret) -> Vec<u8> {
     let dir = TempDir::new("format-pin-oracle");
-    let mem_path = dir.join("memory");
+    let mem_path = dir.path("memory");
     let mem = memory();
     std::fs::write(&mem_path, &mem).unwrap();
     let map = MemoryMap::from_sorted(ranges()).unwrap();

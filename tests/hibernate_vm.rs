@@ -21,9 +21,11 @@
 
 mod common;
 
-use common::hibvm::flows::{disk, failed_capture, kjump, machine, machine_cpus};
+use common::hibvm::flows::{disk, failed_capture};
 use common::hibvm::scenarios;
 use common::hibvm::{BootOpts, Kernel};
+use common::kjump::{kjump, Run};
+use common::vm::{machine, machine_cpus};
 
 const KERNEL: Kernel = Kernel::Linux6_12;
 
@@ -62,6 +64,8 @@ fn failed_capture_jumps_back_to_a() {
     let Some(_machine) = machine() else { return };
     let disk = disk("readonly");
     failed_capture("readonly", &BootOpts::new(&disk, "poweroff").readonly());
-    let (code, out) = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
+    let Run {
+        code, text: out, ..
+    } = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
     assert_eq!(code, 1, "nothing was saved, so nothing verifies: {out}");
 }

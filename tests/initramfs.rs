@@ -6,7 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use common::cores::TempDir;
+use common::kjump::{kjump, Arg};
+use common::tempdir::TempDir;
 
 fn have_cpio() -> bool {
     let found = Command::new("cpio").arg("--version").output().is_ok();
@@ -21,15 +22,8 @@ fn have_cpio() -> bool {
 }
 
 fn mkinitramfs(out: &std::path::Path, extra: &std::path::Path) {
-    let st = Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .arg("mkinitramfs")
-        .arg("-o")
-        .arg(out)
-        .arg("--file")
-        .arg(format!("{}:usr/share/kjump/extra", extra.display()))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let file = format!("{}:usr/share/kjump/extra", extra.display());
+    kjump::<Arg>(&[&"mkinitramfs", &"-o", &out, &"--file", &file]).ok();
 }
 
 #[test]

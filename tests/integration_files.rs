@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::cores::TempDir;
+use common::kjump::{kjump, Arg};
+use common::run;
+use common::tempdir::TempDir;
 
 const KVER: &str = "0.0.0-kjump-test";
 
@@ -23,8 +25,8 @@ fn integration(path: &str) -> PathBuf {
 /// /boot/config and /lib/modules entry for the kernel version it packs).
 fn ready(tools: &[&str]) -> bool {
     let ci = std::env::var_os("CI").is_some();
-    let root = nix_is_root();
-    let missing: Vec<&&str> = tools.iter().filter(|t| which(t).is_none()).collect();
+    let root = common::is_root();
+    let missing: Vec<&&str> = tools.iter().filter(|t| !common::have(t)).collect();
     if root && missing.is_empty() {
         return true;
     }
@@ -32,22 +34,6 @@ fn ready(tools: &[&str]) -> bool {
     assert!(!ci, "CI must run this test: {why}");
     common::skip(why);
     false
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// A kjump.conf naming a kernel image to pack (any file will do for a build).
@@ -62,16 +48,6 @@ fn config(dir: &TempDir) -> PathBuf {
     );
     std::fs::write(&conf, text).unwrap();
     conf
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn assert_contains(listing: &str, paths: &[&str]) {
@@ -277,7 +253,7 @@ fn verify(units: &Path, man: Option<&Path>, names: &[&str]) -> (bool, String) {
 
 #[test]
 fn systemd_units_and_drop_ins_verify() {
-    if which("systemd-analyze").is_none() {
+    if !common::have("systemd-analyze") {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must have systemd-analyze"
@@ -288,10 +264,7 @@ fn systemd_units_and_drop_ins_verify() {
     let dir = TempDir::new("it-systemd");
     let units = unit_dir(&dir, "units", env!("CARGO_BIN_EXE_kjump"));
     // kjump's units name man pages that `kjump generate` writes.
-    run(Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .arg("generate")
-        .arg("--man")
-        .arg(dir.path("man/man1")));
+    kjump::<Arg>(&[&"generate", &"--man", &dir.path("man/man1")]).ok();
     let man = dir.path("man");
     let (ok, log) = verify(
         &units,

@@ -16,10 +16,12 @@ use std::io::Read;
 use std::path::Path;
 
 use common::hibvm::flows::{
-    assert_counter_continues, disk, find, info, kjump, machine, md5s, no_resume, print_phases,
-    split_at, state, PHASE,
+    assert_counter_continues, disk, info, md5s, no_resume, print_phases, split_at, state, PHASE,
 };
-use common::hibvm::{self, Boot, BootOpts, Line, WriteError};
+use common::hibvm::{self, start, BootOpts, WriteError};
+use common::kjump::{kjump, Run};
+use common::vm::console::{hex_after, number_after};
+use common::vm::{self, find, machine, Line, Vm};
 
 /// Where writes fail: 32 MiB into /dev/vda, inside the chunk area (the image
 /// of this 1 GiB guest is about 75 MiB, 16 MiB of it A's incompressible
@@ -28,23 +30,9 @@ const ERROR_AT: u64 = 32 << 20;
 /// A target far smaller than the RAM to save.
 const TINY_DISK: u64 = 64 << 20;
 
-/// The decimal number right after `prefix` in `text`.
-fn number_after(text: &str, prefix: &str) -> Option<u64> {
-    let rest = &text[text.find(prefix)? + prefix.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// The `0x` hex number right after `prefix` in `text`.
-fn hex_after(text: &str, prefix: &str) -> Option<u64> {
-    let rest = text[text.find(prefix)? + prefix.len()..].strip_prefix("0x")?;
-    let digits: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-    u64::from_str_radix(&digits, 16).ok()
-}
-
 /// B's failure names the write that failed, its offset and EIO; the offset
 /// range covers the sector blkdebug fails.
-fn assert_names_the_failed_write(failed: &Line, boot: &Boot) {
+fn assert_names_the_failed_write(failed: &Line, boot: &Vm) {
     let text = &failed.text;
     assert!(
         text.contains("Input/output error (os error 5)"),
@@ -76,7 +64,7 @@ fn write_error_during_capture_jumps_back_and_is_never_resumed() {
     let Some(_machine) = machine() else { return };
     let disk = disk("eio");
     let opts = BootOpts::new(&disk, "poweroff").write_error(WriteError::eio_at(ERROR_AT));
-    let mut boot = Boot::start_opts("eio", &opts);
+    let mut boot = start("eio", &opts);
     boot.wait_for("kjump: capture kernel started", PHASE);
     let failed = boot.wait_for("kjump: capture failed", PHASE);
     boot.wait_for("kjump: no image was committed", PHASE);
@@ -127,7 +115,7 @@ fn write_error_during_capture_jumps_back_and_is_never_resumed() {
 
     let v = info(&disk);
     assert_eq!(v["state"], "incomplete", "{v:#}");
-    let (code, text) = kjump(&["verify", &disk.display().to_string()]);
+    let Run { code, text, .. } = kjump(&["verify", &disk.display().to_string()]);
     assert_eq!(code, 1, "an uncommitted image must not verify: {text}");
     assert!(text.contains("incomplete"), "kjump verify: {text}");
     println!("[eio] host: kjump verify exited {code}: {}", text.trim());
@@ -169,8 +157,8 @@ fn all_zero(path: &Path) -> bool {
 #[test]
 fn too_small_target_refused_before_any_jump() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk_of(&hibvm::dir().join("tiny.img"), TINY_DISK);
-    let mut boot = Boot::start_opts("tiny", &BootOpts::new(&disk, "poweroff"));
+    let disk = hibvm::new_disk_of(&vm::dir().join("tiny.img"), TINY_DISK);
+    let mut boot = start("tiny", &BootOpts::new(&disk, "poweroff"));
     let dry = boot.wait_for("A: DRY-RUN-EXIT", PHASE);
     let called = boot.wait_for("A: HIBERNATE --then", PHASE);
     let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);

@@ -9,9 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::cores::TempDir;
+use common::kjump::{kjump_info as kjump, Run};
+use common::tempdir::TempDir;
+use kjump_dumpgen::{elf, note, NT_VMCOREINFO};
 use kjump_kdump::diskdump_read::{Diskdump, ReadError};
 
 const REAL: &str = include_str!("../kdump/tests/fixtures/vmcoreinfo-6.12.117.txt");
@@ -25,22 +27,9 @@ const TEXT: u64 = 0xffff_ffff_8000_0000;
 const TABLES: u64 = 0x10_0000;
 const ARRAY: u64 = 0x20_0000;
 
-fn kjump(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("running kjump")
-}
-
+/// kjump at its default log level, which must succeed: what it printed.
 fn ok(args: &[&str]) -> String {
-    let out = kjump(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kjump {args:?}: {text}");
+    let Run { text, .. } = kjump(args).ok();
     text
 }
 
@@ -145,45 +134,12 @@ fn vmcoreinfo(drop: &[&str]) -> String {
 /// An ELF core of the RAM from frame `FIRST` with `info` as its
 /// VMCOREINFO note (none when `None`).
 fn write_core(path: &Path, mem: &[u8], info: Option<&str>) {
-    let mut note = Vec::new();
-    if let Some(info) = info {
-        note.extend(11u32.to_le_bytes());
-        note.extend((info.len() as u32).to_le_bytes());
-        note.extend(0u32.to_le_bytes());
-        note.extend(b"VMCOREINFO\0\0");
-        note.extend(info.as_bytes());
-        note.resize(note.len().next_multiple_of(4), 0);
-    }
-    let phnum = 1 + u16::from(!note.is_empty());
-    let data_at = 0x1000u64;
-    let mut f = vec![0u8; 64];
-    f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    f[16..18].copy_from_slice(&4u16.to_le_bytes());
-    f[18..20].copy_from_slice(&62u16.to_le_bytes());
-    f[20..24].copy_from_slice(&1u32.to_le_bytes());
-    f[32..40].copy_from_slice(&64u64.to_le_bytes());
-    f[52..54].copy_from_slice(&64u16.to_le_bytes());
-    f[54..56].copy_from_slice(&56u16.to_le_bytes());
-    f[56..58].copy_from_slice(&phnum.to_le_bytes());
-    let ram_len = (END - FIRST) * PAGE as u64;
-    let mut phdr = |t: u32, off: u64, paddr: u64, len: u64| {
-        let mut p = vec![0u8; 56];
-        p[0..4].copy_from_slice(&t.to_le_bytes());
-        p[8..16].copy_from_slice(&off.to_le_bytes());
-        p[24..32].copy_from_slice(&paddr.to_le_bytes());
-        p[32..40].copy_from_slice(&len.to_le_bytes());
-        p[40..48].copy_from_slice(&len.to_le_bytes());
-        f.extend(p);
-    };
-    let note_at = 64 + 56 * u64::from(phnum);
-    if !note.is_empty() {
-        phdr(4, note_at, 0, note.len() as u64);
-    }
-    phdr(1, data_at, FIRST * PAGE as u64, ram_len);
-    f.extend(&note);
-    f.resize(data_at as usize, 0);
-    f.extend(&mem[(FIRST * PAGE as u64) as usize..]);
-    std::fs::write(path, f).expect("writing the core");
+    let notes = info.map_or_else(Vec::new, |i| {
+        note("VMCOREINFO", NT_VMCOREINFO, i.as_bytes())
+    });
+    let first = FIRST * PAGE as u64;
+    let core = elf::core(&notes, &[(first, &mem[first as usize..])]);
+    std::fs::write(path, core).expect("writing the core");
 }
 
 fn excluded_at_31(pfn: u64) -> bool {
@@ -243,8 +199,8 @@ fn collect_filters_and_the_kdump_export_marks_excluded_frames() {
     // An ELF core cannot mark a frame excluded: that export is refused.
     let elf = dir.path("dump.elf");
     let out = kjump(&["export", i, "-o", elf.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.code, 2);
+    let err = out.stderr;
     assert!(
         err.contains("leaves out 512 frames, which an ELF core would show as zero pages"),
         "{err}"
@@ -320,8 +276,8 @@ fn bad_input_falls_back_to_zero_pages_and_says_why() {
 #[test]
 fn flattened_output_is_refused() {
     let out = kjump(&["collect", "-F", "-d", "31", "/proc/vmcore", "/tmp/x"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.code, 2);
+    let err = out.stderr;
     assert!(
         err.contains("-F (flattened output to standard output) is not supported"),
         "{err}"
@@ -330,7 +286,7 @@ fn flattened_output_is_refused() {
 
 #[test]
 fn a_full_destination_leaves_the_image_uncommitted_and_fails() {
-    if !nix_root() {
+    if !common::is_root() {
         common::skip("a_full_destination_leaves_the_image_uncommitted_and_fails needs root to mount a small tmpfs");
         return;
     }
@@ -355,8 +311,8 @@ fn a_full_destination_leaves_the_image_uncommitted_and_fails() {
             core.to_str().unwrap(),
             img.to_str().unwrap(),
         ]);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let err = out.stderr;
+        assert_eq!(out.code, 2, "{err}");
         assert!(err.contains("the image is left uncommitted"), "{err}");
         assert!(
             err.contains("at offset 0x") || err.contains("offset"),
@@ -364,7 +320,7 @@ fn a_full_destination_leaves_the_image_uncommitted_and_fails() {
         );
         assert!(err.contains("No space left on device"), "{err}");
         let info = kjump(&["info", img.to_str().unwrap()]);
-        let text = String::from_utf8_lossy(&info.stdout);
+        let text = info.stdout;
         assert!(text.contains("state:      incomplete"), "{text}");
         eprintln!("full destination: {}", err.trim());
     });
@@ -372,15 +328,4 @@ fn a_full_destination_leaves_the_image_uncommitted_and_fails() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
-}
-
-fn nix_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }

@@ -23,25 +23,26 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::cores::{assert_same_memory, core_headers, for_each_page, Load, TempDir};
-use common::hibvm::flows::{kjump, machine, PHASE};
-use common::hibvm::{self, Boot, BootOpts};
-use kjump_dumpgen::{write_dump, DumpSpec, KernelText, Layout, START_KERNEL_MAP};
+use common::cores::{assert_same_memory, core_headers, page_copies, Load};
+use common::hibvm::flows::PHASE;
+use common::hibvm::{self, start, BootOpts};
+use common::kjump::{kjump, kjump_info, Run};
+use common::tempdir::TempDir;
+use common::vm::{self, machine, Vm};
+use kjump_dumpgen::{write_dump, DumpSpec, KernelText, Layout, PAGE_SIZE, START_KERNEL_MAP};
 
 /// Lines of the pattern; init.sh's kdump block writes the same number.
 const PATTERN_LINES: usize = 110_000;
-const PAGE: usize = 4096;
 /// The raw copy of /proc/vmcore and the crash kernel's image: a 1 GiB guest
 /// minus the 256 MiB crash region gives a core of about 0.8 GB.
-const DISK_BYTES: u64 = 2 << 30;
+const CORE_DISK_BYTES: u64 = 2 << 30;
 /// Crash kernel boot, raw copy and capture of the core under TCG, with
 /// another test's machine possibly on the same 2 cores.
 const CRASH_PHASE: Duration = Duration::from_secs(900);
@@ -50,23 +51,14 @@ fn os(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// Runs the host's kjump, asserting success; returns its output and the
-/// wall time.
-fn kjump_ok(args: &[&str]) -> (String, f64) {
-    let started = Instant::now();
-    let (code, text) = kjump(args);
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(code, 0, "kjump {args:?}: {text}");
-    (text, secs)
-}
-
 /// Capture, verify and export through the CLI; returns the exported core.
 fn capture_verify_export(dir: &Path, name: &str, core: &Path) -> std::path::PathBuf {
     let (img, out) = (
         dir.join(format!("{name}.img")),
         dir.join(format!("{name}.export.elf")),
     );
-    let (text, secs) = kjump_ok(&["capture", "--source", os(core), "--target", os(&img)]);
+    let Run { text, secs, .. } =
+        kjump_info(&["capture", "--source", os(core), "--target", os(&img)]).ok();
     println!("[{name}] capture {secs:.2} s: {}", text.trim());
     assert!(
         text.contains("with the same bytes: read once"),
@@ -77,9 +69,9 @@ fn capture_verify_export(dir: &Path, name: &str, core: &Path) -> std::path::Path
 }
 
 fn verify_export(name: &str, img: &Path, out: &Path) {
-    let (text, secs) = kjump_ok(&["verify", os(img)]);
+    let Run { text, secs, .. } = kjump(&["verify", os(img)]).ok();
     println!("[{name}] verify {secs:.2} s: {}", text.trim());
-    let (_, secs) = kjump_ok(&["export", os(img), "--output", os(out)]);
+    let Run { secs, .. } = kjump(&["export", os(img), "--output", os(out)]).ok();
     let len = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     println!("[{name}] export {secs:.2} s: {len} bytes");
 }
@@ -114,7 +106,7 @@ fn differ_message(text: &Load, home: &Load, at: u64) -> String {
 /// Capture must refuse `core` with `want` in its error, exit code 2, and
 /// leave no image behind.
 fn assert_refused(core: &Path, img: &Path, want: &str) {
-    let (code, text) = kjump(&["capture", "--source", os(core), "--target", os(img)]);
+    let Run { code, text, .. } = kjump(&["capture", "--source", os(core), "--target", os(img)]);
     assert_eq!(code, 2, "capture of a core whose copies differ: {text}");
     assert!(text.contains("is not a usable ELF core"), "{text}");
     assert!(text.contains(want), "expected {want:?} in: {text}");
@@ -200,18 +192,13 @@ fn md5_hex(bytes: &[u8]) -> String {
 /// How many of the pattern's whole pages `core` holds at a page-aligned
 /// physical address, of how many.
 fn pattern_pages_found(core: &Path, pattern: &[u8]) -> (usize, usize) {
-    let pages: HashSet<&[u8]> = pattern.chunks_exact(PAGE).collect();
-    let mut found = HashSet::new();
-    for_each_page(core, |_, page| {
-        if let Some(p) = pages.get(page) {
-            found.insert(*p);
-        }
-    });
-    (found.len(), pages.len())
+    let pages: Vec<&[u8]> = pattern.chunks_exact(PAGE_SIZE).collect();
+    let copies = page_copies(core, &pages);
+    (copies.iter().filter(|&&n| n > 0).count(), copies.len())
 }
 
 /// A value printed after `prefix` on the console.
-fn console_value(boot: &mut Boot, prefix: &str, timeout: Duration) -> String {
+fn console_value(boot: &mut Vm, prefix: &str, timeout: Duration) -> String {
     let line = boot.wait_for(prefix, timeout);
     let rest = &line.text[line.text.find(prefix).map_or(0, |i| i + prefix.len())..];
     rest.trim().to_owned()
@@ -246,7 +233,7 @@ fn flip(core: &Path, load: &Load, at: u64) -> u64 {
 #[test]
 fn real_kdump_core_is_captured_and_exported() {
     let Some(_machine) = machine() else { return };
-    let dir = hibvm::dir();
+    let dir = vm::dir();
     let seed = format!(
         "{:016x}",
         SystemTime::now()
@@ -255,13 +242,13 @@ fn real_kdump_core_is_captured_and_exported() {
             ^ u64::from(std::process::id())
     );
     let vda = hibvm::new_disk_of(&dir.join("kdump-unused.img"), 64 << 20);
-    let raw = hibvm::new_disk_of(&dir.join("kdump-vmcore.raw"), DISK_BYTES);
-    let crash_img = hibvm::new_disk_of(&dir.join("kdump-crash.img"), DISK_BYTES);
+    let raw = hibvm::new_disk_of(&dir.join("kdump-vmcore.raw"), CORE_DISK_BYTES);
+    let crash_img = hibvm::new_disk_of(&dir.join("kdump-crash.img"), CORE_DISK_BYTES);
     let opts = BootOpts::new(&vda, "none")
         .disk(&raw)
         .disk(&crash_img)
         .arg(&format!("kjump.kdump={seed}"));
-    let mut boot = Boot::start_opts("kdump", &opts);
+    let mut boot = start("kdump", &opts);
     let printed = console_value(&mut boot, "KDUMP-A: PATTERN ", PHASE);
     let load = console_value(&mut boot, "KDUMP-A: LOAD-EXIT ", PHASE);
     assert!(
@@ -301,7 +288,7 @@ fn real_kdump_core_is_captured_and_exported() {
         boot.logs()
     );
     assert!(
-        size > 512 << 20 && size < DISK_BYTES,
+        size > 512 << 20 && size < CORE_DISK_BYTES,
         "/proc/vmcore of {size} bytes"
     );
     assert!(
@@ -345,7 +332,7 @@ fn real_kdump_core_is_captured_and_exported() {
     verify_export("kdump-crash", &crash_img, &crash_out);
     assert_same_memory(&raw, &crash_out);
     assert_eq!(pattern_pages_found(&crash_out, &pattern), (of, of));
-    let info = kjump_ok(&["info", os(&crash_img)]).0;
+    let info = kjump(&["info", os(&crash_img)]).ok().text;
     println!("[kdump] crash kernel's image:\n{}", info.trim());
 
     // One byte of the kernel text copy changed: refused with the address.

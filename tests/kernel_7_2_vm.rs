@@ -27,9 +27,9 @@
 
 mod common;
 
-use common::hibvm::flows::{machine, machine_cpus};
 use common::hibvm::scenarios;
 use common::hibvm::Kernel;
+use common::vm::{machine, machine_cpus};
 
 const KERNEL: Kernel = Kernel::Linux7_2;
 

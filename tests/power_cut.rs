@@ -10,7 +10,8 @@ mod common;
 
 use std::path::Path;
 
-use common::cores::TempDir;
+use common::tempdir::TempDir;
+use kjump_dumpgen::{fill_page, PageKind, Rng, PAGE_SIZE};
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{
     FormatError, Image, ImageState, MemoryMap, Metadata, PhysAddr, PhysRange,
@@ -30,25 +31,17 @@ fn ranges() -> MemoryMap {
     .unwrap()
 }
 
-/// Memory with a mix of zero, repetitive and random pages; `salt` makes two
-/// different machines.
+/// Memory with a mix of zero, kernel-like and random pages; `salt` makes
+/// two different machines.
 fn memory(salt: u64) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
     let mut mem = vec![0u8; MEM_LEN];
-    for (i, page) in mem.chunks_mut(4096).enumerate() {
-        match (i as u64 + salt) % 5 {
-            0 | 1 => {}
-            2 => page
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, b)| *b = (j % 61) as u8 ^ salt as u8),
-            _ => page.iter_mut().for_each(|b| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }),
-        }
+    for (pfn, page) in mem.chunks_mut(PAGE_SIZE).enumerate() {
+        let kind = match (pfn as u64 + salt) % 5 {
+            0 | 1 => PageKind::Zero,
+            2 => PageKind::Kernel,
+            _ => PageKind::Random,
+        };
+        fill_page(kind, salt, pfn as u64, page);
     }
     mem
 }
@@ -223,14 +216,11 @@ fn random_bit_rot_is_always_caught_and_never_restored() {
     let img = dir.path("img");
     assert!(capture_cut(&dir, &m, 3, &img, None));
     let bytes = std::fs::read(&img).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let trials = 300;
     for _ in 0..trials {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let at = (x % bytes.len() as u64) as usize;
-        let bit = 1u8 << (x >> 61);
+        let at = rng.below(bytes.len() as u64) as usize;
+        let bit = 1u8 << rng.below(8);
         let mut rotten = bytes.clone();
         rotten[at] ^= bit;
         let path = dir.path("rotten");

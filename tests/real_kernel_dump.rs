@@ -7,124 +7,21 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use common::vm::{self, GuestDump, PAGE_SIZE};
+use common::cores::{assert_same_memory, assert_x86_64_core, core_headers, page_copies, Load};
+use common::dumpvm::{self, GuestDump};
+use common::kjump::kjump;
+use common::vm::{self, machine};
+use kjump_dumpgen::PAGE_SIZE;
 
 const GUEST_MEM_MIB: u32 = 256;
 
-const ELF_HEADER_LEN: usize = 64;
-const PHDR_LEN: usize = 56;
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const ET_CORE: u16 = 4;
-const EM_X86_64: u16 = 62;
-/// `e_phnum` value meaning "the real count is in section header 0".
-const PN_XNUM: u16 = 0xffff;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-
-/// One ELF program header, the fields a memory dump needs.
-#[derive(Debug)]
-struct Segment {
-    kind: u32,
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    let mut le = [0; 4];
-    le.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(le)
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut le = [0; 8];
-    le.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(le)
-}
-
-/// Checks the ELF header of an x86-64 core file and returns its program headers.
-fn core_segments(core: &[u8]) -> Vec<Segment> {
-    assert!(
-        core.len() >= ELF_HEADER_LEN,
-        "dump shorter than an ELF header"
-    );
-    assert_eq!(&core[..4], b"\x7fELF", "no ELF magic");
-    assert_eq!(core[4], ELFCLASS64, "not ELFCLASS64");
-    assert_eq!(core[5], ELFDATA2LSB, "not little-endian");
-    assert_eq!(u16_at(core, 16), ET_CORE, "e_type is not ET_CORE");
-    assert_eq!(u16_at(core, 18), EM_X86_64, "e_machine is not x86-64");
-    let phoff = usize::try_from(u64_at(core, 32)).expect("e_phoff fits usize");
-    assert_eq!(usize::from(u16_at(core, 54)), PHDR_LEN, "e_phentsize");
-    let phnum = u16_at(core, 56);
-    assert_ne!(
-        phnum, PN_XNUM,
-        "more program headers than this test handles"
-    );
-    let table_end = phoff + usize::from(phnum) * PHDR_LEN;
-    assert!(table_end <= core.len(), "program headers run past the file");
-    let segments: Vec<Segment> = core[phoff..table_end]
-        .chunks_exact(PHDR_LEN)
-        .map(|h| Segment {
-            kind: u32_at(h, 0),
-            offset: u64_at(h, 8),
-            paddr: u64_at(h, 24),
-            filesz: u64_at(h, 32),
-            memsz: u64_at(h, 40),
-        })
-        .collect();
-    for s in &segments {
-        let end = s
-            .offset
-            .checked_add(s.filesz)
-            .expect("segment end overflows");
-        assert!(end <= core.len() as u64, "segment {s:?} runs past the file");
-        assert!(
-            s.filesz <= s.memsz || s.kind != PT_LOAD,
-            "filesz > memsz: {s:?}"
-        );
-    }
-    segments
-}
-
-/// How often each pattern page occurs in the dump at a page-aligned guest
-/// physical address. The guest keeps the pattern in page-cache pages, which
-/// need not be physically contiguous, so the search goes page by page.
-fn pattern_page_copies(core: &[u8], loads: &[&Segment], pattern: &[u8]) -> Vec<u32> {
-    const KEY: usize = 16;
+/// How often each page of the pattern the guest held occurs in `core`.
+fn pattern_page_copies(core: &Path, pattern: &[u8]) -> Vec<u32> {
     let pages: Vec<&[u8]> = pattern.chunks_exact(PAGE_SIZE).collect();
-    let by_prefix: HashMap<&[u8], usize> = pages
-        .iter()
-        .enumerate()
-        .map(|(i, page)| (&page[..KEY], i))
-        .collect();
-    assert_eq!(by_prefix.len(), pages.len(), "pattern pages share a prefix");
-    let page = PAGE_SIZE as u64;
-    let mut copies = vec![0; pages.len()];
-    for load in loads {
-        let end = load.paddr + load.filesz;
-        let mut paddr = load.paddr.next_multiple_of(page);
-        while paddr + page <= end {
-            let at = usize::try_from(load.offset + (paddr - load.paddr)).expect("offset fits");
-            let bytes = &core[at..at + PAGE_SIZE];
-            if let Some(&i) = by_prefix.get(&bytes[..KEY]) {
-                if bytes == pages[i] {
-                    copies[i] += 1;
-                }
-            }
-            paddr += page;
-        }
-    }
-    copies
+    page_copies(core, &pages)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -142,70 +39,49 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     false
 }
 
-fn describe(dump: &GuestDump, core: &[u8], segments: &[Segment]) {
+fn describe(dump: &GuestDump, loads: &[Load]) {
+    let len = fs::metadata(&dump.path).map_or(0, |m| m.len());
     eprintln!(
-        "guest: boot to READY {:.2?}, dump {:.2?}, {} bytes in {}",
+        "guest: boot to READY {:.2?}, dump {:.2?}, {len} bytes in {}",
         dump.boot_time,
         dump.dump_time,
-        core.len(),
         dump.path.display()
     );
-    for s in segments {
-        let kind = match s.kind {
-            PT_LOAD => "PT_LOAD",
-            PT_NOTE => "PT_NOTE",
-            _ => "other",
-        };
+    for l in loads {
         eprintln!(
-            "  {kind:8} offset {:#12x} paddr {:#12x} filesz {:#12x} memsz {:#12x}",
-            s.offset, s.paddr, s.filesz, s.memsz
+            "  PT_LOAD {:2} offset {:#12x} paddr {:#12x} filesz {:#12x} memsz {:#12x}",
+            l.index, l.offset, l.paddr, l.filesz, l.memsz
         );
     }
-}
-
-/// Runs the kjump binary with `args`, asserting success; returns stdout.
-fn kjump(args: &[&std::ffi::OsStr]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .output()
-        .expect("running kjump");
-    assert!(
-        out.status.success(),
-        "kjump {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The real path a user takes: capture the guest's memory, verify the image,
 /// export it back, and find every byte of the guest's memory (and the
 /// pattern) in the exported core.
-fn capture_and_export(work_dir: &Path, dump: &GuestDump) {
+fn capture_and_export(work_dir: &Path, dump: &GuestDump) -> [std::path::PathBuf; 2] {
     let image = work_dir.join("guest.img");
     let exported = work_dir.join("guest.export.elf");
-    let os = |p: &Path| p.as_os_str().to_owned();
     let captured = kjump(&[
         "capture".as_ref(),
         "--source".as_ref(),
-        &os(&dump.path),
+        dump.path.as_os_str(),
         "--target".as_ref(),
-        &os(&image),
-    ]);
-    eprintln!("{}", captured.trim());
-    let verified = kjump(&["verify".as_ref(), &os(&image)]);
-    eprintln!("{}", verified.trim());
+        image.as_os_str(),
+    ])
+    .ok();
+    eprintln!("{}", captured.stdout.trim());
+    let verified = kjump(&["verify".as_ref(), image.as_os_str()]).ok();
+    eprintln!("{}", verified.stdout.trim());
     kjump(&[
         "export".as_ref(),
-        &os(&image),
+        image.as_os_str(),
         "--output".as_ref(),
-        &os(&exported),
-    ]);
-    common::cores::assert_same_memory(&dump.path, &exported);
-    let core = fs::read(&exported).expect("read the exported core");
-    let segments = core_segments(&core);
-    let loads: Vec<&Segment> = segments.iter().filter(|s| s.kind == PT_LOAD).collect();
-    let copies = pattern_page_copies(&core, &loads, &dump.pattern);
+        exported.as_os_str(),
+    ])
+    .ok();
+    assert_same_memory(&dump.path, &exported);
+    assert_x86_64_core(&exported);
+    let copies = pattern_page_copies(&exported, &dump.pattern);
     assert!(
         copies.iter().all(|&n| n > 0),
         "pattern pages missing from the exported core"
@@ -216,31 +92,25 @@ fn capture_and_export(work_dir: &Path, dump: &GuestDump) {
         "image {image_len} bytes for a {dump_len}-byte dump (ratio {:.2})",
         dump_len as f64 / image_len as f64
     );
+    [image, exported]
 }
 
 #[test]
 fn qemu_dump_of_a_real_kernel_holds_the_guest_data() {
-    if !vm::require_qemu() {
-        return;
-    }
-    let work_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real_kernel_dump");
-    if work_dir.exists() {
-        fs::remove_dir_all(&work_dir).expect("remove the previous run's work directory");
-    }
-    let dump = vm::boot_and_dump(&work_dir, GUEST_MEM_MIB).unwrap_or_else(|e| panic!("{e}"));
-    let core = fs::read(&dump.path).expect("read the dump");
-    let segments = core_segments(&core);
-    describe(&dump, &core, &segments);
+    let Some(_machine) = machine() else { return };
+    let dump = dumpvm::boot_and_dump("guest", GUEST_MEM_MIB);
+    assert_x86_64_core(&dump.path);
+    let (loads, notes) = core_headers(&dump.path);
+    describe(&dump, &loads);
 
-    assert!(segments.iter().any(|s| s.kind == PT_NOTE), "no PT_NOTE");
-    let loads: Vec<&Segment> = segments.iter().filter(|s| s.kind == PT_LOAD).collect();
+    assert!(!notes.is_empty(), "no PT_NOTE");
     let ram: u64 = loads.iter().map(|s| s.memsz).sum();
     assert!(
         ram >= u64::from(GUEST_MEM_MIB) << 20,
         "PT_LOADs cover {ram:#x} bytes, less than the guest's {GUEST_MEM_MIB} MiB"
     );
 
-    let copies = pattern_page_copies(&core, &loads, &dump.pattern);
+    let copies = pattern_page_copies(&dump.path, &dump.pattern);
     let missing = copies.iter().filter(|&&n| n == 0).count();
     let doubled = copies.iter().filter(|&&n| n >= 2).count();
     eprintln!(
@@ -249,14 +119,19 @@ fn qemu_dump_of_a_real_kernel_holds_the_guest_data() {
         copies.len()
     );
     assert_eq!(missing, 0, "pattern pages missing from the dump");
+    let core = fs::read(&dump.path).expect("read the dump");
     assert!(
         contains(&core, dump.marker.as_bytes()),
         "marker {} not in the dump",
         dump.marker
     );
 
-    capture_and_export(&work_dir, &dump);
+    drop(core);
+
+    let made = capture_and_export(vm::dir(), &dump);
 
     // Keep the ~300 MB dump only when something failed.
-    fs::remove_dir_all(&work_dir).expect("remove the work directory");
+    for p in made.iter().chain([&dump.path]) {
+        fs::remove_file(p).unwrap_or_else(|e| panic!("removing {}: {e}", p.display()));
+    }
 }

@@ -6,7 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use common::cores::{read_core, TempDir};
+use common::cores::read_core;
+use common::tempdir::TempDir;
 use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
 use kjump_image_format::metadata::KEY_REGION;
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange};

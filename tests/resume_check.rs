@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::cores::TempDir;
+use common::tempdir::TempDir;
 use kjump_image_format::{Kdf, Secret};
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Superblock};
 use kjump_jump::resume::{check, ResumeError};

@@ -6,7 +6,8 @@ mod common;
 use std::fs::File;
 use std::path::Path;
 
-use common::cores::{assert_same_memory, read_core, TempDir};
+use common::cores::{assert_same_memory, read_core};
+use common::tempdir::TempDir;
 use kjump_dumpgen::{write_dump, DumpSpec, Layout, PageMix, SegmentSpec};
 use kjump_image_format::{
     chunk_specs, plan_layout, ChunkCodec, Image, ImageState, Metadata, Superblock, Trailer,

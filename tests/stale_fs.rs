@@ -7,8 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::cores::TempDir;
 use common::loopdev::{self, Loop};
+use common::tempdir::TempDir;
 use kjump_handoff::fsguard;
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
 use kjump_jump::resume::{check, ResumeError};

@@ -18,9 +18,10 @@
 mod common;
 
 use common::hibvm::flows::{
-    check_committed, disk, find, hibernate_poweroff, info, machine, no_resume, resume, state,
+    check_committed, disk, hibernate_poweroff, info, no_resume, resume, state,
 };
-use common::hibvm::{self, BootOpts, Line};
+use common::hibvm::{self, BootOpts};
+use common::vm::{self, line, machine, Line};
 
 /// The ext4 disk A mounts (/dev/vdb).
 const FS_DISK: u64 = 64 << 20;
@@ -28,27 +29,11 @@ const FS_DISK: u64 = 64 << 20;
 const FINGERPRINT_KEY: &str = "fs-fingerprint:/dev/vdb";
 const CHANGED: &str = "the filesystem on /dev/vdb changed since the hibernation";
 
-/// The first line containing `needle`, or a panic naming the boot.
-fn line<'a>(lines: &'a [Line], needle: &str, boot: &str) -> &'a Line {
-    find(lines, needle).unwrap_or_else(|| {
-        let tail: Vec<&str> = lines
-            .iter()
-            .rev()
-            .take(60)
-            .map(|l| l.text.as_str())
-            .collect();
-        panic!(
-            "[{boot}] no {needle:?} on the console; its last lines, newest first:\n{}",
-            tail.join("\n")
-        )
-    })
-}
-
 #[test]
 fn written_filesystem_refused_then_forced() {
     let Some(_machine) = machine() else { return };
     let disk = disk("stale");
-    let fs = hibvm::new_ext4_disk(&hibvm::dir().join("stale-fs.img"), FS_DISK);
+    let fs = hibvm::new_ext4_disk(&vm::dir().join("stale-fs.img"), FS_DISK);
 
     // Boot 1: A mounts and writes /dev/vdb, hibernates, B records the
     // filesystem's fingerprint and powers off.

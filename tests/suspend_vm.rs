@@ -13,9 +13,10 @@
 
 mod common;
 
-use common::hibvm::flows::{check_committed, disk, find, info, machine, resume, state, Saved};
+use common::hibvm::flows::{check_committed, disk, info, resume, state, Saved};
 use common::hibvm::scenarios::{self, hibernate_and_suspend};
 use common::hibvm::{self, BootOpts, Kernel};
+use common::vm::{self, find, machine};
 
 const KERNEL: Kernel = Kernel::Linux6_12;
 
@@ -53,7 +54,7 @@ struct Cached {
 
 fn cached_hibernation(name: &str, free: bool) -> Cached {
     let disk = disk(name);
-    let fs = hibvm::new_ext4_disk(&hibvm::dir().join(format!("{name}-fs.img")), 512 << 20);
+    let fs = hibvm::new_ext4_disk(&vm::dir().join(format!("{name}-fs.img")), 512 << 20);
     let mut opts = BootOpts::new(&disk, "poweroff")
         .disk(&fs)
         .arg("kjump.fs=/dev/vdb")

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::deb::repo;
 use common::sysvm::{boot_once_more, Machine, System};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -31,12 +32,8 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 const WORKLOAD_MIB: &str = "512";
 const WORKLOAD_SEED: &str = "42";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn run(cmd: &mut Command) -> String {
-    common::deb::run(cmd).trim().to_string()
+    common::run(cmd).trim().to_string()
 }
 
 /// Builds (or takes from the cache) the `variant` system and copies its
@@ -83,6 +80,7 @@ fn system(dir: &Path, variant: &str) -> (System, String) {
         built.display()
     );
     let sys = System {
+        variant: variant.to_owned(),
         kernel: PathBuf::from(kernel),
         initrd: built.join("initrd.img"),
         disk,
@@ -257,9 +255,8 @@ fn hibernate(m: &mut Machine) -> Duration {
     m.send("systemctl hibernate");
     let status = m.wait_exit(SECS(900));
     assert!(status.success(), "QEMU: {status}");
-    let console = m.console();
     assert!(
-        console.contains("kjump-test-hook: pre hibernate"),
+        m.printed("kjump-test-hook: pre hibernate"),
         "the pre hook did not run"
     );
     t.elapsed()
@@ -268,7 +265,6 @@ fn hibernate(m: &mut Machine) -> Duration {
 /// Boots the hibernated system and checks that the same one came back;
 /// `n` is the cycle number. Returns the machine and the phase times.
 fn resume(
-    dir: &Path,
     sys: &System,
     sum: &str,
     n: usize,
@@ -276,10 +272,10 @@ fn resume(
     before: (&str, u32, u64),
 ) -> (Machine, Duration, Duration) {
     let (boot_id, pid, pass) = before;
-    let mut m = boot_once_more(dir, sys, "", &format!("resume{n}-{starts}"));
+    let mut m = boot_once_more(sys, "", &format!("resume{n}-{starts}"));
     let back = m.wait_for("kjump-test-hook: post hibernate", SECS(900));
     let running = next_pass(&mut m, sum, pid, pass);
-    let service = m.started.elapsed();
+    let service = m.uptime();
     assert_eq!(
         healthy(&mut m, sum, starts),
         boot_id,
@@ -319,17 +315,16 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
     }
     // Two vCPUs: with the host's cores as the budget, the variants take
     // turns, and so do their package builds in the shared target directory.
-    let Some(_machine) = common::hibvm::flows::machine_cpus(2) else {
+    let Some(_machine) = common::vm::machine_cpus(2) else {
         return;
     };
-    // Kept after a failure, for its console logs; the next run clears it.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("system-vm-{variant}"));
-    let _ = std::fs::remove_dir_all(&dir);
+    // Kept after a failure, beside the console logs; the next run clears it.
+    let dir = common::vm::dir().join(variant);
     std::fs::create_dir_all(&dir).unwrap();
     let (sys, sum) = system(&dir, variant);
     let mut times = Vec::new();
 
-    let mut m = boot_once_more(&dir, &sys, "", "boot");
+    let mut m = boot_once_more(&sys, "", "boot");
     let login = wait_login(&mut m);
     first_pass(&mut m);
     let mut starts = 1;
@@ -349,7 +344,7 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
         if n == hibernations && hibernations > 1 {
             // Skip the resume once: a normal boot, and a hibernation after it.
             let down = hibernate(&mut m);
-            m = boot_once_more(&dir, &sys, "kjump.noresume", "noresume");
+            m = boot_once_more(&sys, "kjump.noresume", "noresume");
             m.wait_for("kjump: resume skipped (kjump.noresume)", SECS(600));
             wait_login(&mut m);
             first_pass(&mut m);
@@ -372,7 +367,7 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
         } else {
             n
         };
-        let (back, up, service) = resume(&dir, &sys, &sum, cycle, starts, (&boot_id, pid, pass));
+        let (back, up, service) = resume(&sys, &sum, cycle, starts, (&boot_id, pid, pass));
         m = back;
         (_, pass) = status(&mut m, &sum);
         eprintln!(

@@ -7,8 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::cores::TempDir;
+use common::kjump::{kjump, Arg, Run};
 use common::loopdev::{ready, sh, Loop, Mount};
+use common::tempdir::TempDir;
+use kjump_dumpgen::{fill_page, PageKind, PAGE_SIZE};
 use kjump_image_format::placement::{Extent, ExtentMap, SWAP_MAGIC_OFFSET};
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange, Placement};
 use kjump_jump::resume::check;
@@ -19,46 +21,17 @@ const RANGES: &str = "0x100000-0x13ffff,0x200000-0x27ffff";
 const IOMEM: &str = "00001000-0009fbff : System RAM\n00100000-3fffffff : System RAM\n";
 const MEM_LEN: usize = 0x28_0000;
 
-fn kjump(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let (code, out, err) = kjump(args);
-    assert_eq!(code, 0, "kjump {:?}: {out}{err}", os(args));
-    out
-}
-
-fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<String> {
-    args.iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// Memory standing in for /dev/mem: pages of a few kinds, some zero.
 fn memory(dir: &TempDir) -> PathBuf {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mem: Vec<u8> = (0..MEM_LEN)
-        .map(|i| match i / 4096 % 5 {
-            0 => 0,
-            1 => (i % 251) as u8,
-            _ => {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }
-        })
-        .collect();
+    let mut mem = vec![0u8; MEM_LEN];
+    for (pfn, page) in mem.chunks_mut(PAGE_SIZE).enumerate() {
+        let kind = match pfn % 5 {
+            0 => PageKind::Zero,
+            1 => PageKind::Kernel,
+            _ => PageKind::Random,
+        };
+        fill_page(kind, 0x7a, pfn as u64, page);
+    }
     let path = dir.path("mem");
     std::fs::write(&path, mem).unwrap();
     path
@@ -80,7 +53,7 @@ fn capture(mem: &Path, target: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
         &"--target",
     ];
     args.extend_from_slice(target);
-    ok(&args)
+    kjump(&args).ok().stdout
 }
 
 /// Restores the image at `place` into blank memory and checks every saved
@@ -188,7 +161,9 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
 
     // An active swap area is refused by name, and left alone.
     sh(&format!("swapon {}", dev.0.display()));
-    let (code, _, err) = kjump(&[
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[
         &"capture",
         &"--source",
         &mem,
@@ -227,13 +202,13 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
     };
     assert_ne!(code, Some(0), "swapon took a swap area holding an image");
     assert!(!err.is_empty());
-    let info = ok(&[&"info", &"--json", &dev.0]);
+    let info = kjump::<Arg>(&[&"info", &"--json", &dev.0]).ok().stdout;
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["placement"], "swap");
     assert_eq!(v["state"], "committed");
-    ok(&[&"verify", &dev.0]);
+    kjump::<Arg>(&[&"verify", &dev.0]).ok();
     // A copy of the partition in a file reads the same way.
-    let out = ok(&[&"verify", &file]);
+    let out = kjump::<Arg>(&[&"verify", &file]).ok().stdout;
     assert!(out.contains("(after its swap header) is whole"), "{out}");
 
     // R0 would resume it; R restores it, marks it consumed and gives the
@@ -258,13 +233,17 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
     // Discard gives it back too; a second discard finds nothing.
     capture(&mem, &[&dev.0]);
     assert_eq!(swap_magic(&file), b"KJUMPSWAP1");
-    let out = ok(&[&"discard", &dev.0]);
+    let out = kjump::<Arg>(&[&"discard", &dev.0]).ok().stdout;
     assert!(out.contains("discarded the committed image"), "{out}");
     assert_eq!(std::fs::read(&file).unwrap()[..4096], header[..]);
-    let (code, _, err) = kjump(&[&"discard", &dev.0]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"discard", &dev.0]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("nothing discarded"), "{err}");
-    let (code, _, err) = kjump(&[&"verify", &dev.0]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &dev.0]);
     assert_eq!(code, 1, "{err}");
     sh(&format!("swapon {0} && swapoff {0}", dev.0.display()));
 
@@ -279,7 +258,7 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
     std::os::unix::fs::FileExt::write_all_at(&f, b"KJUMPSWAPA", SWAP_MAGIC_OFFSET as u64).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let out = ok(&[&"discard", &dev.0]);
+    let out = kjump::<Arg>(&[&"discard", &dev.0]).ok().stdout;
     assert!(
         out.contains("swapped on as before the hibernation"),
         "{out}"
@@ -314,7 +293,9 @@ fn file_on_ext4_is_written_on_the_raw_device() {
     {
         let _m = Mount::new(&dev.0, &mnt);
         std::fs::write(mnt.join("keep"), b"a file that must survive").unwrap();
-        let out = ok(&[&"prepare", &img, &"--size", &"16M"]);
+        let out = kjump::<Arg>(&[&"prepare", &img, &"--size", &"16M"])
+            .ok()
+            .stdout;
         assert!(out.contains("16.00 MiB for the image"), "{out}");
         let hint = out
             .lines()
@@ -326,19 +307,22 @@ fn file_on_ext4_is_written_on_the_raw_device() {
 
         let out = capture(&mem, &[&img]);
         assert!(out.contains("committed"), "{out}");
-        ok(&[&"verify", &img]);
-        let v: serde_json::Value = serde_json::from_str(&ok(&[&"info", &"--json", &img])).unwrap();
+        kjump::<Arg>(&[&"verify", &img]).ok();
+        let v: serde_json::Value =
+            serde_json::from_str(&kjump::<Arg>(&[&"info", &"--json", &img]).ok().stdout).unwrap();
         assert_eq!(v["placement"], "file");
         assert_eq!(v["holder"], dev.0.display().to_string());
         assert_eq!(format!("{:#x}", v["map_offset"].as_u64().unwrap()), offset);
         // Preparing again keeps the same blocks.
-        let again = ok(&[&"prepare", &img, &"--size", &"16M"]);
+        let again = kjump::<Arg>(&[&"prepare", &img, &"--size", &"16M"])
+            .ok()
+            .stdout;
         assert!(again.contains(&offset), "{again}");
     }
     // Unmounted, as in the restore kernel: the device and the offset find
     // it, the filesystem is clean and its other files intact.
     sh(&format!("e2fsck -fn {} >/dev/null", dev.0.display()));
-    ok(&[&"verify", &dev.0, &"--offset", &offset]);
+    kjump::<Arg>(&[&"verify", &dev.0, &"--offset", &offset]).ok();
     let map_at = u64::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap();
     assert!(matches!(
         check(&dev.0, Some(map_at), IOMEM, false),
@@ -347,19 +331,27 @@ fn file_on_ext4_is_written_on_the_raw_device() {
     let place = Place::locate(&dev.0, Some(map_at)).unwrap();
     restore_and_compare(&dir, &place, &mem);
     assert_eq!(state(&place), ImageState::Consumed);
-    let out = ok(&[&"discard", &dev.0, &"--offset", &offset]);
+    let out = kjump::<Arg>(&[&"discard", &dev.0, &"--offset", &offset])
+        .ok()
+        .stdout;
     assert!(out.contains("discarded the consumed image"), "{out}");
-    let (code, _, err) = kjump(&[&"info", &dev.0, &"--offset", &offset]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"info", &dev.0, &"--offset", &offset]);
     assert_eq!(code, 1, "{err}");
     // A wrong offset names what is there instead.
-    let (code, _, err) = kjump(&[&"verify", &dev.0, &"--offset", &"0x0"]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"verify", &dev.0, &"--offset", &"0x0"]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("bad magic in extent map at offset 0x0"),
         "{err}"
     );
     // The filesystem's disk image file, read with the offset, says the same.
-    let (code, _, err) = kjump(&[&"info", &fs, &"--offset", &offset]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"info", &fs, &"--offset", &offset]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("bad magic in superblock"), "{err}");
     sh(&format!("e2fsck -fn {} >/dev/null", dev.0.display()));
@@ -385,7 +377,9 @@ fn file_targets_kjump_cannot_keep_in_place_are_refused() {
     let dev = Loop::over(&fs);
     let mnt = dir.path("mnt1k");
     let _m = Mount::new(&dev.0, &mnt);
-    let (code, _, err) = kjump(&[&"prepare", &mnt.join("img"), &"--size", &"8M"]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"prepare", &mnt.join("img"), &"--size", &"8M"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unaligned"), "{err}");
     // tmpfs has no device beneath it.
@@ -396,7 +390,9 @@ fn file_targets_kjump_cannot_keep_in_place_are_refused() {
         tmp.display()
     ));
     let _t = Mount(tmp.clone());
-    let (code, _, err) = kjump(&[&"prepare", &tmp.join("img"), &"--size", &"8M"]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"prepare", &tmp.join("img"), &"--size", &"8M"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("tmpfs: it lives in RAM"), "{err}");
 }
@@ -407,13 +403,17 @@ fn discard_touches_nothing_that_is_not_a_kjump_image() {
     let path = dir.path("data");
     let bytes: Vec<u8> = (0..0x2_0000u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(&path, &bytes).unwrap();
-    let (code, _, err) = kjump(&[&"discard", &path]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"discard", &path]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no kjump image on"), "{err}");
     assert!(err.contains("nothing discarded"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     // Nor does prepare overwrite it.
-    let (code, _, err) = kjump(&[&"prepare", &path, &"--size", &"1M"]);
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[&"prepare", &path, &"--size", &"1M"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not a kjump file target"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -424,7 +424,7 @@ fn discard_touches_nothing_that_is_not_a_kjump_image() {
     let mut b = std::fs::read(&img).unwrap();
     b.truncate(b.len() / 2);
     std::fs::write(&img, &b).unwrap();
-    let out = ok(&[&"discard", &img]);
+    let out = kjump::<Arg>(&[&"discard", &img]).ok().stdout;
     assert!(out.contains("discarded the committed image"), "{out}");
     assert!(std::fs::read(&img).unwrap()[..4096].iter().all(|&x| x == 0));
 }

@@ -20,18 +20,12 @@ use std::path::Path;
 use std::process::Command;
 
 use common::hibvm::flows::{
-    check_committed_at, find, hibernate_poweroff, hibernate_poweroff_unchecked, kjump, machine,
-    resume,
+    check_committed_at, hibernate_poweroff, hibernate_poweroff_unchecked, resume,
 };
-use common::hibvm::{self, BootOpts, Line};
+use common::hibvm::{self, BootOpts, DISK_BYTES};
+use common::kjump::{kjump, Run};
+use common::vm::{self, line, machine};
 use kjump_image_format::placement::SWAP_MAGIC_OFFSET;
-
-/// Room for A's 1 GiB of RAM in the worst case, and a filesystem around it.
-const DISK: u64 = 1536 << 20;
-
-fn line<'a>(lines: &'a [Line], needle: &str, boot: &str) -> &'a Line {
-    find(lines, needle).unwrap_or_else(|| panic!("[{boot}] no {needle:?} on the console"))
-}
 
 fn header(disk: &Path) -> Vec<u8> {
     let mut b = vec![0u8; 4096];
@@ -43,7 +37,7 @@ fn header(disk: &Path) -> Vec<u8> {
 #[test]
 fn swap_partition_cycle() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_disk_of(&hibvm::dir().join("swap.img"), DISK);
+    let disk = hibvm::new_disk(&vm::dir().join("swap.img"));
     let out = Command::new("mkswap")
         .args(["-L", "kjump-vm"])
         .arg(&disk)
@@ -95,7 +89,7 @@ fn swap_partition_cycle() {
     );
     line(&lines, "A: SWAP-ACTIVE-AFTER /dev/vda", "swap-resume");
     assert_eq!(header(&disk), original, "the swap header did not come back");
-    let (code, text) = kjump(&["info", &disk.display().to_string()]);
+    let Run { code, text, .. } = kjump(&["info", &disk.display().to_string()]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("state:      consumed"), "{text}");
 }
@@ -103,7 +97,7 @@ fn swap_partition_cycle() {
 #[test]
 fn file_on_ext4_cycle() {
     let Some(_machine) = machine() else { return };
-    let disk = hibvm::new_ext4_disk(&hibvm::dir().join("ext4.img"), DISK);
+    let disk = hibvm::new_ext4_disk(&vm::dir().join("ext4.img"), DISK_BYTES);
     let opts = BootOpts::new(&disk, "poweroff")
         .arg("kjump.fs=/dev/vda")
         .arg("kjump.target=/mnt/a/kjump.img");
@@ -139,7 +133,7 @@ fn file_on_ext4_cycle() {
         "file-resume",
     );
     line(&lines, "A: FS-UNMOUNTED /dev/vda", "file-resume");
-    let (code, text) = kjump(&["info", &host, "--offset", &offset]);
+    let Run { code, text, .. } = kjump(&["info", &host, "--offset", &offset]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("state:      consumed"), "{text}");
     let fsck = Command::new("e2fsck")

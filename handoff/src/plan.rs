@@ -111,8 +111,9 @@ impl JumpPlan {
         args
     }
 
-    /// The saved ranges as a list with inclusive ends, as `--ranges` and
-    /// a manifest's `ram=` take it.
+    /// The saved ranges as a list with inclusive ends, for the tests to
+    /// compare plans (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn ram_list(&self) -> String {
         let parts: Vec<String> = self
             .saved

@@ -37,9 +37,12 @@ pub struct EncodedChunk {
 }
 
 impl ChunkCodec<'_> {
-    /// Whether payloads are sealed.
-    pub fn is_sealed(&self) -> bool {
-        matches!(self, ChunkCodec::Sealed(_))
+    /// The most a chunk can add to its pages on disk: its header, and
+    /// when `sealed` the tag after its payload. The payload itself is at
+    /// most the pages raw: lz4 is kept only when it is smaller.
+    pub const fn max_overhead(sealed: bool) -> u64 {
+        let tag = if sealed { TAG_SIZE } else { 0 };
+        (chunk_header::SIZE + tag) as u64
     }
 
     /// Encodes the pages of one chunk, the `seq`-th of the image `uuid`.
@@ -322,7 +325,7 @@ mod tests {
     /// Encodes, passes the header and its index entry through their
     /// encodings, and decodes.
     fn through(codec: ChunkCodec, c: &EncodedChunk) -> Result<Vec<u8>, FormatError> {
-        let sealed = codec.is_sealed();
+        let sealed = matches!(codec, ChunkCodec::Sealed(_));
         let h = ChunkHeader::decode_as(&c.header.encode(), 0, sealed)?;
         assert_eq!(h, c.header);
         let e = IndexEntry::decode_as(&h.index_entry(ImageOffset(4096)).encode(), 0, sealed)?;

@@ -151,12 +151,6 @@ impl CryptoParams {
     /// Reads and bounds the area: unknown codes and costs a small kernel
     /// cannot pay are refused here, before anything is allocated.
     pub(crate) fn decode_from(b: &[u8]) -> Result<Self, FormatError> {
-        let invalid = |field, at: usize, value: u64| FormatError::InvalidValue {
-            what: "superblock",
-            field,
-            offset: ImageOffset(at as u64),
-            value,
-        };
         if b[area::CIPHER] != CIPHER_AES256_GCM {
             return Err(invalid("cipher", area::CIPHER, b[area::CIPHER].into()));
         }
@@ -167,67 +161,7 @@ impl CryptoParams {
                 found: u64::from(b[area::RESERVED]) | u64::from(b[area::RESERVED + 1]) << 8,
             });
         }
-        let (m, t, p) = (
-            u32_at(b, area::MEMORY),
-            u32_at(b, area::ITERATIONS),
-            u32_at(b, area::LANES),
-        );
-        let kdf = match b[area::KDF] {
-            KDF_KEY_FILE => {
-                for (field, at, v) in [
-                    ("argon2 memory", area::MEMORY, m),
-                    ("argon2 iterations", area::ITERATIONS, t),
-                    ("argon2 lanes", area::LANES, p),
-                ] {
-                    if v != 0 {
-                        return Err(invalid(field, at, v.into()));
-                    }
-                }
-                Kdf::KeyFile
-            }
-            KDF_ARGON2ID => {
-                let too_large = |what, at: usize, value: u32, limit: u32| FormatError::TooLarge {
-                    what,
-                    offset: ImageOffset(at as u64),
-                    value: value.into(),
-                    limit: limit.into(),
-                };
-                if m > MAX_KDF_MEMORY_KIB {
-                    return Err(too_large(
-                        "argon2 memory cost (KiB)",
-                        area::MEMORY,
-                        m,
-                        MAX_KDF_MEMORY_KIB,
-                    ));
-                }
-                if t > MAX_KDF_ITERATIONS {
-                    return Err(too_large(
-                        "argon2 iterations",
-                        area::ITERATIONS,
-                        t,
-                        MAX_KDF_ITERATIONS,
-                    ));
-                }
-                if p > MAX_KDF_LANES {
-                    return Err(too_large("argon2 lanes", area::LANES, p, MAX_KDF_LANES));
-                }
-                if t == 0 {
-                    return Err(invalid("argon2 iterations", area::ITERATIONS, 0));
-                }
-                if p == 0 {
-                    return Err(invalid("argon2 lanes", area::LANES, 0));
-                }
-                if m < 8 * p {
-                    return Err(invalid("argon2 memory", area::MEMORY, m.into()));
-                }
-                Kdf::Argon2id {
-                    memory_kib: m,
-                    iterations: t,
-                    lanes: p,
-                }
-            }
-            other => return Err(invalid("key derivation", area::KDF, other.into())),
-        };
+        let kdf = decode_kdf(b)?;
         let mut p = CryptoParams {
             kdf,
             salt: [0; SALT_SIZE],
@@ -242,6 +176,89 @@ impl CryptoParams {
         p.seal
             .copy_from_slice(&b[area::SEAL..area::SEAL + area::SEAL_LEN]);
         Ok(p)
+    }
+}
+
+/// The key derivation of the crypto area `b`: a key file has no costs, an
+/// Argon2id cost is bounded by what a small capture kernel can pay.
+fn decode_kdf(b: &[u8]) -> Result<Kdf, FormatError> {
+    let (m, t, p) = (
+        u32_at(b, area::MEMORY),
+        u32_at(b, area::ITERATIONS),
+        u32_at(b, area::LANES),
+    );
+    match b[area::KDF] {
+        KDF_KEY_FILE => {
+            for (field, at, v) in [
+                ("argon2 memory", area::MEMORY, m),
+                ("argon2 iterations", area::ITERATIONS, t),
+                ("argon2 lanes", area::LANES, p),
+            ] {
+                if v != 0 {
+                    return Err(invalid(field, at, v.into()));
+                }
+            }
+            Ok(Kdf::KeyFile)
+        }
+        KDF_ARGON2ID => {
+            check_argon2_costs(m, t, p)?;
+            Ok(Kdf::Argon2id {
+                memory_kib: m,
+                iterations: t,
+                lanes: p,
+            })
+        }
+        other => Err(invalid("key derivation", area::KDF, other.into())),
+    }
+}
+
+/// Refuses Argon2id costs (memory in KiB, iterations, lanes) above the
+/// limits or that Argon2 itself refuses.
+fn check_argon2_costs(m: u32, t: u32, p: u32) -> Result<(), FormatError> {
+    let too_large = |what, at: usize, value: u32, limit: u32| FormatError::TooLarge {
+        what,
+        offset: ImageOffset(at as u64),
+        value: value.into(),
+        limit: limit.into(),
+    };
+    if m > MAX_KDF_MEMORY_KIB {
+        return Err(too_large(
+            "argon2 memory cost (KiB)",
+            area::MEMORY,
+            m,
+            MAX_KDF_MEMORY_KIB,
+        ));
+    }
+    if t > MAX_KDF_ITERATIONS {
+        return Err(too_large(
+            "argon2 iterations",
+            area::ITERATIONS,
+            t,
+            MAX_KDF_ITERATIONS,
+        ));
+    }
+    if p > MAX_KDF_LANES {
+        return Err(too_large("argon2 lanes", area::LANES, p, MAX_KDF_LANES));
+    }
+    if t == 0 {
+        return Err(invalid("argon2 iterations", area::ITERATIONS, 0));
+    }
+    if p == 0 {
+        return Err(invalid("argon2 lanes", area::LANES, 0));
+    }
+    if m < 8 * p {
+        return Err(invalid("argon2 memory", area::MEMORY, m.into()));
+    }
+    Ok(())
+}
+
+/// A crypto-area field of the superblock holding a value it may not.
+fn invalid(field: &'static str, at: usize, value: u64) -> FormatError {
+    FormatError::InvalidValue {
+        what: "superblock",
+        field,
+        offset: ImageOffset(at as u64),
+        value,
     }
 }
 

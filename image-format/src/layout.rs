@@ -468,6 +468,23 @@ pub fn plan_layout(metadata_len: u64, data_len: u64, chunk_count: u64) -> Option
     })
 }
 
+/// The largest image `metadata` can produce, sealed (an encrypted image)
+/// or not: every page stored raw, each chunk with its header and, sealed,
+/// its tag, after the metadata section as it is written (sealed: the
+/// records, their tag and the resume record). `None` when it overflows.
+pub fn worst_case_len(metadata: &crate::Metadata, sealed: bool) -> Option<u64> {
+    let count = crate::chunk_count(&metadata.ranges);
+    let pages = metadata
+        .ranges
+        .total_pages()
+        .checked_mul(PAGE_SIZE as u64)?;
+    let data = count
+        .checked_mul(crate::ChunkCodec::max_overhead(sealed))?
+        .checked_add(pages)?;
+    let meta_len = crate::MetadataSection::len_of(metadata, sealed);
+    plan_layout(meta_len, data, count).map(|l| l.image_len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +508,58 @@ mod tests {
         assert_eq!(l.trailer_offset, 16384 + 120);
         assert_eq!(l.image_len, 20480);
         assert_eq!(plan_layout(u64::MAX - 10, 0, 0), None);
+    }
+
+    /// Pages no compressor can shrink (xorshift), so every chunk is
+    /// stored raw: the image the worst case describes.
+    fn incompressible(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn worst_case_is_reached_by_raw_chunks_and_a_sealed_one_is_larger() {
+        use crate::addr::{MemoryMap, PhysAddr, PhysRange};
+        use crate::crypto::{ImageKeys, Kdf, Secret};
+        use crate::{chunk_specs, ChunkCodec, Metadata, MetadataSection};
+
+        // 61 chunks, two of them partial: their headers take 3904 bytes,
+        // within one block, and with their tags 4880, past it.
+        let r = |a, b| PhysRange::new(PhysAddr(a), PhysAddr(b)).unwrap();
+        let metadata = Metadata {
+            ranges: MemoryMap::from_sorted(vec![r(0x1000, 0xecb000), r(0x100_0000, 0x100_3000)])
+                .unwrap(),
+            extra: vec![("mode".into(), "poweroff".into())],
+            ..Metadata::default()
+        };
+        let secret = Secret::key_file(vec![7; 32]).unwrap();
+        let uuid = [3; UUID_LEN];
+        let keys = ImageKeys::derive(&secret, &Kdf::KeyFile, &[1; 32], &uuid).unwrap();
+        let image_len = |codec: ChunkCodec, meta_len: u64| {
+            let (mut data, mut count) = (0u64, 0u64);
+            for (seq, spec) in chunk_specs(&metadata.ranges).enumerate() {
+                let pages = incompressible(usize::from(spec.page_count) * PAGE_SIZE);
+                let c = codec.encode(&spec, seq as u32, uuid, &pages);
+                data += (c.header.encode().len() + c.payload.len()) as u64;
+                count += 1;
+            }
+            plan_layout(meta_len, data, count).unwrap().image_len
+        };
+
+        let plain = worst_case_len(&metadata, false).unwrap();
+        let plain_meta = MetadataSection::plain(&metadata).bytes().len() as u64;
+        assert_eq!(image_len(ChunkCodec::Plain, plain_meta), plain);
+
+        let sealed = worst_case_len(&metadata, true).unwrap();
+        let sealed_meta = MetadataSection::seal(&metadata, &keys, &uuid).bytes().len() as u64;
+        assert_eq!(image_len(ChunkCodec::Sealed(&keys), sealed_meta), sealed);
+        assert_eq!(sealed, plain + BLOCK_SIZE as u64);
     }
 }

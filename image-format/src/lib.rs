@@ -55,7 +55,8 @@ pub use codec::{ChunkCodec, EncodedChunk};
 pub use crypto::{CryptoParams, ImageKeys, Kdf, Secret, SecretError};
 pub use error::FormatError;
 pub use layout::{
-    block_align, plan_layout, Layout, ARCH_NAME, BLOCK_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
+    block_align, plan_layout, worst_case_len, Layout, ARCH_NAME, BLOCK_SIZE, CHUNK_PAGES,
+    PAGE_SIZE, TAG_SIZE,
 };
 pub use metadata::{ExcludedPages, Metadata};
 pub use placement::{Placement, Segment};

@@ -199,6 +199,44 @@ fn push_record(out: &mut Vec<u8>, tag: Tag, flags: u16, value: &[u8]) {
     out.resize(out.len().next_multiple_of(rec::ALIGN), 0);
 }
 
+/// The record at `pos` of the section `bytes` (at image offset `base`):
+/// its tag, flags and value, and where the next record starts. Its header
+/// must fit, its value and padding lie in the section, no reserved flag be
+/// set and its padding be zero.
+fn record_at(bytes: &[u8], pos: usize, base: u64) -> Result<(u16, u16, &[u8], usize), FormatError> {
+    let err = |reason: String| FormatError::Metadata {
+        offset: ImageOffset(base + pos as u64),
+        reason,
+    };
+    if bytes.len() - pos < REC_HEADER {
+        return Err(err(format!(
+            "record header needs {REC_HEADER} bytes, {} remain",
+            bytes.len() - pos
+        )));
+    }
+    let tag = u16_at(bytes, pos + rec::TAG);
+    let flags = u16_at(bytes, pos + rec::FLAGS);
+    let len = u32_at(bytes, pos + rec::LEN) as usize;
+    let start = pos + REC_HEADER;
+    let padded = len.next_multiple_of(rec::ALIGN);
+    if padded > bytes.len() - start {
+        return Err(err(format!(
+            "record of {len} bytes runs past the end of the section ({} bytes remain)",
+            bytes.len() - start
+        )));
+    }
+    if flags & !FLAG_REQUIRED != 0 {
+        return Err(err(format!("reserved flags {flags:#x} set")));
+    }
+    if let Some(p) = crate::le::first_nonzero(&bytes[start + len..start + padded]) {
+        return Err(FormatError::PaddingNotZero {
+            what: "of a metadata record",
+            offset: ImageOffset(base + (start + len + p) as u64),
+        });
+    }
+    Ok((tag, flags, &bytes[start..start + len], start + padded))
+}
+
 impl Metadata {
     /// The resume record: what a normal boot needs to decide on a resume
     /// and to confine the restore kernel, and nothing else: the ranges, the
@@ -288,33 +326,7 @@ impl Metadata {
                 offset: ImageOffset(at),
                 reason,
             };
-            if bytes.len() - pos < REC_HEADER {
-                return Err(err(format!(
-                    "record header needs {REC_HEADER} bytes, {} remain",
-                    bytes.len() - pos
-                )));
-            }
-            let tag = u16_at(bytes, pos + rec::TAG);
-            let flags = u16_at(bytes, pos + rec::FLAGS);
-            let len = u32_at(bytes, pos + rec::LEN) as usize;
-            let start = pos + REC_HEADER;
-            let padded = len.next_multiple_of(rec::ALIGN);
-            if padded > bytes.len() - start {
-                return Err(err(format!(
-                    "record of {len} bytes runs past the end of the section ({} bytes remain)",
-                    bytes.len() - start
-                )));
-            }
-            if flags & !FLAG_REQUIRED != 0 {
-                return Err(err(format!("reserved flags {flags:#x} set")));
-            }
-            if let Some(p) = crate::le::first_nonzero(&bytes[start + len..start + padded]) {
-                return Err(FormatError::PaddingNotZero {
-                    what: "of a metadata record",
-                    offset: ImageOffset(base + (start + len + p) as u64),
-                });
-            }
-            let value = &bytes[start..start + len];
+            let (tag, flags, value, next) = record_at(bytes, pos, base)?;
             match Tag::from_u16(tag) {
                 Some(Tag::Ranges) => {
                     if seen_ranges {
@@ -331,7 +343,7 @@ impl Metadata {
                 }
                 None => {}
             }
-            pos = start + padded;
+            pos = next;
         }
         if !seen_ranges || m.ranges.ranges().is_empty() {
             return Err(FormatError::Metadata {

@@ -184,6 +184,13 @@ impl ExtentMap {
     /// Checks the invariants the format promises; `at` is the map's device
     /// offset, for messages.
     fn check(&self, at: u64) -> Result<(), FormatError> {
+        self.check_sizes(at)?;
+        self.check_cover(at)?;
+        self.check_no_overlap(at)
+    }
+
+    /// The map's length, the room it has for extents and the file's length.
+    fn check_sizes(&self, at: u64) -> Result<(), FormatError> {
         let block = BLOCK_SIZE as u64;
         if self.map_len < block || self.map_len % block != 0 || self.map_len > MAP_LEN {
             return Err(map_error(
@@ -213,6 +220,13 @@ impl ExtentMap {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The extents cover the file from its start without a hole, each
+    /// non-empty and block aligned, the first holding the map.
+    fn check_cover(&self, at: u64) -> Result<(), FormatError> {
+        let block = BLOCK_SIZE as u64;
         let mut next = 0u64;
         for (i, e) in self.extents.iter().enumerate() {
             if e.logical != next {
@@ -257,6 +271,11 @@ impl ExtentMap {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// No two extents share a device block.
+    fn check_no_overlap(&self, at: u64) -> Result<(), FormatError> {
         let mut by_device: Vec<&Extent> = self.extents.iter().collect();
         by_device.sort_by_key(|e| e.physical);
         for w in by_device.windows(2) {
@@ -330,6 +349,39 @@ impl ExtentMap {
     /// Decodes and checks a whole map; `at` is its device offset, for
     /// messages.
     pub fn decode(b: &[u8], at: u64) -> Result<ExtentMap, FormatError> {
+        let (map_len, count) = Self::check_header(b, at)?;
+        let extents = (0..count)
+            .map(|i| {
+                let o = MAP_HEADER_LEN + i * MAP_EXTENT_LEN;
+                Extent {
+                    logical: u64_at(b, o + map::EXTENT_LOGICAL),
+                    physical: u64_at(b, o + map::EXTENT_PHYSICAL),
+                    len: u64_at(b, o + map::EXTENT_LEN),
+                }
+            })
+            .collect();
+        let map = ExtentMap {
+            map_len,
+            file_len: u64_at(b, map::FILE_LEN),
+            extents,
+        };
+        map.check(at)?;
+        if map.map_at() != at {
+            return Err(map_error(
+                at,
+                format!(
+                    "the map says the file begins at device offset {:#x}",
+                    map.map_at()
+                ),
+            ));
+        }
+        Ok(map)
+    }
+
+    /// Checks the map `b` read at device offset `at`: magic, version,
+    /// length, CRC, extent count and zero padding; returns its length and
+    /// extent count.
+    fn check_header(b: &[u8], at: u64) -> Result<(u64, usize), FormatError> {
         if b.len() < MAP_HEADER_LEN || &b[map::MAGIC..map::MAGIC + 8] != MAP_MAGIC {
             return Err(map_error(at, "no extent map magic"));
         }
@@ -377,32 +429,7 @@ impl ExtentMap {
                 offset: ImageOffset(at),
             });
         }
-        let extents = (0..count)
-            .map(|i| {
-                let o = MAP_HEADER_LEN + i * MAP_EXTENT_LEN;
-                Extent {
-                    logical: u64_at(b, o + map::EXTENT_LOGICAL),
-                    physical: u64_at(b, o + map::EXTENT_PHYSICAL),
-                    len: u64_at(b, o + map::EXTENT_LEN),
-                }
-            })
-            .collect();
-        let map = ExtentMap {
-            map_len,
-            file_len: u64_at(b, map::FILE_LEN),
-            extents,
-        };
-        map.check(at)?;
-        if map.map_at() != at {
-            return Err(map_error(
-                at,
-                format!(
-                    "the map says the file begins at device offset {:#x}",
-                    map.map_at()
-                ),
-            ));
-        }
-        Ok(map)
+        Ok((map_len, count))
     }
 
     /// The image's bytes on the device: the file after the map.

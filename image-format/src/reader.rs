@@ -13,7 +13,7 @@ use crate::codec::ChunkCodec;
 use crate::crypto::{ImageKeys, Secret};
 use crate::error::FormatError;
 use crate::layout::superblock as sb_field;
-use crate::layout::{plan_layout, BLOCK_SIZE, PAGE_SIZE};
+use crate::layout::{plan_layout, Layout, BLOCK_SIZE, PAGE_SIZE};
 use crate::metadata::{Metadata, MAX_METADATA_LEN};
 use crate::seal::ImageSeal;
 use crate::section::MetadataSection;
@@ -151,38 +151,12 @@ impl Image {
         // An encrypted image's trailer and index are read (and CRC-checked,
         // so that bit rot still reads as a checksum error) for the image
         // seal, which is checked before the metadata is decrypted.
-        let sealed_index = match &keys {
-            Some(k) => {
-                let trailer = check_trailer(src, &sb, size)?;
-                let index_bytes = read_index(src, &sb, size)?;
-                let mut seal = ImageSeal::over_metadata(k, &section_bytes);
-                seal.index(&index_bytes);
-                seal.trailer(&trailer).check(&sb)?;
-                Some(index_bytes)
-            }
-            None => None,
-        };
+        let sealed_index = keys
+            .as_ref()
+            .map(|k| check_seal(src, &sb, size, k, &section_bytes))
+            .transpose()?;
         let metadata = section.open(keys.as_ref(), &sb.uuid)?;
-        let expected_chunks = chunk_count(&metadata.ranges);
-        if expected_chunks != l.chunk_count {
-            return Err(FormatError::mismatch(
-                "superblock",
-                "chunk count",
-                0,
-                expected_chunks,
-                l.chunk_count,
-            ));
-        }
-        let total = metadata.ranges.total_pages();
-        if total != l.total_pages {
-            return Err(FormatError::mismatch(
-                "superblock",
-                "total pages",
-                0,
-                total,
-                l.total_pages,
-            ));
-        }
+        check_totals(&metadata, &l)?;
         let index_bytes = match sealed_index {
             Some(index_bytes) => index_bytes,
             None => {
@@ -529,6 +503,90 @@ fn check_excluded(
     Ok(())
 }
 
+/// Checks the image seal of an encrypted image over its superblock
+/// `sb`, metadata section, index and trailer (each read and CRC-checked
+/// first, so that bit rot still reads as a checksum error); returns the
+/// index bytes.
+fn check_seal<R: ReadAt + ?Sized>(
+    src: &R,
+    sb: &Superblock,
+    size: u64,
+    keys: &ImageKeys,
+    section_bytes: &[u8],
+) -> Result<Vec<u8>, FormatError> {
+    let trailer = check_trailer(src, sb, size)?;
+    let index_bytes = read_index(src, sb, size)?;
+    let mut seal = ImageSeal::over_metadata(keys, section_bytes);
+    seal.index(&index_bytes);
+    seal.trailer(&trailer).check(sb)?;
+    Ok(index_bytes)
+}
+
+/// The superblock's chunk and page counts agree with the metadata's ranges.
+fn check_totals(metadata: &Metadata, l: &Layout) -> Result<(), FormatError> {
+    let expected_chunks = chunk_count(&metadata.ranges);
+    if expected_chunks != l.chunk_count {
+        return Err(FormatError::mismatch(
+            "superblock",
+            "chunk count",
+            0,
+            expected_chunks,
+            l.chunk_count,
+        ));
+    }
+    let total = metadata.ranges.total_pages();
+    if total != l.total_pages {
+        return Err(FormatError::mismatch(
+            "superblock",
+            "total pages",
+            0,
+            total,
+            l.total_pages,
+        ));
+    }
+    Ok(())
+}
+
+/// Index entry `e`, the `i`-th, at image offset `at`, is for the chunk
+/// `spec` and lies at `next`, right after the chunk before it.
+fn check_entry(
+    e: &IndexEntry,
+    i: usize,
+    at: u64,
+    spec: &ChunkSpec,
+    next: u64,
+) -> Result<(), FormatError> {
+    let what = || format!("index entry {i}");
+    if e.first_pfn != spec.first_pfn {
+        return Err(FormatError::mismatch(
+            what(),
+            "first pfn",
+            at,
+            spec.first_pfn.0,
+            e.first_pfn.0,
+        ));
+    }
+    if e.page_count != spec.page_count {
+        return Err(FormatError::mismatch(
+            what(),
+            "page count",
+            at,
+            spec.page_count.into(),
+            e.page_count.into(),
+        ));
+    }
+    if e.offset.0 != next {
+        return Err(FormatError::mismatch(
+            what(),
+            "chunk offset",
+            at,
+            next,
+            e.offset.0,
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes the index and checks it against the chunk sequence the ranges
 /// imply: same frames, contiguous offsets, totals as the superblock says.
 fn decode_index(
@@ -543,34 +601,7 @@ fn decode_index(
     for (i, (raw, spec)) in bytes.chunks_exact(INDEX_ENTRY_SIZE).zip(specs).enumerate() {
         let at = l.index_offset + (i * INDEX_ENTRY_SIZE) as u64;
         let e = IndexEntry::decode_as(raw, at, sb.crypto.is_some())?;
-        let what = || format!("index entry {i}");
-        if e.first_pfn != spec.first_pfn {
-            return Err(FormatError::mismatch(
-                what(),
-                "first pfn",
-                at,
-                spec.first_pfn.0,
-                e.first_pfn.0,
-            ));
-        }
-        if e.page_count != spec.page_count {
-            return Err(FormatError::mismatch(
-                what(),
-                "page count",
-                at,
-                spec.page_count.into(),
-                e.page_count.into(),
-            ));
-        }
-        if e.offset.0 != next {
-            return Err(FormatError::mismatch(
-                what(),
-                "chunk offset",
-                at,
-                next,
-                e.offset.0,
-            ));
-        }
+        check_entry(&e, i, at, spec, next)?;
         next += e.encoded_len();
         zero_pages += u64::from(e.zero_bitmap.count_ones());
         index.push(e);

@@ -51,6 +51,17 @@ impl MetadataSection {
         }
     }
 
+    /// The length of the section of `metadata`, sealed or not, as
+    /// [`MetadataSection::plain`] and [`MetadataSection::seal`] build it,
+    /// without sealing anything.
+    pub fn len_of(metadata: &Metadata, sealed: bool) -> u64 {
+        let records = metadata.encode().len() as u64;
+        if !sealed {
+            return records;
+        }
+        records + TAG_SIZE as u64 + metadata.resume_record().encode().len() as u64
+    }
+
     /// The bytes to write at the metadata offset; the metadata CRC and the
     /// image seal cover all of them.
     pub fn bytes(&self) -> &[u8] {
@@ -228,6 +239,7 @@ mod tests {
         let m = metadata();
         let s = MetadataSection::plain(&m);
         assert_eq!(s.bytes(), m.encode());
+        assert_eq!(MetadataSection::len_of(&m, false), s.bytes().len() as u64);
         let parts = MetadataSection::split(&superblock(&s, false), s.bytes()).unwrap();
         assert_eq!(parts.open(None, &UUID).unwrap(), m);
         assert_eq!(parts.resume_record().unwrap(), m.resume_record());
@@ -241,6 +253,7 @@ mod tests {
         assert_eq!(s.resume_record_len() as usize, record.len());
         assert!(s.bytes().ends_with(&record));
         assert_eq!(s.bytes().len(), m.encode().len() + TAG_SIZE + record.len());
+        assert_eq!(MetadataSection::len_of(&m, true), s.bytes().len() as u64);
         let sb = superblock(&s, true);
         let parts = MetadataSection::split(&sb, s.bytes()).unwrap();
         assert_eq!(parts.resume_record().unwrap(), m.resume_record());

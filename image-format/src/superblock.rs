@@ -161,56 +161,8 @@ impl Superblock {
     /// features, page size, CRC, reserved bytes and state. It does not check
     /// the layout against the rest of the image; the reader does.
     pub fn decode(block: &[u8]) -> Result<Self, FormatError> {
-        if block.len() < BLOCK_SIZE {
-            return Err(FormatError::Truncated {
-                what: "superblock",
-                offset: ImageOffset(0),
-                needed: BLOCK_SIZE as u64,
-                available: block.len() as u64,
-            });
-        }
-        check_magic(&block[sb::MAGIC..sb::MAGIC + MAGIC_LEN])?;
-        let major = u16_at(block, sb::MAJOR);
-        let minor = u16_at(block, sb::MINOR);
-        if major != VERSION_MAJOR {
-            return Err(FormatError::UnsupportedVersion {
-                major,
-                minor,
-                supported: VERSION_MAJOR,
-            });
-        }
-        let stored = u32_at(block, sb::CRC);
-        let computed = crc32fast::hash(&block[..sb::CRC]);
-        if stored != computed {
-            return Err(FormatError::checksum("superblock", 0, stored, computed));
-        }
-        let sb_size = u32_at(block, sb::SIZE_FIELD);
-        if sb_size as usize != SUPERBLOCK_SIZE {
-            return Err(FormatError::mismatch(
-                "superblock",
-                "size",
-                0,
-                SUPERBLOCK_SIZE as u64,
-                sb_size.into(),
-            ));
-        }
-        let incompat = u64_at(block, sb::INCOMPAT);
-        if incompat & !KNOWN_INCOMPAT != 0 {
-            return Err(FormatError::UnknownIncompatFeatures {
-                offset: ImageOffset(sb::INCOMPAT as u64),
-                flags: incompat & !KNOWN_INCOMPAT,
-            });
-        }
-        let page_size = u32_at(block, sb::PAGE_SIZE);
-        if page_size as usize != PAGE_SIZE {
-            return Err(FormatError::mismatch(
-                "superblock",
-                "page size",
-                0,
-                PAGE_SIZE as u64,
-                page_size.into(),
-            ));
-        }
+        let minor = check_header(block)?;
+        let incompat = check_features(block)?;
         let encrypted = incompat & INCOMPAT_ENCRYPTED != 0;
         let reserved = if encrypted { area::END } else { sb::RESERVED };
         if let Some(p) = first_nonzero(&block[reserved..sb::CRC]) {
@@ -251,6 +203,66 @@ impl Superblock {
             crypto,
         })
     }
+}
+
+/// Checks that `block` is a whole superblock block of a version this
+/// reader knows, intact (CRC) and of the known size; returns its minor
+/// version.
+fn check_header(block: &[u8]) -> Result<u16, FormatError> {
+    if block.len() < BLOCK_SIZE {
+        return Err(FormatError::Truncated {
+            what: "superblock",
+            offset: ImageOffset(0),
+            needed: BLOCK_SIZE as u64,
+            available: block.len() as u64,
+        });
+    }
+    check_magic(&block[sb::MAGIC..sb::MAGIC + MAGIC_LEN])?;
+    let major = u16_at(block, sb::MAJOR);
+    let minor = u16_at(block, sb::MINOR);
+    if major != VERSION_MAJOR {
+        return Err(FormatError::UnsupportedVersion {
+            major,
+            minor,
+            supported: VERSION_MAJOR,
+        });
+    }
+    let stored = u32_at(block, sb::CRC);
+    let computed = crc32fast::hash(&block[..sb::CRC]);
+    if stored != computed {
+        return Err(FormatError::checksum("superblock", 0, stored, computed));
+    }
+    expect_u32(block, sb::SIZE_FIELD, "size", SUPERBLOCK_SIZE)?;
+    Ok(minor)
+}
+
+/// Refuses a 32-bit field at `at` that does not hold `want`.
+fn expect_u32(block: &[u8], at: usize, what: &'static str, want: usize) -> Result<(), FormatError> {
+    let got = u32_at(block, at);
+    if got as usize != want {
+        return Err(FormatError::mismatch(
+            "superblock",
+            what,
+            0,
+            want as u64,
+            got.into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses incompatible features this reader does not know and a page
+/// size other than this machine's; returns the incompatible feature bits.
+fn check_features(block: &[u8]) -> Result<u64, FormatError> {
+    let incompat = u64_at(block, sb::INCOMPAT);
+    if incompat & !KNOWN_INCOMPAT != 0 {
+        return Err(FormatError::UnknownIncompatFeatures {
+            offset: ImageOffset(sb::INCOMPAT as u64),
+            flags: incompat & !KNOWN_INCOMPAT,
+        });
+    }
+    expect_u32(block, sb::PAGE_SIZE, "page size", PAGE_SIZE)?;
+    Ok(incompat)
 }
 
 fn decode_layout(b: &[u8]) -> Layout {

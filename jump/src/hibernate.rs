@@ -68,13 +68,15 @@ pub struct HibernateOptions {
 }
 
 impl HibernateOptions {
-    /// What the preflight checks.
-    fn given(&self) -> Given<'_> {
+    /// What the preflight checks; `encrypted` since the secret is taken
+    /// out of the options before.
+    fn given(&self, encrypted: bool) -> Given<'_> {
         Given {
             target: &self.target,
             kernel: &self.kernel,
             kexec: &self.kexec,
             dry_run: self.dry_run,
+            encrypted,
         }
     }
 }
@@ -127,7 +129,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let opts = &*opts;
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?).map_err(PreflightError::from)?;
     let release = read("/proc/sys/kernel/osrelease")?.trim().to_string();
-    let place = preflight(opts.given(), &plan, &release)?;
+    let place = preflight(opts.given(secret.is_some()), &plan, &release)?;
     let a_cmdline = read("/proc/cmdline")?;
     let mut next = NextKernel::new(
         Role::Capture,

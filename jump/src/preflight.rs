@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use kjump_handoff::plan::{JumpPlan, PlanError};
-use kjump_image_format::{Metadata, Placement};
+use kjump_image_format::{worst_case_len, MemoryMap, Metadata, Placement};
 use kjump_sys::freemem::{FreeMemError, MemInfo};
 use kjump_sys::kexec::{self, KexecError};
 use kjump_sys::swap::{shortfall, SwapArea};
@@ -22,6 +22,9 @@ pub struct Given<'a> {
     pub kexec: &'a Path,
     /// Only print what would be done: change nothing.
     pub dry_run: bool,
+    /// The image will be encrypted (--encrypt): sealed chunks and metadata
+    /// take more room than plain ones.
+    pub encrypted: bool,
 }
 
 /// The kernel series kjump's VM tests run the whole cycle on
@@ -63,7 +66,7 @@ pub enum PreflightError {
     #[error(transparent)]
     Target(#[from] TargetError),
     /// The target is smaller than the worst-case image.
-    #[error("target {place} holds {capacity} bytes, but the image of {ram} bytes of RAM can take up to {worst}")]
+    #[error("target {place} holds {capacity} bytes, but the image of {ram} bytes of RAM can take up to {worst} bytes{}", if *.encrypted { " encrypted (a tag on every chunk and the resume record in the clear)" } else { "" })]
     TooSmall {
         /// The target, described.
         place: String,
@@ -73,6 +76,8 @@ pub enum PreflightError {
         ram: u64,
         /// The worst-case image.
         worst: u64,
+        /// The worst case is an encrypted image's.
+        encrypted: bool,
     },
     /// An active swap target whose pages do not fit in RAM.
     #[error("{} is an active swap area holding {} MiB of swapped-out pages; swapping it off needs that much RAM and a margin for the kernel, and {} MiB is available: {} MiB is missing (close programs, or hibernate to another target)", .device.display(), .used >> 20, .available >> 20, .missing.div_ceil(1 << 20))]
@@ -144,21 +149,45 @@ pub(crate) fn preflight(
     if !opts.kexec.is_file() && which(opts.kexec).is_none() {
         return Err(PreflightError::NoKexec(opts.kexec.to_path_buf()));
     }
-    let metadata = Metadata {
-        ranges: plan.saved.clone(),
-        ..Metadata::default()
-    };
-    let worst = kjump_writer::worst_case_len(&metadata).unwrap_or(u64::MAX);
+    let worst = worst_case(&plan.saved, opts.encrypted);
     let (place, capacity) = target_place(opts, worst)?;
     match capacity {
-        Some(capacity) if capacity < worst => Err(PreflightError::TooSmall {
-            place: place.describe(),
-            capacity,
-            ram: plan.saved.total_bytes(),
-            worst,
-        }),
-        _ => Ok(place),
+        Some(capacity) => {
+            check_room(&place.describe(), capacity, &plan.saved, opts.encrypted).map(|()| place)
+        }
+        None => Ok(place),
     }
+}
+
+/// The largest image of the RAM `saved` (encrypted or not), by the
+/// format's own sizes.
+fn worst_case(saved: &MemoryMap, encrypted: bool) -> u64 {
+    let metadata = Metadata {
+        ranges: saved.clone(),
+        ..Metadata::default()
+    };
+    worst_case_len(&metadata, encrypted).unwrap_or(u64::MAX)
+}
+
+/// Refuses a target (`place`, `capacity` bytes) too small for the worst
+/// case image of the RAM `saved`.
+fn check_room(
+    place: &str,
+    capacity: u64,
+    saved: &MemoryMap,
+    encrypted: bool,
+) -> Result<(), PreflightError> {
+    let worst = worst_case(saved, encrypted);
+    if capacity >= worst {
+        return Ok(());
+    }
+    Err(PreflightError::TooSmall {
+        place: place.to_string(),
+        capacity,
+        ram: saved.total_bytes(),
+        worst,
+        encrypted,
+    })
 }
 
 /// Whether this kernel takes a preserve-context kexec load, found by
@@ -238,6 +267,45 @@ fn which(name: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kjump_image_format::{PhysAddr, PhysRange};
+
+    #[test]
+    fn a_target_with_room_for_a_plain_image_only_is_refused_when_encrypted() {
+        // 1 GiB of RAM in two ranges.
+        let r = |a, b| PhysRange::new(PhysAddr(a), PhysAddr(b)).unwrap();
+        let saved =
+            MemoryMap::from_sorted(vec![r(0x1000, 0x9f000), r(0x10_0000, 0x4006_2000)]).unwrap();
+        let (plain, sealed) = (worst_case(&saved, false), worst_case(&saved, true));
+        assert!(sealed > plain, "sealed {sealed} <= plain {plain}");
+        check_room("/dev/vdb", plain, &saved, false).unwrap();
+        check_room("/dev/vdb", sealed, &saved, true).unwrap();
+        let err = check_room("/dev/vdb", plain, &saved, true).unwrap_err();
+        let PreflightError::TooSmall {
+            capacity,
+            worst,
+            ram,
+            encrypted,
+            ..
+        } = &err
+        else {
+            panic!("not TooSmall: {err:?}");
+        };
+        assert_eq!((*capacity, *worst, *ram), (plain, sealed, 1 << 30));
+        assert!(encrypted);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "target /dev/vdb holds {plain} bytes, but the image of {} bytes of RAM can take up to {sealed} bytes encrypted (a tag on every chunk and the resume record in the clear)",
+                1u64 << 30
+            )
+        );
+        let err = check_room("/dev/vdb", plain - 1, &saved, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(&format!("can take up to {plain} bytes")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn series_of_kernel_releases() {

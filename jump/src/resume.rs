@@ -15,11 +15,11 @@
 use std::path::{Path, PathBuf};
 
 use kjump_handoff::fsguard::{self, Change};
+use kjump_handoff::kernel_name;
 use kjump_handoff::mailbox::{Report, ReportKind};
 use kjump_handoff::manifest::{KeySource, Manifest, Mode, SecretKind};
 use kjump_handoff::plan::JumpPlan;
 use kjump_handoff::uuid::Uuid;
-use kjump_handoff::{error_chain, kernel_name};
 use kjump_image_format::metadata::{KEY_FS_FINGERPRINT, KEY_REGION};
 use kjump_image_format::placement::SwapSignature;
 use kjump_image_format::reader::{read_resume_record, read_superblock};
@@ -469,9 +469,4 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         Some(Report { message, .. }) => Ok(Outcome::Nothing(NoImage::HandedBack(message))),
         None => Ok(Outcome::Nothing(NoImage::HandedBackSilently)),
     }
-}
-
-/// The reason R0 gives for going on with the normal boot, as one line.
-pub fn explain(nothing: &NoImage) -> String {
-    error_chain(nothing)
 }

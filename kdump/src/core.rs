@@ -85,76 +85,102 @@ pub struct Core<F: FileExt> {
     by_paddr: Vec<usize>,
 }
 
+/// `len` bytes of `file` at `offset`, `what` naming them for errors.
+fn read_at<F: FileExt>(
+    file: &F,
+    what: &'static str,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, CoreError> {
+    let mut b = vec![0u8; len];
+    file.read_exact_at(&mut b, offset)
+        .map_err(|source| CoreError::Io {
+            what,
+            offset,
+            source,
+        })?;
+    Ok(b)
+}
+
+/// Checks that `h` is the ELF header of an x86_64 ELF64 core with a
+/// program header table this reader knows; returns the table's offset and
+/// entry count.
+fn check_elf_header(h: &[u8]) -> Result<(u64, usize), CoreError> {
+    if h[..4] != *b"\x7fELF" {
+        return Err(CoreError::NotCore("no ELF magic"));
+    }
+    if h[4] != 2 || h[5] != 1 {
+        return Err(CoreError::NotCore("not ELF64 little-endian"));
+    }
+    if u16_at(h, 16) != 4 {
+        return Err(CoreError::NotCore("e_type is not ET_CORE"));
+    }
+    if u16_at(h, 18) != 62 {
+        return Err(CoreError::NotCore("e_machine is not x86_64"));
+    }
+    let (phoff, phnum) = (u64_at(h, 32), usize::from(u16_at(h, 56)));
+    if phnum == 0xffff || (phnum > 0 && usize::from(u16_at(h, 54)) != PHDR) {
+        return Err(CoreError::NotCore("unsupported program header table"));
+    }
+    Ok((phoff, phnum))
+}
+
+/// The PT_LOAD segments and the notes (every PT_NOTE read, back to back)
+/// of the program header table `ph`, each checked to lie in the file.
+fn read_segments<F: FileExt>(
+    file: &F,
+    ph: &[u8],
+    file_len: u64,
+) -> Result<(Vec<Load>, Vec<u8>), CoreError> {
+    let (mut loads, mut notes) = (Vec::new(), Vec::new());
+    for (index, p) in ph.chunks_exact(PHDR).enumerate() {
+        let (kind, offset, filesz) = (u32_at(p, 0), u64_at(p, 8), u64_at(p, 32));
+        let inside = offset.checked_add(filesz).is_some_and(|e| e <= file_len);
+        let out = |what| CoreError::OutOfFile {
+            what,
+            index,
+            offset,
+            len: filesz,
+            file_len,
+        };
+        match kind {
+            PT_NOTE => {
+                if !inside {
+                    return Err(out("PT_NOTE"));
+                }
+                let total = notes.len() as u64 + filesz;
+                if total > MAX_NOTES {
+                    return Err(CoreError::NotesTooLarge(total));
+                }
+                notes.extend(read_at(file, "a PT_NOTE", offset, filesz as usize)?);
+            }
+            PT_LOAD => {
+                let memsz = u64_at(p, 40);
+                if !inside || filesz > memsz {
+                    return Err(out("PT_LOAD"));
+                }
+                loads.push(Load {
+                    index,
+                    vaddr: u64_at(p, 16),
+                    paddr: u64_at(p, 24),
+                    offset,
+                    filesz,
+                    memsz,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok((loads, notes))
+}
+
 impl<F: FileExt> Core<F> {
     /// Reads the headers and notes of the core in `file`, `file_len` bytes.
     pub fn open(file: F, file_len: u64) -> Result<Self, CoreError> {
-        let read = |what, offset, len: usize| {
-            let mut b = vec![0u8; len];
-            file.read_exact_at(&mut b, offset)
-                .map_err(|source| CoreError::Io {
-                    what,
-                    offset,
-                    source,
-                })?;
-            Ok::<_, CoreError>(b)
-        };
-        let h = read("the ELF header", 0, EHDR)?;
-        if h[..4] != *b"\x7fELF" {
-            return Err(CoreError::NotCore("no ELF magic"));
-        }
-        if h[4] != 2 || h[5] != 1 {
-            return Err(CoreError::NotCore("not ELF64 little-endian"));
-        }
-        if u16_at(&h, 16) != 4 {
-            return Err(CoreError::NotCore("e_type is not ET_CORE"));
-        }
-        if u16_at(&h, 18) != 62 {
-            return Err(CoreError::NotCore("e_machine is not x86_64"));
-        }
-        let (phoff, phnum) = (u64_at(&h, 32), usize::from(u16_at(&h, 56)));
-        if phnum == 0xffff || (phnum > 0 && usize::from(u16_at(&h, 54)) != PHDR) {
-            return Err(CoreError::NotCore("unsupported program header table"));
-        }
-        let ph = read("the program headers", phoff, phnum * PHDR)?;
-        let (mut loads, mut notes) = (Vec::new(), Vec::new());
-        for (index, p) in ph.chunks_exact(PHDR).enumerate() {
-            let (kind, offset, filesz) = (u32_at(p, 0), u64_at(p, 8), u64_at(p, 32));
-            let inside = offset.checked_add(filesz).is_some_and(|e| e <= file_len);
-            let out = |what| CoreError::OutOfFile {
-                what,
-                index,
-                offset,
-                len: filesz,
-                file_len,
-            };
-            match kind {
-                PT_NOTE => {
-                    if !inside {
-                        return Err(out("PT_NOTE"));
-                    }
-                    let total = notes.len() as u64 + filesz;
-                    if total > MAX_NOTES {
-                        return Err(CoreError::NotesTooLarge(total));
-                    }
-                    notes.extend(read("a PT_NOTE", offset, filesz as usize)?);
-                }
-                PT_LOAD => {
-                    let memsz = u64_at(p, 40);
-                    if !inside || filesz > memsz {
-                        return Err(out("PT_LOAD"));
-                    }
-                    loads.push(Load {
-                        index,
-                        vaddr: u64_at(p, 16),
-                        paddr: u64_at(p, 24),
-                        offset,
-                        filesz,
-                        memsz,
-                    });
-                }
-                _ => {}
-            }
-        }
+        let h = read_at(&file, "the ELF header", 0, EHDR)?;
+        let (phoff, phnum) = check_elf_header(&h)?;
+        let ph = read_at(&file, "the program headers", phoff, phnum * PHDR)?;
+        let (loads, notes) = read_segments(&file, &ph, file_len)?;
         let mut by_paddr: Vec<usize> = (0..loads.len()).collect();
         by_paddr.sort_by_key(|&i| (loads[i].paddr, std::cmp::Reverse(loads[i].memsz)));
         Ok(Core {

@@ -291,6 +291,11 @@ struct Output<W> {
     done: Vec<u64>,
 }
 
+/// A frame ready for [`DiskdumpWriter::write_pages`]' locked part: its
+/// index in the pages given, its rank among dumped frames, its compressed
+/// bytes (`None` to store it raw) and whether it is all zero.
+type EncodedPage = (usize, u64, Option<Vec<u8>>, bool);
+
 /// Writes a kdump-compressed file: headers and bitmaps at creation, then
 /// pages in any order, then [`DiskdumpWriter::finish`].
 pub struct DiskdumpWriter<W: Write + Seek> {
@@ -479,35 +484,7 @@ impl<W: Write + Seek> DiskdumpWriter<W> {
         zero: u64,
         skip: u64,
     ) -> Result<(), DiskdumpError> {
-        let n = pages.len() / PAGE;
-        let mut encoded: Vec<(usize, u64, Option<Vec<u8>>, bool)> = Vec::with_capacity(n);
-        for i in 0..n {
-            let pfn = first + i as u64;
-            let rank = self.layout.rank(pfn);
-            match (rank, skip >> i & 1 == 1) {
-                (None, true) => continue,
-                (None, false) => {
-                    return Err(DiskdumpError::Frame {
-                        pfn,
-                        reason: "is not dumped (outside the ranges, or excluded but given)",
-                    })
-                }
-                (Some(_), true) => {
-                    return Err(DiskdumpError::Frame {
-                        pfn,
-                        reason: "is dumped but was skipped",
-                    })
-                }
-                (Some(r), false) => {
-                    let page = &pages[i * PAGE..(i + 1) * PAGE];
-                    if zero >> i & 1 == 1 {
-                        encoded.push((i, r, None, true));
-                    } else {
-                        encoded.push((i, r, compress(self.codec, pfn, page)?, false));
-                    }
-                }
-            }
-        }
+        let encoded = self.encode_pages(first, pages, zero, skip)?;
         let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
         for (i, rank, data, is_zero) in encoded {
             let word = &mut o.done[(rank / 64) as usize];
@@ -535,6 +512,48 @@ impl<W: Write + Seek> DiskdumpWriter<W> {
             o.written += 1;
         }
         Ok(())
+    }
+
+    /// The frames of [`Self::write_pages`] to write, outside the lock:
+    /// `(index in pages, rank, compressed bytes or None to store raw,
+    /// all zero)`, after checking each is dumped exactly when not skipped.
+    fn encode_pages(
+        &self,
+        first: u64,
+        pages: &[u8],
+        zero: u64,
+        skip: u64,
+    ) -> Result<Vec<EncodedPage>, DiskdumpError> {
+        let n = pages.len() / PAGE;
+        let mut encoded: Vec<EncodedPage> = Vec::with_capacity(n);
+        for i in 0..n {
+            let pfn = first + i as u64;
+            let rank = self.layout.rank(pfn);
+            match (rank, skip >> i & 1 == 1) {
+                (None, true) => continue,
+                (None, false) => {
+                    return Err(DiskdumpError::Frame {
+                        pfn,
+                        reason: "is not dumped (outside the ranges, or excluded but given)",
+                    })
+                }
+                (Some(_), true) => {
+                    return Err(DiskdumpError::Frame {
+                        pfn,
+                        reason: "is dumped but was skipped",
+                    })
+                }
+                (Some(r), false) => {
+                    let page = &pages[i * PAGE..(i + 1) * PAGE];
+                    if zero >> i & 1 == 1 {
+                        encoded.push((i, r, None, true));
+                    } else {
+                        encoded.push((i, r, compress(self.codec, pfn, page)?, false));
+                    }
+                }
+            }
+        }
+        Ok(encoded)
     }
 
     /// Checks that every dumped frame was written, clears *incomplete* in

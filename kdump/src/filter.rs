@@ -365,17 +365,10 @@ fn bit(flags: u64, n: Option<u32>) -> bool {
     n.is_some_and(|n| flags & (1u64 << n) != 0)
 }
 
-/// Decides one frame: `None` to keep it, else why it may go and how many
-/// frames from it go with it (a buddy block or a compound page). Tail pages
-/// of compound pages are kept here: their head decides for them.
-pub fn classify(
-    layout: &PageLayout,
-    level: DumpLevel,
-    pfn: u64,
-    p: &PageFields,
-) -> Option<(PageKind, u64)> {
-    let slab = is_type(p.mapcount, layout.slab_type) || bit(p.flags, layout.pg_slab);
-    let anon = p.mapping & 1 != 0 && !slab;
+/// The order of the compound page whose head is frame `pfn` (0 for a
+/// single page, or when its order is implausible for that frame), read
+/// where the kernel keeps it, and whether it is a hugetlbfs page.
+fn compound_order(layout: &PageLayout, pfn: u64, p: &PageFields) -> (u32, bool) {
     let mut order = 0u32;
     let mut hugetlb = false;
     if let Some(next) = p.next_flags {
@@ -390,6 +383,21 @@ pub fn classify(
             order = 0;
         }
     }
+    (order, hugetlb)
+}
+
+/// Decides one frame: `None` to keep it, else why it may go and how many
+/// frames from it go with it (a buddy block or a compound page). Tail pages
+/// of compound pages are kept here: their head decides for them.
+pub fn classify(
+    layout: &PageLayout,
+    level: DumpLevel,
+    pfn: u64,
+    p: &PageFields,
+) -> Option<(PageKind, u64)> {
+    let slab = is_type(p.mapcount, layout.slab_type) || bit(p.flags, layout.pg_slab);
+    let anon = p.mapping & 1 != 0 && !slab;
+    let (order, hugetlb) = compound_order(layout, pfn, p);
     let compound = 1u64 << order;
     if p.compound_head & 1 != 0 {
         return None;
@@ -451,79 +459,16 @@ pub fn plan<M: PhysMemory + ?Sized>(
         return Ok(result);
     }
     let info = info.ok_or(FilterError::NoVmcoreInfo)?;
-    if info.page_size() != Some(4096) {
-        return Err(FilterError::PageSize {
-            found: info.page_size(),
-        });
-    }
-    let page = PageLayout::from_info(info).map_err(FilterError::Layout)?;
-    let kernel = KernelLayout::from_info(info).map_err(FilterError::Layout)?;
-    let vmemmap = info.symbol("vmemmap").ok_or(FilterError::NoVmemmap)?;
-    let top = kernel
-        .text_to_phys(kernel.init_top_pgt)
-        .ok_or(FilterError::Layout(MissingKeys {
-            missing: vec![format!(
-                "SYMBOL(init_top_pgt) in the kernel text mapping (found {:#x})",
-                kernel.init_top_pgt
-            )],
-        }))?;
-    let tr = Translator::new(mem, &kernel).ok_or(FilterError::NoVmemmap)?;
-    // The top table must be readable, or nothing will be.
-    tr.memory()
-        .read_u64(top)
-        .map_err(|source| FilterError::PageTables {
-            at: top,
-            source: TranslateError::Read {
-                vaddr: kernel.init_top_pgt,
-                source,
-            },
-        })?;
-    let mut runs: Vec<(u64, u64, PageKind)> = Vec::new();
-    let mut total = 0u64;
-    let size = page.size as usize;
-    let mut buf = vec![0u8; BATCH as usize * size];
-    let mut readable = vec![true; BATCH as usize];
-    // A buddy block or compound page decided by its first frame may reach
-    // past a batch or a range: its frames are not looked at again.
-    let mut skip_until = 0u64;
-    for &(first, end) in ranges {
-        let mut pfn = first.max(skip_until);
-        while pfn < end {
-            let batch_end = ((pfn / BATCH + 1) * BATCH).min(end);
-            let n = (batch_end - pfn) as usize;
-            total += n as u64;
-            read_batch(
-                &tr,
-                vmemmap,
-                pfn,
-                &mut buf[..n * size],
-                &mut readable[..n],
-                size,
-            );
-            result.counts.unreadable += readable[..n].iter().filter(|r| !**r).count() as u64;
-            let mut i = 0usize;
-            while i < n {
-                if !readable[i] {
-                    i += 1;
-                    continue;
-                }
-                let p = &buf[i * size..(i + 1) * size];
-                let next =
-                    (i + 1 < n && readable[i + 1]).then(|| &buf[(i + 1) * size..(i + 2) * size]);
-                let fields = PageFields::read(&page, p, next);
-                let at = pfn + i as u64;
-                match classify(&page, level, at, &fields) {
-                    Some((kind, count)) => {
-                        runs.push((at, count, kind));
-                        skip_until = at + count;
-                        i = i.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
-                    }
-                    None => i += 1,
-                }
-            }
-            pfn = batch_end.max(skip_until);
-        }
-    }
+    let facts = StructPageFacts::from_info(info)?;
+    let tr = Translator::new(mem, &facts.kernel).ok_or(FilterError::NoVmemmap)?;
+    facts.check_top_table(&tr)?;
+    let scan = Scan {
+        tr: &tr,
+        page: &facts.page,
+        vmemmap: facts.vmemmap,
+        level,
+    };
+    let (runs, total) = scan.ranges(ranges, &mut result.counts);
     if total > 0 && result.counts.unreadable * 2 > total {
         return Err(FilterError::Unreadable {
             unreadable: result.counts.unreadable,
@@ -542,6 +487,148 @@ pub fn plan<M: PhysMemory + ?Sized>(
     }
     result.excluded = Exclusions::from_runs(plain);
     Ok(result)
+}
+
+/// What reading struct pages takes from VMCOREINFO: their layout, the
+/// kernel's address layout, where the struct page array lies and the
+/// physical address of the top page table.
+struct StructPageFacts {
+    page: PageLayout,
+    kernel: KernelLayout,
+    vmemmap: u64,
+    top: u64,
+}
+
+impl StructPageFacts {
+    fn from_info(info: &VmcoreInfo) -> Result<Self, FilterError> {
+        if info.page_size() != Some(4096) {
+            return Err(FilterError::PageSize {
+                found: info.page_size(),
+            });
+        }
+        let page = PageLayout::from_info(info).map_err(FilterError::Layout)?;
+        let kernel = KernelLayout::from_info(info).map_err(FilterError::Layout)?;
+        let vmemmap = info.symbol("vmemmap").ok_or(FilterError::NoVmemmap)?;
+        let top = kernel
+            .text_to_phys(kernel.init_top_pgt)
+            .ok_or(FilterError::Layout(MissingKeys {
+                missing: vec![format!(
+                    "SYMBOL(init_top_pgt) in the kernel text mapping (found {:#x})",
+                    kernel.init_top_pgt
+                )],
+            }))?;
+        Ok(StructPageFacts {
+            page,
+            kernel,
+            vmemmap,
+            top,
+        })
+    }
+
+    /// The top table must be readable, or nothing will be.
+    fn check_top_table<M: PhysMemory + ?Sized>(
+        &self,
+        tr: &Translator<'_, M>,
+    ) -> Result<(), FilterError> {
+        tr.memory()
+            .read_u64(self.top)
+            .map(|_| ())
+            .map_err(|source| FilterError::PageTables {
+                at: self.top,
+                source: TranslateError::Read {
+                    vaddr: self.kernel.init_top_pgt,
+                    source,
+                },
+            })
+    }
+}
+
+/// The walk over the struct pages of the dumped frames, a batch at a time.
+struct Scan<'a, 'm, M: PhysMemory + ?Sized> {
+    tr: &'a Translator<'m, M>,
+    page: &'a PageLayout,
+    vmemmap: u64,
+    level: DumpLevel,
+}
+
+impl<M: PhysMemory + ?Sized> Scan<'_, '_, M> {
+    /// The runs `(first frame, frames, kind)` left out of `ranges`, as
+    /// decided by their first frame (not yet clipped to the ranges), and
+    /// the frames looked at; unreadable struct pages are counted in
+    /// `counts`.
+    fn ranges(
+        &self,
+        ranges: &[(u64, u64)],
+        counts: &mut KindCounts,
+    ) -> (Vec<(u64, u64, PageKind)>, u64) {
+        let mut runs: Vec<(u64, u64, PageKind)> = Vec::new();
+        let mut total = 0u64;
+        let size = self.page.size as usize;
+        let mut buf = vec![0u8; BATCH as usize * size];
+        let mut readable = vec![true; BATCH as usize];
+        // A buddy block or compound page decided by its first frame may reach
+        // past a batch or a range: its frames are not looked at again.
+        let mut skip_until = 0u64;
+        for &(first, end) in ranges {
+            let mut pfn = first.max(skip_until);
+            while pfn < end {
+                let batch_end = ((pfn / BATCH + 1) * BATCH).min(end);
+                let n = (batch_end - pfn) as usize;
+                total += n as u64;
+                read_batch(
+                    self.tr,
+                    self.vmemmap,
+                    pfn,
+                    &mut buf[..n * size],
+                    &mut readable[..n],
+                    size,
+                );
+                counts.unreadable += readable[..n].iter().filter(|r| !**r).count() as u64;
+                self.batch(
+                    pfn,
+                    &buf[..n * size],
+                    &readable[..n],
+                    &mut runs,
+                    &mut skip_until,
+                );
+                pfn = batch_end.max(skip_until);
+            }
+        }
+        (runs, total)
+    }
+
+    /// Classifies the frames of one batch from `pfn` (their struct pages
+    /// in `buf`), adding a run for each frame left out and moving
+    /// `skip_until` past the frames a run covers.
+    fn batch(
+        &self,
+        pfn: u64,
+        buf: &[u8],
+        readable: &[bool],
+        runs: &mut Vec<(u64, u64, PageKind)>,
+        skip_until: &mut u64,
+    ) {
+        let (size, n) = (self.page.size as usize, readable.len());
+        let mut i = 0usize;
+        while i < n {
+            if !readable[i] {
+                i += 1;
+                continue;
+            }
+            let p = &buf[i * size..(i + 1) * size];
+            let next = (i + 1 < n && readable[i + 1]).then(|| &buf[(i + 1) * size..(i + 2) * size]);
+            let fields = PageFields::read(self.page, p, next);
+            let at = pfn + i as u64;
+            match classify(self.page, self.level, at, &fields) {
+                Some((kind, count)) => {
+                    runs.push((at, count, kind));
+                    *skip_until = at + count;
+                    i = i.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+                }
+                None => i += 1,
+            }
+        }
+    }
 }
 
 /// Reads the struct pages of `n` frames from `pfn` into `buf`; frames whose

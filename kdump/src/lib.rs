@@ -10,7 +10,8 @@
 //! - [`core`]: a small ELF64 core reader (`/proc/vmcore` and copies of it)
 //!   as physical memory.
 //! - [`diskdump`]: the kdump-compressed format makedumpfile writes and
-//!   `crash` reads; [`diskdump_read`] reads it back.
+//!   `crash` reads. Its reader, `diskdump_read`, serves the tests only
+//!   (feature `test-hooks`).
 //!
 //! Nothing here touches a system interface: memory comes through
 //! [`mem::PhysMemory`], output goes to any `Write + Seek`.
@@ -19,6 +20,7 @@
 
 pub mod core;
 pub mod diskdump;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod diskdump_read;
 pub mod filter;
 pub mod mem;

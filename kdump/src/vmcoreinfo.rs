@@ -311,36 +311,45 @@ impl PageLayout {
             unaccepted_type: opt_type("PAGE_UNACCEPTED_MAPCOUNT_VALUE"),
             free_area_orders: info.length("zone.free_area"),
         };
-        if layout.slab_type.is_none() && layout.pg_slab.is_none() {
-            n.missing.push(
+        n.missing.extend(layout.implausible());
+        n.done(layout)
+    }
+
+    /// What the layout lacks to be usable, though every key was there: a
+    /// way to tell slab pages, fields inside the struct page, a plausible
+    /// struct page size.
+    fn implausible(&self) -> Vec<String> {
+        let mut wrong = Vec::new();
+        if self.slab_type.is_none() && self.pg_slab.is_none() {
+            wrong.push(
                 "NUMBER(PG_slab) or NUMBER(PAGE_SLAB_MAPCOUNT_VALUE) (how a slab page is told)"
                     .to_string(),
             );
         }
         for (name, off) in [
-            ("page.flags", layout.flags),
-            ("page._refcount", layout.refcount),
-            ("page.mapping", layout.mapping),
-            ("page.lru", layout.lru),
-            ("page._mapcount", layout.mapcount),
-            ("page.private", layout.private),
-            ("page.compound_head", layout.compound_head),
+            ("page.flags", self.flags),
+            ("page._refcount", self.refcount),
+            ("page.mapping", self.mapping),
+            ("page.lru", self.lru),
+            ("page._mapcount", self.mapcount),
+            ("page.private", self.private),
+            ("page.compound_head", self.compound_head),
         ] {
             let width = if name.ends_with("count") { 4 } else { 8 };
-            if layout.size > 0 && off + width > layout.size {
-                n.missing.push(format!(
+            if self.size > 0 && off + width > self.size {
+                wrong.push(format!(
                     "OFFSET({name}) inside SIZE(page) ({off} + {width} > {})",
-                    layout.size
+                    self.size
                 ));
             }
         }
-        if layout.size > 0 && !(32..=512).contains(&layout.size) {
-            n.missing.push(format!(
+        if self.size > 0 && !(32..=512).contains(&self.size) {
+            wrong.push(format!(
                 "SIZE(page) between 32 and 512 bytes (found {})",
-                layout.size
+                self.size
             ));
         }
-        n.done(layout)
+        wrong
     }
 }
 
@@ -367,10 +376,6 @@ pub struct KernelLayout {
 
 /// The text mapping's base on x86_64 (`__START_KERNEL_map`).
 pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-/// Where the struct page array lies without KASLR, 4-level paging.
-pub const VMEMMAP_START_L4: u64 = 0xffff_ea00_0000_0000;
-/// Where the struct page array lies without KASLR, 5-level paging.
-pub const VMEMMAP_START_L5: u64 = 0xffd4_0000_0000_0000;
 
 impl KernelLayout {
     /// Takes what address translation needs from `info`, or names what is
@@ -426,16 +431,6 @@ pub fn find_in_notes(mut notes: &[u8]) -> Option<&[u8]> {
         notes = &notes[desc_end.next_multiple_of(4).min(notes.len())..];
     }
     None
-}
-
-/// Reads a running kernel's VMCOREINFO location from the text of
-/// /sys/kernel/vmcoreinfo (`"%lx %x"`: physical address of the note, its
-/// size); the note itself is then read from physical memory.
-pub fn parse_sysfs_location(text: &str) -> Option<(u64, u64)> {
-    let mut words = text.split_whitespace();
-    let addr = u64::from_str_radix(words.next()?, 16).ok()?;
-    let size = u64::from_str_radix(words.next()?, 16).ok()?;
-    Some((addr, size))
 }
 
 #[cfg(test)]
@@ -582,14 +577,5 @@ mod tests {
         assert_eq!(find_in_notes(&notes), Some(&b"OSRELEASE=6.12\n"[..]));
         assert_eq!(find_in_notes(&notes[..40]), None);
         assert_eq!(find_in_notes(&[0xff; 12]), None);
-    }
-
-    #[test]
-    fn sysfs_location() {
-        assert_eq!(
-            parse_sysfs_location("1f2e3000 1024\n"),
-            Some((0x1f2e_3000, 0x1024))
-        );
-        assert_eq!(parse_sysfs_location("zz"), None);
     }
 }

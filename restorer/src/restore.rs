@@ -183,26 +183,7 @@ pub fn restore_with_key(
         source,
     };
     let image = Image::open_with(&file, secret).map_err(|e| invalid(ScanError::Image(e)))?;
-    if image.superblock.state == ImageState::Consumed {
-        return Err(RestoreError::Consumed { path: shown });
-    }
-    if let Some(what) = pin.and_then(|p| p.mismatch(&image)) {
-        return Err(RestoreError::NotPinned { path: shown, what });
-    }
-    let entry = image
-        .metadata
-        .jump_back_entry
-        .ok_or_else(|| RestoreError::NoEntry {
-            path: shown.clone(),
-        })?;
-    for r in image.metadata.ranges.ranges() {
-        if let Some(own) = own_ram.ranges().iter().find(|o| o.intersect(r).is_some()) {
-            return Err(RestoreError::Overlap {
-                range: r.to_string(),
-                own: own.to_string(),
-            });
-        }
-    }
+    let entry = restorable(&image, &shown, pin, own_ram)?;
     let started = Instant::now();
     crate::verify(&file, &image, threads, false).map_err(invalid)?;
     let verify = started.elapsed();
@@ -225,6 +206,37 @@ pub fn restore_with_key(
         verify,
         write: started.elapsed(),
     })
+}
+
+/// Refuses an image (shown as `shown`) that must not be restored here: one
+/// already consumed, not the one pinned, without a re-entry point, or
+/// saving RAM this kernel uses (`own_ram`). Returns its re-entry point.
+fn restorable(
+    image: &Image,
+    shown: &str,
+    pin: Option<&Pin>,
+    own_ram: &MemoryMap,
+) -> Result<u64, RestoreError> {
+    let path = shown.to_string();
+    if image.superblock.state == ImageState::Consumed {
+        return Err(RestoreError::Consumed { path });
+    }
+    if let Some(what) = pin.and_then(|p| p.mismatch(image)) {
+        return Err(RestoreError::NotPinned { path, what });
+    }
+    let entry = image
+        .metadata
+        .jump_back_entry
+        .ok_or(RestoreError::NoEntry { path })?;
+    for r in image.metadata.ranges.ranges() {
+        if let Some(own) = own_ram.ranges().iter().find(|o| o.intersect(r).is_some()) {
+            return Err(RestoreError::Overlap {
+                range: r.to_string(),
+                own: own.to_string(),
+            });
+        }
+    }
+    Ok(entry)
 }
 
 /// Marks the committed image at `place` consumed without restoring it:

@@ -217,13 +217,15 @@ pub fn saved_ram(iomem: &str) -> MemoryMap {
     }
 }
 
-/// Bytes an image of `saved` may take at worst.
+/// Bytes an image of `saved` may take at worst, unencrypted: `kjump
+/// check` does not know whether hibernations will pass --encrypt, and
+/// `kjump hibernate --encrypt` checks the larger sealed worst case itself.
 pub fn worst_case(saved: &MemoryMap) -> u64 {
     let metadata = Metadata {
         ranges: saved.clone(),
         ..Metadata::default()
     };
-    kjump_writer::worst_case_len(&metadata).unwrap_or(u64::MAX)
+    kjump_image_format::worst_case_len(&metadata, false).unwrap_or(u64::MAX)
 }
 
 /// Bytes the crashkernel region needs: the capture kernel's image, its

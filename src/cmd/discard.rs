@@ -62,6 +62,8 @@ pub fn discard(at: &ImageAt) -> Result<(), Failure> {
 
 /// Allocates a file target with room for `size` bytes of image, or the
 /// worst case for this machine's RAM, and prints how to find it at resume.
+/// The worst case is an unencrypted image's: `kjump hibernate --encrypt`
+/// grows the file to the sealed worst case before it writes.
 pub fn prepare(file: &Path, size: Option<u64>) -> Result<(), Failure> {
     let size = match size {
         Some(s) => s,
@@ -74,7 +76,7 @@ pub fn prepare(file: &Path, size: Option<u64>) -> Result<(), Failure> {
                 ranges: plan.saved,
                 ..Metadata::default()
             };
-            kjump_writer::worst_case_len(&metadata)
+            kjump_image_format::worst_case_len(&metadata, false)
                 .context("the worst-case image size overflows")
                 .map_err(Failure::error)?
         }

@@ -313,17 +313,10 @@ pub fn verify(at: &ImageAt, key: &KeyArgs, threads: Option<usize>) -> Result<(),
     Ok(())
 }
 
-pub fn export(
-    at: &ImageAt,
-    key: &KeyArgs,
-    output: &Path,
-    (format, codec): (crate::ExportFormat, super::kdump::KdumpCodec),
-    threads: Option<usize>,
-) -> Result<(), Failure> {
-    let (place, file) = at.open()?;
-    let shown = place.describe();
-    let path = shown.as_str();
-    if super::same_file(output, &at.image) || super::same_file(output, &place.holder) {
+/// Refuses an `output` that is the image (`at`, on `holder`, shown as
+/// `path`) or a device node.
+fn check_output(output: &Path, at: &ImageAt, holder: &Path, path: &str) -> Result<(), Failure> {
+    if super::same_file(output, &at.image) || super::same_file(output, holder) {
         return Err(Failure::error(anyhow::anyhow!(
             "--output {} is the image {path} itself: exporting would destroy it",
             output.display()
@@ -338,25 +331,52 @@ pub fn export(
             output.display()
         )));
     }
+    Ok(())
+}
+
+/// `export --format kdump`: the image `path` as a kdump-compressed file.
+fn export_as_kdump(
+    file: &PlaceReader,
+    image: &Image,
+    path: &str,
+    output: &Path,
+    codec: super::kdump::KdumpCodec,
+    threads: Option<usize>,
+) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let (len, dumped) =
+        super::kdump::export_kdump(file, image, output, codec, super::threads(threads)).map_err(
+            |e| {
+                // A partial file must not pass for a whole one.
+                let _ = std::fs::remove_file(output);
+                Failure::error(e.context(format!("exporting {path} to {}", output.display())))
+            },
+        )?;
+    println!(
+        "exported {} to {}: kdump-compressed ({codec:?}) of {} with {} frames dumped in {:.2} s",
+        path,
+        output.display(),
+        human(len),
+        dumped,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn export(
+    at: &ImageAt,
+    key: &KeyArgs,
+    output: &Path,
+    (format, codec): (crate::ExportFormat, super::kdump::KdumpCodec),
+    threads: Option<usize>,
+) -> Result<(), Failure> {
+    let (place, file) = at.open()?;
+    let shown = place.describe();
+    let path = shown.as_str();
+    check_output(output, at, &place.holder, path)?;
     let image = open_image(path, &file, key.secret()?.as_ref())?;
     if format == crate::ExportFormat::Kdump {
-        let started = std::time::Instant::now();
-        let (len, dumped) =
-            super::kdump::export_kdump(&file, &image, output, codec, super::threads(threads))
-                .map_err(|e| {
-                    // A partial file must not pass for a whole one.
-                    let _ = std::fs::remove_file(output);
-                    Failure::error(e.context(format!("exporting {path} to {}", output.display())))
-                })?;
-        println!(
-            "exported {} to {}: kdump-compressed ({codec:?}) of {} with {} frames dumped in {:.2} s",
-            path,
-            output.display(),
-            human(len),
-            dumped,
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(());
+        return export_as_kdump(&file, &image, path, output, codec, threads);
     }
     if let Some(x) = image
         .metadata

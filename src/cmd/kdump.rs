@@ -67,20 +67,7 @@ fn plan_exclusions(
     if !level.needs_struct_pages() {
         return (level, None);
     }
-    let ranges: Vec<(u64, u64)> = map
-        .ranges()
-        .iter()
-        .map(|r| (r.first_pfn().0, r.end_pfn().0))
-        .collect();
-    let planned = std::fs::File::open(source)
-        .and_then(|f| f.metadata().map(|m| (f, m.len())))
-        .map_err(anyhow::Error::from)
-        .and_then(|(f, len)| Ok(Core::open(f, len)?))
-        .and_then(|core| {
-            let info = core.vmcoreinfo().map(VmcoreInfo::parse).transpose()?;
-            Ok(filter::plan(&core, info.as_ref(), &ranges, level)?)
-        });
-    let plan = match planned {
+    let plan = match filter_plan(source, map, level) {
         Ok(p) => p,
         Err(e) => {
             log::warn!(
@@ -102,24 +89,51 @@ fn plan_exclusions(
         c.offline,
         c.unreadable
     );
-    let mut runs = plan.excluded.runs().to_vec();
-    if runs.len() > MAX_EXCLUDED_RUNS {
-        runs.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
-        runs.truncate(MAX_EXCLUDED_RUNS);
-        runs.sort_unstable();
-        log::warn!(
-            "{} runs of excluded frames are more than an image records: the shortest are kept in the image",
-            plan.excluded.runs().len()
-        );
-    }
     let level_bits = u32::from(level.bits());
     (
         level,
         Some(ExcludedPages {
             level: level_bits,
-            runs,
+            runs: recordable_runs(plan.excluded.runs()),
         }),
     )
+}
+
+/// The filter plan for the core at `source` over the frames of `map`.
+fn filter_plan(
+    source: &Path,
+    map: &kjump_image_format::MemoryMap,
+    level: DumpLevel,
+) -> anyhow::Result<filter::FilterPlan> {
+    let ranges: Vec<(u64, u64)> = map
+        .ranges()
+        .iter()
+        .map(|r| (r.first_pfn().0, r.end_pfn().0))
+        .collect();
+    std::fs::File::open(source)
+        .and_then(|f| f.metadata().map(|m| (f, m.len())))
+        .map_err(anyhow::Error::from)
+        .and_then(|(f, len)| Ok(Core::open(f, len)?))
+        .and_then(|core| {
+            let info = core.vmcoreinfo().map(VmcoreInfo::parse).transpose()?;
+            Ok(filter::plan(&core, info.as_ref(), &ranges, level)?)
+        })
+}
+
+/// The excluded `runs`, or as many as an image records, the longest: the
+/// shortest are kept in the image.
+fn recordable_runs(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut kept = runs.to_vec();
+    if kept.len() > MAX_EXCLUDED_RUNS {
+        kept.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
+        kept.truncate(MAX_EXCLUDED_RUNS);
+        kept.sort_unstable();
+        log::warn!(
+            "{} runs of excluded frames are more than an image records: the shortest are kept in the image",
+            runs.len()
+        );
+    }
+    kept
 }
 
 pub fn collect(args: CollectArgs) -> Result<(), Failure> {
@@ -242,30 +256,7 @@ pub fn export_kdump(
             .unwrap_or_default(),
     );
     let vmcoreinfo = m.vmcoreinfo.as_deref().map(VmcoreInfo::parse).transpose()?;
-    let mut info = DumpInfo {
-        utsname: Utsname::from_fields(&[
-            "Linux",
-            "(none)",
-            m.kernel_release.as_deref().unwrap_or(""),
-            "",
-            kjump_image_format::ARCH_NAME,
-            "(none)",
-        ]),
-        time_sec: (image.superblock.capture_time_ns / 1_000_000_000) as i64,
-        nr_cpus: cpus(m.elf_notes.as_deref().unwrap_or(&[])),
-        phys_base: vmcoreinfo
-            .as_ref()
-            .and_then(|i| i.number("phys_base"))
-            .unwrap_or(0) as u64,
-        // Zero pages are dumped (they read as zero); the rest of the level
-        // is what the capture left out.
-        dump_level: m.excluded.as_ref().map_or(0, |x| x.level & !1) as i32,
-        notes: m.elf_notes.clone().unwrap_or_default(),
-        vmcoreinfo: vmcoreinfo
-            .as_ref()
-            .map(|i| i.raw().to_vec())
-            .unwrap_or_default(),
-    };
+    let mut info = dump_info(image, vmcoreinfo.as_ref());
     let out = kjump_sys::block::create_private(output)
         .with_context(|| format!("creating {}", output.display()))?;
     let writer = DiskdumpWriter::create(
@@ -276,27 +267,15 @@ pub fn export_kdump(
         codec.into(),
     )?;
     let dumpable = writer.layout().dumpable;
-    // The kernel's utsname, from its init_uts_ns, as makedumpfile writes it.
-    let uts_at = vmcoreinfo.as_ref().and_then(|i| {
-        let k = kjump_kdump::vmcoreinfo::KernelLayout::from_info(i).ok()?;
-        k.text_to_phys(i.symbol("init_uts_ns")? + i.offset("uts_namespace.name")?)
-    });
+    let uts_at = vmcoreinfo.as_ref().and_then(utsname_address);
     let uts = std::sync::Mutex::new(None::<Utsname>);
     kjump_restorer::scan_chunks(file, image, threads, false, |i, pages| {
         let spec = &image.specs[i];
         let first = spec.first_pfn.0;
         let skip = excluded.mask(spec.first_pfn, u32::from(spec.page_count));
         let zero = image.index[i].zero_bitmap & !skip;
-        if let Some(at) = uts_at {
-            let start = first * PAGE_SIZE as u64;
-            if at >= start && at + 390 <= start + pages.len() as u64 {
-                let o = (at - start) as usize;
-                let b: &[u8; 390] = pages[o..o + 390].try_into().expect("390 bytes");
-                let u = Utsname::from_bytes(b);
-                if u.field(0) == "Linux" {
-                    *uts.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
-                }
-            }
+        if let Some(u) = uts_at.and_then(|at| utsname_in(at, first, pages)) {
+            *uts.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
         }
         writer.write_pages(first, pages, zero, skip)
     })
@@ -309,4 +288,48 @@ pub fn export_kdump(
     f.set_len(len)?;
     f.sync_all()?;
     Ok((len, dumpable))
+}
+
+/// The dump's header facts, from the image's metadata; the utsname is a
+/// stand-in until the kernel's own is found in the pages.
+fn dump_info(image: &Image, vmcoreinfo: Option<&VmcoreInfo>) -> DumpInfo {
+    let m = &image.metadata;
+    DumpInfo {
+        utsname: Utsname::from_fields(&[
+            "Linux",
+            "(none)",
+            m.kernel_release.as_deref().unwrap_or(""),
+            "",
+            kjump_image_format::ARCH_NAME,
+            "(none)",
+        ]),
+        time_sec: (image.superblock.capture_time_ns / 1_000_000_000) as i64,
+        nr_cpus: cpus(m.elf_notes.as_deref().unwrap_or(&[])),
+        phys_base: vmcoreinfo.and_then(|i| i.number("phys_base")).unwrap_or(0) as u64,
+        // Zero pages are dumped (they read as zero); the rest of the level
+        // is what the capture left out.
+        dump_level: m.excluded.as_ref().map_or(0, |x| x.level & !1) as i32,
+        notes: m.elf_notes.clone().unwrap_or_default(),
+        vmcoreinfo: vmcoreinfo.map(|i| i.raw().to_vec()).unwrap_or_default(),
+    }
+}
+
+/// Where the kernel's utsname lies (its init_uts_ns), which makedumpfile
+/// writes in the dump's header.
+fn utsname_address(i: &VmcoreInfo) -> Option<u64> {
+    let k = kjump_kdump::vmcoreinfo::KernelLayout::from_info(i).ok()?;
+    k.text_to_phys(i.symbol("init_uts_ns")? + i.offset("uts_namespace.name")?)
+}
+
+/// The utsname at physical address `at` when the `pages` from frame
+/// `first` hold all of it and it names Linux.
+fn utsname_in(at: u64, first: u64, pages: &[u8]) -> Option<Utsname> {
+    let start = first * PAGE_SIZE as u64;
+    if at < start || at + 390 > start + pages.len() as u64 {
+        return None;
+    }
+    let o = (at - start) as usize;
+    let b: &[u8; 390] = pages[o..o + 390].try_into().ok()?;
+    let u = Utsname::from_bytes(b);
+    (u.field(0) == "Linux").then_some(u)
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use kjump_handoff::manifest::Mode;
-use kjump_jump::hibernate::{hibernate, HibernateOptions};
+use kjump_jump::hibernate::{hibernate, HibernateOptions, Return};
 
 use super::check::{self, Facts, Settings, CONF, EXIT_CANNOT};
 use crate::Failure;
@@ -220,15 +220,7 @@ pub fn run(args: &SleepArgs) -> Result<(), Failure> {
     let settings = Settings::read(&args.config)?;
     let Some(target) = settings.target.clone() else {
         write_sleep_conf(&args.sleep_conf, false, &[])?;
-        // Nothing for kjump to do: systemd's own hibernation, as without kjump.
-        let err = Command::new(&args.systemd_sleep)
-            .arg(&args.operation)
-            .exec();
-        return Err(Failure::error(anyhow::anyhow!(
-            "{} names no target, and running {} failed: {err}",
-            args.config.display(),
-            args.systemd_sleep.display()
-        )));
+        return Err(systemd_sleep(args));
     };
     let mode = mode_for(&args.operation, &settings)?;
     let facts = Facts::gather(&settings);
@@ -267,37 +259,54 @@ pub fn run(args: &SleepArgs) -> Result<(), Failure> {
         encrypt: None,
         append: Vec::new(),
     };
-    let outcome = hibernate(&mut opts);
-    let result = match outcome {
+    let result = match hibernate(&mut opts) {
         Err(e) => Err(Failure::error(
             anyhow::Error::new(e).context("hibernating with kjump"),
         )),
         Ok(None) => Ok(()),
-        Ok(Some(back)) => {
-            for note in &back.notes {
-                println!("kjump: {note}");
-            }
-            match (&back.image, &back.report) {
-                (Ok(state), _) => {
-                    let image = image_summary(&target)
-                        .unwrap_or_else(|e| format!("image {state} (its size unread: {e})"));
-                    println!(
-                        "kjump: resumed from {}: away {:.1} s, {image}, now {state}",
-                        args.operation,
-                        back.away.as_secs_f64()
-                    );
-                    Ok(())
-                }
-                (Err(why), report) => Err(Failure::invalid(anyhow::anyhow!(
-                    "the capture kernel did not save this machine{} ({why}); it jumped back after {:.1} s",
-                    report.as_ref().map(|r| format!(": {}", r.message)).unwrap_or_default(),
-                    back.away.as_secs_f64()
-                ))),
-            }
-        }
+        Ok(Some(back)) => came_back(&back, &args.operation, &target),
     };
     run_hooks(&hooks, "post", &args.operation);
     result
+}
+
+/// Nothing for kjump to do: systemd's own hibernation, as without kjump.
+/// Returns only when systemd-sleep cannot be run.
+fn systemd_sleep(args: &SleepArgs) -> Failure {
+    let err = Command::new(&args.systemd_sleep)
+        .arg(&args.operation)
+        .exec();
+    Failure::error(anyhow::anyhow!(
+        "{} names no target, and running {} failed: {err}",
+        args.config.display(),
+        args.systemd_sleep.display()
+    ))
+}
+
+/// Says what the hibernation `back` from did: resumed from the image on
+/// `target`, or not saved at all (an error).
+fn came_back(back: &Return, operation: &str, target: &Path) -> Result<(), Failure> {
+    for note in &back.notes {
+        println!("kjump: {note}");
+    }
+    match (&back.image, &back.report) {
+        (Ok(state), _) => {
+            let image = image_summary(target)
+                .unwrap_or_else(|e| format!("image {state} (its size unread: {e})"));
+            println!(
+                "kjump: resumed from {operation}: away {:.1} s, {image}, now {state}",
+                back.away.as_secs_f64()
+            );
+            Ok(())
+        }
+        (Err(why), report) => {
+            Err(Failure::invalid(anyhow::anyhow!(
+            "the capture kernel did not save this machine{} ({why}); it jumped back after {:.1} s",
+            report.as_ref().map(|r| format!(": {}", r.message)).unwrap_or_default(),
+            back.away.as_secs_f64()
+        )))
+        }
+    }
 }
 
 #[cfg(test)]

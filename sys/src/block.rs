@@ -67,11 +67,6 @@ pub fn size(mut file: &File) -> std::io::Result<u64> {
     file.seek(SeekFrom::End(0))
 }
 
-/// The size of the file or block device at `path`.
-pub fn size_of(path: &Path) -> std::io::Result<u64> {
-    size(&File::open(path)?)
-}
-
 /// Opens a block device read-only and exclusively, to learn whether
 /// anyone holds it (a mounted filesystem, an active swap area).
 pub fn open_exclusive(path: &Path) -> std::io::Result<File> {
@@ -97,6 +92,13 @@ pub fn drop_cache(file: &File) {
 /// (`fstatvfs`), or `None` when the kernel does not say.
 pub fn free_space(file: &File) -> Option<u64> {
     let st = nix::sys::statvfs::fstatvfs(file).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
+/// Bytes free for an unprivileged writer on the filesystem of the
+/// directory `dir` (`statvfs`), or `None` when the kernel does not say.
+pub fn free_space_in(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 

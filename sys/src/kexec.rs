@@ -123,6 +123,13 @@ pub fn load_hint(errno: Option<i32>) -> &'static str {
     }
 }
 
+/// Whether a preserve-context load failed because this kernel cannot do
+/// one at all (`EINVAL`: no CONFIG_KEXEC_JUMP; `ENOSYS`: no kexec), not
+/// for a reason of the moment (lockdown, a sysctl, a busy kexec, memory).
+pub fn refuses_preserve_context(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS))
+}
+
 /// `kexec_load` of `segments` with entry `entry` and context preserved,
 /// replacing any loaded kexec image; `None` segments unload it.
 fn preserve_context_load(entry: u64, segment: Option<&KexecSegment>) -> io::Result<()> {

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kjump_image_format::placement::for_each_piece;
 use kjump_image_format::{ImageOffset, Placement, Segment};
@@ -98,7 +98,8 @@ pub struct Target {
     capacity: Option<u64>,
     direct: AtomicBool,
     /// Bytes still allowed to land before a simulated power cut.
-    budget: AtomicU64,
+    #[cfg(feature = "test-hooks")]
+    budget: power_cut::Budget,
     /// Where image bytes go on a swap partition or in a file's extents.
     segments: Option<Vec<Segment>>,
     /// How the image lies, for claiming and releasing a swap area.
@@ -106,8 +107,6 @@ pub struct Target {
     /// A swap area being claimed was swapped on before the capture.
     swap_was_active: bool,
 }
-
-const NO_CUT: u64 = u64::MAX;
 
 /// Alignment of direct I/O buffers, lengths and offsets.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -223,7 +222,8 @@ impl Target {
             block_device,
             capacity,
             direct: AtomicBool::new(direct),
-            budget: AtomicU64::new(NO_CUT),
+            #[cfg(feature = "test-hooks")]
+            budget: power_cut::Budget::default(),
             segments: None,
             place: None,
             swap_was_active: false,
@@ -264,7 +264,8 @@ impl Target {
             block_device: true,
             capacity: Some(capacity),
             direct: AtomicBool::new(direct),
-            budget: AtomicU64::new(NO_CUT),
+            #[cfg(feature = "test-hooks")]
+            budget: power_cut::Budget::default(),
             segments: Some(segments),
             place: Some(place.clone()),
             swap_was_active: false,
@@ -393,21 +394,9 @@ impl Target {
         self.write_at(a.as_slice(), offset)
     }
 
-    /// Fault injection for power-cut tests: after `bytes` more bytes have
-    /// been written, every write fails as if the machine lost power, the
-    /// last one part way. Direct I/O is turned off so the cut can fall on
-    /// any byte.
-    pub fn cut_power_after(&self, bytes: u64) {
-        self.stop_direct("power-cut test");
-        self.budget.store(bytes, Ordering::SeqCst);
-    }
-
     fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
-        let budget = self.budget.load(Ordering::SeqCst);
-        if budget != NO_CUT {
-            let allowed = budget.min(buf.len() as u64);
-            self.budget.store(budget - allowed, Ordering::SeqCst);
-            let allowed = allowed as usize;
+        #[cfg(feature = "test-hooks")]
+        if let Some(allowed) = self.budget.take(buf.len()) {
             self.write_all_at_raw(&buf[..allowed], offset)?;
             if allowed < buf.len() {
                 let cut = std::io::Error::other("simulated power cut");
@@ -483,5 +472,55 @@ impl Target {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// Fault injection for the power-cut tests (tests/power_cut.rs), built only
+/// with the `test-hooks` feature, which the kjump package enables for its
+/// tests alone: the kjump binary and the /init of a release build have no
+/// such code.
+#[cfg(feature = "test-hooks")]
+impl Target {
+    /// After `bytes` more bytes have been written, every write fails as if
+    /// the machine lost power, the last one part way. Direct I/O is turned
+    /// off so the cut can fall on any byte.
+    pub fn cut_power_after(&self, bytes: u64) {
+        self.stop_direct("power-cut test");
+        self.budget.set(bytes);
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+mod power_cut {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const NO_CUT: u64 = u64::MAX;
+
+    /// Bytes still allowed to land before a simulated power cut.
+    #[derive(Debug)]
+    pub(super) struct Budget(AtomicU64);
+
+    impl Default for Budget {
+        fn default() -> Self {
+            Budget(AtomicU64::new(NO_CUT))
+        }
+    }
+
+    impl Budget {
+        pub(super) fn set(&self, bytes: u64) {
+            self.0.store(bytes, Ordering::SeqCst);
+        }
+
+        /// With a cut set, takes up to `len` bytes from the budget and
+        /// returns how many may still be written; `None` without a cut.
+        pub(super) fn take(&self, len: usize) -> Option<usize> {
+            let budget = self.0.load(Ordering::SeqCst);
+            if budget == NO_CUT {
+                return None;
+            }
+            let allowed = budget.min(len as u64);
+            self.0.store(budget - allowed, Ordering::SeqCst);
+            Some(allowed as usize)
+        }
     }
 }

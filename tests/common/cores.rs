@@ -5,9 +5,10 @@
 //! core may cover the same physical bytes with several PT_LOADs (a kdump
 //! core's kernel text mapping), which an export holds once.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use object::elf::FileHeader64;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
@@ -88,14 +89,12 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) {
     });
 }
 
-/// The PT_LOADs with memory (in program header order) and the concatenated
-/// PT_NOTE contents of a core of any size: only the headers and the notes
-/// are read, with `object`'s header parser.
-pub fn core_headers(path: &Path) -> (Vec<Load>, Vec<u8>) {
-    let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+/// The ELF header of the core `file` (at `path`) and its byte order,
+/// asserting it is an ELF64 core.
+fn elf_header(file: &File, path: &Path) -> (FileHeader64<Endianness>, Endianness) {
     let mut head = vec![0u8; 64];
-    read_at(&file, path, &mut head, 0);
-    let header = FileHeader64::<Endianness>::parse(&*head)
+    read_at(file, path, &mut head, 0);
+    let header = *FileHeader64::<Endianness>::parse(&*head)
         .unwrap_or_else(|e| panic!("{} is not an ELF64 file: {e}", path.display()));
     let endian = header.endian().expect("a known byte order");
     assert_eq!(
@@ -104,6 +103,15 @@ pub fn core_headers(path: &Path) -> (Vec<Load>, Vec<u8>) {
         "{}",
         path.display()
     );
+    (header, endian)
+}
+
+/// The PT_LOADs with memory (in program header order) and the concatenated
+/// PT_NOTE contents of a core of any size: only the headers and the notes
+/// are read, with `object`'s header parser.
+pub fn core_headers(path: &Path) -> (Vec<Load>, Vec<u8>) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let (header, endian) = elf_header(&file, path);
     let phoff = header.e_phoff(endian);
     let ph_end = phoff + u64::from(header.e_phnum(endian)) * 56;
     let mut head = vec![0u8; ph_end as usize];
@@ -244,25 +252,46 @@ pub fn for_each_page(path: &Path, mut f: impl FnMut(u64, &[u8])) {
     }
 }
 
-/// A fresh directory under the target's temporary area, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let dir = base.join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating test directory");
-        TempDir(dir)
-    }
-
-    pub fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
+/// How often each of `pages` (4 KiB each, all different) occurs in the
+/// PT_LOADs of the core at `path`, at a page-aligned physical address. A
+/// guest keeps a file in page-cache pages, which need not be physically
+/// contiguous, so a search for its contents goes page by page.
+pub fn page_copies(path: &Path, pages: &[&[u8]]) -> Vec<u32> {
+    let index: HashMap<&[u8], usize> = pages.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    assert_eq!(
+        index.len(),
+        pages.len(),
+        "the pages looked for are not all different"
+    );
+    let mut copies = vec![0; pages.len()];
+    for_each_page(path, |_, page| {
+        if let Some(&i) = index.get(page) {
+            copies[i] += 1;
+        }
+    });
+    copies
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Asserts what the tests expect of a core from a real x86-64 machine
+/// beyond what [`core_headers`] reads: its machine is x86-64, and every
+/// PT_LOAD lies inside the file with no more bytes there than in memory.
+pub fn assert_x86_64_core(path: &Path) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (header, endian) = elf_header(&file, path);
+    assert_eq!(
+        header.e_machine(endian),
+        object::elf::EM_X86_64,
+        "e_machine of {} is not x86-64",
+        path.display()
+    );
+    let (loads, _) = core_headers(path);
+    for l in &loads {
+        let end = l
+            .offset
+            .checked_add(l.filesz)
+            .expect("segment end overflows");
+        assert!(end <= len, "segment {l:?} runs past the file");
+        assert!(l.filesz <= l.memsz, "filesz > memsz: {l:?}");
     }
 }

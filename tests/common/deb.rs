@@ -9,16 +9,10 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Whether `tool` is on PATH (cargo subcommands as `cargo-NAME`).
-pub fn have(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
-}
-
 /// Whether the tools a package test needs are here; under CI their absence
 /// fails the test (tests/setup.sh installs them), elsewhere it is skipped.
 pub fn ready(tools: &[&str]) -> bool {
-    let missing: Vec<&&str> = tools.iter().filter(|t| !have(t)).collect();
+    let missing: Vec<&&str> = tools.iter().filter(|t| !super::have(t)).collect();
     if missing.is_empty() {
         return true;
     }
@@ -51,17 +45,4 @@ pub fn build_package(out: &Path) -> PathBuf {
         started.elapsed().as_secs_f64()
     );
     path
-}
-
-/// Runs a command that must succeed and returns its stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -7,10 +7,7 @@ use std::process::Command;
 /// Whether this process is root and has `tools`; skips (or, under CI,
 /// fails) the test when not.
 pub fn ready(tools: &[&str]) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
+    let root = super::is_root();
     let have = tools.iter().all(|t| {
         Command::new("sh")
             .arg("-c")

@@ -1,187 +1,60 @@
-//! Boots a real Linux kernel in QEMU (TCG), puts known data in its RAM and
-//! dumps the guest's physical memory to an ELF core with the QMP command
-//! `dump-guest-memory`: real memory to feed kjump in tests.
+//! The one QEMU harness of the tests: a [`Vm`] is one QEMU process (TCG)
+//! started as a [`VmSpec`] says, its serial console read as bytes as they
+//! come ([`console`]), one wait loop over it, QMP in [`qmp`], guest root
+//! file systems packed by [`initramfs`], kernels found or built by the
+//! scripts of tests/vm ([`kernel`]), and the host cores the machines of one
+//! test binary may keep busy ([`machine`]).
 //!
-//! Host tools: `qemu-system-x86_64`, `/bin/busybox` (busybox-static), `cpio`,
-//! and a Debian kernel that `tests/vm/debian-kernel.sh` fetches into a cache
-//! outside the repository.
-//!
-//! The guest is a Debian cloud kernel with an initramfs made of busybox and a
-//! shell `/init`. The initramfs carries an 8 MiB pseudo-random pattern that
-//! `/init` copies into a tmpfs, so the guest holds it, page aligned, in at
-//! least two page-cache copies. Each page of a tmpfs file is its own physical
-//! page, so the copies are generally *not* contiguous in physical memory:
-//! search a dump page by page, not for the whole pattern in one piece.
-//!
-//! What [`boot_and_dump`] leaves in its `work_dir` (kept for post-mortems):
-//! `initramfs/` and `initramfs.cpio` (the guest's root), `console.log` (guest
-//! serial console), `qemu.log` (QEMU's own output), `qmp.sock` and
-//! `guest.core` (the dump).
+//! The tests build their guests on it: `hibvm` the machines that hibernate
+//! with kjump (a KEXEC_JUMP kernel and a busybox /init), `dumpvm` a Debian
+//! kernel whose memory QEMU dumps. Each test binary has its work directory
+//! ([`dir`], `target/tmp/<test binary>/`), emptied once per process: a
+//! machine named N writes `console-N.log` (the stamped console) and
+//! `qemu-N.log` (QEMU's own output) there, and `qmp-N.sock`. Dropping a
+//! `Vm` kills and reaps QEMU.
 
-use std::fmt;
-use std::fmt::Write as _;
+pub mod console;
+pub mod initramfs;
+pub mod kernel;
+pub mod qmp;
+
+pub use console::{find, line, Found, Line, Upto, Waited};
+pub use qmp::Qmp;
+
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use console::Console;
 
 /// The QEMU binary the guests run in.
 pub const QEMU: &str = "qemu-system-x86_64";
-/// Length of the pattern the guest keeps in RAM.
-pub const PATTERN_LEN: usize = 8 << 20;
-/// Guest page size: the pattern sits in RAM in pages of this size.
-pub const PAGE_SIZE: usize = 4096;
-
-const BUSYBOX: &str = "/bin/busybox";
-const KERNEL_SCRIPT: &str = "tests/vm/debian-kernel.sh";
-// no_timer_check: under TCG on a loaded host the IO-APIC timer check can
-// miss ticks and panic, which KVM guests avoid the same way.
-const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 rdinit=/init no_timer_check";
-/// Printed by the guest's /init, followed by the marker, once the data is in RAM.
-const READY: &str = "KJUMP-READY";
-/// Printed by the guest's /init when one of its steps fails.
-const FAILED: &str = "KJUMP-FAILED";
-
-/// Boot to READY takes ~3 s under TCG on a 2-core machine; leave room for a
-/// loaded CI machine.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const DUMP_TIMEOUT: Duration = Duration::from_secs(120);
-const QMP_TIMEOUT: Duration = Duration::from_secs(30);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// How much of the console log an error message quotes.
-const LOG_TAIL_LINES: usize = 60;
+/// How much console an error quotes.
+const TAIL_LINES: usize = 80;
+const POLL: Duration = Duration::from_millis(50);
+/// On every guest kernel's command line: under TCG on a loaded host the
+/// IO-APIC timer check can miss ticks and panic ("IO-APIC + timer doesn't
+/// work"), which says nothing about kjump; KVM guests skip it the same way.
+/// The kernels a guest loads itself get it from their own command lines
+/// (tests/common/hibvm/init.sh).
+pub const TCG_CMDLINE: &str = "no_timer_check";
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
-/// A finished memory dump of a guest and what was put in its memory.
-#[derive(Debug)]
-pub struct GuestDump {
-    /// The ELF core file written by `dump-guest-memory` (paging off).
-    pub path: PathBuf,
-    /// The data the guest held in RAM, in 4 KiB pages (see [`pattern`]).
-    pub pattern: Vec<u8>,
-    /// The seed [`pattern`] made `pattern` from.
-    pub seed: u64,
-    /// A string unique to this run that the guest held in RAM.
-    pub marker: String,
-    /// The guest's serial console up to the dump.
-    pub console_log: String,
-    /// From starting QEMU to the guest's READY line.
-    pub boot_time: Duration,
-    /// From asking for the dump to its completion.
-    pub dump_time: Duration,
-}
-
-/// Why a guest could not be booted or dumped.
-#[derive(Debug)]
-pub enum VmError {
-    /// A file system or process operation failed.
-    Io {
-        /// What was being done.
-        what: String,
-        /// The file or program involved.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// A helper program ran but failed.
-    Tool {
-        /// The program and its purpose.
-        command: String,
-        /// Exit status and output.
-        detail: String,
-    },
-    /// A path QEMU cannot take in its option syntax.
-    BadPath {
-        /// The offending path.
-        path: PathBuf,
-        /// Why it cannot be used.
-        why: &'static str,
-    },
-    /// QEMU exited before the guest was dumped.
-    QemuExited {
-        /// QEMU's exit status.
-        status: ExitStatus,
-        /// Console and QEMU log excerpts.
-        logs: String,
-    },
-    /// The guest's /init reported a failed step.
-    GuestFailed {
-        /// Console and QEMU log excerpts.
-        logs: String,
-    },
-    /// Something did not happen in time.
-    Timeout {
-        /// What was awaited.
-        waiting_for: &'static str,
-        /// How long it was awaited.
-        after: Duration,
-        /// Console and QEMU log excerpts.
-        logs: String,
-    },
-    /// A QMP exchange failed.
-    Qmp {
-        /// The QMP command (or `greeting`).
-        command: &'static str,
-        /// The error response or the I/O error.
-        detail: String,
-        /// Console and QEMU log excerpts.
-        logs: String,
-    },
-}
-
-impl fmt::Display for VmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io { what, path, source } => {
-                write!(f, "cannot {what} ({}): {source}", path.display())
-            }
-            Self::Tool { command, detail } => write!(f, "{command} failed: {detail}"),
-            Self::BadPath { path, why } => write!(f, "unusable path {}: {why}", path.display()),
-            Self::QemuExited { status, logs } => {
-                write!(f, "{QEMU} exited early ({status})\n{logs}")
-            }
-            Self::GuestFailed { logs } => write!(f, "guest /init failed\n{logs}"),
-            Self::Timeout {
-                waiting_for,
-                after,
-                logs,
-            } => write!(
-                f,
-                "timed out after {after:?} waiting for {waiting_for}\n{logs}"
-            ),
-            Self::Qmp {
-                command,
-                detail,
-                logs,
-            } => write!(f, "qmp {command} failed: {detail}\n{logs}"),
-        }
-    }
-}
-
-impl std::error::Error for VmError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-fn io_error(what: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> VmError {
-    let what = what.into();
-    let path = path.to_path_buf();
-    move |source| VmError::Io { what, path, source }
-}
-
 /// Whether `qemu-system-x86_64` is on `PATH`.
 pub fn qemu_available() -> bool {
-    find_in_path(QEMU).is_some()
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        fs::metadata(dir.join(QEMU))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// For a test that boots QEMU: true when it can. Without QEMU it prints a
@@ -202,554 +75,392 @@ pub fn require_qemu() -> bool {
     false
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            fs::metadata(candidate)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+/// Host cores the tests' machines may keep busy at once: under TCG each
+/// vCPU is one host thread. `KJUMP_VM_CORES` overrides the machine's count.
+fn core_budget() -> u32 {
+    std::env::var("KJUMP_VM_CORES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
-/// `len` bytes of SplitMix64 output from `seed`: reproducible anywhere with a
-/// few lines of code, incompressible, and with no zero page in practice (a
-/// hibernation image may drop zero pages, so they would prove nothing).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
+/// Cores in use by running machines, against [`core_budget`].
+static CORES: Mutex<u32> = Mutex::new(0);
+static CORES_FREED: Condvar = Condvar::new();
+
+/// The right to run machines with `cores` vCPUs between them until it is
+/// dropped. Tests in one binary run on several threads; this lets as many
+/// machines run side by side as the host has cores for, and no more, so a
+/// phase's time limit means the same on a 2-core CI machine as on a big one.
+pub struct Machine {
+    cores: u32,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let mut used = CORES.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.cores;
+        CORES_FREED.notify_all();
     }
-    out.truncate(len);
-    out
 }
 
-/// A different seed per run, so a stale dump cannot pass for a fresh one.
-fn fresh_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ (u64::from(std::process::id()) << 32)
+/// The right to run one single-CPU machine at a time, or `None` when QEMU
+/// is missing (the test is then skipped, except under CI).
+pub fn machine() -> Option<Machine> {
+    machine_cpus(1)
 }
 
-/// Boots the Debian kernel with `mem_mib` MiB of RAM, waits until its /init
-/// has put a fresh pattern and marker in RAM, dumps all guest memory into
-/// `work_dir/guest.core` and shuts QEMU down. QEMU is killed on every error.
-pub fn boot_and_dump(work_dir: &Path, mem_mib: u32) -> Result<GuestDump, VmError> {
-    fs::create_dir_all(work_dir).map_err(io_error("create work directory", work_dir))?;
-    let work_dir = fs::canonicalize(work_dir).map_err(io_error("resolve", work_dir))?;
-    let files = GuestFiles::new(&work_dir)?;
-    let kernel = debian_kernel()?;
+/// As [`machine`], for a test whose machines have `cpus` vCPUs. A test that
+/// needs more cores than the host has waits until it runs alone.
+pub fn machine_cpus(cpus: u32) -> Option<Machine> {
+    if !require_qemu() {
+        return None;
+    }
+    let cores = cpus.clamp(1, core_budget());
+    let budget = core_budget();
+    let mut used = CORES.lock().unwrap_or_else(|p| p.into_inner());
+    while *used + cores > budget {
+        used = CORES_FREED.wait(used).unwrap_or_else(|p| p.into_inner());
+    }
+    *used += cores;
+    Some(Machine { cores })
+}
 
-    let seed = fresh_seed();
-    let marker = format!("KJUMP-MARKER-{seed:016x}");
-    let pattern = pattern(seed, PATTERN_LEN);
-    let initramfs = build_initramfs(&work_dir, &pattern, &marker)?;
-
-    let started = Instant::now();
-    let mut guest = Guest::spawn(&kernel, &initramfs, mem_mib, &files)?;
-    guest.wait_for_ready(&marker)?;
-    let boot_time = started.elapsed();
-
-    let mut qmp = Qmp::connect(&files.qmp_socket).map_err(|e| e.into_vm_error(&guest))?;
-    let dump_started = Instant::now();
-    qmp.dump_guest_memory(&files.core)
-        .map_err(|e| e.into_vm_error(&guest))?;
-    let dump_time = dump_started.elapsed();
-    qmp.quit().map_err(|e| e.into_vm_error(&guest))?;
-    guest.wait_for_exit()?;
-
-    Ok(GuestDump {
-        path: files.core.clone(),
-        pattern,
-        seed,
-        marker,
-        console_log: read_lossy(&files.console),
-        boot_time,
-        dump_time,
+/// The test binary's work directory (hibernate_vm -> target/tmp/hibernate-vm),
+/// emptied once per process: disks, guest roots and logs go here.
+pub fn dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // Each binary has its own, and must not delete another's logs.
+        let name = env!("CARGO_CRATE_NAME").replace('_', "-");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+        }
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        dir
     })
 }
 
-/// Prints the Debian kernel's path, downloading it into the cache first if needed.
-fn debian_kernel() -> Result<PathBuf, VmError> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(KERNEL_SCRIPT);
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_error("run bash", &script))?;
-    let command = format!("{} (fetching the guest kernel)", script.display());
-    if !output.status.success() {
-        return Err(VmError::Tool {
-            command,
-            detail: format!(
-                "{}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
-    }
-    let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let kernel = PathBuf::from(&printed);
-    if printed.is_empty() || !kernel.is_file() {
-        return Err(VmError::Tool {
-            command,
-            detail: format!("printed {printed:?}, which is not a file"),
-        });
-    }
-    Ok(kernel)
+/// `path` as QEMU's option syntax can take it: UTF-8 without commas.
+pub fn qemu_path(path: &Path) -> String {
+    let s = path
+        .to_str()
+        .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()));
+    assert!(
+        !s.contains(','),
+        "qemu options cannot name a path with a comma: {s}"
+    );
+    s.to_owned()
 }
 
-/// The guest's /init. It must not exit: PID 1 exiting panics the kernel, and
-/// `panic=-1` with `-no-reboot` then ends QEMU, which the host notices.
-fn init_script(marker: &str) -> String {
-    format!(
-        r#"#!/bin/busybox sh
-# Written by tests/common/vm.rs. Keeps known data in RAM for a memory dump.
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-fail() {{ echo "{FAILED}: $*"; /bin/busybox poweroff -f; }}
-/bin/busybox --install -s /bin || fail "busybox --install"
-mount -t proc proc /proc || fail "mount /proc"
-mount -t sysfs sysfs /sys || fail "mount /sys"
-mount -t tmpfs -o size=16m,mode=0755 tmpfs /run || fail "mount tmpfs /run"
-cp /pattern.bin /run/pattern.bin || fail "copy the pattern into tmpfs"
-cmp /pattern.bin /run/pattern.bin || fail "pattern copy differs"
-echo "{marker}" >/run/marker || fail "write the marker"
-echo "{READY} {marker}"
-while :; do sleep 3600; done
-"#
-    )
+/// How to start a [`Vm`].
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// The kernel (`-kernel`).
+    pub kernel: PathBuf,
+    /// Its initramfs (`-initrd`).
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
+    /// QEMU's machine type: `pc` (i440FX) or `q35`.
+    pub machine: &'static str,
+    /// Guest RAM, as QEMU's `-m` takes it.
+    pub mem: String,
+    /// Virtual CPUs.
+    pub smp: u32,
+    /// `-drive` values, /dev/vda first.
+    pub drives: Vec<String>,
+    /// A QMP socket ([`Vm::qmp`]).
+    pub qmp: bool,
+    /// ACPI S3 (suspend to RAM) enabled.
+    pub s3: bool,
 }
 
-/// Lays out the guest's root file system and packs it with `cpio -H newc`,
-/// uncompressed: the kernel unpacks it faster and no compressor is needed.
-fn build_initramfs(work_dir: &Path, pattern: &[u8], marker: &str) -> Result<PathBuf, VmError> {
-    let root = work_dir.join("initramfs");
-    if root.exists() {
-        fs::remove_dir_all(&root).map_err(io_error("remove old initramfs tree", &root))?;
-    }
-    for dir in ["bin", "dev", "proc", "run", "sys"] {
-        let path = root.join(dir);
-        fs::create_dir_all(&path).map_err(io_error("create directory", &path))?;
-    }
-    let busybox = root.join("bin/busybox");
-    fs::copy(BUSYBOX, &busybox).map_err(io_error(
-        "copy busybox (apt-get install busybox-static)",
-        Path::new(BUSYBOX),
-    ))?;
-    let init = root.join("init");
-    fs::write(&init, init_script(marker)).map_err(io_error("write", &init))?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
-        .map_err(io_error("make executable", &init))?;
-    let pattern_file = root.join("pattern.bin");
-    fs::write(&pattern_file, pattern).map_err(io_error("write", &pattern_file))?;
-
-    let cpio_path = work_dir.join("initramfs.cpio");
-    let archive = fs::File::create(&cpio_path).map_err(io_error("create", &cpio_path))?;
-    let mut cpio = Command::new("cpio")
-        .args(["--create", "--format=newc", "--quiet", "--owner=0:0"])
-        .arg("--reproducible")
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(archive)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io_error(
-            "run cpio (apt-get install cpio)",
-            Path::new("cpio"),
-        ))?;
-    let names = ".\nbin\nbin/busybox\ndev\ninit\npattern.bin\nproc\nrun\nsys\n";
-    let written = match cpio.stdin.take() {
-        Some(mut stdin) => stdin.write_all(names.as_bytes()),
-        None => Err(io::Error::other("cpio has no stdin pipe")),
-    };
-    let output = cpio
-        .wait_with_output()
-        .map_err(io_error("wait for cpio", Path::new("cpio")))?;
-    written.map_err(io_error("feed file names to cpio", &root))?;
-    if !output.status.success() {
-        return Err(VmError::Tool {
-            command: "cpio --create --format=newc".to_owned(),
-            detail: format!(
-                "{}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
-    }
-    Ok(cpio_path)
-}
-
-/// Where one guest's files go.
-struct GuestFiles {
-    console: PathBuf,
-    qemu_log: PathBuf,
-    qmp_socket: PathBuf,
-    core: PathBuf,
-}
-
-impl GuestFiles {
-    fn new(work_dir: &Path) -> Result<Self, VmError> {
-        // QEMU splits chardev options at commas.
-        if work_dir.to_string_lossy().contains(',') {
-            return Err(VmError::BadPath {
-                path: work_dir.to_path_buf(),
-                why: "qemu options cannot hold a comma",
-            });
+impl VmSpec {
+    /// A `pc` machine with one CPU and `mem` of RAM, no disk and no QMP;
+    /// its kernel command line is `append` and [`TCG_CMDLINE`].
+    pub fn new(kernel: &Path, initrd: &Path, append: &str, mem: &str) -> VmSpec {
+        VmSpec {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            append: format!("{} {TCG_CMDLINE}", append.trim()),
+            machine: "pc",
+            mem: mem.to_owned(),
+            smp: 1,
+            drives: Vec::new(),
+            qmp: false,
+            s3: false,
         }
-        if work_dir.to_str().is_none() {
-            return Err(VmError::BadPath {
-                path: work_dir.to_path_buf(),
-                why: "not UTF-8, so not expressible in QMP's JSON",
-            });
+    }
+
+    /// QEMU's arguments, with the QMP socket at `qmp` when there is one.
+    fn args(&self, qmp: Option<&Path>) -> Vec<String> {
+        let mut args: Vec<String> = ["-accel", "tcg", "-cpu", "max", "-machine", self.machine]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(["-m".to_owned(), self.mem.clone()]);
+        args.extend(["-smp".to_owned(), self.smp.to_string()]);
+        args.extend(["-display", "none", "-monitor", "none", "-nic", "none"].map(str::to_owned));
+        args.extend(["-serial", "stdio", "-no-reboot"].map(str::to_owned));
+        for d in &self.drives {
+            args.extend(["-drive".to_owned(), d.clone()]);
         }
-        let qmp_socket = work_dir.join("qmp.sock");
-        if qmp_socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(VmError::BadPath {
-                path: qmp_socket,
-                why: "longer than a unix socket path may be (107 bytes)",
-            });
+        if self.s3 {
+            let pm = if self.machine == "q35" {
+                "ICH9-LPC.disable_s3=0"
+            } else {
+                "PIIX4_PM.disable_s3=0"
+            };
+            args.extend(["-global".to_owned(), pm.to_owned()]);
         }
-        Ok(Self {
-            console: work_dir.join("console.log"),
-            qemu_log: work_dir.join("qemu.log"),
-            qmp_socket,
-            core: work_dir.join("guest.core"),
-        })
+        if let Some(sock) = qmp {
+            args.extend([
+                "-qmp".to_owned(),
+                format!("unix:{},server=on,wait=off", qemu_path(sock)),
+            ]);
+        }
+        args.extend(["-kernel".to_owned(), qemu_path(&self.kernel)]);
+        args.extend(["-initrd".to_owned(), qemu_path(&self.initrd)]);
+        args.extend(["-append".to_owned(), self.append.clone()]);
+        args
     }
 }
 
-/// A running QEMU process; dropping it kills and reaps QEMU.
-struct Guest<'a> {
+/// One QEMU process and its console.
+pub struct Vm {
+    /// Name used in file names and messages.
+    pub name: String,
+    started: Instant,
     child: Option<Child>,
-    files: &'a GuestFiles,
+    /// How QEMU ended, once it has.
+    exit: Option<ExitStatus>,
+    console: Console,
+    qemu_log: PathBuf,
+    qmp_socket: Option<PathBuf>,
+    serial_in: Option<ChildStdin>,
 }
 
-impl<'a> Guest<'a> {
-    fn spawn(
-        kernel: &Path,
-        initramfs: &Path,
-        mem_mib: u32,
-        files: &'a GuestFiles,
-    ) -> Result<Self, VmError> {
-        for stale in [&files.console, &files.qmp_socket, &files.core] {
-            match fs::remove_file(stale) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_error("remove stale file", stale)(e))
-                }
-                _ => {}
-            }
+impl Vm {
+    /// Starts QEMU as `spec` says, its files in [`dir`] under `name`.
+    pub fn start(name: &str, spec: &VmSpec) -> Vm {
+        let dir = dir();
+        let qemu_log = dir.join(format!("qemu-{name}.log"));
+        let log = fs::File::create(&qemu_log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", qemu_log.display()));
+        let qmp_socket = (spec.qmp || spec.s3).then(|| dir.join(format!("qmp-{name}.sock")));
+        if let Some(sock) = &qmp_socket {
+            assert!(
+                sock.as_os_str().len() <= MAX_SOCKET_PATH,
+                "{} is longer than a unix socket path may be ({MAX_SOCKET_PATH} bytes)",
+                sock.display()
+            );
+            let _ = fs::remove_file(sock);
         }
-        let log = fs::File::create(&files.qemu_log).map_err(io_error("create", &files.qemu_log))?;
-        let log2 = log.try_clone().map_err(io_error("dup", &files.qemu_log))?;
-        let mut command = Command::new(QEMU);
-        command
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
-            .args(["-m", &format!("{mem_mib}M")])
-            .args(["-display", "none", "-monitor", "none", "-nic", "none"])
-            .arg("-no-reboot")
-            .arg("-serial")
-            .arg(format!("file:{}", files.console.display()))
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                files.qmp_socket.display()
-            ))
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initramfs)
-            .args(["-append", KERNEL_CMDLINE])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        let child = command.spawn().map_err(io_error(
-            "start qemu (apt-get install qemu-system-x86)",
-            Path::new(QEMU),
-        ))?;
-        Ok(Self {
+        let started = Instant::now();
+        let mut child = Command::new(QEMU)
+            .args(spec.args(qmp_socket.as_deref()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {QEMU} (apt-get install qemu-system-x86): {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let serial_in = child.stdin.take();
+        let console_log = dir.join(format!("console-{name}.log"));
+        Vm {
+            name: name.to_owned(),
+            started,
             child: Some(child),
-            files,
-        })
-    }
-
-    /// The tail of the console and QEMU's own output, for error messages.
-    fn logs(&self) -> String {
-        let console = read_lossy(&self.files.console);
-        let qemu = read_lossy(&self.files.qemu_log);
-        format!(
-            "--- last {LOG_TAIL_LINES} lines of {} ---\n{}\n--- {} ---\n{}",
-            self.files.console.display(),
-            tail(&console, LOG_TAIL_LINES),
-            self.files.qemu_log.display(),
-            tail(&qemu, LOG_TAIL_LINES),
-        )
-    }
-
-    /// `Some(status)` once QEMU has exited.
-    fn exited(&mut self) -> Result<Option<ExitStatus>, VmError> {
-        match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .map_err(io_error("poll qemu", Path::new(QEMU))),
-            None => Ok(None),
+            exit: None,
+            console: Console::start(stdout, started, &console_log),
+            qemu_log,
+            qmp_socket,
+            serial_in,
         }
     }
 
-    fn wait_for_ready(&mut self, marker: &str) -> Result<(), VmError> {
-        let ready = format!("{READY} {marker}");
-        let started = Instant::now();
-        loop {
-            let console = read_lossy(&self.files.console);
-            if console.contains(&ready) {
-                return Ok(());
-            }
-            if console.contains(FAILED) {
-                return Err(VmError::GuestFailed { logs: self.logs() });
-            }
-            if let Some(status) = self.exited()? {
-                return Err(VmError::QemuExited {
-                    status,
-                    logs: self.logs(),
-                });
-            }
-            if started.elapsed() > BOOT_TIMEOUT {
-                return Err(VmError::Timeout {
-                    waiting_for: "the guest's READY line",
-                    after: BOOT_TIMEOUT,
-                    logs: self.logs(),
-                });
-            }
-            sleep(POLL_INTERVAL);
-        }
+    /// Types `line` and a newline on the guest's serial console.
+    pub fn type_line(&mut self, line: &str) {
+        let name = self.name.clone();
+        let input = self
+            .serial_in
+            .as_mut()
+            .unwrap_or_else(|| panic!("[{name}] the serial console's input is closed"));
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| input.flush())
+            .unwrap_or_else(|e| panic!("[{name}] typing on the serial console: {e}"));
     }
 
-    /// Waits for QEMU to exit after `quit`, then forgets the process.
-    fn wait_for_exit(&mut self) -> Result<(), VmError> {
-        let started = Instant::now();
-        while self.exited()?.is_none() {
-            if started.elapsed() > EXIT_TIMEOUT {
-                return Err(VmError::Timeout {
-                    waiting_for: "qemu to exit after quit",
-                    after: EXIT_TIMEOUT,
-                    logs: self.logs(),
-                });
-            }
-            sleep(POLL_INTERVAL);
-        }
-        self.child = None;
-        Ok(())
+    /// A QMP connection to this QEMU (started with [`VmSpec::qmp`] or
+    /// [`VmSpec::s3`]).
+    pub fn qmp(&self) -> Qmp {
+        let sock = self
+            .qmp_socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("[{}] started without a QMP socket", self.name));
+        Qmp::connect(sock).unwrap_or_else(|e| panic!("[{}] {e}\n{}", self.name, self.logs()))
     }
-}
 
-impl Drop for Guest<'_> {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            // Errors here mean the process is already gone.
+    /// Kills QEMU at once, as a power failure would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// A failed QMP exchange, before the guest's logs are attached.
-#[derive(Debug)]
-pub struct QmpError {
-    /// The command.
-    pub command: &'static str,
-    /// What went wrong.
-    pub detail: String,
-    /// QEMU closed the socket (expected after `quit`).
-    pub closed: bool,
-}
-
-impl QmpError {
-    fn into_vm_error(self, guest: &Guest<'_>) -> VmError {
-        VmError::Qmp {
-            command: self.command,
-            detail: self.detail,
-            logs: guest.logs(),
-        }
-    }
-}
-
-/// A minimal QMP client: one JSON object per line each way, responses told
-/// apart from asynchronous events by their first key.
-pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    /// Connects to QEMU's QMP socket and negotiates capabilities.
-    pub fn connect(socket: &Path) -> Result<Self, QmpError> {
-        let error = |detail: String| QmpError {
-            command: "greeting",
-            detail,
-            closed: false,
-        };
-        // QEMU listens before it starts the guest, so by READY the socket is there.
-        let stream = UnixStream::connect(socket)
-            .map_err(|e| error(format!("connect to {}: {e}", socket.display())))?;
-        stream
-            .set_read_timeout(Some(QMP_TIMEOUT))
-            .map_err(|e| error(format!("set read timeout: {e}")))?;
-        let writer = stream
-            .try_clone()
-            .map_err(|e| error(format!("clone socket: {e}")))?;
-        let mut qmp = Self {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        let greeting = qmp.read_line("greeting")?;
-        if !greeting.contains("\"QMP\"") {
-            return Err(error(format!("unexpected greeting {greeting:?}")));
-        }
-        qmp.execute("qmp_capabilities", r#"{"execute":"qmp_capabilities"}"#)?;
-        Ok(qmp)
+        self.console.join();
     }
 
-    fn read_line(&mut self, command: &'static str) -> Result<String, QmpError> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Err(QmpError {
-                command,
-                detail: "qemu closed the qmp socket".to_owned(),
-                closed: true,
-            }),
-            Ok(_) => Ok(line),
-            Err(e) => Err(QmpError {
-                command,
-                detail: format!("read from qmp socket: {e}"),
-                closed: false,
-            }),
-        }
+    /// Every console line so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.console.lines()
     }
 
-    /// Sends `request` and returns its `{"return": ...}` line, skipping events.
-    pub fn execute(&mut self, command: &'static str, request: &str) -> Result<String, QmpError> {
-        writeln!(self.writer, "{request}").map_err(|e| QmpError {
-            command,
-            detail: format!("write to qmp socket: {e}"),
-            // QEMU on its way out may close the socket before the request.
-            closed: matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ),
-        })?;
-        loop {
-            let line = self.read_line(command)?;
-            let head = line.trim_start();
-            if head.starts_with("{\"return\"") {
-                return Ok(line);
-            }
-            if head.starts_with("{\"error\"") {
-                return Err(QmpError {
-                    command,
-                    detail: line.trim_end().to_owned(),
-                    closed: false,
-                });
-            }
-            // Otherwise an event such as DUMP_COMPLETED or SHUTDOWN: not needed.
-        }
+    /// The time since QEMU started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
-    /// Asks QEMU to exit. QEMU may close the socket before its answer arrives.
-    fn quit(&mut self) -> Result<(), QmpError> {
-        match self.execute("quit", r#"{"execute":"quit"}"#) {
-            Err(e) if !e.closed => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Dumps guest physical memory as an ELF core (no paging: every RAM byte,
-    /// by physical address) and waits until QEMU reports it complete.
-    fn dump_guest_memory(&mut self, core: &Path) -> Result<(), QmpError> {
-        let command = "dump-guest-memory";
-        let protocol = format!("file:{}", core.display());
-        // Detached, so the wait is bounded here rather than by a socket timeout.
-        let request = format!(
-            r#"{{"execute":"{command}","arguments":{{"paging":false,"detach":true,"protocol":{}}}}}"#,
-            json_string(&protocol)
+    /// The console's last lines and QEMU's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let lines = self.lines();
+        let from = lines.len().saturating_sub(TAIL_LINES);
+        let mut s = format!(
+            "--- last {} console lines of {} ({}) ---\n",
+            lines.len() - from,
+            self.name,
+            self.console.log_path().display()
         );
-        self.execute(command, &request)?;
+        for l in &lines[from..] {
+            s.push_str(&format!("{:7.2} {}\n", l.at, l.text));
+        }
+        let qemu = fs::read_to_string(&self.qemu_log).unwrap_or_default();
+        s.push_str(&format!(
+            "--- {} ---\n{}",
+            self.qemu_log.display(),
+            qemu.trim()
+        ));
+        s
+    }
+
+    /// The first whole line containing `needle`, waiting up to `timeout`
+    /// for it. Panics with the console tail when it does not come or QEMU
+    /// ends.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Line {
+        self.try_wait_for(needle, timeout)
+            .unwrap_or_else(|why| panic!("[{}] {why}\n{}", self.name, self.logs()))
+    }
+
+    /// The prompt containing `needle`, seen as soon as it is printed: a
+    /// prompt waits for its input and ends its line only after it, so the
+    /// line returned may be the unended one. Panics as [`Vm::wait_for`].
+    pub fn wait_for_prompt(&mut self, needle: &str, timeout: Duration) -> Line {
+        match self.wait_from(0, &[needle], Upto::Printed, timeout) {
+            Ok(found) => found.line,
+            Err(waited) => panic!(
+                "[{}] {}\n{}",
+                self.name,
+                self.why(waited, &[needle], timeout),
+                self.logs()
+            ),
+        }
+    }
+
+    /// [`Vm::wait_for`], saying why instead of panicking.
+    pub fn try_wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Line, String> {
+        self.try_wait_for_any(&[needle], timeout).map(|(_, l)| l)
+    }
+
+    /// The first whole line containing one of `needles`, and which; waits
+    /// up to `timeout` for it, saying why when it does not come. Whole
+    /// lines, because callers read what follows the needle on its line.
+    pub fn try_wait_for_any(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<(usize, Line), String> {
+        self.wait_from(0, needles, Upto::Ended, timeout)
+            .map(|f| (f.needle, f.line))
+            .map_err(|waited| self.why(waited, needles, timeout))
+    }
+
+    /// The first line from index `from` on that holds one of `needles`,
+    /// looking as far as `upto` says; waits up to `timeout` for it. When
+    /// QEMU ends first, it is reaped and [`Waited::Closed`] returned.
+    pub fn wait_from(
+        &mut self,
+        from: usize,
+        needles: &[&str],
+        upto: Upto,
+        timeout: Duration,
+    ) -> Result<Found, Waited> {
+        let waited = self.console.wait_for_any(from, needles, upto, timeout);
+        if let Err(Waited::Closed) = waited {
+            self.reap();
+        }
+        waited
+    }
+
+    /// Why a wait for `needles` ended without them, for a message.
+    pub fn why(&self, waited: Waited, needles: &[&str], timeout: Duration) -> String {
+        let what = match needles {
+            [one] => format!("{one:?}"),
+            many => format!("any of {many:?}"),
+        };
+        match waited {
+            Waited::Closed => format!("qemu ended ({:?}) without printing {what}", self.exit),
+            Waited::Timeout => format!("no {what} on the console after {timeout:?}"),
+        }
+    }
+
+    /// Waits for QEMU to exit by itself (power off, `quit`, or a panic
+    /// with `panic=-1 -no-reboot`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let started = Instant::now();
         loop {
-            let reply = self.execute("query-dump", r#"{"execute":"query-dump"}"#)?;
-            match json_string_field(&reply, "status") {
-                Some("completed") => return Ok(()),
-                Some("active") if started.elapsed() <= DUMP_TIMEOUT => sleep(POLL_INTERVAL),
-                Some("active") => {
-                    return Err(QmpError {
-                        command,
-                        detail: format!("not complete after {DUMP_TIMEOUT:?}: {}", reply.trim()),
-                        closed: false,
-                    })
-                }
-                _ => {
-                    return Err(QmpError {
-                        command,
-                        detail: format!("query-dump answered {}", reply.trim()),
-                        closed: false,
-                    })
-                }
+            if let Some(status) = self.exit {
+                return status;
             }
-        }
-    }
-}
-
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            let polled = self.child.as_mut().map(|c| c.try_wait());
+            match polled {
+                Some(Ok(Some(status))) => {
+                    self.child = None;
+                    self.exit = Some(status);
+                    self.console.join();
+                    continue;
+                }
+                Some(Ok(None)) => {}
+                Some(Err(e)) => panic!("[{}] polling qemu: {e}", self.name),
+                None => panic!("[{}] qemu was killed", self.name),
             }
-            c => out.push(c),
+            if started.elapsed() > timeout {
+                panic!(
+                    "[{}] qemu still running after {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            sleep(POLL);
         }
     }
-    out.push('"');
-    out
-}
 
-/// The value of the first `"key": "value"` in a line of JSON, if the value is
-/// a string without escapes (enough for QMP status words).
-fn json_string_field<'j>(json: &'j str, key: &str) -> Option<&'j str> {
-    let quoted = format!("\"{key}\"");
-    let after_key = &json[json.find(&quoted)? + quoted.len()..];
-    let value = after_key.trim_start().strip_prefix(':')?.trim_start();
-    let value = value.strip_prefix('"')?;
-    Some(&value[..value.find('"')?])
-}
-
-/// A log file's text; empty if it does not exist (yet).
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default()
-}
-
-fn tail(text: &str, lines: usize) -> &str {
-    let text = text.trim_end();
-    let mut start = text.len();
-    for _ in 0..=lines {
-        match text[..start].rfind('\n') {
-            Some(i) => start = i,
-            None => return text,
+    fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.exit = child.wait().ok();
         }
+        self.console.join();
     }
-    &text[start + 1..]
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // Errors mean the process is gone already.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.console.join();
+    }
 }

@@ -4,49 +4,22 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use kjump_image_format::worst_case_len;
 use kjump_image_format::{FormatError, Image, MemoryMap, PhysAddr, PhysRange};
-use kjump_writer::{capture, worst_case_len, CaptureError, MemorySource, Target, TargetError};
+use kjump_writer::{capture, CaptureError, MemorySource, Target, TargetError};
 
-use crate::fixture::{self, image_a, put_u32, TempDir, RANGES_ARG};
+use crate::common::kjump::{kjump, Arg};
+use crate::common::tempdir::TempDir;
+use crate::fixture::{self, image_a, put_u32, RANGES_ARG};
 
 /// ENOSPC: the root package's tests do not depend on libc.
 const ENOSPC: i32 = 28;
 
-fn kjump<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kjump")
-}
-
-/// Exit code and stderr of a run, checked against what the test expects.
-fn run(args: &[&dyn AsRef<OsStr>], code: i32) -> (String, String) {
-    let out = kjump(args.iter().map(|a| a.as_ref()));
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "kjump {}\nstdout: {stdout}\nstderr: {stderr}",
-        shown.join(" ")
-    );
-    (stdout, stderr)
-}
-
 fn write_image(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
+    let p = dir.path(name);
     fs::write(&p, bytes).expect("writing a test image");
     p
 }
@@ -56,14 +29,14 @@ fn cli_verify_exit_codes_name_the_structure_and_offset() {
     let f = image_a();
     let dir = TempDir::new("cli-verify");
     let good = write_image(&dir, "good", &f.bytes);
-    let (out, _) = run(&[&"verify", &good], 0);
+    let out = kjump::<Arg>(&[&"verify", &good]).exits(0).stdout;
     assert!(out.contains("is whole"), "{out}");
 
     let h = f.chunk_at(3);
     let mut b = f.copy();
     b[h + 200] ^= 0x40;
     let bad = write_image(&dir, "bad-payload", &b);
-    let (_, err) = run(&[&"verify", &bad], 1);
+    let err = kjump::<Arg>(&[&"verify", &bad]).exits(1).stderr;
     assert!(
         err.contains(&format!(
             "checksum mismatch in chunk 3 payload at offset {h:#x}"
@@ -74,7 +47,7 @@ fn cli_verify_exit_codes_name_the_structure_and_offset() {
     let mut b = f.copy();
     b[fixture::sb::DATA_LEN] ^= 1;
     let bad = write_image(&dir, "bad-superblock", &b);
-    let (_, err) = run(&[&"verify", &bad], 1);
+    let err = kjump::<Arg>(&[&"verify", &bad]).exits(1).stderr;
     assert!(
         err.contains("checksum mismatch in superblock at offset 0x0"),
         "{err}"
@@ -84,7 +57,7 @@ fn cli_verify_exit_codes_name_the_structure_and_offset() {
     let mut b = f.copy();
     b[t + 70] = 1;
     let bad = write_image(&dir, "bad-gap", &b);
-    let (_, err) = run(&[&"verify", &bad], 1);
+    let err = kjump::<Arg>(&[&"verify", &bad]).exits(1).stderr;
     assert!(
         err.contains(&format!(
             "padding after the trailer at offset {:#x} is not zero",
@@ -93,9 +66,11 @@ fn cli_verify_exit_codes_name_the_structure_and_offset() {
         "{err}"
     );
 
-    let (_, err) = run(&[&"verify", &dir.join("missing")], 2);
+    let err = kjump::<Arg>(&[&"verify", &dir.path("missing")])
+        .exits(2)
+        .stderr;
     assert!(err.contains("opening image"), "{err}");
-    let (_, err) = run(&[&"verify"], 2);
+    let err = kjump::<Arg>(&[&"verify"]).exits(2).stderr;
     assert!(err.contains("Usage"), "{err}");
 
     let mut noise = vec![0u8; 64 << 10];
@@ -105,32 +80,32 @@ fn cli_verify_exit_codes_name_the_structure_and_offset() {
         *v = (x >> 33) as u8;
     }
     let noise = write_image(&dir, "noise", &noise);
-    let (_, err) = run(&[&"verify", &noise], 1);
+    let err = kjump::<Arg>(&[&"verify", &noise]).exits(1).stderr;
     assert!(
         err.contains("bad magic in superblock at offset 0x0"),
         "{err}"
     );
 
     let empty = write_image(&dir, "empty", &[]);
-    let (_, err) = run(&[&"verify", &empty], 1);
+    let err = kjump::<Arg>(&[&"verify", &empty]).exits(1).stderr;
     assert!(
         err.contains("image is truncated: superblock at offset 0x0"),
         "{err}"
     );
     let cut = write_image(&dir, "cut", &f.bytes[..f.bytes.len() / 2]);
-    let (_, err) = run(&[&"verify", &cut], 1);
+    let err = kjump::<Arg>(&[&"verify", &cut]).exits(1).stderr;
     assert!(
         err.contains("image is truncated: image at offset 0x0"),
         "{err}"
     );
     // A directory is not an image: a usage error that says what it is not.
-    let (_, err) = run(&[&"verify", &dir.0], 2);
+    let err = kjump::<Arg>(&[&"verify", &dir.0]).exits(2).stderr;
     let want = "neither a regular file nor a block device";
     assert!(err.contains(want), "{err}");
     assert_eq!(err.matches(want).count(), 1, "{err}");
     // Nor is a path that does not exist.
     let missing = dir.0.join("missing");
-    let (_, err) = run(&[&"verify", &missing], 2);
+    let err = kjump::<Arg>(&[&"verify", &missing]).exits(2).stderr;
     assert!(err.contains("No such file or directory"), "{err}");
 }
 
@@ -142,15 +117,17 @@ fn cli_reports_an_uncommitted_image_as_incomplete() {
     put_u32(&mut b, fixture::sb::STATE, 1);
     f.resign_superblock(&mut b);
     let img = write_image(&dir, "incomplete", &b);
-    let (_, err) = run(&[&"verify", &img], 1);
+    let err = kjump::<Arg>(&[&"verify", &img]).exits(1).stderr;
     assert!(err.contains("image is incomplete"), "{err}");
-    let (out, _) = run(&[&"info", &img], 0);
+    let out = kjump::<Arg>(&[&"info", &img]).exits(0).stdout;
     assert!(out.contains("state:      incomplete"), "{out}");
-    let (out, _) = run(&[&"info", &img, &"--json"], 0);
+    let out = kjump::<Arg>(&[&"info", &img, &"--json"]).exits(0).stdout;
     let v: serde_json::Value = serde_json::from_str(&out).expect("info --json");
     assert_eq!(v["state"], "incomplete", "{out}");
-    let core = dir.join("core");
-    let (_, err) = run(&[&"export", &img, &"--output", &core], 1);
+    let core = dir.path("core");
+    let err = kjump::<Arg>(&[&"export", &img, &"--output", &core])
+        .exits(1)
+        .stderr;
     assert!(err.contains("incomplete"), "{err}");
     assert!(
         !core.exists(),
@@ -158,7 +135,7 @@ fn cli_reports_an_uncommitted_image_as_incomplete() {
         core.display()
     );
     let good = write_image(&dir, "good", &f.bytes);
-    let (out, _) = run(&[&"info", &good, &"--json"], 0);
+    let out = kjump::<Arg>(&[&"info", &good, &"--json"]).exits(0).stdout;
     let v: serde_json::Value = serde_json::from_str(&out).expect("info --json");
     assert_eq!(v["state"], "committed", "{out}");
 }
@@ -167,16 +144,18 @@ fn cli_reports_an_uncommitted_image_as_incomplete() {
 fn cli_export_of_a_corrupt_image_leaves_no_output() {
     let f = image_a();
     let dir = TempDir::new("cli-export");
-    let core = dir.join("core");
+    let core = dir.path("core");
     let good = write_image(&dir, "good", &f.bytes);
-    run(&[&"export", &good, &"--output", &core], 0);
+    kjump::<Arg>(&[&"export", &good, &"--output", &core]).exits(0);
     assert!(core.exists());
     // The last chunk is bad: export has written the others by then.
     let h = f.chunk_at(4);
     let mut b = f.copy();
     b[h + 100] ^= 2;
     let bad = write_image(&dir, "bad-last-chunk", &b);
-    let (_, err) = run(&[&"export", &bad, &"--output", &core], 1);
+    let err = kjump::<Arg>(&[&"export", &bad, &"--output", &core])
+        .exits(1)
+        .stderr;
     assert!(
         err.contains(&format!("chunk 4 payload at offset {h:#x}")),
         "{err}"
@@ -185,16 +164,14 @@ fn cli_export_of_a_corrupt_image_leaves_no_output() {
     let mut b = f.copy();
     b[f.meta_at() + 9] ^= 1;
     let bad = write_image(&dir, "bad-metadata", &b);
-    let (_, err) = run(&[&"export", &bad, &"--output", &core], 1);
+    let err = kjump::<Arg>(&[&"export", &bad, &"--output", &core])
+        .exits(1)
+        .stderr;
     assert!(
         err.contains("checksum mismatch in metadata at offset 0x1000"),
         "{err}"
     );
     assert!(!core.exists(), "a failed export left {}", core.display());
-}
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// Whether a test that needs `what` can run; says so when it cannot, and
@@ -273,7 +250,7 @@ fn assert_incomplete(img: &Path) {
         Err(FormatError::NotCommitted { state }) => assert_eq!(state, "incomplete"),
         other => panic!("{}: expected NotCommitted, got {other:?}", img.display()),
     }
-    let (_, err) = run(&[&"verify", &img], 1);
+    let err = kjump::<Arg>(&[&"verify", &img]).exits(1).stderr;
     assert!(err.contains("image is incomplete"), "{err}");
 }
 
@@ -289,13 +266,13 @@ fn two_pages(mem: &Path) -> MemorySource {
 #[test]
 fn capture_onto_a_full_filesystem_fails_and_leaves_it_uncommitted() {
     let test = "capture_onto_a_full_filesystem";
-    if !available(test, "root (to mount a tmpfs)", is_root()) {
+    if !available(test, "root (to mount a tmpfs)", crate::common::is_root()) {
         return;
     }
     let dir = TempDir::new("full-fs");
-    let mem = dir.join("memory");
+    let mem = dir.path("memory");
     fs::write(&mem, fixture::memory()).expect("writing the test memory");
-    let mnt = match Tmpfs::mount(&dir.join("mnt"), "64k") {
+    let mnt = match Tmpfs::mount(&dir.path("mnt"), "64k") {
         Ok(m) => m,
         Err(e) => {
             available(test, &format!("a tmpfs mount ({e})"), false);
@@ -313,7 +290,7 @@ fn capture_onto_a_full_filesystem_fails_and_leaves_it_uncommitted() {
     let (src, meta) = fixture::source(&mem);
     let target = Target::open(&img).expect("opening the target");
     assert_eq!(target.capacity(), Some(TMPFS_BYTES));
-    let worst = worst_case_len(&meta).expect("worst case");
+    let worst = worst_case_len(&meta, false).expect("worst case");
     match capture(&src, &target, &meta, &fixture::options(fixture::UUID_A)) {
         Err(CaptureError::TooSmall {
             capacity,
@@ -347,8 +324,7 @@ fn capture_onto_a_full_filesystem_fails_and_leaves_it_uncommitted() {
             img.clone().into(),
         ]);
         args.extend(extra.map(OsString::from));
-        let refs: Vec<&dyn AsRef<OsStr>> = args.iter().map(|a| a as _).collect();
-        run(&refs, code).1
+        kjump(&args).exits(code).stderr
     };
     let err = capture(None, 2);
     assert!(
@@ -362,20 +338,24 @@ fn capture_onto_a_full_filesystem_fails_and_leaves_it_uncommitted() {
     assert!(err.contains(" at offset 0x"), "{err}");
     assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
     assert_incomplete(&img);
-    let (out, _) = run(&[&"info", &img], 0);
+    let out = kjump::<Arg>(&[&"info", &img]).exits(0).stdout;
     assert!(out.contains("state:      incomplete"), "{out}");
 }
 
 #[test]
 fn capture_onto_a_small_block_device_fails_and_leaves_it_uncommitted() {
     let test = "capture_onto_a_small_block_device";
-    if !available(test, "root (to attach a loop device)", is_root()) {
+    if !available(
+        test,
+        "root (to attach a loop device)",
+        crate::common::is_root(),
+    ) {
         return;
     }
     let dir = TempDir::new("small-dev");
-    let mem = dir.join("memory");
+    let mem = dir.path("memory");
     fs::write(&mem, fixture::memory()).expect("writing the test memory");
-    let backing = dir.join("device");
+    let backing = dir.path("device");
     fs::write(&backing, vec![0u8; TMPFS_BYTES as usize]).expect("writing the backing file");
     let dev = match LoopDevice::attach(&backing) {
         Ok(d) => d,

@@ -5,7 +5,7 @@
 //! `FormatError` so a test asserts the exact variant and its key fields.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use kjump_image_format::layout::metadata_record as rec;
@@ -15,6 +15,8 @@ use kjump_image_format::{
 };
 use kjump_restorer::ScanError;
 use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
+
+use crate::common::tempdir::TempDir;
 
 /// Identity of the main test image.
 pub const UUID_A: [u8; 16] = *b"corruption-img-A";
@@ -104,29 +106,6 @@ pub fn memory() -> Vec<u8> {
 /// The codec each chunk of [`memory`] is expected to get.
 pub const CODECS: [Codec; 5] = [Codec::Lz4, Codec::Raw, Codec::Zero, Codec::Lz4, Codec::Raw];
 
-/// A directory under the target's test scratch space, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("corruption-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating a test directory");
-        TempDir(dir)
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The capture settings of the fixtures: fixed identity and time, windows of
 /// one chunk so the pipeline runs many rounds.
 pub fn options(uuid: [u8; 16]) -> CaptureOptions {
@@ -161,11 +140,11 @@ pub struct Fixture {
 }
 
 fn build(uuid: [u8; 16]) -> Fixture {
-    let dir = TempDir::new(&format!("fixture-{}", uuid[15] as char));
-    let mem = dir.join("memory");
+    let dir = TempDir::new(&format!("corruption-fixture-{}", uuid[15] as char));
+    let mem = dir.path("memory");
     fs::write(&mem, memory()).expect("writing the test memory");
     let (src, meta) = source(&mem);
-    let img = dir.join("image");
+    let img = dir.path("image");
     let target = Target::open(&img).expect("opening the fixture target");
     capture(&src, &target, &meta, &options(uuid)).expect("capturing the fixture");
     let bytes = fs::read(&img).expect("reading the fixture back");

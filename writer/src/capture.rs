@@ -13,8 +13,8 @@ use kjump_image_format::crypto::SALT_SIZE;
 use kjump_image_format::{
     chunk_count, chunk_specs, plan_layout, ChunkCodec, ChunkSpec, CryptoParams, EncodedChunk,
     FormatError, ImageKeys, ImageSeal, ImageState, IndexEntry, Kdf, Layout, Metadata,
-    MetadataSection, Secret, Superblock, SuperblockSeal, Trailer, BLOCK_SIZE, CHUNK_HEADER_SIZE,
-    INDEX_ENTRY_SIZE, PAGE_SIZE, TAG_SIZE,
+    MetadataSection, Secret, Superblock, SuperblockSeal, Trailer, BLOCK_SIZE, INDEX_ENTRY_SIZE,
+    PAGE_SIZE,
 };
 use rayon::prelude::*;
 
@@ -121,19 +121,6 @@ pub struct CaptureReport {
     pub elapsed: Duration,
 }
 
-/// The largest image `metadata` can produce: every page stored raw.
-pub fn worst_case_len(metadata: &Metadata) -> Option<u64> {
-    let meta_len = metadata.encode().len() as u64;
-    let count = chunk_count(&metadata.ranges);
-    let data = count.checked_mul(CHUNK_HEADER_SIZE as u64)?.checked_add(
-        metadata
-            .ranges
-            .total_pages()
-            .checked_mul(PAGE_SIZE as u64)?,
-    )?;
-    plan_layout(meta_len, data, count).map(|l| l.image_len)
-}
-
 /// How to encrypt a capture: the user's secret, and where the master key
 /// comes from ([`Kdf::KeyFile`] for a key file, an Argon2id cost for a
 /// passphrase, such as [`kjump_image_format::crypto::DEFAULT_KDF`]).
@@ -210,33 +197,8 @@ fn capture_with(
     if metadata.ranges != *source.map() {
         return Err(CaptureError::RangesMismatch);
     }
-    let mut worst_case = worst_case_len(metadata).ok_or(CaptureError::TooLarge)?;
-    if encryption.is_some() {
-        // A tag per chunk and one for the metadata, and the resume record.
-        let tags = (chunk_count(&metadata.ranges) + 1) * TAG_SIZE as u64;
-        let record = metadata.resume_record().encode().len() as u64;
-        worst_case = worst_case
-            .checked_add(tags + record + 2 * BLOCK_SIZE as u64)
-            .ok_or(CaptureError::TooLarge)?;
-    }
-    if let Some(capacity) = target.capacity() {
-        if opts.check_worst_case && worst_case > capacity {
-            return Err(CaptureError::TooSmall {
-                path: target.path().display().to_string(),
-                capacity,
-                worst_case,
-            });
-        }
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-        .map_err(|e| CaptureError::Threads {
-            threads: opts.threads,
-            reason: e.to_string(),
-        })?;
-    // Invalidate whatever the target held before the first byte of the new
-    // image lands: from here on, until the commit, it reads as incomplete.
+    check_room(target, metadata, opts, encryption.is_some())?;
+    let pool = thread_pool(opts.threads)?;
     // Keys first: a passphrase that cannot be used must not cost the
     // target its old image.
     let sealing = encryption
@@ -244,55 +206,155 @@ fn capture_with(
         .transpose()?;
     let mut sb = Superblock::writing(opts.uuid, opts.capture_time_ns);
     sb.crypto = sealing.as_ref().map(|s| s.params);
-    target.claim()?;
-    target.write_copy_at(&sb.encode(), 0)?;
-    target.sync()?;
+    invalidate(target, &sb)?;
 
     let keys = sealing.as_ref().map(|s| &s.keys);
-    // An encrypted image's metadata is sealed, then followed by its resume
-    // record in the clear (what a normal boot needs before the key is
-    // asked); the image seal covers both.
-    let (section, codec) = match keys {
-        Some(k) => (
-            MetadataSection::seal(metadata, k, &opts.uuid),
-            ChunkCodec::Sealed(k),
-        ),
-        None => (MetadataSection::plain(metadata), ChunkCodec::Plain),
+    let (section, codec) = encoding(metadata, keys, &opts.uuid);
+    let pipeline = Pipeline {
+        source,
+        target,
+        metadata,
+        opts,
+        pool: &pool,
     };
-    let count = chunk_count(&metadata.ranges);
-    let (tx, rx) = sync_channel::<Vec<EncodedChunk>>(1);
-    let stream = std::thread::scope(|s| {
-        let seal = keys.map(|k| ImageSeal::over_metadata(k, section.bytes()));
-        let writer = s.spawn(|| write_stream(target, section.bytes(), count, opts.uuid, seal, rx));
-        let produced = produce(source, metadata, opts, codec, &pool, tx);
-        let written = writer.join().map_err(|_| CaptureError::WriterDied)?;
-        // A producer that stops on a write error returns Ok and leaves the
-        // error to the writer; a writer that runs short of chunks leaves it
-        // to the producer. Report the producer's first.
-        produced?;
-        written
-    })?;
-
-    let layout = stream.layout;
-    target.set_len(layout.image_len)?;
-    target.sync()?;
-    sb.state = ImageState::Committed;
-    sb.layout = layout;
-    if let (Some(seal), Some(sealing)) = (stream.seal, &sealing) {
-        let params = CryptoParams {
-            resume_record_len: section.resume_record_len(),
-            ..sealing.params
-        };
-        seal.store(&mut sb, params);
-    }
-    target.write_copy_at(&sb.encode(), 0)?;
-    target.sync()?;
+    let stream = pipeline.run(&section, codec, keys)?;
+    commit(
+        target,
+        &mut sb,
+        stream.layout,
+        stream.seal,
+        &section,
+        sealing.as_ref(),
+    )?;
     Ok(CaptureReport {
-        layout,
+        layout: stream.layout,
         stored_pages: stream.stored_pages,
         input_bytes: metadata.ranges.total_pages() * PAGE_SIZE as u64,
         elapsed: started.elapsed(),
     })
+}
+
+/// The compression threads.
+fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CaptureError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| CaptureError::Threads {
+            threads,
+            reason: e.to_string(),
+        })
+}
+
+/// The metadata section and the chunk codec of the image `uuid`, sealed
+/// under `keys` when there are keys. An encrypted image's metadata is
+/// sealed, then followed by its resume record in the clear (what a normal
+/// boot needs before the key is asked); the image seal covers both.
+fn encoding<'k>(
+    metadata: &Metadata,
+    keys: Option<&'k ImageKeys>,
+    uuid: &[u8; 16],
+) -> (MetadataSection, ChunkCodec<'k>) {
+    match keys {
+        Some(k) => (
+            MetadataSection::seal(metadata, k, uuid),
+            ChunkCodec::Sealed(k),
+        ),
+        None => (MetadataSection::plain(metadata), ChunkCodec::Plain),
+    }
+}
+
+/// Refuses a target without room for the worst case image (unless asked
+/// not to): better said now than after the old image is gone.
+fn check_room(
+    target: &Target,
+    metadata: &Metadata,
+    opts: &CaptureOptions,
+    sealed: bool,
+) -> Result<(), CaptureError> {
+    let worst_case =
+        kjump_image_format::worst_case_len(metadata, sealed).ok_or(CaptureError::TooLarge)?;
+    match target.capacity() {
+        Some(capacity) if opts.check_worst_case && worst_case > capacity => {
+            Err(CaptureError::TooSmall {
+                path: target.path().display().to_string(),
+                capacity,
+                worst_case,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Invalidates whatever the target held before the first byte of the new
+/// image lands: from here on, until the commit, it reads as incomplete.
+fn invalidate(target: &Target, writing: &Superblock) -> Result<(), CaptureError> {
+    target.claim()?;
+    target.write_copy_at(&writing.encode(), 0)?;
+    target.sync()?;
+    Ok(())
+}
+
+/// What the capture reads and writes, and the threads that compress.
+struct Pipeline<'a> {
+    source: &'a MemorySource,
+    target: &'a Target,
+    metadata: &'a Metadata,
+    opts: &'a CaptureOptions,
+    pool: &'a rayon::ThreadPool,
+}
+
+impl Pipeline<'_> {
+    /// Compresses (and seals) the chunks on the pool while a writer thread
+    /// writes the metadata `section`, the chunks in order, the index and
+    /// the trailer.
+    fn run(
+        &self,
+        section: &MetadataSection,
+        codec: ChunkCodec,
+        keys: Option<&ImageKeys>,
+    ) -> Result<Stream, CaptureError> {
+        let count = chunk_count(&self.metadata.ranges);
+        let (tx, rx) = sync_channel::<Vec<EncodedChunk>>(1);
+        let (target, meta, uuid) = (self.target, section.bytes(), self.opts.uuid);
+        std::thread::scope(|s| {
+            let seal = keys.map(|k| ImageSeal::over_metadata(k, meta));
+            let writer = s.spawn(move || write_stream(target, meta, count, uuid, seal, rx));
+            let produced = produce(self.source, self.metadata, self.opts, codec, self.pool, tx);
+            let written = writer.join().map_err(|_| CaptureError::WriterDied)?;
+            // A producer that stops on a write error returns Ok and leaves the
+            // error to the writer; a writer that runs short of chunks leaves it
+            // to the producer. Report the producer's first.
+            produced?;
+            written
+        })
+    }
+}
+
+/// Commits the image once every other byte is on stable storage: its
+/// length, then the superblock `sb` with the `layout` written and, for an
+/// encrypted image, its `seal`.
+fn commit(
+    target: &Target,
+    sb: &mut Superblock,
+    layout: Layout,
+    seal: Option<SuperblockSeal>,
+    section: &MetadataSection,
+    sealing: Option<&Sealing>,
+) -> Result<(), CaptureError> {
+    target.set_len(layout.image_len)?;
+    target.sync()?;
+    sb.state = ImageState::Committed;
+    sb.layout = layout;
+    if let (Some(seal), Some(sealing)) = (seal, sealing) {
+        let params = CryptoParams {
+            resume_record_len: section.resume_record_len(),
+            ..sealing.params
+        };
+        seal.store(sb, params);
+    }
+    target.write_copy_at(&sb.encode(), 0)?;
+    target.sync()?;
+    Ok(())
 }
 
 /// Groups the chunk sequence into windows of consecutive frames of one range.
@@ -451,42 +513,22 @@ fn write_stream(
     };
     w.push(meta_bytes)?;
     w.pad_to(start.data_offset)?;
-    let mut index: Vec<IndexEntry> = Vec::with_capacity(count as usize);
-    let (mut stored_pages, mut zero_pages) = (0u64, 0u64);
-    for batch in rx {
-        for chunk in batch {
-            let offset = kjump_image_format::ImageOffset(w.pos());
-            w.push(&chunk.header.encode())?;
-            w.push(&chunk.payload)?;
-            stored_pages += u64::from(chunk.header.stored_pages());
-            zero_pages += u64::from(chunk.header.zero_bitmap.count_ones());
-            index.push(chunk.header.index_entry(offset));
-        }
-    }
-    if index.len() as u64 != count {
+    let chunks = Chunks::write(&mut w, rx, count)?;
+    if chunks.index.len() as u64 != count {
         // The producer stopped early; its error is reported by the caller.
         return Err(CaptureError::WriterDied);
     }
     let data_len = w.pos() - start.data_offset;
     let mut layout = plan_layout(meta_len, data_len, count).ok_or(CaptureError::TooLarge)?;
     w.pad_to(layout.index_offset)?;
-    let mut crc = crc32fast::Hasher::new();
-    for e in &index {
-        let b = e.encode();
-        crc.update(&b);
-        if let Some(s) = seal.as_mut() {
-            s.index(&b);
-        }
-        w.push(&b)?;
-    }
+    layout.index_crc = chunks.write_index(&mut w, seal.as_mut())?;
     debug_assert_eq!(
         w.pos(),
         layout.index_offset + count * INDEX_ENTRY_SIZE as u64
     );
-    layout.index_crc = crc.finalize();
     layout.metadata_crc = crc32fast::hash(meta_bytes);
-    layout.total_pages = stored_pages + zero_pages;
-    layout.zero_pages = zero_pages;
+    layout.total_pages = chunks.stored_pages + chunks.zero_pages;
+    layout.zero_pages = chunks.zero_pages;
     let trailer = Trailer::of(uuid, &layout).encode();
     let seal = seal.map(|s| s.trailer(&trailer));
     w.push(&trailer)?;
@@ -495,7 +537,60 @@ fn write_stream(
     w.flush_blocks()?;
     Ok(Stream {
         layout,
-        stored_pages,
+        stored_pages: chunks.stored_pages,
         seal,
     })
+}
+
+/// The chunks written: their index entries and page counts.
+struct Chunks {
+    index: Vec<IndexEntry>,
+    stored_pages: u64,
+    zero_pages: u64,
+}
+
+impl Chunks {
+    /// Writes the chunks of the batches from `rx` as they arrive, back to
+    /// back; stops when the producer hangs up.
+    fn write(
+        w: &mut BlockWriter,
+        rx: Receiver<Vec<EncodedChunk>>,
+        count: u64,
+    ) -> Result<Chunks, CaptureError> {
+        let mut chunks = Chunks {
+            index: Vec::with_capacity(count as usize),
+            stored_pages: 0,
+            zero_pages: 0,
+        };
+        for batch in rx {
+            for chunk in batch {
+                let offset = kjump_image_format::ImageOffset(w.pos());
+                w.push(&chunk.header.encode())?;
+                w.push(&chunk.payload)?;
+                chunks.stored_pages += u64::from(chunk.header.stored_pages());
+                chunks.zero_pages += u64::from(chunk.header.zero_bitmap.count_ones());
+                chunks.index.push(chunk.header.index_entry(offset));
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// Writes the index (into the image seal too, when there is one) and
+    /// returns its CRC.
+    fn write_index(
+        &self,
+        w: &mut BlockWriter,
+        mut seal: Option<&mut ImageSeal>,
+    ) -> Result<u32, CaptureError> {
+        let mut crc = crc32fast::Hasher::new();
+        for e in &self.index {
+            let b = e.encode();
+            crc.update(&b);
+            if let Some(s) = seal.as_mut() {
+                s.index(&b);
+            }
+            w.push(&b)?;
+        }
+        Ok(crc.finalize())
+    }
 }

@@ -13,8 +13,7 @@ pub mod elf;
 pub mod source;
 
 pub use capture::{
-    capture, capture_encrypted, worst_case_len, CaptureError, CaptureOptions, CaptureReport,
-    Encryption,
+    capture, capture_encrypted, CaptureError, CaptureOptions, CaptureReport, Encryption,
 };
 pub use kjump_sys::{Target, TargetError};
 pub use source::{MemorySource, SourceError};

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use kjump_sys::kexec::{self, KexecError};
 use kjump_sys::swap::SwapArea;
 use kjump_sys::{Place, Target};
-use nix::errno::Errno;
 
 use super::{bzimage_init_size, Facts, JumpSupport, Settings, TargetState};
 
@@ -19,13 +18,14 @@ fn read(path: &str) -> Option<String> {
 /// would replace it); then, or when the probe is refused for another
 /// reason (lockdown, a sysctl), from /boot/config-RELEASE.
 fn jump_support(release: &str) -> JumpSupport {
-    let loaded = read("/sys/kernel/kexec_loaded").is_some_and(|v| v.trim() == "1");
+    let loaded = kexec::image_loaded();
     let why = if loaded {
         "a kexec image is loaded, which a probe would replace".to_string()
     } else {
         match kexec::probe_preserve_context() {
             Ok(()) => return JumpSupport::Probed,
-            Err(KexecError::LoadPayload { source, hint }) if matches!(source.raw_os_error(), Some(e) if e == Errno::EINVAL as i32 || e == Errno::ENOSYS as i32) =>
+            Err(KexecError::LoadPayload { source, hint })
+                if kexec::refuses_preserve_context(&source) =>
             {
                 return JumpSupport::ProbeFailed(format!(
                     "kexec_load refused a preserve-context load: {hint}"
@@ -60,11 +60,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn statvfs_free(dir: &Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
-}
-
 /// Where an image would go and how much it may take there, as
 /// `hibernate` finds it, without changing anything: a block device held
 /// by nobody (an active swap area is swapped off at hibernation, so its
@@ -78,7 +73,7 @@ pub fn target_state(path: Option<&Path>, file_target: bool) -> TargetState {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            return match dir.and_then(statvfs_free) {
+            return match dir.and_then(kjump_sys::block::free_space_in) {
                 Some(free) if file_target => TargetState::Room(p.to_path_buf(), free),
                 _ if file_target => TargetState::Missing(dir.unwrap_or(p).to_path_buf()),
                 _ => TargetState::Missing(p.to_path_buf()),

@@ -9,90 +9,23 @@
 //! memory every 2 s (`MEMCHECK` lines) before and after.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::super::vm;
-use super::{Boot, BootOpts, Line};
+use super::{start, BootOpts};
+use crate::common::kjump::{kjump, Run};
+use crate::common::vm::{self, find, Line, Vm};
 
 /// One boot phase (boot to hibernate, capture, resume) under TCG.
 pub const PHASE: Duration = Duration::from_secs(180);
 
-/// Host cores the tests' machines may keep busy at once: under TCG each
-/// vCPU is one host thread. `KJUMP_VM_CORES` overrides the machine's count.
-fn core_budget() -> u32 {
-    std::env::var("KJUMP_VM_CORES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
-}
-
-/// Cores in use by running machines, against [`core_budget`].
-static CORES: Mutex<u32> = Mutex::new(0);
-static CORES_FREED: Condvar = Condvar::new();
-
-/// The right to run machines with `cores` vCPUs between them until it is
-/// dropped. Tests in one binary run on several threads; this lets as many
-/// machines run side by side as the host has cores for, and no more, so a
-/// phase's time limit means the same on a 2-core CI machine as on a big one.
-pub struct Machine {
-    cores: u32,
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        let mut used = CORES.lock().unwrap_or_else(|p| p.into_inner());
-        *used -= self.cores;
-        CORES_FREED.notify_all();
-    }
-}
-
-/// The right to run one single-CPU machine at a time, or `None` when QEMU
-/// is missing (the test is then skipped, except under CI).
-pub fn machine() -> Option<Machine> {
-    machine_cpus(1)
-}
-
-/// As [`machine`], for a test whose machines have `cpus` vCPUs. A test that
-/// needs more cores than the host has waits until it runs alone.
-pub fn machine_cpus(cpus: u32) -> Option<Machine> {
-    if !vm::require_qemu() {
-        return None;
-    }
-    let cores = cpus.clamp(1, core_budget());
-    let budget = core_budget();
-    let mut used = CORES.lock().unwrap_or_else(|p| p.into_inner());
-    while *used + cores > budget {
-        used = CORES_FREED.wait(used).unwrap_or_else(|p| p.into_inner());
-    }
-    *used += cores;
-    Some(Machine { cores })
-}
-
 /// A fresh image disk in the rig's directory.
 pub fn disk(name: &str) -> PathBuf {
-    super::new_disk(&super::dir().join(format!("{name}.img")))
-}
-
-/// Runs the host's kjump; returns its exit code and output.
-pub fn kjump(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kjump"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running kjump {args:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    super::new_disk(&vm::dir().join(format!("{name}.img")))
 }
 
 /// `kjump info --json` of an image disk.
 pub fn info(disk: &Path) -> serde_json::Value {
-    let (code, text) = kjump(&["info", "--json", &disk.display().to_string()]);
+    let Run { code, text, .. } = kjump(&["info", "--json", &disk.display().to_string()]);
     assert_eq!(code, 0, "kjump info --json {}: {text}", disk.display());
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("kjump info --json: {e}\n{text}"))
 }
@@ -128,14 +61,9 @@ pub fn split_at(lines: &[Line], at: f64) -> (Vec<Line>, Vec<Line>) {
     lines.iter().cloned().partition(|l| l.at < at)
 }
 
-/// The first line containing `needle`.
-pub fn find<'a>(lines: &'a [Line], needle: &str) -> Option<&'a Line> {
-    lines.iter().find(|l| l.text.contains(needle))
-}
-
 /// A's counter went on across `at` (a jump away and back): the first value
 /// after it follows the last before it within 3 s. Returns that last value.
-pub fn assert_counter_continues(boot: &Boot, at: f64) -> u64 {
+pub fn assert_counter_continues(boot: &Vm, at: f64) -> u64 {
     let (before, after) = split_at(&boot.lines(), at);
     let (b, a) = (counts(&before), counts(&after));
     let last = *b
@@ -150,7 +78,7 @@ pub fn assert_counter_continues(boot: &Boot, at: f64) -> u64 {
 }
 
 /// Prints the lines that mark the phases of a boot, with their times.
-pub fn print_phases(boot: &Boot) {
+pub fn print_phases(boot: &Vm) {
     const MARKS: [&str; 23] = [
         "Linux version",
         "A: up",
@@ -250,7 +178,7 @@ pub struct Saved {
 /// memcheck, where A ran it, found every word of its buffer as written in
 /// every pass, and went on passing after `since` (two passes at least:
 /// the `A: MEMCHECK-AFTER` line that /init prints once it has seen them).
-pub fn assert_memcheck_passed(boot: &Boot, since: f64, after_marker: &str) {
+pub fn assert_memcheck_passed(boot: &Vm, since: f64, after_marker: &str) {
     let lines = boot.lines();
     if let Some(bad) = lines
         .iter()
@@ -287,7 +215,7 @@ pub fn hibernate_poweroff(name: &str, opts: &BootOpts) -> (Saved, Vec<Line>) {
 /// images the host finds only with what the boot printed.
 pub fn hibernate_poweroff_unchecked(name: &str, opts: &BootOpts) -> (Saved, Vec<Line>) {
     assert_eq!(opts.mode, "poweroff", "{name}: hibernate_poweroff's mode");
-    let mut boot = Boot::start_opts(name, opts);
+    let mut boot = start(name, opts);
     boot.wait_for("A: RESUME-EXIT 0", PHASE);
     // The dry run prints the plan and the load, and changes nothing.
     let dry = boot.wait_for("A: DRY-RUN-EXIT", PHASE);
@@ -343,11 +271,11 @@ pub fn check_committed(name: &str, disk: &Path, mode: &str) {
 pub fn check_committed_at(name: &str, at: &[&str], mode: &str) {
     let mut args = vec!["verify"];
     args.extend_from_slice(at);
-    let (code, text) = kjump(&args);
+    let Run { code, text, .. } = kjump(&args);
     assert_eq!(code, 0, "kjump verify after {name}: {text}");
     let mut args = vec!["info", "--json"];
     args.extend_from_slice(at);
-    let (code, text) = kjump(&args);
+    let Run { code, text, .. } = kjump(&args);
     assert_eq!(code, 0, "kjump info {at:?}: {text}");
     let v: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("info --json: {e}: {text}"));
@@ -367,7 +295,7 @@ pub fn check_committed_at(name: &str, at: &[&str], mode: &str) {
 /// A back after a resume or a wake: waits for it to say RESUMED and to
 /// finish, and checks that its tmpfs file and counter went on and that it
 /// reads its image as consumed. Returns the boot's console.
-pub fn assert_resumed(name: &str, boot: &mut Boot, saved: &Saved) -> Vec<Line> {
+pub fn assert_resumed(name: &str, boot: &mut Vm, saved: &Saved) -> Vec<Line> {
     let resumed = boot.wait_for("RESUMED", PHASE);
     boot.wait_for("A: DONE", PHASE);
     boot.wait_exit(PHASE);
@@ -410,8 +338,8 @@ pub fn assert_resumed(name: &str, boot: &mut Boot, saved: &Saved) -> Vec<Line> {
 /// A runs on with its file as it was, and `kjump hibernate` fails with B's
 /// reason, which reaches it through the mailbox. Returns the finished boot
 /// and B's failure line.
-pub fn failed_capture(name: &str, opts: &BootOpts) -> (Boot, Line) {
-    let mut boot = Boot::start_opts(name, opts);
+pub fn failed_capture(name: &str, opts: &BootOpts) -> (Vm, Line) {
+    let mut boot = start(name, opts);
     let failed = boot.wait_for("kjump: capture failed", PHASE);
     assert!(failed.text.contains("/dev/vda"), "{}", failed.text);
     boot.wait_for("kjump: jumping back to the saved kernel", PHASE);
@@ -439,7 +367,7 @@ pub fn failed_capture(name: &str, opts: &BootOpts) -> (Boot, Line) {
 /// A later boot: R0 finds the image, R restores it, A runs on with the
 /// same file and counter. Returns the boot's console.
 pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
-    let mut boot = Boot::start_opts(name, opts);
+    let mut boot = start(name, opts);
     boot.wait_for("kjump: restore kernel started", PHASE);
     boot.wait_for("kjump: verified in", PHASE);
     let lines = assert_resumed(name, &mut boot, saved);
@@ -456,7 +384,7 @@ pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
 /// boot's console.
 pub fn no_resume(name: &str, opts: &BootOpts, code: i32, why: &str) -> Vec<Line> {
     assert_eq!(opts.mode, "none", "{name}: a no-resume boot hibernates not");
-    let mut boot = Boot::start_opts(name, opts);
+    let mut boot = start(name, opts);
     boot.wait_for(&format!("A: RESUME-EXIT {code}"), PHASE);
     boot.wait_for("A: DONE", PHASE);
     boot.wait_exit(PHASE);
@@ -486,7 +414,7 @@ pub fn no_resume(name: &str, opts: &BootOpts, code: i32, why: &str) -> Vec<Line>
 
 /// A, resumed, read its disk again: `kjump info` of its target printed
 /// `state`.
-pub fn assert_disk_works(after: &[Line], state: &str, boot: &Boot) {
+pub fn assert_disk_works(after: &[Line], state: &str, boot: &Vm) {
     let want = format!("state:      {state}");
     assert!(
         after.iter().any(|l| l.text.starts_with(&want)),

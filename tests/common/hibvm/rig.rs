@@ -1,21 +1,18 @@
 //! The rig of one kernel series: its bzImage (built or found by
 //! tests/vm/build-kernel.sh), A's initramfs, and the kexec-jump selftest
-//! that must pass on it before any test of that kernel boots; and the work
-//! directory of the test binary.
+//! that must pass on it before any test of that kernel boots.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
-use super::{flows, new_disk_of, Boot, BootOpts};
+use super::{flows, new_disk_of, start_on, BootOpts};
+use crate::common::vm::initramfs::Initramfs;
+use crate::common::vm::{dir, kernel, Vm};
 
-/// The host's busybox-static, copied into A's initramfs.
-const BUSYBOX: &str = "/bin/busybox";
 /// kexec-tools, dynamically linked: its libraries come along.
 const KEXEC: &str = "/usr/sbin/kexec";
-const KERNEL_SCRIPT: &str = "tests/vm/build-kernel.sh";
 /// A's /init: busybox sh. Its keys on the kernel command line
 /// (`kjump.mode=`, `kjump.target=`, `kjump.fs=`, `kjump.precheck=`,
 /// `kjump.otherboot=`, `kjump.force=`, `kjump.selftest=`) are described at
@@ -65,22 +62,6 @@ pub struct Rig {
     pub selftest: Vec<String>,
 }
 
-/// The test binary's work directory (hibernate_vm -> target/tmp/hibernate-vm),
-/// emptied once per process: disks and logs go here.
-pub fn dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // Each binary has its own, and must not delete another's logs.
-        let name = env!("CARGO_CRATE_NAME").replace('_', "-");
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-        }
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        dir
-    })
-}
-
 /// The rig of `kernel`, built once per test process (the kernel itself
 /// once per machine: build-kernel.sh caches it), and passed through the
 /// kexec-jump selftest. A rig that could not be set up fails every test
@@ -95,8 +76,8 @@ pub fn rig_for(kernel: Kernel) -> &'static Rig {
 fn build_rig(series: Kernel) -> Result<Rig, String> {
     let dir = dir().join(series.series());
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let kernel = kernel(series)?;
-    let release = release(&kernel)?;
+    let kernel = kernel::from_script("build-kernel.sh", &[series.series()])?;
+    let release = kernel::release(&kernel)?;
     let initramfs = build_initramfs(&dir, &kernel)?;
     let mut rig = Rig {
         series,
@@ -109,49 +90,6 @@ fn build_rig(series: Kernel) -> Result<Rig, String> {
     Ok(rig)
 }
 
-/// The KEXEC_JUMP kernel's path; builds it (minutes) when not cached.
-fn kernel(series: Kernel) -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(KERNEL_SCRIPT);
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(series.series())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("running {}: {e}", script.display()))?;
-    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || !Path::new(&printed).is_file() {
-        return Err(format!(
-            "{} {} exited with {} and printed {printed:?}",
-            script.display(),
-            series.series(),
-            out.status
-        ));
-    }
-    Ok(PathBuf::from(printed))
-}
-
-/// The release a bzImage's setup header names: the first word of the
-/// version string at 0x200 + the `kernel_version` field (offset 0x20e;
-/// Documentation/arch/x86/boot.rst).
-fn release(bzimage: &Path) -> Result<String, String> {
-    let bytes = fs::read(bzimage).map_err(|e| format!("reading {}: {e}", bzimage.display()))?;
-    let field = bytes
-        .get(0x20e..0x210)
-        .ok_or_else(|| format!("{} has no setup header", bzimage.display()))?;
-    let at = 0x200 + usize::from(u16::from_le_bytes([field[0], field[1]]));
-    let text = bytes.get(at..).unwrap_or_default();
-    let end = text.iter().position(|&b| b == 0 || b == b' ').unwrap_or(0);
-    let release = String::from_utf8_lossy(&text[..end]).into_owned();
-    if release.is_empty() {
-        return Err(format!(
-            "{}: no version string at {at:#x}",
-            bzimage.display()
-        ));
-    }
-    Ok(release)
-}
-
 /// Boots A to run `kjump selftest` (two jumps into a payload that jumps
 /// straight back) and power off; returns what it printed, or why this
 /// kernel cannot run the tests.
@@ -161,8 +99,8 @@ fn jump_selftest(rig: &Rig) -> Result<Vec<String>, String> {
     let opts = BootOpts::new(&disk, "none")
         .kernel(rig.series)
         .arg("kjump.selftest=1");
-    let mut boot = Boot::start_on(rig, &name, &opts);
-    let failed = |why: &str, boot: &Boot| {
+    let mut boot = start_on(rig, &name, &opts);
+    let failed = |why: &str, boot: &Vm| {
         format!(
             "the kexec-jump selftest failed on Linux {}: {why}; a kernel that cannot jump out and back cannot hibernate with kjump, so no test tries\n{}",
             rig.release,
@@ -194,26 +132,17 @@ fn jump_selftest(rig: &Rig) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
-    if let Some(parent) = to.parent() {
-        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    }
-    fs::copy(from, to)
-        .map(drop)
-        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
-}
-
 /// The kjump under test, without its debug information: `kjump hibernate`
 /// and `kjump resume` put their own executable into the capture and restore
 /// initramfs, and a test build's 60 MB of DWARF would slow every kexec load
 /// and fill the 256 MiB the capture kernel lives in. Falls back to a plain
 /// copy where `strip` is missing.
-fn install_kjump(dest: &Path) -> Result<(), String> {
+fn install_kjump(root: &Initramfs, to: &str) -> Result<(), String> {
     let kjump = Path::new(env!("CARGO_BIN_EXE_kjump"));
     let stripped = Command::new("strip")
         .arg("--strip-debug")
         .arg("-o")
-        .arg(dest)
+        .arg(root.path(to))
         .arg(kjump)
         .status()
         .is_ok_and(|s| s.success());
@@ -221,26 +150,12 @@ fn install_kjump(dest: &Path) -> Result<(), String> {
         return Ok(());
     }
     println!("strip failed: installing kjump with its debug information");
-    copy(kjump, dest)
-}
-
-/// The libraries `ldd` lists for `program`.
-fn libraries(program: &str) -> Result<Vec<PathBuf>, String> {
-    let out = Command::new("ldd")
-        .arg(program)
-        .output()
-        .map_err(|e| format!("running ldd {program}: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect())
+    root.copy(kjump, to)
 }
 
 /// Builds `hibvm/memcheck.rs` (std only) with the rustc that builds the
-/// tests, statically, as A's memory workload.
-fn build_memcheck(dir: &Path, dest: &Path) -> Result<(), String> {
+/// tests, statically, into `dir`, as A's memory workload.
+fn build_memcheck(dir: &Path) -> Result<PathBuf, String> {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(MEMCHECK);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let out = Command::new(&rustc)
@@ -264,45 +179,22 @@ fn build_memcheck(dir: &Path, dest: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    copy(&dir.join("memcheck"), dest)
+    Ok(dir.join("memcheck"))
 }
 
+/// A's initramfs: busybox, kjump, kexec-tools, the bzImage B and R boot,
+/// memcheck and init.sh.
 fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
-    let root = dir.join("root");
-    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "boot"] {
-        fs::create_dir_all(root.join(d)).map_err(|e| format!("creating {d}: {e}"))?;
-    }
-    copy(Path::new(BUSYBOX), &root.join("bin/busybox"))
-        .map_err(|e| format!("{e} (apt-get install busybox-static)"))?;
-    install_kjump(&root.join("bin/kjump"))?;
-    copy(Path::new(KEXEC), &root.join("sbin/kexec"))
+    let root = Initramfs::new(
+        &dir.join("root"),
+        &["bin", "sbin", "dev", "proc", "sys", "tmp", "boot"],
+    )?;
+    root.busybox()?;
+    install_kjump(&root, "bin/kjump")?;
+    root.program(Path::new(KEXEC), "sbin/kexec")
         .map_err(|e| format!("{e} (apt-get install kexec-tools)"))?;
-    for lib in libraries(KEXEC)? {
-        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
-        copy(&lib, &dest)?;
-    }
-    copy(kernel, &root.join("boot/bzImage"))?;
-    build_memcheck(dir, &root.join("bin/memcheck"))?;
-    let init = root.join("init");
-    fs::write(&init, INIT).map_err(|e| format!("writing {}: {e}", init.display()))?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", init.display()))?;
-    let cpio = dir.join("a.cpio");
-    let script = format!(
-        "cd '{}' && find . | sort | cpio -o -H newc --quiet --owner=0:0 > '{}'",
-        root.display(),
-        cpio.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .map_err(|e| format!("running cpio: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cpio failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(cpio)
+    root.copy(kernel, "boot/bzImage")?;
+    root.copy(&build_memcheck(dir)?, "bin/memcheck")?;
+    root.write("init", INIT.as_bytes(), 0o755)?;
+    root.pack(&dir.join("a.cpio"))
 }

@@ -3,7 +3,7 @@
 //! and kernel_7_2_vm.rs call the same function with their [`Kernel`], so a
 //! scenario is written once and a newer kernel runs exactly what 6.12 runs.
 //!
-//! Each one expects the caller to hold the machine ([`flows::machine`]) and
+//! Each one expects the caller to hold the machine ([`vm::machine`]) and
 //! panics with the console tail when the kernel misbehaves.
 
 use std::path::{Path, PathBuf};
@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use super::flows::{
     assert_counter_continues, assert_disk_works, assert_resumed, check_committed, counts, disk,
-    find, hibernate_poweroff, hibernate_poweroff_unchecked, info, kjump, md5s, no_resume,
-    print_phases, resume, split_at, state, Saved, PHASE,
+    hibernate_poweroff, hibernate_poweroff_unchecked, info, md5s, no_resume, print_phases, resume,
+    split_at, state, Saved, PHASE,
 };
-use super::{dir, new_disk_of, rig_for, Boot, BootOpts, Kernel, Line};
+use super::{new_disk_of, rig_for, start, BootOpts, Kernel};
+use crate::common::kjump::{kjump, Run};
+use crate::common::vm::{dir, find, line, Line, Vm};
 
 /// The superblock field holding the offset of the first chunk.
 const DATA_OFFSET_FIELD: u64 = kjump_image_format::layout::superblock::DATA_OFFSET as u64;
@@ -92,7 +94,7 @@ pub fn poweroff_resume_refuse_corrupt_and_consumed(kernel: Kernel) {
 
     let at = flip_chunk_byte(&corrupt);
     println!("[corrupt] flipped the byte at image offset {at:#x}");
-    let (code, text) = kjump(&["verify", &corrupt.display().to_string()]);
+    let Run { code, text, .. } = kjump(&["verify", &corrupt.display().to_string()]);
     assert_eq!(code, 1, "host verify of the corrupted image: {text}");
     no_resume("corrupt", &on(kernel, &corrupt, "none"), 1, "refused");
     assert_eq!(
@@ -117,7 +119,7 @@ pub fn poweroff_resume_two_cpus(kernel: Kernel) {
 pub fn checkpoint_then_resume(kernel: Kernel) {
     let disk = disk("checkpoint");
     let name = "checkpoint";
-    let mut boot = Boot::start_opts(name, &on(kernel, &disk, "checkpoint"));
+    let mut boot = start(name, &on(kernel, &disk, "checkpoint"));
     let captured = boot.wait_for("kjump: capture kernel started", PHASE);
     boot.wait_for("kjump: image committed", PHASE);
     let resumed = boot.wait_for("RESUMED", PHASE);
@@ -143,37 +145,18 @@ pub fn checkpoint_then_resume(kernel: Kernel) {
     assert_eq!(state(&disk), "consumed");
 }
 
-/// The first line with `needle`, or a panic with the console tail.
-pub fn line<'a>(lines: &'a [Line], needle: &str, boot: &Boot) -> &'a Line {
-    find(lines, needle).unwrap_or_else(|| panic!("no {needle:?} on the console\n{}", boot.logs()))
-}
-
-/// Polls QMP `query-status` until the guest is suspended; returns when.
-fn wait_suspended(boot: &Boot, timeout: Duration) -> Instant {
-    let mut qmp = boot.qmp();
-    let started = Instant::now();
-    loop {
-        let reply = qmp
-            .execute("query-status", r#"{"execute":"query-status"}"#)
-            .unwrap_or_else(|e| panic!("query-status: {e:?}\n{}", boot.logs()));
-        if reply.contains("\"status\": \"suspended\"") || reply.contains("\"status\":\"suspended\"")
-        {
-            return Instant::now();
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "not suspended after {timeout:?}: {reply}\n{}",
-            boot.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits until QMP `query-status` says the guest is suspended; returns when.
+fn wait_suspended(boot: &Vm, timeout: Duration) -> Instant {
+    boot.qmp()
+        .wait_status("suspended", timeout)
+        .unwrap_or_else(|e| panic!("[{}] {e}\n{}", boot.name, boot.logs()))
 }
 
 /// Boots A on `kernel` with `--then suspend` and waits until B has
 /// suspended the machine. Returns the boot, what A held, and when the
 /// hibernate call happened (seconds since QEMU started).
-pub fn hibernate_and_suspend(name: &str, disk: &Path, kernel: Kernel) -> (Boot, Saved, f64) {
-    let mut boot = Boot::start_opts(name, &on(kernel, disk, "suspend").s3());
+pub fn hibernate_and_suspend(name: &str, disk: &Path, kernel: Kernel) -> (Vm, Saved, f64) {
+    let mut boot = start(name, &on(kernel, disk, "suspend").s3());
     boot.wait_for("A: RESUME-EXIT 0", PHASE);
     let called = boot.wait_for("A: HIBERNATE --then suspend", PHASE);
     boot.wait_for("kjump: image committed", PHASE);
@@ -181,7 +164,7 @@ pub fn hibernate_and_suspend(name: &str, disk: &Path, kernel: Kernel) -> (Boot, 
     let t0 = Instant::now();
     wait_suspended(&boot, PHASE);
     let lines = boot.lines();
-    let suspending = line(&lines, "kjump: suspending to RAM", &boot).at;
+    let suspending = line(&lines, "kjump: suspending to RAM", &boot.name).at;
     println!(
         "[{name}] hibernate called -> B suspends: {:.2} s (QMP saw it suspended {:.2} s after B said so)",
         suspending - called.at,
@@ -205,8 +188,8 @@ pub fn suspend_then_wake(kernel: Kernel) {
     std::thread::sleep(Duration::from_secs(2));
     let mut qmp = boot.qmp();
     let woken = Instant::now();
-    qmp.execute("system_wakeup", r#"{"execute":"system_wakeup"}"#)
-        .unwrap_or_else(|e| panic!("system_wakeup: {e:?}\n{}", boot.logs()));
+    qmp.command("system_wakeup")
+        .unwrap_or_else(|e| panic!("{e}\n{}", boot.logs()));
     boot.wait_for("kjump: woke from suspend to RAM", PHASE);
     let resumed = boot.wait_for("RESUMED", PHASE);
     let wake_to_a = woken.elapsed().as_secs_f64();
@@ -214,9 +197,9 @@ pub fn suspend_then_wake(kernel: Kernel) {
     line(
         &lines,
         "woke from suspend to RAM: the disk image is marked consumed",
-        &boot,
+        &boot.name,
     );
-    line(&lines, "its image is consumed", &boot);
+    line(&lines, "its image is consumed", &boot.name);
     assert_eq!(state(&disk), "consumed");
     println!(
         "[suspend-wake] system_wakeup -> A prints RESUMED at {:.2} s: {wake_to_a:.2} s",
@@ -257,13 +240,13 @@ pub fn encrypted_passphrase_cycle(kernel: Kernel) {
 /// nothing without the passphrase but the resume record, everything with it.
 fn check_sealed(disk: &Path, release: &str) {
     let host = disk.display().to_string();
-    let (code, text) = kjump(&["verify", &host]);
+    let Run { code, text, .. } = kjump(&["verify", &host]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("encrypted"), "{text}");
     let pass_file = dir().join("passphrase");
     std::fs::write(&pass_file, PASSPHRASE).unwrap();
     let pass = pass_file.display().to_string();
-    let (code, text) = kjump(&["verify", &host, "--passphrase-file", &pass]);
+    let Run { code, text, .. } = kjump(&["verify", &host, "--passphrase-file", &pass]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("encrypted and authentic"), "{text}");
     assert_eq!(state(disk), "committed");
@@ -275,7 +258,7 @@ fn check_sealed(disk: &Path, release: &str) {
             String::from_utf8_lossy(plain)
         );
     }
-    let (code, text) = kjump(&["info", &host]);
+    let Run { code, text, .. } = kjump(&["info", &host]);
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("from the resume record") && text.contains("meta:       region=0x"),
@@ -286,9 +269,9 @@ fn check_sealed(disk: &Path, release: &str) {
 /// Two boots of the encrypted image on `disk`: an empty passphrase
 /// declines, then a wrong one is refused and the right one resumes.
 fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
-    let mut boot = Boot::start_opts("encrypt-decline", &on(kernel, disk, "none"));
+    let mut boot = start("encrypt-decline", &on(kernel, disk, "none"));
     let started = boot.wait_for("kjump: restore kernel started", PHASE);
-    let prompt = boot.wait_for("passphrase for the encrypted image", PHASE);
+    let prompt = boot.wait_for_prompt("passphrase for the encrypted image", PHASE);
     assert!(prompt.at >= started.at, "the passphrase was asked before R");
     std::thread::sleep(Duration::from_secs(1));
     boot.type_line("");
@@ -330,9 +313,9 @@ fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
 
     // The boot after: a wrong passphrase, then the right one, typed on the
     // serial console while R asks.
-    let mut boot = Boot::start_opts("encrypt-resume", &on(kernel, disk, "none"));
+    let mut boot = start("encrypt-resume", &on(kernel, disk, "none"));
     boot.wait_for("kjump: restore kernel started", PHASE);
-    boot.wait_for("passphrase for the encrypted image", PHASE);
+    boot.wait_for_prompt("passphrase for the encrypted image", PHASE);
     std::thread::sleep(Duration::from_secs(1));
     boot.type_line("wrong-horse");
     let refused = boot.wait_for("(2 more tries)", PHASE);

@@ -56,3 +56,51 @@ pub(crate) fn phdr(p: &Phdr) -> [u8; PHDR_SIZE as usize] {
     }
     h
 }
+
+/// A core of given memory, for a test whose pages must hold what it put
+/// there rather than generated pages: the note segment `notes` (none when
+/// empty) right after the program headers, then each of `loads`
+/// (physical address, bytes) from the next 4 KiB boundary on, packed. The
+/// header values are QEMU's (`p_vaddr`, `p_flags` and a load's `p_align`
+/// 0).
+pub fn core(notes: &[u8], loads: &[(u64, &[u8])]) -> Vec<u8> {
+    let note = !notes.is_empty();
+    let phnum = loads.len() + usize::from(note);
+    assert!(phnum <= MAX_PHNUM, "{phnum} program headers");
+    let notes_at = EHDR_SIZE + PHDR_SIZE * phnum as u64;
+    let data_at = (notes_at + notes.len() as u64).next_multiple_of(4096);
+    let mut out = ehdr(phnum as u16).to_vec();
+    if note {
+        out.extend(phdr(&Phdr {
+            p_type: PT_NOTE,
+            p_flags: 0,
+            offset: notes_at,
+            vaddr: 0,
+            paddr: 0,
+            filesz: notes.len() as u64,
+            memsz: notes.len() as u64,
+            align: 4,
+        }));
+    }
+    let mut at = data_at;
+    for (paddr, bytes) in loads {
+        let len = bytes.len() as u64;
+        out.extend(phdr(&Phdr {
+            p_type: PT_LOAD,
+            p_flags: 0,
+            offset: at,
+            vaddr: 0,
+            paddr: *paddr,
+            filesz: len,
+            memsz: len,
+            align: 0,
+        }));
+        at += len;
+    }
+    out.extend_from_slice(notes);
+    out.resize(data_at as usize, 0);
+    for (_, bytes) in loads {
+        out.extend_from_slice(bytes);
+    }
+    out
+}

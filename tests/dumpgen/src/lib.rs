@@ -48,11 +48,25 @@ use std::path::PathBuf;
 
 pub use layout::Layout;
 pub use mix::{PageCounts, PageKind, PageMix};
-pub use notes::{NotesSpec, NT_PRSTATUS, NT_VMCOREINFO, PRSTATUS_SIZE};
+pub use notes::{note, NotesSpec, NT_PRSTATUS, NT_VMCOREINFO, PRSTATUS_SIZE};
+pub use rng::Rng;
 pub use write::{write_dump, write_dump_to};
 
 /// The page size of the dumped machine, and the granularity of page kinds.
 pub const PAGE_SIZE: usize = 4096;
+
+/// Fills `out` (one page) with what a dump of seed `seed` holds at frame
+/// `pfn` for a page of `kind` that starts its run: the same bytes for the
+/// same arguments, on every machine.
+pub fn fill_page(kind: PageKind, seed: u64, pfn: u64, out: &mut [u8]) {
+    assert_eq!(out.len(), PAGE_SIZE, "fill_page fills one page");
+    let ctx = page::PageCtx {
+        seed,
+        pfn,
+        run_pfn: pfn,
+    };
+    page::fill_page(kind, ctx, out);
+}
 
 /// One range of physical memory, one `PT_LOAD` program header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,6 +91,14 @@ pub(crate) fn build(spec: &NotesSpec, seed: u64) -> Notes {
     }
 }
 
+/// One ELF note as a core holds it, for a test that builds a core of its
+/// own notes and memory ([`crate::elf::core`]).
+pub fn note(name: &str, n_type: u32, desc: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_note(&mut out, name, n_type, desc);
+    out
+}
+
 /// Appends one ELF note: `namesz` counts the NUL, and name and descriptor are
 /// each padded to 4 bytes (the 64-bit gABI's 8 is not what Linux uses for
 /// core notes).

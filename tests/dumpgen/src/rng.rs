@@ -20,16 +20,17 @@ pub(crate) fn derive(seed: u64, domain: u64, index: u64) -> u64 {
 }
 
 /// xoshiro256++ (Blackman & Vigna): fast, and good enough that lz4 and zstd
-/// cannot compress its output.
+/// cannot compress its output. The one generator of kjump's tests: what a
+/// test needs at random (pages, patterns, positions) comes from here.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng {
+pub struct Rng {
     s: [u64; 4],
 }
 
 impl Rng {
     /// Seeds the four state words through SplitMix64, as the authors advise;
     /// this never yields the forbidden all-zero state.
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut next = || {
             x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -41,7 +42,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
         let t = s[1] << 17;
@@ -56,7 +57,7 @@ impl Rng {
 
     /// A value in `0..n` (`n > 0`), by Lemire's multiply-shift; the tiny bias
     /// does not matter for synthetic data.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
@@ -71,7 +72,7 @@ impl Rng {
     }
 
     /// Fills `out` with random bytes, eight at a time.
-    pub(crate) fn fill(&mut self, out: &mut [u8]) {
+    pub fn fill(&mut self, out: &mut [u8]) {
         let mut words = out.chunks_exact_mut(8);
         for w in &mut words {
             w.copy_from_slice(&self.next_u64().to_le_bytes());

@@ -1,10 +1,14 @@
-//! Whole-dump tests: reproducibility, the ELF structure read back with an
-//! independent little parser, and the page mix as seen in the file.
+//! Whole-dump tests: reproducibility, the ELF structure read back with the
+//! `object` crate's parser (which shares nothing with the writer, and reads
+//! the cores in kjump's own tests too), and the page mix as seen in the file.
 
 use kjump_dumpgen::{
-    elf, write_dump, write_dump_to, DumpInfo, DumpSpec, DumpgenError, ElfStyle, KernelText, Layout,
-    PageMix, SegmentSpec, NT_PRSTATUS, NT_VMCOREINFO, PAGE_SIZE, START_KERNEL_MAP,
+    elf, note, write_dump, write_dump_to, DumpInfo, DumpSpec, DumpgenError, ElfStyle, KernelText,
+    Layout, PageMix, SegmentSpec, NT_PRSTATUS, NT_VMCOREINFO, PAGE_SIZE, START_KERNEL_MAP,
 };
+use object::elf::FileHeader64;
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::Endianness;
 
 const MIB: u64 = 1 << 20;
 
@@ -14,34 +18,37 @@ fn dump(spec: &DumpSpec) -> (Vec<u8>, DumpInfo) {
     (bytes, info)
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
-}
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 /// (type, offset, vaddr, paddr, filesz, memsz, align) of each program header.
 type Phdr = (u32, u64, u64, u64, u64, u64, u64);
 
 fn parse_phdrs(b: &[u8]) -> Vec<Phdr> {
-    assert_eq!(&b[..7], &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
-    assert_eq!(u16_at(b, 16), elf::ET_CORE);
-    assert_eq!(u16_at(b, 18), elf::EM_X86_64);
-    assert_eq!(u32_at(b, 20), 1);
-    assert_eq!(u64_at(b, 32), 64, "e_phoff right after the header");
-    assert_eq!(u16_at(b, 52), 64);
-    assert_eq!(u16_at(b, 54), 56);
-    (0..usize::from(u16_at(b, 56)))
-        .map(|i| {
-            let p = &b[64 + i * 56..64 + (i + 1) * 56];
-            let w = |k: usize| u64_at(p, 8 + k * 8);
-            (u32_at(p, 0), w(0), w(1), w(2), w(3), w(4), w(5))
+    // Class 64, little-endian, version 1, the System V ABI.
+    assert_eq!(&b[..8], &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    let h = FileHeader64::<Endianness>::parse(b).expect("an ELF64 header");
+    let e = h.endian().expect("a known byte order");
+    assert_eq!(h.e_type(e), elf::ET_CORE);
+    assert_eq!(h.e_machine(e), elf::EM_X86_64);
+    assert_eq!(h.e_version(e), 1);
+    assert_eq!(h.e_phoff(e), 64, "e_phoff right after the header");
+    assert_eq!(h.e_ehsize(e), 64);
+    assert_eq!(h.e_phentsize(e), 56);
+    h.program_headers(e, b)
+        .expect("program headers inside the file")
+        .iter()
+        .map(|p| {
+            (
+                p.p_type(e),
+                p.p_offset(e),
+                p.p_vaddr(e),
+                p.p_paddr(e),
+                p.p_filesz(e),
+                p.p_memsz(e),
+                p.p_align(e),
+            )
         })
         .collect()
 }
@@ -344,4 +351,41 @@ fn kernel_text_repeats_ram_bytes_or_differs_in_one() {
         let differing: Vec<usize> = (0..copy.len()).filter(|&i| copy[i] != ram[i]).collect();
         assert_eq!(differing, [0x12345]);
     }
+}
+
+#[test]
+fn a_core_of_given_memory_holds_its_note_and_bytes() {
+    let info = "OSRELEASE=6.12.0\nPAGESIZE=4096\n";
+    let notes = note("VMCOREINFO", NT_VMCOREINFO, info.as_bytes());
+    assert_eq!(
+        (u32_at(&notes, 0), u32_at(&notes, 4), u32_at(&notes, 8)),
+        (11, info.len() as u32, NT_VMCOREINFO),
+        "namesz counts the NUL"
+    );
+    assert_eq!(&notes[12..24], b"VMCOREINFO\0\0");
+    assert_eq!(&notes[24..24 + info.len()], info.as_bytes());
+    assert_eq!(notes.len(), 24 + info.len().next_multiple_of(4));
+
+    let low = vec![0x5a; 4096];
+    let high: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+    let b = elf::core(&notes, &[(0x1000, &low), (0x10_0000, &high)]);
+    let notes_at = 64 + 3 * 56;
+    let len = notes.len() as u64;
+    assert_eq!(
+        parse_phdrs(&b),
+        [
+            (elf::PT_NOTE, notes_at, 0, 0, len, len, 4),
+            (elf::PT_LOAD, 4096, 0, 0x1000, 4096, 4096, 0),
+            (elf::PT_LOAD, 8192, 0, 0x10_0000, 8192, 8192, 0),
+        ]
+    );
+    assert_eq!(&b[notes_at as usize..][..notes.len()], &notes[..]);
+    assert_eq!((&b[4096..8192], &b[8192..]), (&low[..], &high[..]));
+
+    // Without notes, no PT_NOTE.
+    let bare = elf::core(&[], &[(0x1000, &low)]);
+    assert_eq!(
+        parse_phdrs(&bare),
+        [(elf::PT_LOAD, 4096, 0, 0x1000, 4096, 4096, 0)]
+    );
 }
