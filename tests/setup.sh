@@ -34,7 +34,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 echo "guest kernel: $(bash tests/vm/debian-kernel.sh)"
 # The kernels with CONFIG_KEXEC_JUMP that the hibernate VM tests boot as A, B
-# and R: each built once (8.5 to 14 minutes on two cores) and cached.
+# and R: each built once (about 7 minutes on two cores) and cached.
 for series in 6.12 7.2; do
 	started=$SECONDS
 	kernel=$(bash tests/vm/build-kernel.sh "$series")
