@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cores::read_core;
@@ -265,6 +265,87 @@ fn capture_and_export_refuse_to_destroy_their_input() {
     assert_exported(img, &out, &segs);
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
+}
+
+/// A target that holds what kjump did not write (a real ext4 filesystem,
+/// a GPT partition table, anyone's data) is refused, named with what it
+/// holds and where, and left byte for byte as it was; `--force` (collect:
+/// makedumpfile's `-f`) writes over it; an empty file and a kjump image
+/// are written without it.
+#[test]
+fn targets_holding_other_data_are_refused_without_force() {
+    let dir = TempDir::new("cli-foreign");
+    let (mem, segs) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
+    // The ELF core physical_memory made the file from, for collect.
+    let core = dir.path("mem.elf").display().to_string();
+    let capture = |target: &str, extra: &[&str]| {
+        let mut args = vec![
+            "capture",
+            "--source",
+            &mem,
+            "--target",
+            target,
+            "--ranges",
+            "0x1000-0x3fff",
+        ];
+        args.extend_from_slice(extra);
+        kjump(&args)
+    };
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+    let data = dir.path("thesis.txt");
+    std::fs::write(&data, b"\0\0\0chapter one").unwrap();
+    cases.push((
+        data,
+        "data that is not a kjump image (first non-zero byte at offset 0x3)",
+    ));
+    if common::have("mkfs.ext4") {
+        let fs = dir.path("ext4.img");
+        std::fs::write(&fs, vec![0u8; 4 << 20]).unwrap();
+        common::run(
+            std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&fs),
+        );
+        cases.push((fs, "an ext2/3/4 filesystem (signature at offset 0x438)"));
+    }
+    if common::have("sgdisk") {
+        let gpt = dir.path("gpt.img");
+        std::fs::write(&gpt, vec![0u8; 4 << 20]).unwrap();
+        common::run(
+            std::process::Command::new("sgdisk")
+                .args(["-o", "-n", "1:2048:0"])
+                .arg(&gpt),
+        );
+        cases.push((gpt, "a GPT partition table (signature at offset 0x200)"));
+    }
+    for (path, what) in &cases {
+        let target = path.to_str().unwrap();
+        let before = std::fs::read(path).unwrap();
+        let e = capture(target, &[]).exits(2).stderr;
+        assert!(e.contains(&format!("{target} holds {what}")), "{e}");
+        assert!(e.contains("--force"), "{e}");
+        let e = kjump(&["collect", "-d", "1", &core, target])
+            .exits(2)
+            .stderr;
+        assert!(e.contains(what), "collect: {e}");
+        assert!(std::fs::read(path).unwrap() == before, "{target} changed");
+    }
+    // Forced, the first is overwritten and holds a good image; a second
+    // capture onto that image needs no force.
+    let (path, _) = &cases[0];
+    let target = path.to_str().unwrap();
+    capture(target, &["--force"]).ok();
+    capture(target, &[]).ok();
+    assert_exported(target, &dir.path("forced.elf"), &segs);
+    if let Some((fs, _)) = cases.get(1) {
+        kjump(&["collect", "-d", "1", "-f", &core, fs.to_str().unwrap()]).ok();
+        kjump(&["verify", fs.to_str().unwrap()]).ok();
+    }
+    // An empty file and a new one are nobody's data.
+    let empty = dir.path("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    capture(empty.to_str().unwrap(), &[]).ok();
+    capture(dir.path("new.img").to_str().unwrap(), &[]).ok();
 }
 
 /// A new image file is its owner's alone, and an image is never written

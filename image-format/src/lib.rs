@@ -36,6 +36,7 @@ pub mod chunk;
 pub mod codec;
 pub mod crypto;
 mod error;
+pub mod foreign;
 pub mod layout;
 pub mod le;
 pub mod metadata;

@@ -65,6 +65,8 @@ pub struct HibernateOptions {
     pub encrypt: Option<Secret>,
     /// More words for the capture kernel's command line.
     pub append: Vec<String>,
+    /// Write the image over a target that holds data kjump did not write.
+    pub force: bool,
 }
 
 impl HibernateOptions {
@@ -77,6 +79,7 @@ impl HibernateOptions {
             kexec: &self.kexec,
             dry_run: self.dry_run,
             encrypted,
+            force: self.force,
         }
     }
 }

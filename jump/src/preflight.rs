@@ -25,6 +25,8 @@ pub struct Given<'a> {
     /// The image will be encrypted (--encrypt): sealed chunks and metadata
     /// take more room than plain ones.
     pub encrypted: bool,
+    /// Write over a target that holds data kjump did not write (--force).
+    pub force: bool,
 }
 
 /// The kernel series kjump's VM tests run the whole cycle on
@@ -229,6 +231,9 @@ fn target_place(opts: Given, worst: u64) -> Result<(Place, Option<u64>), Preflig
         return Ok((place, Some(room)));
     }
     let place = Place::locate(opts.target, None)?;
+    if !opts.force {
+        kjump_sys::place::refuse_foreign(&place)?;
+    }
     let size = match SwapArea::of(&place).filter(SwapArea::is_active) {
         // The kernel holds it: no exclusive open until it is swapped off.
         Some(swap) => {

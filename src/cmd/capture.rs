@@ -47,6 +47,9 @@ pub struct CaptureArgs {
     /// Skip the up-front check that the worst-case image fits the target
     #[arg(long)]
     assume_fits: bool,
+    /// Write over a target that holds something kjump did not write (a filesystem, a partition table, any data that is not a kjump image); without it such a target is refused
+    #[arg(long)]
+    force: bool,
     /// Encrypt and authenticate the image with this key or passphrase
     #[command(flatten)]
     key: super::KeyArgs,
@@ -106,7 +109,11 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
             args.target.display()
         )));
     }
+    // Opened first: it refuses a link in the target's place by name.
     let target = Target::open_place(&place).map_err(Failure::error)?;
+    if !args.force {
+        kjump_sys::place::refuse_foreign(&place).map_err(Failure::error)?;
+    }
     let mut opts = CaptureOptions::new();
     opts.threads = super::threads(args.threads);
     opts.window_pages = (args.window_mib as usize) << 20 >> 12;

@@ -36,6 +36,9 @@ pub struct HibernateArgs {
     /// Drop the page cache and zero free RAM first: a smaller image and a faster capture; cached files are read from disk again after the resume
     #[arg(long)]
     free_memory: bool,
+    /// Write the image over a target that holds something kjump did not write (a filesystem, a partition table, any data that is not a kjump image); without it such a target is refused
+    #[arg(long)]
+    force: bool,
     /// Encrypt the image (AES-256-GCM): with --key-file or --passphrase-file, else a passphrase asked twice on the terminal. The secret reaches the capture kernel in RAM only
     #[arg(long)]
     encrypt: bool,
@@ -170,6 +173,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
         free_memory: args.free_memory,
         encrypt,
         append: words(&args.append),
+        force: args.force,
     };
     match hibernate(&mut opts).map_err(Failure::error)? {
         None => println!("dry run: nothing was changed"),

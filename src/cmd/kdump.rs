@@ -50,6 +50,11 @@ pub struct CollectArgs {
     /// image needs a seekable destination
     #[arg(short = 'F', hide = true)]
     flattened: bool,
+    /// Write over a destination that holds something else (makedumpfile's
+    /// -f); without it a destination holding data that is not a kjump
+    /// image is refused
+    #[arg(short = 'f', long = "force")]
+    force: bool,
     /// The crashed kernel's memory: /proc/vmcore in a kdump crash kernel,
     /// or any ELF core
     source: PathBuf,
@@ -158,7 +163,11 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             args.destination.display()
         )));
     }
+    // Opened first: it refuses a link in the target's place by name.
     let target = Target::open_place(&place).map_err(Failure::error)?;
+    if !args.force {
+        kjump_sys::place::refuse_foreign(&place).map_err(Failure::error)?;
+    }
     let mut opts = CaptureOptions::new();
     opts.threads = super::threads(args.threads);
     // A dump disk is sized for the filtered, compressed dump, as for

@@ -258,6 +258,7 @@ pub fn run(args: &SleepArgs) -> Result<(), Failure> {
         free_memory: false,
         encrypt: None,
         append: Vec::new(),
+        force: false,
     };
     let result = match hibernate(&mut opts) {
         Err(e) => Err(Failure::error(

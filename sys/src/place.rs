@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use kjump_image_format::foreign::{foreign_content, Foreign, PROBE_LEN};
 use kjump_image_format::placement::{
     detect, ExtentMap, Mapped, MAP_HEADER_LEN, MAP_LEN, MAP_MAGIC,
 };
@@ -46,6 +47,14 @@ pub enum PlaceError {
     ActiveSwap {
         /// The device.
         path: PathBuf,
+    },
+    /// The target holds something kjump did not write.
+    #[error("{path} holds {found}, which kjump would overwrite: name another target, erase it first (wipefs --all {path}), or give --force")]
+    Foreign {
+        /// The device or file.
+        path: PathBuf,
+        /// What it holds.
+        found: Foreign,
     },
     /// A file kjump cannot place an image in.
     #[error("{path}: {why}")]
@@ -390,6 +399,40 @@ fn confirm_on_device(
             }
         ),
     })
+}
+
+/// Refuses to write `place` whole when it holds data kjump did not write:
+/// a filesystem, a partition table, a volume, anything not all zero where
+/// kjump looks that is not a kjump image. A swap area (written after its
+/// header) and a file target (its own extents, kjump's map first) were
+/// recognised by [`Place::locate`] already; a path that does not exist yet
+/// holds nothing.
+pub fn refuse_foreign(place: &Place) -> Result<(), PlaceError> {
+    if place.placement != Placement::Whole {
+        return Ok(());
+    }
+    let file = match File::open(&place.holder) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("opening", &place.holder)(e)),
+    };
+    let mut head = vec![0u8; PROBE_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        match FileExt::read_at(&file, &mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io("reading the first bytes of", &place.holder)(e)),
+        }
+    }
+    match foreign_content(&head[..got]) {
+        None => Ok(()),
+        Some(found) => Err(PlaceError::Foreign {
+            path: place.holder.clone(),
+            found,
+        }),
+    }
 }
 
 /// A block device's size in bytes.

@@ -86,6 +86,11 @@ pub fn target_state(path: Option<&Path>, file_target: bool) -> TargetState {
         Err(e) => return unusable(kjump_handoff::error_chain(&e)),
     };
     let block = std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type());
+    if block {
+        if let Err(e) = kjump_sys::place::refuse_foreign(&place) {
+            return unusable(e.to_string());
+        }
+    }
     let active = block && SwapArea::of(&place).is_some_and(|swap| swap.is_active());
     let size = if active {
         kjump_sys::place::device_size(p).map_err(|e| kjump_handoff::error_chain(&e))
