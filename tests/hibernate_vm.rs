@@ -25,7 +25,7 @@ use common::hibvm::flows::{disk, failed_capture};
 use common::hibvm::scenarios;
 use common::hibvm::{BootOpts, Kernel};
 use common::kjump::{kjump, Run};
-use common::vm::{machine, machine_cpus};
+use common::vm::{line, machine, machine_cpus};
 
 const KERNEL: Kernel = Kernel::Linux6_12;
 
@@ -63,7 +63,33 @@ fn checkpoint_then_resume() {
 fn failed_capture_jumps_back_to_a() {
     let Some(_machine) = machine() else { return };
     let disk = disk("readonly");
-    failed_capture("readonly", &BootOpts::new(&disk, "poweroff").readonly());
+    // B has a rescue shell; nobody takes it, so B jumps back after 5 s.
+    let opts = BootOpts::new(&disk, "poweroff")
+        .readonly()
+        .arg("kjump.shell=5");
+    let (boot, failed) = failed_capture("readonly", &opts);
+    let lines = boot.lines();
+    let offer = line(
+        &lines,
+        "kjump: press Enter within 5 s for a rescue shell (/bin/sh), or wait to jump back to the saved kernel",
+        &boot.name,
+    );
+    let gave_up = line(
+        &lines,
+        "kjump: no rescue shell: no answer within 5 s",
+        &boot.name,
+    );
+    let back = line(
+        &lines,
+        "kjump: jumping back to the saved kernel",
+        &boot.name,
+    );
+    assert!(failed.at <= offer.at && offer.at <= gave_up.at && gave_up.at <= back.at);
+    assert!(
+        gave_up.at - offer.at >= 4.5,
+        "B gave up after {:.1} s",
+        gave_up.at - offer.at
+    );
     let Run {
         code, text: out, ..
     } = kjump(&["verify", disk.to_str().expect("utf-8 path")]);

@@ -163,6 +163,12 @@ pub struct Manifest {
     /// The terminal a passphrase is asked on (optional key `tty`; default
     /// /dev/console).
     pub tty: Option<PathBuf>,
+    /// Seconds the kernel waits for an answer on the console (R's
+    /// passphrase, B's offer of a rescue shell) before it goes on without
+    /// one (optional key `prompt-timeout`; default
+    /// [`DEFAULT_PROMPT_TIMEOUT`]): an unattended machine never waits
+    /// forever.
+    pub prompt_timeout: Option<u64>,
     /// The uuid the image gets, so that the saved kernel can tell its own
     /// image (optional key `image-uuid`, 32 hex digits).
     pub image_uuid: Option<Uuid>,
@@ -246,8 +252,11 @@ impl KeySource {
     }
 }
 
+/// Seconds a prompt waits when the manifest names no `prompt-timeout`.
+pub const DEFAULT_PROMPT_TIMEOUT: u64 = 120;
+
 /// Every key a manifest may have.
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "mailbox",
     "version",
     "mode",
@@ -256,6 +265,7 @@ const KEYS: [&str; 15] = [
     "encrypt",
     "key",
     "tty",
+    "prompt-timeout",
     "image-uuid",
     "swap-was-active",
     "ram",
@@ -381,6 +391,11 @@ fn decode_region(v: &str) -> Result<PhysRange, Problem> {
 }
 
 impl Manifest {
+    /// How long a prompt of this kernel waits for an answer.
+    pub fn prompt_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.prompt_timeout.unwrap_or(DEFAULT_PROMPT_TIMEOUT))
+    }
+
     /// The manifest as text.
     pub fn encode(&self) -> String {
         let mut s = String::from("# kjump capture manifest\n");
@@ -409,6 +424,9 @@ impl Manifest {
         }
         if let Some(t) = &self.tty {
             let _ = writeln!(s, "tty={}", t.display());
+        }
+        if let Some(t) = self.prompt_timeout {
+            let _ = writeln!(s, "prompt-timeout={t}");
         }
         if let Some(u) = &self.image_uuid {
             let _ = writeln!(s, "image-uuid={u}");
@@ -474,6 +492,14 @@ impl Manifest {
             })?,
             key_source: key_source.unwrap_or_default(),
             tty: lines.get("tty").map(|(_, v)| PathBuf::from(v)),
+            prompt_timeout: lines.decode("prompt-timeout", |v| {
+                v.parse().map_err(|source| Problem::Number {
+                    key: "prompt-timeout",
+                    value: v.into(),
+                    expected: " is not a number of seconds",
+                    source,
+                })
+            })?,
             image_uuid: lines.decode("image-uuid", |v| {
                 word("image-uuid", "32 hex digits", Uuid::parse(v), v)
             })?,
@@ -503,6 +529,7 @@ mod tests {
             encrypt: None,
             key_source: KeySource::Initramfs,
             tty: None,
+            prompt_timeout: None,
             image_uuid: None,
             swap_was_active: false,
             mailbox: None,
@@ -562,11 +589,12 @@ mod tests {
         ] {
             m.key_source = source;
             m.tty = Some("/dev/ttyS0".into());
+            m.prompt_timeout = Some(30);
             assert_eq!(Manifest::parse(&m.encode()).unwrap(), m);
         }
         assert!(m
             .encode()
-            .contains("key=device:/dev/vdc:64\ntty=/dev/ttyS0\n"));
+            .contains("key=device:/dev/vdc:64\ntty=/dev/ttyS0\nprompt-timeout=30\n"));
         for bad in [
             "device:/dev/vdc",
             "device:/dev/vdc:0",

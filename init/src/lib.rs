@@ -187,6 +187,8 @@ pub struct State {
     mailbox: Option<MailboxAddress>,
     /// This kernel found itself outside its region.
     escaped: bool,
+    /// How long a prompt waits for an answer (the manifest's).
+    prompt_limit: Option<std::time::Duration>,
 }
 
 /// Runs /init. Never returns.
@@ -212,6 +214,7 @@ fn run(state: &mut State) -> Result<Plan, InitError> {
     let text = read(&Path::new("/").join(kjump_handoff::manifest::PATH))?;
     let manifest = Manifest::parse(&text)?;
     state.mailbox = manifest.mailbox;
+    state.prompt_limit = Some(manifest.prompt_limit());
     if manifest.mode == Mode::Restore {
         state.restoring = true;
         say("restore kernel started");
@@ -370,6 +373,30 @@ fn report(what: &str, state: &State) {
     }
 }
 
+/// Offers the rescue shell on the console: Enter within the manifest's
+/// prompt timeout takes it; no answer, or a console that cannot be read,
+/// goes on to `then` (an unattended machine never waits forever).
+fn wants_rescue_shell(then: &str, state: &State) -> bool {
+    let limit = state.prompt_limit.unwrap_or(std::time::Duration::from_secs(
+        kjump_handoff::manifest::DEFAULT_PROMPT_TIMEOUT,
+    ));
+    let prompt = format!(
+        "kjump: press Enter within {} s for a rescue shell ({RESCUE_SHELL}), or wait to {then}\n",
+        limit.as_secs()
+    );
+    match kjump_sys::tty::read_secret_line(Path::new("/dev/console"), &prompt, Some(limit)) {
+        Ok(Some(_)) => true,
+        Ok(None) => {
+            say("the console closed: no rescue shell");
+            false
+        }
+        Err(e) => {
+            say(format_args!("no rescue shell: {e}"));
+            false
+        }
+    }
+}
+
 fn fail(what: &str, state: &State) -> ! {
     if let Some(entry) = state.hand_back {
         hand_back(what, entry, state);
@@ -396,10 +423,12 @@ fn fail(what: &str, state: &State) -> ! {
         } else {
             "power off"
         };
-        say(format_args!(
-            "starting a rescue shell ({RESCUE_SHELL}); exit it to {then}"
-        ));
-        let _ = std::process::Command::new(RESCUE_SHELL).status();
+        if wants_rescue_shell(then, state) {
+            say(format_args!(
+                "starting a rescue shell ({RESCUE_SHELL}); exit it to {then}"
+            ));
+            let _ = std::process::Command::new(RESCUE_SHELL).status();
+        }
     }
     // The saved kernel runs on as if it had never left: its session is
     // worth more than a clean power-off.

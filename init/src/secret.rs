@@ -107,11 +107,13 @@ pub(crate) fn restore_secret(
         }
         (KeySource::Ask, SecretKind::Passphrase) => {
             let tty = manifest.tty.as_deref().unwrap_or(Path::new("/dev/console"));
+            let limit = manifest.prompt_limit();
             let prompt = format!(
-                "kjump: passphrase for the encrypted image on {} (an empty line boots without resuming): ",
-                place.describe()
+                "kjump: passphrase for the encrypted image on {} (an empty line, or none within {} s, boots without resuming): ",
+                place.describe(),
+                limit.as_secs()
             );
-            let secret = crate::prompt::ask(tty, &prompt, PASSPHRASE_TRIES, |mut line| {
+            let secret = crate::prompt::ask(tty, &prompt, PASSPHRASE_TRIES, limit, |mut line| {
                 open(Secret::passphrase(std::mem::take(&mut *line))?)
             })?;
             Ok(secret)

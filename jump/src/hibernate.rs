@@ -67,6 +67,9 @@ pub struct HibernateOptions {
     pub append: Vec<String>,
     /// Write the image over a target that holds data kjump did not write.
     pub force: bool,
+    /// Seconds B offers its rescue shell before it goes on (the manifest's
+    /// `prompt-timeout`; `None`: its default).
+    pub prompt_timeout: Option<u64>,
 }
 
 impl HibernateOptions {
@@ -149,6 +152,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
             Secret::Passphrase(_) => SecretKind::Passphrase,
         }),
         image_uuid: Some(uuid),
+        prompt_timeout: opts.prompt_timeout,
         swap_was_active: SwapArea::of(&place).is_some_and(|s| s.is_active()),
         kernel_release: release,
         filesystems: fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)

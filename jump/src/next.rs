@@ -259,6 +259,7 @@ impl<'a> NextKernel<'a> {
             encrypt: None,
             key_source: KeySource::Initramfs,
             tty: None,
+            prompt_timeout: None,
             image_uuid: None,
             swap_was_active: false,
             mailbox: self.mailbox.as_ref().map(Mailbox::address),

@@ -188,6 +188,9 @@ pub struct ResumeOptions {
     pub tty: Option<PathBuf>,
     /// More words for the restore kernel's command line.
     pub append: Vec<String>,
+    /// Seconds R waits for the passphrase before it hands back (the
+    /// manifest's `prompt-timeout`; `None`: its default).
+    pub prompt_timeout: Option<u64>,
 }
 
 /// What [`check`] decided: resume under this plan (with the saved
@@ -443,6 +446,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         }),
         key_source,
         tty: opts.tty.clone(),
+        prompt_timeout: opts.prompt_timeout,
         image_uuid: Some(found.uuid),
         kernel_release: found.release.clone(),
         ..next.manifest(Mode::Restore, kernel_name(&opts.device), opts.offset)

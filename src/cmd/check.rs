@@ -77,11 +77,15 @@ pub struct Settings {
     pub kernel: Option<PathBuf>,
     /// `KJUMP_THEN`.
     pub then: Option<String>,
+    /// `KJUMP_PROMPT_TIMEOUT`: seconds the capture and restore kernels
+    /// wait for an answer on the console.
+    pub prompt_timeout: Option<u64>,
 }
 
 impl Settings {
-    /// The settings in kjump.conf's text.
-    pub fn from_conf(text: &str) -> Settings {
+    /// The settings in kjump.conf's text; a value that cannot be used is
+    /// an error naming it.
+    pub fn from_conf(text: &str) -> Result<Settings, String> {
         let pairs = parse_conf(text);
         let get = |key: &str| {
             pairs
@@ -92,18 +96,26 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
         let file = get("KJUMP_FILE");
-        Settings {
+        let prompt_timeout = get("KJUMP_PROMPT_TIMEOUT")
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("KJUMP_PROMPT_TIMEOUT={v} is not a number of seconds"))
+            })
+            .transpose()?;
+        Ok(Settings {
             file_target: file.is_some(),
             target: file.or_else(|| get("KJUMP_DEVICE")).map(PathBuf::from),
             kernel: get("KJUMP_KERNEL").map(PathBuf::from),
             then: get("KJUMP_THEN"),
-        }
+            prompt_timeout,
+        })
     }
 
     /// Reads `path`; a missing file gives no settings.
     pub fn read(path: &Path) -> Result<Settings, Failure> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Settings::from_conf(&text)),
+            Ok(text) => Settings::from_conf(&text)
+                .map_err(|why| Failure::error(anyhow::anyhow!("{}: {why}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
             Err(e) => Err(Failure::error(anyhow::anyhow!(
                 "reading {}: {e}",

@@ -39,6 +39,9 @@ pub struct HibernateArgs {
     /// Write the image over a target that holds something kjump did not write (a filesystem, a partition table, any data that is not a kjump image); without it such a target is refused
     #[arg(long)]
     force: bool,
+    /// Seconds the capture kernel offers its rescue shell (when --file gave it one) after a failed capture before it goes on [default: 120]
+    #[arg(long, value_name = "SECS")]
+    prompt_timeout: Option<u64>,
     /// Encrypt the image (AES-256-GCM): with --key-file or --passphrase-file, else a passphrase asked twice on the terminal. The secret reaches the capture kernel in RAM only
     #[arg(long)]
     encrypt: bool,
@@ -109,6 +112,9 @@ pub struct ResumeArgs {
     /// Terminal the restore kernel asks the passphrase on, as it names it (default: /dev/console)
     #[arg(long)]
     tty: Option<PathBuf>,
+    /// Seconds the restore kernel waits for the passphrase before it hands back to the normal boot [default: 120]
+    #[arg(long, value_name = "SECS")]
+    prompt_timeout: Option<u64>,
     /// More words for the restore kernel's command line, after kjump's own; repeatable
     #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
     append: Vec<String>,
@@ -126,6 +132,7 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
         key_size: args.key_size,
         tty: args.tty,
         append: words(&args.append),
+        prompt_timeout: args.prompt_timeout,
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {
@@ -174,6 +181,7 @@ pub fn run(args: HibernateArgs) -> Result<(), Failure> {
         encrypt,
         append: words(&args.append),
         force: args.force,
+        prompt_timeout: args.prompt_timeout,
     };
     match hibernate(&mut opts).map_err(Failure::error)? {
         None => println!("dry run: nothing was changed"),

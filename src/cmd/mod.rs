@@ -85,7 +85,7 @@ pub fn default_tty() -> PathBuf {
 pub fn ask_passphrase(twice: bool) -> Result<Secret, Failure> {
     let tty = default_tty();
     let ask = |prompt: &str| {
-        kjump_sys::tty::read_secret_line(&tty, prompt)
+        kjump_sys::tty::read_secret_line(&tty, prompt, None)
             .map_err(|e| anyhow::anyhow!("reading a passphrase from {}: {e}", tty.display()))?
             .ok_or_else(|| {
                 anyhow::anyhow!("{} closed before a passphrase was given", tty.display())

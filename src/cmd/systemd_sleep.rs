@@ -259,6 +259,7 @@ pub fn run(args: &SleepArgs) -> Result<(), Failure> {
         encrypt: None,
         append: Vec::new(),
         force: false,
+        prompt_timeout: settings.prompt_timeout,
     };
     let result = match hibernate(&mut opts) {
         Err(e) => Err(Failure::error(

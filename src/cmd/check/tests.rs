@@ -223,7 +223,7 @@ fn bzimage_header() {
 fn conf_parsing() {
     let text = "# comment\nKJUMP_DEVICE=/dev/disk/by-partlabel/kjump\nKJUMP_FILE=\n\
         KJUMP_KERNEL=\"/boot/vmlinuz-kjump\"\nKJUMP_THEN='suspend'\n  \nnot a line\n";
-    let s = Settings::from_conf(text);
+    let s = Settings::from_conf(text).unwrap();
     assert_eq!(
         s,
         Settings {
@@ -231,15 +231,26 @@ fn conf_parsing() {
             file_target: false,
             kernel: Some("/boot/vmlinuz-kjump".into()),
             then: Some("suspend".into()),
+            prompt_timeout: None,
         }
     );
-    let s = Settings::from_conf("KJUMP_DEVICE=/dev/sda3\nKJUMP_FILE=/var/lib/kjump/image\n");
+    let s =
+        Settings::from_conf("KJUMP_DEVICE=/dev/sda3\nKJUMP_FILE=/var/lib/kjump/image\n").unwrap();
     assert_eq!(s.target, Some("/var/lib/kjump/image".into()));
     assert!(s.file_target);
-    assert_eq!(Settings::from_conf("KJUMP_DEVICE=\n"), Settings::default());
+    assert_eq!(
+        Settings::from_conf("KJUMP_DEVICE=\n"),
+        Ok(Settings::default())
+    );
+    let s = Settings::from_conf("KJUMP_PROMPT_TIMEOUT=30\n").unwrap();
+    assert_eq!(s.prompt_timeout, Some(30));
+    assert_eq!(
+        Settings::from_conf("KJUMP_PROMPT_TIMEOUT=2m\n"),
+        Err("KJUMP_PROMPT_TIMEOUT=2m is not a number of seconds".to_string())
+    );
     // The shipped configuration names the default partition.
     let shipped = include_str!("../../../initramfs/integration/kjump.conf");
-    let s = Settings::from_conf(shipped);
+    let s = Settings::from_conf(shipped).unwrap();
     assert_eq!(s.target, Some("/dev/disk/by-partlabel/kjump".into()));
     assert_eq!(s.then.as_deref(), Some("poweroff"));
     assert_eq!(s.kernel, None);

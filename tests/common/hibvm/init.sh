@@ -38,7 +38,11 @@
 #                      the crashkernel region as RAM, which kjump keeps out
 #                      of it, so its tripwire finds it outside its region;
 #                      then the real hibernation
+#   kjump.shell=S      `kjump hibernate --file /bin/busybox:bin/sh
+#                      --prompt-timeout S`: B offers a rescue shell for S
+#                      seconds after a failed capture
 #   kjump.rappend=WORD `kjump resume --append WORD`
+#   kjump.rtimeout=S   `kjump resume --prompt-timeout S`
 #   kjump.selftest=1   instead of all this: `kjump selftest` (two kexec
 #                      jumps into a payload that jumps straight back), then
 #                      power off
@@ -134,6 +138,9 @@ outside() {
 escape=
 [ "$(key escape)" = 1 ] && escape=$(outside)
 rappend=$(key rappend)
+shell=$(key shell)
+[ -n "$shell" ] && free="$free --file /bin/busybox:bin/sh --prompt-timeout $shell"
+rtimeout=$(key rtimeout)
 passes() { cat /tmp/memcheck.passes 2>/dev/null || echo 0; }
 # Waits until memcheck has made $1 good passes; says so if it died first.
 wait_passes() {
@@ -169,7 +176,8 @@ echo "A: resume start"
 # $force is one word or none; the offset and the key device two or none.
 # shellcheck disable=SC2086
 kjump resume --device "$resume" ${offset:+--offset "$offset"} --kernel /boot/bzImage $force \
-	${keydev:+--key-file "$keydev"} ${keydev:+--key-size 64} --append "$tcg" ${rappend:+--append "$rappend"}
+	${keydev:+--key-file "$keydev"} ${keydev:+--key-size 64} --append "$tcg" ${rappend:+--append "$rappend"} \
+	${rtimeout:+--prompt-timeout "$rtimeout"}
 echo "A: RESUME-EXIT $?"
 if [ -n "$fs" ]; then
 	mkdir -p /mnt/a

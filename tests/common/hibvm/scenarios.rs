@@ -269,13 +269,24 @@ fn check_sealed(disk: &Path, release: &str) {
 /// Two boots of the encrypted image on `disk`: an empty passphrase
 /// declines, then a wrong one is refused and the right one resumes.
 fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
-    let mut boot = start("encrypt-decline", &on(kernel, disk, "none"));
+    // Nobody at the console: R waits its prompt timeout, then hands back.
+    let mut boot = start(
+        "encrypt-decline",
+        &on(kernel, disk, "none").arg("kjump.rtimeout=8"),
+    );
     let started = boot.wait_for("kjump: restore kernel started", PHASE);
     let prompt = boot.wait_for_prompt("passphrase for the encrypted image", PHASE);
     assert!(prompt.at >= started.at, "the passphrase was asked before R");
-    std::thread::sleep(Duration::from_secs(1));
-    boot.type_line("");
-    boot.wait_for("kjump: not resuming: no passphrase was given", PHASE);
+    assert!(prompt.text.contains("none within 8 s"), "{}", prompt.text);
+    let gave_up = boot.wait_for(
+        "kjump: not resuming: no passphrase was given on /dev/console within 8 s",
+        PHASE,
+    );
+    assert!(
+        gave_up.at - prompt.at >= 7.5,
+        "R gave up {:.1} s after it asked",
+        gave_up.at - prompt.at
+    );
     boot.wait_for("handing control back to the normal boot", PHASE);
     let back = boot.wait_for("A: RESUME-EXIT 0", PHASE);
     boot.wait_for("A: DONE", PHASE);
@@ -306,8 +317,9 @@ fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
     assert!(!lines.iter().any(|l| l.text == "RESUMED"), "resumed anyway");
     assert_eq!(state(disk), "committed");
     println!(
-        "[encrypt-decline] R asked {:.1} s after R started; handed back, R0 went on at {:.1} s",
+        "[encrypt-decline] R asked {:.1} s after R started, gave up {:.1} s later; handed back, R0 went on at {:.1} s",
         prompt.at - started.at,
+        gave_up.at - prompt.at,
         back.at
     );
 

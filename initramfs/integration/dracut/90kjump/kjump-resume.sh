@@ -10,5 +10,6 @@ if getargbool 0 kjump.noresume; then
 	return 0
 fi
 kjump resume --device "$KJUMP_DEVICE" ${KJUMP_OFFSET:+--offset "$KJUMP_OFFSET"} --kernel /usr/lib/kjump/vmlinuz \
-	${KJUMP_KEY_DEVICE:+--key-file "$KJUMP_KEY_DEVICE" --key-size "$KJUMP_KEY_SIZE"}
+	${KJUMP_KEY_DEVICE:+--key-file "$KJUMP_KEY_DEVICE" --key-size "$KJUMP_KEY_SIZE"} \
+	${KJUMP_PROMPT_TIMEOUT:+--prompt-timeout "$KJUMP_PROMPT_TIMEOUT"}
 info "kjump: resume returned $?: continuing the normal boot"
