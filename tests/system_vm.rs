@@ -16,7 +16,10 @@
 //! workload process, its checksum and its counter going on, the log
 //! consistent, `systemctl is-system-running` says running, the journal's
 //! line with the time away and the image size, the sleep hooks run with
-//! pre and post, the clock right. Phase times are printed.
+//! pre and post, the clock right. Phase times are printed. The dracut
+//! variant also arms a calendar timer that falls due while the machine is
+//! off and must run once the system is back, and ends with a `systemctl
+//! hybrid-sleep` (the image saved, then suspend to RAM) woken through QMP.
 
 mod common;
 
@@ -307,9 +310,92 @@ fn resume(
     (m, back, service)
 }
 
+/// A sleep hook that, at its first `pre`, arms a calendar timer due 20 s
+/// later. The jump follows the hooks within seconds, so
+/// the timer falls due while the machine is off; it writes the time it ran.
+const TIMER_HOOK: &str = "printf '%s\\n' '#!/bin/sh' \
+    '[ \"$1\" = pre ] && [ ! -e /var/lib/kjump-test-timer.due ] || exit 0' \
+    'due=$(( $(date +%s) + 20 ))' \
+    'echo $due > /var/lib/kjump-test-timer.due' \
+    'systemd-run --unit=kjump-test-timer --timer-property=AccuracySec=1s --on-calendar=\"$(date -u -d @$due \"+%F %T UTC\")\" sh -c \"date +%s > /var/lib/kjump-test-timer\"' \
+    > /usr/lib/systemd/system-sleep/kjump-test-timer \
+    && chmod 755 /usr/lib/systemd/system-sleep/kjump-test-timer";
+
+/// The timer [`TIMER_HOOK`] armed fell due while the machine was off and
+/// ran once the system was back: systemd caught up with the clock jump.
+fn timer_caught_up(m: &mut Machine) {
+    until(m, "test -s /var/lib/kjump-test-timer", "run of the timer");
+    let due: i64 = m.ok("cat /var/lib/kjump-test-timer.due").parse().unwrap();
+    let ran: i64 = m.ok("cat /var/lib/kjump-test-timer").parse().unwrap();
+    let resumed: f64 = m
+        .ok("journalctl -b -o short-unix -u systemd-hibernate.service | grep 'kjump: resumed from' | tail -n 1 | cut -d' ' -f1")
+        .parse()
+        .unwrap();
+    assert!(
+        (due as f64) < resumed && ran as f64 >= resumed.floor(),
+        "timer due at {due} ran at {ran}; the system resumed at {resumed}"
+    );
+    eprintln!(
+        "a timer due {:.0} s before the resume ran {} s after it (whole seconds)",
+        resumed - due as f64,
+        ran - resumed.floor() as i64
+    );
+}
+
+/// `systemctl hybrid-sleep`: kjump saves the image and the capture kernel
+/// suspends the machine to RAM; QMP's system_wakeup wakes it, the capture
+/// kernel jumps back, and the same system goes on with its image, the
+/// fallback had the power gone, marked consumed.
+fn hybrid_sleep_and_wake(m: &mut Machine, sum: &str, boot_id: &str, starts: u32) {
+    assert_eq!(logind_can(m, "CanHybridSleep"), "s \"yes\"");
+    let (pid, pass) = status(m, sum);
+    m.ok("rm -f /var/lib/kjump-test-hooks.log");
+    let t = Instant::now();
+    m.send("systemctl hybrid-sleep");
+    m.wait_for("kjump: image committed", SECS(900));
+    m.wait_for("kjump: suspending to RAM", SECS(300));
+    if let Err(e) = m.qmp().wait_status("suspended", SECS(120)) {
+        m.fail(e);
+    }
+    let down = t.elapsed();
+    std::thread::sleep(SECS(2));
+    if let Err(e) = m.qmp().command("system_wakeup") {
+        m.fail(e);
+    }
+    let woken = Instant::now();
+    m.wait_for("kjump-test-hook: post hybrid-sleep", SECS(600));
+    let back = woken.elapsed();
+    next_pass(m, sum, pid, pass);
+    assert_eq!(
+        healthy(m, sum, starts),
+        boot_id,
+        "a new boot after hybrid-sleep"
+    );
+    let hooks = m.ok("cat /var/lib/kjump-test-hooks.log");
+    assert_eq!(
+        hooks.lines().collect::<Vec<_>>(),
+        [
+            "pre hybrid-sleep hybrid-sleep",
+            "post hybrid-sleep hybrid-sleep"
+        ],
+        "sleep hooks"
+    );
+    let line = m.ok(
+        "journalctl -b -o cat -u systemd-hybrid-sleep.service | grep '^kjump: resumed from hybrid-sleep' | tail -n 1",
+    );
+    assert!(line.ends_with("now consumed"), "journal: {line:?}");
+    eprintln!(
+        "hybrid-sleep: systemctl hybrid-sleep to suspended {:.1} s; system_wakeup to the post hook {:.1} s; {line}",
+        down.as_secs_f64(),
+        back.as_secs_f64()
+    );
+}
+
 /// Three cycles, a boot that skips the resume and hibernates again, a
-/// fourth resume, a clean shutdown and a host e2fsck of the root.
-fn cycles(variant: &str, hibernations: usize, refusal: bool) {
+/// fourth resume, a clean shutdown and a host e2fsck of the root. With
+/// `extras`, a timer falls due while the machine is off in the first
+/// cycle, and a hybrid sleep woken from suspend follows the last.
+fn cycles(variant: &str, hibernations: usize, refusal: bool, extras: bool) {
     if !common::deb::ready(&["cargo-deb", "mmdebstrap", "sgdisk", "cc"]) {
         return;
     }
@@ -360,6 +446,9 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
                 down.as_secs_f64()
             );
         }
+        if extras && n == 1 {
+            m.ok(TIMER_HOOK);
+        }
         let down = hibernate(&mut m);
         drop(m);
         let cycle = if n == hibernations && hibernations > 1 {
@@ -369,6 +458,9 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
         };
         let (back, up, service) = resume(&sys, &sum, cycle, starts, (&boot_id, pid, pass));
         m = back;
+        if extras && n == 1 {
+            timer_caught_up(&mut m);
+        }
         (_, pass) = status(&mut m, &sum);
         eprintln!(
             "{variant} cycle {n}: systemctl hibernate to power-off {:.1} s; power-on to the post hook {:.1} s, to the workload's next pass {:.1} s",
@@ -377,6 +469,9 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
             service.as_secs_f64()
         );
         times.push((down, up, service));
+    }
+    if extras {
+        hybrid_sleep_and_wake(&mut m, &sum, &boot_id, starts);
     }
     m.send("systemctl poweroff");
     assert!(m.wait_exit(SECS(300)).success());
@@ -399,11 +494,12 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool) {
 #[test]
 fn debian_initramfs_tools_three_cycles_noresume_and_fsck() {
     // Three cycles, then a kjump.noresume boot and one more.
-    cycles("initramfs-tools", 4, false);
+    cycles("initramfs-tools", 4, false, false);
 }
 
 #[test]
-fn debian_dracut_one_cycle_and_a_refusal() {
-    // One cycle; before it, kjump configured with a missing target.
-    cycles("dracut", 1, true);
+fn debian_dracut_refusal_cycle_timer_and_hybrid_sleep() {
+    // Kjump configured with a missing target and refused; one cycle, with
+    // a timer due while the machine is off; a hybrid sleep woken from RAM.
+    cycles("dracut", 1, true, true);
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use super::vm::{self, Upto, Vm, VmSpec, Waited};
+use super::vm::{self, Qmp, Upto, Vm, VmSpec, Waited};
 
 /// Guest RAM.
 pub const MEM: &str = "1536M";
@@ -50,6 +50,8 @@ impl Machine {
     pub fn boot(sys: &System, append: &str, name: &str) -> Machine {
         let mut spec = VmSpec::new(&sys.kernel, &sys.initrd, &format!("{APPEND} {append}"), MEM);
         spec.smp = CPUS;
+        // S3 for hybrid sleep, woken through QMP.
+        spec.s3 = true;
         spec.drives = vec![format!(
             "file={},format=raw,if=virtio",
             vm::qemu_path(&sys.disk)
@@ -59,6 +61,11 @@ impl Machine {
             seen: 0,
             seq: 0,
         }
+    }
+
+    /// A QMP connection to this QEMU.
+    pub fn qmp(&self) -> Qmp {
+        self.vm.qmp()
     }
 
     /// Fails the test with the console's last lines.
