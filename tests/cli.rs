@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cores::read_core;
-use common::kjump::kjump;
+use common::kjump::{kjump, Run};
 use common::tempdir::TempDir;
 use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
 
@@ -30,6 +30,22 @@ fn physical_memory(dir: &TempDir, segments: Vec<SegmentSpec>) -> (String, Vec<(u
     std::fs::write(&path, &mem).unwrap();
     let segs = segs.into_iter().map(|s| (s.paddr, s.bytes)).collect();
     (path.display().to_string(), segs)
+}
+
+/// `kjump capture` of the pages at 0x1000-0x3fff of `mem` (a file from
+/// [`physical_memory`]) onto `target`, with `extra` arguments after.
+fn capture_pages(mem: &str, target: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "capture",
+        "--source",
+        mem,
+        "--target",
+        target,
+        "--ranges",
+        "0x1000-0x3fff",
+    ];
+    args.extend_from_slice(extra);
+    kjump(&args)
 }
 
 fn assert_exported(image: &str, out: &Path, want: &[(u64, Vec<u8>)]) {
@@ -216,33 +232,14 @@ fn capture_and_export_refuse_to_destroy_their_input() {
     let link = dir.path("mem-link");
     std::os::unix::fs::symlink(&mem, &link).unwrap();
     for target in [mem.as_str(), link.to_str().unwrap()] {
-        let e = kjump(&[
-            "capture",
-            "--source",
-            &mem,
-            "--target",
-            target,
-            "--ranges",
-            "0x1000-0x3fff",
-        ])
-        .exits(2)
-        .stderr;
+        let e = capture_pages(&mem, target, &[]).exits(2).stderr;
         assert!(e.contains("are the same file"), "{target}: {e}");
     }
     assert!(std::fs::read(&mem).unwrap() == before, "the source changed");
 
     let img = dir.path("a.img");
     let img = img.to_str().unwrap();
-    kjump(&[
-        "capture",
-        "--source",
-        &mem,
-        "--target",
-        img,
-        "--ranges",
-        "0x1000-0x3fff",
-    ])
-    .ok();
+    capture_pages(&mem, img, &[]).ok();
     let image = std::fs::read(img).unwrap();
     let e = kjump(&["export", img, "-o", img]).exits(2).stderr;
     assert!(e.contains("is the image"), "{e}");
@@ -278,19 +275,6 @@ fn targets_holding_other_data_are_refused_without_force() {
     let (mem, segs) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
     // The ELF core physical_memory made the file from, for collect.
     let core = dir.path("mem.elf").display().to_string();
-    let capture = |target: &str, extra: &[&str]| {
-        let mut args = vec![
-            "capture",
-            "--source",
-            &mem,
-            "--target",
-            target,
-            "--ranges",
-            "0x1000-0x3fff",
-        ];
-        args.extend_from_slice(extra);
-        kjump(&args)
-    };
     let mut cases: Vec<(PathBuf, &str)> = Vec::new();
     let data = dir.path("thesis.txt");
     std::fs::write(&data, b"\0\0\0chapter one").unwrap();
@@ -321,7 +305,7 @@ fn targets_holding_other_data_are_refused_without_force() {
     for (path, what) in &cases {
         let target = path.to_str().unwrap();
         let before = std::fs::read(path).unwrap();
-        let e = capture(target, &[]).exits(2).stderr;
+        let e = capture_pages(&mem, target, &[]).exits(2).stderr;
         assert!(e.contains(&format!("{target} holds {what}")), "{e}");
         assert!(e.contains("--force"), "{e}");
         let e = kjump(&["collect", "-d", "1", &core, target])
@@ -334,8 +318,8 @@ fn targets_holding_other_data_are_refused_without_force() {
     // capture onto that image needs no force.
     let (path, _) = &cases[0];
     let target = path.to_str().unwrap();
-    capture(target, &["--force"]).ok();
-    capture(target, &[]).ok();
+    capture_pages(&mem, target, &["--force"]).ok();
+    capture_pages(&mem, target, &[]).ok();
     assert_exported(target, &dir.path("forced.elf"), &segs);
     if let Some((fs, _)) = cases.get(1) {
         kjump(&["collect", "-d", "1", "-f", &core, fs.to_str().unwrap()]).ok();
@@ -344,8 +328,8 @@ fn targets_holding_other_data_are_refused_without_force() {
     // An empty file and a new one are nobody's data.
     let empty = dir.path("empty.img");
     std::fs::write(&empty, b"").unwrap();
-    capture(empty.to_str().unwrap(), &[]).ok();
-    capture(dir.path("new.img").to_str().unwrap(), &[]).ok();
+    capture_pages(&mem, empty.to_str().unwrap(), &[]).ok();
+    capture_pages(&mem, dir.path("new.img").to_str().unwrap(), &[]).ok();
 }
 
 /// A new image file is its owner's alone, and an image is never written
@@ -356,33 +340,16 @@ fn image_files_are_private_and_never_written_through_a_link() {
     let dir = TempDir::new("cli-private");
     let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
     let img = dir.path("a.img");
-    kjump(&[
-        "capture",
-        "--source",
-        &mem,
-        "--target",
-        img.to_str().unwrap(),
-        "--ranges",
-        "0x1000-0x3fff",
-    ])
-    .ok();
+    capture_pages(&mem, img.to_str().unwrap(), &[]).ok();
     let mode = std::fs::metadata(&img).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
     let victim = dir.path("victim");
     std::fs::write(&victim, b"not kjump's").unwrap();
     let link = dir.path("b.img");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let e = kjump(&[
-        "capture",
-        "--source",
-        &mem,
-        "--target",
-        link.to_str().unwrap(),
-        "--ranges",
-        "0x1000-0x3fff",
-    ])
-    .exits(2)
-    .stderr;
+    let e = capture_pages(&mem, link.to_str().unwrap(), &[])
+        .exits(2)
+        .stderr;
     assert!(e.contains("b.img is a symbolic link to a file"), "{e}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"not kjump's");
 }
@@ -405,16 +372,7 @@ fn pid_1_without_a_manifest_is_an_ordinary_command() {
     let (mem, _) = physical_memory(&dir, vec![SegmentSpec::new(0x1000, 0x3000)]);
     let img = dir.path("a.img");
     let img = img.to_str().unwrap();
-    kjump(&[
-        "capture",
-        "--source",
-        &mem,
-        "--target",
-        img,
-        "--ranges",
-        "0x1000-0x3fff",
-    ])
-    .ok();
+    capture_pages(&mem, img, &[]).ok();
     // Its own mount namespace: were kjump to act as /init, its mounts
     // would stay inside.
     let out = Command::new(unshare)
