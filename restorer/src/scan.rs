@@ -1,7 +1,13 @@
-//! One parallel pass over every chunk of an image: read a window of chunks
-//! with one positional read, check and decode its chunks on a thread pool,
-//! hand each chunk's pages to a consumer. Verification and export are both
-//! such a pass; memory stays bounded by the window whatever the image size.
+//! One parallel pass over every chunk of an image: windows of chunks are
+//! read with one positional read each, by a reader thread that reads the
+//! next window while the current one is checked and decoded on a thread
+//! pool; each chunk's pages go to a consumer. Verification, export and
+//! restore are all such a pass; memory stays bounded by two windows and a
+//! chunk per thread, whatever the image size, and is all taken before the
+//! first chunk reaches the consumer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use kjump_image_format::{FormatError, Image, ImageOffset, ReadAt, PAGE_SIZE};
 use kjump_sys::progress::Progress;
@@ -19,7 +25,10 @@ pub enum ScanError<E: std::error::Error + 'static> {
     /// The consumer failed.
     #[error(transparent)]
     Consumer(E),
-    /// The thread pool could not be started.
+    /// A thread of the pass panicked.
+    #[error("a thread of the pass panicked (a bug in kjump: please report it)")]
+    Panicked,
+    /// The thread pool, the reader thread or the buffers could not be had.
     #[error("starting {threads} threads: {reason}")]
     Threads {
         /// Threads asked for.
@@ -27,6 +36,22 @@ pub enum ScanError<E: std::error::Error + 'static> {
         /// The cause.
         reason: String,
     },
+}
+
+/// Where a pass stopped: the chunk it was checking or handing over, when
+/// the failure is one chunk's, and why.
+#[derive(Debug)]
+pub struct Stopped<E: std::error::Error + 'static> {
+    /// The chunk, by its position in the index.
+    pub chunk: Option<usize>,
+    /// Why.
+    pub error: ScanError<E>,
+}
+
+impl<E: std::error::Error + 'static> From<ScanError<E>> for Stopped<E> {
+    fn from(error: ScanError<E>) -> Self {
+        Stopped { chunk: None, error }
+    }
 }
 
 /// Groups consecutive chunks into windows of about [`WINDOW_BYTES`].
@@ -48,8 +73,17 @@ fn windows(image: &Image) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// The image offset and length of a window's bytes.
+fn span(image: &Image, w: &std::ops::Range<usize>) -> (u64, usize) {
+    let first = &image.index[w.start];
+    let last = &image.index[w.end - 1];
+    let len = last.offset.0 + last.encoded_len() - first.offset.0;
+    (first.offset.0, len as usize)
+}
+
 /// Checks and decodes every chunk, calling `consume(i, pages)` for each (in
-/// no particular order). The first error by chunk order is returned.
+/// no particular order within a window, windows in order). The first error
+/// by chunk order is returned.
 pub fn scan_chunks<R, E, F>(
     src: &R,
     image: &Image,
@@ -58,53 +92,136 @@ pub fn scan_chunks<R, E, F>(
     consume: F,
 ) -> Result<(), ScanError<E>>
 where
-    R: ReadAt + ?Sized,
+    R: ReadAt + Sync + ?Sized,
     E: std::error::Error + Send + 'static,
     F: Fn(usize, &[u8]) -> Result<(), E> + Sync,
 {
+    scan_chunks_at(src, image, threads, progress_line, consume).map_err(|s| s.error)
+}
+
+/// [`scan_chunks`], saying which chunk a failure is about.
+pub fn scan_chunks_at<R, E, F>(
+    src: &R,
+    image: &Image,
+    threads: usize,
+    progress_line: bool,
+    consume: F,
+) -> Result<(), Stopped<E>>
+where
+    R: ReadAt + Sync + ?Sized,
+    E: std::error::Error + Send + 'static,
+    F: Fn(usize, &[u8]) -> Result<(), E> + Sync,
+{
+    let no_threads = |reason: String| ScanError::Threads { threads, reason };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
-        .map_err(|e| ScanError::Threads {
-            threads,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| no_threads(e.to_string()))?;
+    let windows = windows(image);
+    let biggest = windows.iter().map(|w| span(image, w).1).max().unwrap_or(0);
+    // Two window buffers: one being read while the other is decoded.
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(biggest)
+            .map_err(|e| no_threads(format!("{biggest} bytes for a window of chunks: {e}")))?;
+        buf.resize(biggest, 0);
+        let _ = empty_tx.send(buf);
+    }
+    let (full_tx, full_rx) = sync_channel::<Read>(1);
     let total: u64 = image.index.iter().map(|e| e.encoded_len()).sum();
     let mut progress = Progress::new("verify", total, progress_line);
-    let mut buf = Vec::new();
-    for w in windows(image) {
-        let first = &image.index[w.start];
-        let last = &image.index[w.end - 1];
-        let len = (last.offset.0 + last.encoded_len() - first.offset.0) as usize;
-        buf.resize(len, 0);
-        src.read_exact_at(&mut buf, first.offset.0)
-            .map_err(|source| FormatError::Io {
-                what: "chunks",
-                offset: ImageOffset(first.offset.0),
-                source,
+    std::thread::scope(|scope| {
+        let windows = &windows;
+        std::thread::Builder::new()
+            .name("kjump-read".into())
+            .spawn_scoped(scope, move || {
+                read_windows(src, image, windows, empty_rx, full_tx)
+            })
+            .map_err(|e| no_threads(format!("the reader thread: {e}")))?;
+        for w in windows {
+            let Ok(Read { buf, result }) = full_rx.recv() else {
+                return Err(no_threads("the reader thread stopped".into()).into());
+            };
+            let (base, len) = span(image, w);
+            result.map_err(|source| Stopped {
+                chunk: None,
+                error: FormatError::Io {
+                    what: "chunks",
+                    offset: ImageOffset(base),
+                    source,
+                }
+                .into(),
             })?;
-        let base = first.offset.0;
-        let results: Vec<Result<(), ScanError<E>>> = pool.install(|| {
-            w.clone()
-                .into_par_iter()
-                .map_init(
-                    || (Vec::new(), Vec::new()),
-                    |(out, scratch), i| {
-                        let e = &image.index[i];
-                        let at = (e.offset.0 - base) as usize;
-                        let encoded = &buf[at..at + e.encoded_len() as usize];
-                        out.resize(usize::from(e.page_count) * PAGE_SIZE, 0);
-                        image.check_chunk(i, encoded, out, scratch)?;
-                        consume(i, out).map_err(ScanError::Consumer)
-                    },
-                )
-                .collect()
-        });
-        if let Some(err) = results.into_iter().find_map(Result::err) {
-            return Err(err);
+            // Once a chunk failed, the chunks after it are not handed over:
+            // a consumer that writes memory writes as little as it can.
+            let failed_at = AtomicUsize::new(usize::MAX);
+            let first_error = pool.install(|| {
+                w.clone()
+                    .into_par_iter()
+                    .map_init(
+                        || (Vec::new(), Vec::new()),
+                        |(out, scratch), i| {
+                            if i > failed_at.load(Ordering::SeqCst) {
+                                return Ok(());
+                            }
+                            let e = &image.index[i];
+                            let at = (e.offset.0 - base) as usize;
+                            let encoded = &buf[at..at + e.encoded_len() as usize];
+                            out.resize(usize::from(e.page_count) * PAGE_SIZE, 0);
+                            image
+                                .check_chunk(i, encoded, out, scratch)
+                                .map_err(ScanError::Image)
+                                .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
+                                .map_err(|error| {
+                                    failed_at.fetch_min(i, Ordering::SeqCst);
+                                    Stopped {
+                                        chunk: Some(i),
+                                        error,
+                                    }
+                                })
+                        },
+                    )
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .find_map(Result::err)
+            });
+            if let Some(stopped) = first_error {
+                return Err(stopped);
+            }
+            // The reader may have stopped after its last window.
+            let _ = empty_tx.send(buf);
+            progress.advance(len as u64);
         }
-        progress.advance(len as u64);
+        progress.finish();
+        Ok(())
+    })
+}
+
+/// A window's bytes as the reader thread read them.
+struct Read {
+    buf: Vec<u8>,
+    result: std::io::Result<()>,
+}
+
+/// The reader thread: reads each window into an empty buffer and passes
+/// it on, until the windows end, a read fails or the pass stops.
+fn read_windows<R: ReadAt + ?Sized>(
+    src: &R,
+    image: &Image,
+    windows: &[std::ops::Range<usize>],
+    empty: Receiver<Vec<u8>>,
+    full: SyncSender<Read>,
+) {
+    for w in windows {
+        let Ok(mut buf) = empty.recv() else { return };
+        let (base, len) = span(image, w);
+        buf.truncate(len);
+        buf.resize(len, 0);
+        let result = src.read_exact_at(&mut buf, base);
+        let failed = result.is_err();
+        if full.send(Read { buf, result }).is_err() || failed {
+            return;
+        }
     }
-    progress.finish();
-    Ok(())
 }
