@@ -448,29 +448,13 @@ impl Manifest {
                 .then_some(())
                 .ok_or_else(|| Problem::Version(v.into()))
         })?;
-        let mode = lines.decode_required("mode", decode_mode)?;
-        let started_ns = lines.decode_required("started-ns", |v| {
-            v.parse().map_err(|source| Problem::Number {
-                key: "started-ns",
-                value: v.into(),
-                expected: "",
-                source,
-            })
-        })?;
-        let key_source = lines.decode("key", |v| {
-            word(
-                "key",
-                "initramfs, ask or device:DEV:BYTES",
-                KeySource::parse(v),
-                v,
-            )
-        })?;
-        let swap_was_active = lines.decode("swap-was-active", |v| {
-            word("swap-was-active", "1", (v == "1").then_some(true), v)
-        })?;
         Ok(Manifest {
-            mode,
-            swap_was_active: swap_was_active.unwrap_or(false),
+            mode: lines.decode_required("mode", decode_mode)?,
+            swap_was_active: lines
+                .decode("swap-was-active", |v| {
+                    word("swap-was-active", "1", (v == "1").then_some(true), v)
+                })?
+                .unwrap_or(false),
             mailbox: lines.decode("mailbox", |v| {
                 let expected = "0xADDR:TOKEN (a page address, 32 hex digits)";
                 word("mailbox", expected, MailboxAddress::parse(v), v)
@@ -480,7 +464,7 @@ impl Manifest {
             ram: MemoryMap::merged(lines.decode_required("ram", |v| decode_ranges("ram", v))?),
             region: lines.decode_required("region", decode_region)?,
             kernel_release: lines.required("kernel-release")?.to_string(),
-            started_ns,
+            started_ns: lines.decode_required("started-ns", number("started-ns", ""))?,
             filesystems: lines
                 .required("filesystems")?
                 .split(',')
@@ -490,19 +474,33 @@ impl Manifest {
             encrypt: lines.decode("encrypt", |v| {
                 word("encrypt", "key-file or passphrase", SecretKind::parse(v), v)
             })?,
-            key_source: key_source.unwrap_or_default(),
+            key_source: lines
+                .decode("key", |v| {
+                    let expected = "initramfs, ask or device:DEV:BYTES";
+                    word("key", expected, KeySource::parse(v), v)
+                })?
+                .unwrap_or_default(),
             tty: lines.get("tty").map(|(_, v)| PathBuf::from(v)),
-            prompt_timeout: lines.decode("prompt-timeout", |v| {
-                v.parse().map_err(|source| Problem::Number {
-                    key: "prompt-timeout",
-                    value: v.into(),
-                    expected: " is not a number of seconds",
-                    source,
-                })
-            })?,
+            prompt_timeout: lines.decode(
+                "prompt-timeout",
+                number("prompt-timeout", " is not a number of seconds"),
+            )?,
             image_uuid: lines.decode("image-uuid", |v| {
                 word("image-uuid", "32 hex digits", Uuid::parse(v), v)
             })?,
+        })
+    }
+}
+
+/// The decoder of a decimal number under `key` (`expected`: what the value
+/// should be, after it, as [`Problem::Number`] says it).
+fn number(key: &'static str, expected: &'static str) -> impl Fn(&str) -> Result<u64, Problem> {
+    move |v| {
+        v.parse().map_err(|source| Problem::Number {
+            key,
+            value: v.into(),
+            expected,
+            source,
         })
     }
 }

@@ -13,6 +13,7 @@ use kjump_sys::ranges;
 use crate::Failure;
 
 mod gather;
+pub mod sleep_conf;
 
 /// Exit code of `kjump check` when this machine cannot hibernate with kjump.
 pub const EXIT_CANNOT: u8 = 3;
@@ -501,8 +502,8 @@ pub fn run(args: &CheckArgs) -> Result<(), Failure> {
     let settings = settings(args)?;
     let facts = Facts::gather(&settings);
     if let Some(path) = &args.sleep_conf {
-        let problems = super::systemd_sleep::problems(&facts);
-        super::systemd_sleep::write_sleep_conf(path, settings.target.is_some(), &problems)?;
+        let problems = sleep_conf::problems(&facts);
+        sleep_conf::write_sleep_conf(path, settings.target.is_some(), &problems)?;
     }
     report(&facts, &judge(&facts))
 }

@@ -12,7 +12,7 @@
 //! sets SYSTEMD_BYPASS_HIBERNATION_MEMORY_CHECK=1 for systemd-logind, so
 //! that no swap space is asked for, and `kjump check --sleep-conf` (at
 //! boot, when kjump.conf changes, and before every hibernation) writes
-//! [`SLEEP_CONF`] saying whether kjump can hibernate this machine, so that
+//! [`SLEEP_CONF`](super::check::sleep_conf::SLEEP_CONF) saying whether kjump can hibernate this machine, so that
 //! logind refuses at once, and `systemctl hibernate` fails, when it cannot.
 //! With no target in kjump.conf, kjump stays out of the way: the file is
 //! removed and systemd's own systemd-sleep runs.
@@ -27,11 +27,9 @@ use clap::Args;
 use kjump_handoff::manifest::Mode;
 use kjump_jump::hibernate::{hibernate, HibernateOptions, Return};
 
-use super::check::{self, Facts, Settings, CONF, EXIT_CANNOT};
+use super::check::sleep_conf::{problems, write_sleep_conf, SLEEP_CONF};
+use super::check::{Facts, Settings, CONF, EXIT_CANNOT};
 use crate::Failure;
-
-/// The sleep.conf drop-in that tells logind whether kjump can hibernate.
-pub const SLEEP_CONF: &str = "/run/systemd/sleep.conf.d/kjump.conf";
 
 /// systemd-sleep's hook directories, earlier first (Debian has /lib
 /// merged into /usr/lib; the second counts only where it is not).
@@ -58,50 +56,6 @@ pub struct SleepArgs {
     /// Where to say whether kjump can hibernate, for logind
     #[arg(long, default_value = SLEEP_CONF)]
     sleep_conf: PathBuf,
-}
-
-/// The sleep.conf drop-in for a verdict: `None` when kjump leaves
-/// hibernation to systemd (no target configured), else the text, which
-/// allows hibernation and hybrid sleep exactly when kjump can do them.
-/// Suspend-then-hibernate is never offered: systemd-sleep runs its
-/// hibernation step itself, through the kernel's swap hibernation.
-pub fn sleep_conf_text(configured: bool, problems: &[String]) -> Option<String> {
-    if !configured {
-        return None;
-    }
-    let allow = if problems.is_empty() { "yes" } else { "no" };
-    let mut text = String::from(
-        "# Written by kjump check --sleep-conf: whether logind offers hibernation,\n\
-         # which kjump does (kjump-check.service; rewritten before each hibernation).\n",
-    );
-    for p in problems {
-        text.push_str(&format!("# cannot hibernate with kjump: {p}\n"));
-    }
-    text.push_str(&format!(
-        "[Sleep]\nAllowHibernation={allow}\nAllowHybridSleep={allow}\nAllowSuspendThenHibernate=no\n"
-    ));
-    Some(text)
-}
-
-/// Writes (or removes) the drop-in at `path` for this verdict.
-pub fn write_sleep_conf(path: &Path, configured: bool, problems: &[String]) -> Result<(), Failure> {
-    let fail = |what: &str, e: std::io::Error| {
-        Failure::error(anyhow::anyhow!("{what} {}: {e}", path.display()))
-    };
-    match sleep_conf_text(configured, problems) {
-        None => match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail("removing", e)),
-            _ => Ok(()),
-        },
-        Some(text) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| fail("creating the directory of", e))?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).map_err(|e| fail("writing", e))?;
-            std::fs::rename(&tmp, path).map_err(|e| fail("writing", e))
-        }
-    }
 }
 
 /// The executable hooks in `dirs`, by name, the first directory's first;
@@ -178,15 +132,6 @@ pub fn run_hooks(hooks: &[PathBuf], phase: &str, operation: &str) {
         });
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The problems `kjump check` finds, as its error lists them.
-pub fn problems(facts: &Facts) -> Vec<String> {
-    check::judge(facts)
-        .into_iter()
-        .filter(|f| f.blocks)
-        .map(|f| format!("{}: {}", f.what, f.said))
-        .collect()
 }
 
 /// Size and state of the image on `target`, for the line logged after a
@@ -314,18 +259,6 @@ fn came_back(back: &Return, operation: &str, target: &Path) -> Result<(), Failur
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sleep_conf_says_what_logind_may_offer() {
-        assert_eq!(sleep_conf_text(false, &[]), None);
-        let yes = sleep_conf_text(true, &[]).unwrap();
-        assert!(yes.ends_with(
-            "[Sleep]\nAllowHibernation=yes\nAllowHybridSleep=yes\nAllowSuspendThenHibernate=no\n"
-        ));
-        let no = sleep_conf_text(true, &["target: /dev/sdb1 does not exist".into()]).unwrap();
-        assert!(no.contains("# cannot hibernate with kjump: target: /dev/sdb1 does not exist\n"));
-        assert!(no.contains("AllowHibernation=no\nAllowHybridSleep=no\n"));
-    }
 
     #[test]
     fn hooks_run_in_parallel_with_their_arguments_and_failures_ignored() {

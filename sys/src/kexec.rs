@@ -266,8 +266,25 @@ pub fn load_disabled() -> bool {
 /// (`none [integrity] confidentiality`); `None` when it is not, or when the
 /// kernel has no lockdown.
 pub fn lockdown() -> Option<String> {
+    lockdown_modes().filter(|v| !v.contains("[none]"))
+}
+
+/// /sys/kernel/security/lockdown as it reads (`[none] integrity
+/// confidentiality`), or `None` when the kernel has no lockdown.
+pub fn lockdown_modes() -> Option<String> {
     let v = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
-    (!v.contains("[none]")).then(|| v.trim().to_string())
+    Some(v.trim().to_string())
+}
+
+/// How many more `kexec_load` calls the kernel allows before the next
+/// reboot (sysctl `kernel.kexec_load_limit_reboot`, Linux 6.6 and later;
+/// -1: no limit), or `None` when the kernel has no such limit.
+pub fn load_limit_reboot() -> Option<i64> {
+    std::fs::read_to_string("/proc/sys/kernel/kexec_load_limit_reboot")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The re-entry point the jumping kernel left on `cmdline`.

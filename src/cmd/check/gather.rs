@@ -134,12 +134,10 @@ impl Facts {
         let init_size = head.ok().and_then(|h| bzimage_init_size(&h));
         Facts {
             jump: jump_support(&release),
-            lockdown: read("/sys/kernel/security/lockdown"),
+            lockdown: kexec::lockdown_modes(),
             secure_boot: secure_boot(),
-            kexec_load_disabled: read("/proc/sys/kernel/kexec_load_disabled")
-                .is_some_and(|v| v.trim() == "1"),
-            kexec_load_limit: read("/proc/sys/kernel/kexec_load_limit_reboot")
-                .and_then(|v| v.trim().parse().ok()),
+            kexec_load_disabled: kexec::load_disabled(),
+            kexec_load_limit: kexec::load_limit_reboot(),
             iomem: read("/proc/iomem").unwrap_or_default(),
             crashkernel_asked: read("/proc/cmdline").is_some_and(|c| {
                 c.split_ascii_whitespace()

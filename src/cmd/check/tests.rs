@@ -25,14 +25,7 @@ fn machine() -> Facts {
     }
 }
 
-/// The blocking findings, as `what: said`.
-fn problems(f: &Facts) -> Vec<String> {
-    judge(f)
-        .into_iter()
-        .filter(|f| f.blocks)
-        .map(|f| format!("{}: {}", f.what, f.said))
-        .collect()
-}
+use super::sleep_conf::problems;
 
 fn one_problem(f: &Facts, what: &str, words: &[&str]) {
     let p = problems(f);
