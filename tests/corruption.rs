@@ -70,7 +70,12 @@ fn one_flip_in_each_field_of_the_superblock_and_metadata() {
     arch[1] ^= 1;
     let arch = String::from_utf8(arch).expect("an ascii name");
     c("architecture", 9, &format!("WrongArchitecture({arch})"));
-    c("major version", sb::MAJOR, "UnsupportedVersion(0.0)");
+    let minor = kjump_image_format::superblock::VERSION_MINOR;
+    c(
+        "major version",
+        sb::MAJOR,
+        &format!("UnsupportedVersion(0.{minor})"),
+    );
     let fields = [
         ("minor version", sb::MINOR),
         ("size", sb::SIZE_FIELD),

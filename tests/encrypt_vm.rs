@@ -71,7 +71,7 @@ fn the_restore_kernel_reads_a_key_from_a_named_device() {
     let mut boot = start("keydev-resume", &opts);
     boot.wait_for("kjump: restore kernel started", PHASE);
     let read = boot.wait_for("kjump: read the key from /dev/vdb (64 bytes)", PHASE);
-    boot.wait_for("kjump: verified in", PHASE);
+    boot.wait_for("kjump: restored ", PHASE);
     let lines = assert_resumed("keydev-resume", &mut boot, &saved);
     assert!(
         find(&lines, "passphrase for").is_none(),

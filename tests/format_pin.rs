@@ -14,6 +14,10 @@
 //!   assembly must also rebuild what the writer seals today under a fresh
 //!   salt, which ties today's writer to the committed bytes.
 //!
+//! - `pin-plain-1.0.kjump`, `pin-sealed-1.0.kjump`: the same images as
+//!   format 1.0 wrote them (before the restore record): they must still
+//!   open, verify and hold [`memory`].
+//!
 //! Regenerate (only for a deliberate format change, with a version bump):
 //! `KJUMP_WRITE_PINNED_IMAGES=1 cargo test --test format_pin`, then commit
 //! both files.
@@ -299,4 +303,20 @@ fn sealed_image_bytes_are_pinned() {
         &rebuilt,
         &fresh,
     );
+}
+
+/// Images of format 1.0, written before the restore record existed (its
+/// bytes zero there), still open, verify and hold their memory.
+#[test]
+fn images_of_format_1_0_still_open() {
+    let sealed = passphrase();
+    for (name, secret) in [
+        ("pin-plain-1.0.kjump", None),
+        ("pin-sealed-1.0.kjump", Some(&sealed)),
+    ] {
+        let bytes = std::fs::read(fixture_path(name)).unwrap();
+        let sb = read_superblock(&bytes[..]).unwrap();
+        assert_eq!((sb.version_minor, sb.restore.attempts), (0, 0), "{name}");
+        check_holds_memory(&bytes, secret);
+    }
 }

@@ -5,8 +5,10 @@
 //! file keeps its md5, and a shell loop counting in memory goes on counting.
 //!
 //! Scenarios: the kexec-jump selftest, power off and resume (1 and 2 CPUs), a
-//! corrupted image refused, a consumed image not resumed twice, a checkpoint
-//! (B jumps straight back) resumed later, and a failed capture. The disk
+//! corrupted image stopped at its damaged chunk and then refused, a
+//! consumed image not resumed twice, a restore cut off by a power failure
+//! and resumed by the next boot (and the attempt limit), a checkpoint (B
+//! jumps straight back) resumed later, and a failed capture. The disk
 //! file is the raw image, so the host checks it with `kjump verify` and
 //! `kjump info --json`. All but the failed capture are
 //! `common::hibvm::scenarios`, which kernel_7_2_vm.rs runs on Linux 7.2
@@ -39,6 +41,12 @@ fn kexec_jump_selftest() {
 fn poweroff_resume_refuse_corrupt_and_consumed() {
     let Some(_machine) = machine() else { return };
     scenarios::poweroff_resume_refuse_corrupt_and_consumed(KERNEL);
+}
+
+#[test]
+fn restore_cut_off_is_resumed_again() {
+    let Some(_machine) = machine() else { return };
+    scenarios::restore_cut_off_is_resumed_again(KERNEL);
 }
 
 #[test]

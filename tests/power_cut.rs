@@ -4,7 +4,8 @@
 //! must then hold either that earlier image, whole, or an image every tool
 //! calls incomplete or corrupt, and a restore must refuse it before touching
 //! memory; never a mix. Then random byte flips over a whole image: verify
-//! fails every time and restore refuses before writing memory.
+//! fails every time, and restore refuses before writing memory or stops at
+//! the rotten chunk and marks the image failed.
 
 mod common;
 
@@ -95,9 +96,10 @@ fn restored(dir: &TempDir, image: &Path) -> Result<Vec<u8>, RestoreError> {
         Ok(_) => Ok(std::fs::read(&blank).unwrap()),
         Err(e) => {
             let after = std::fs::read(&blank).unwrap();
-            assert!(
+            assert_eq!(
                 after.iter().all(|&b| b == 0xee),
-                "refused restore wrote memory: {e}"
+                e.memory_untouched(),
+                "memory written or not, against what the restore says: {e}"
             );
             Err(e)
         }
@@ -218,6 +220,7 @@ fn random_bit_rot_is_always_caught_and_never_restored() {
     let bytes = std::fs::read(&img).unwrap();
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let trials = 300;
+    let (mut refused, mut stopped) = (0, 0);
     for _ in 0..trials {
         let at = rng.below(bytes.len() as u64) as usize;
         let bit = 1u8 << rng.below(8);
@@ -231,18 +234,26 @@ fn random_bit_rot_is_always_caught_and_never_restored() {
             Ok(image) => kjump_restorer::verify(&file, &image, 2, false).is_err(),
         };
         assert!(caught, "flip of bit {bit:#x} at {at:#x} passed verify");
+        // Refused before memory is written, or stopped at the rotten chunk
+        // with the image marked failed: never restored, never consumed.
         let e = restored(&dir, &path).unwrap_err();
-        assert!(
-            matches!(e, RestoreError::Invalid { .. }),
-            "flip at {at:#x}: {e}"
-        );
-        assert_ne!(
-            read_superblock(&file).map(|sb| sb.state).ok(),
-            Some(ImageState::Consumed)
-        );
+        let state = read_superblock(&file).map(|sb| sb.state).ok();
+        match e {
+            RestoreError::Invalid { .. } => {
+                refused += 1;
+                assert_ne!(state, Some(ImageState::Consumed), "flip at {at:#x}");
+            }
+            RestoreError::Failed { chunk: Some(_), .. } => {
+                stopped += 1;
+                assert_eq!(state, Some(ImageState::Failed), "flip at {at:#x}");
+            }
+            e => panic!("flip at {at:#x}: {e}"),
+        }
     }
     println!(
-        "bit rot: {trials} random flips over a {}-byte image, all refused",
+        "bit rot: {trials} random flips over a {}-byte image: {refused} refused before memory \
+         was written, {stopped} stopped at their chunk and marked the image failed",
         bytes.len()
     );
+    assert!(refused > 0 && stopped > 0);
 }

@@ -104,6 +104,7 @@ fn restore_writes_exactly_the_saved_bytes_and_consumes_the_image() {
         "bytes after the last range were touched"
     );
     assert_eq!(state(&dir.path("img")), ImageState::Consumed);
+    assert!(report.not_consumed.is_none());
     // A consumed image still verifies, and is never resumed again.
     let f = std::fs::File::open(dir.path("img")).unwrap();
     let image = Image::open(&f).unwrap();
@@ -139,17 +140,93 @@ fn refusals_change_nothing() {
         &overlapping,
         |e| matches!(e, RestoreError::Overlap { range, own } if range == "0x100000-0x22bfff" && own == "0x140000-0x140fff"),
     );
-    // One flipped byte in a chunk payload: refused after verification,
-    // before the image is marked consumed.
+    // A nonzero byte in the padding after the chunks: refused before the
+    // pass begins.
+    let good = std::fs::read(dir.path("img")).unwrap();
+    let f = std::fs::File::open(dir.path("img")).unwrap();
+    let image = Image::open(&f).unwrap();
+    let l = image.superblock.layout;
+    let mut img = good.clone();
+    if l.data_offset + l.data_len < l.index_offset {
+        img[(l.data_offset + l.data_len) as usize] = 1;
+        std::fs::write(dir.path("img"), &img).unwrap();
+        assert_refused_untouched(&dir, &own_ram(), |e| {
+            matches!(e, RestoreError::Invalid { .. })
+        });
+    }
+    // The first chunk's header damaged: with one thread, it fails before
+    // any page is written, so this is a refusal too.
+    let mut img = good.clone();
+    img[image.index[0].offset.0 as usize + 36] ^= 0x01;
+    std::fs::write(dir.path("img"), &img).unwrap();
+    let len = std::fs::metadata(dir.path("mem")).unwrap().len() as usize;
+    blank_memory(&dir, len);
+    let e = restore(&place(&dir.path("img")), &dir.path("blank"), &own_ram(), 1).unwrap_err();
+    assert!(matches!(e, RestoreError::Invalid { .. }), "{e}");
+    assert!(e.memory_untouched());
+    assert_eq!(state(&dir.path("img")), ImageState::Committed);
+    let got = std::fs::read(dir.path("blank")).unwrap();
+    assert!(got.iter().all(|&b| b == FILL), "memory was touched: {e}");
+}
+
+/// One read: a chunk that fails once earlier chunks were written stops the
+/// restore, and the image records which chunk and why, so that it is never
+/// resumed again (neither by R nor by R0), while the pages before it are
+/// in memory.
+#[test]
+fn a_chunk_failing_after_memory_was_written_marks_the_image_failed() {
+    let dir = TempDir::new("restore-failed");
+    let (mem, map) = setup(&dir, Some(0x1000));
     let mut img = std::fs::read(dir.path("img")).unwrap();
     let f = std::fs::File::open(dir.path("img")).unwrap();
     let image = Image::open(&f).unwrap();
-    let last = image.index.iter().rev().find(|e| e.stored_len > 0).unwrap();
-    img[(last.offset.0 + 64 + u64::from(last.stored_len) / 2) as usize] ^= 0x01;
+    let (last, e) = image
+        .index
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, e)| e.stored_len > 0)
+        .unwrap();
+    assert!(last > 2, "the image needs chunks before the damaged one");
+    img[(e.offset.0 + 64 + u64::from(e.stored_len) / 2) as usize] ^= 0x01;
     std::fs::write(dir.path("img"), &img).unwrap();
-    assert_refused_untouched(&dir, &own_ram(), |e| {
-        matches!(e, RestoreError::Invalid { .. })
-    });
+    blank_memory(&dir, mem.len());
+    for threads in [1, 2] {
+        let e = restore(
+            &place(&dir.path("img")),
+            &dir.path("blank"),
+            &own_ram(),
+            threads,
+        )
+        .unwrap_err();
+        if threads == 2 {
+            // The image says it failed: no restore tries it again.
+            assert!(matches!(e, RestoreError::FailedBefore { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("chunk {last}")), "{e}");
+            break;
+        }
+        assert!(!e.memory_untouched(), "{e}");
+        let shown = kjump_handoff::error_chain(&e);
+        assert!(
+            shown.contains(&format!("failed part way at chunk {last}"))
+                && shown.contains("is marked failed"),
+            "{shown}"
+        );
+        let f = std::fs::File::open(dir.path("img")).unwrap();
+        let sb = kjump_image_format::reader::read_superblock(&f).unwrap();
+        assert_eq!(sb.state, ImageState::Failed);
+        assert_eq!(sb.restore.failed_chunk, Some(last as u64));
+        assert!(
+            sb.restore.failure.text().contains(&format!("chunk {last}")),
+            "{:?}",
+            sb.restore.failure
+        );
+    }
+    // The first range came back before the damaged chunk was reached.
+    let got = std::fs::read(dir.path("blank")).unwrap();
+    let first = map.ranges()[0];
+    let (s, e) = (first.start().0 as usize, first.end().0 as usize);
+    assert!(got[s..e] == mem[s..e], "range {first} was not written");
 }
 
 #[test]
@@ -231,4 +308,51 @@ fn a_pinned_restore_refuses_another_image() {
     )
     .unwrap();
     assert_eq!(state(&dir.path("img")), ImageState::Consumed);
+}
+
+/// An image of several read windows, damaged in its first chunk: the pass
+/// stops there and returns (the reader thread, a window ahead, is told to
+/// stop), for verify and for a restore alike.
+#[test]
+fn a_pass_over_many_windows_stops_at_a_failure_in_the_first() {
+    let dir = TempDir::new("restore-windows");
+    let len = 3 * kjump_restorer::scan::WINDOW_BYTES as usize + (1 << 20);
+    let mut mem = vec![0u8; 0x10_0000 + len];
+    kjump_dumpgen::Rng::new(7).fill(&mut mem[0x10_0000..]);
+    std::fs::write(dir.path("mem"), &mem).unwrap();
+    let map = MemoryMap::from_sorted(vec![PhysRange::from_start_len(
+        PhysAddr(0x10_0000),
+        len as u64,
+    )
+    .unwrap()])
+    .unwrap();
+    let source = MemorySource::open(&dir.path("mem"), Some(map)).unwrap();
+    let mut meta = source.metadata();
+    meta.jump_back_entry = Some(0x1000);
+    meta.extra.push((KEY_REGION.into(), REGION.into()));
+    let target = Target::open(&dir.path("img")).unwrap();
+    capture(&source, &target, &meta, &CaptureOptions::new()).unwrap();
+    let mut img = std::fs::read(dir.path("img")).unwrap();
+    let f = std::fs::File::open(dir.path("img")).unwrap();
+    let image = Image::open(&f).unwrap();
+    img[image.index[0].offset.0 as usize + 64 + 100] ^= 0x01;
+    std::fs::write(dir.path("img"), &img).unwrap();
+    blank_memory(&dir, mem.len());
+    let (done, wait) = std::sync::mpsc::channel();
+    let img_path = dir.path("img");
+    let blank = dir.path("blank");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&img_path).unwrap();
+        let image = Image::open(&f).unwrap();
+        let verified = kjump_restorer::verify(&f, &image, 2, false).map(drop);
+        let restored = restore(&place(&img_path), &blank, &own_ram(), 1).map(drop);
+        let _ = done.send((verified.map_err(|e| e.to_string()), restored));
+    });
+    let (verified, restored) = wait
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the passes did not return within 60 s");
+    assert!(verified.unwrap_err().contains("chunk 0"));
+    let e = restored.unwrap_err();
+    assert!(matches!(e, RestoreError::Invalid { .. }), "{e}");
+    assert_eq!(state(&dir.path("img")), ImageState::Committed);
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::tempdir::TempDir;
 use kjump_image_format::{Kdf, Secret};
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Superblock};
-use kjump_jump::resume::{check, ResumeError};
+use kjump_jump::resume::{check, ResumeError, DEFAULT_MAX_ATTEMPTS};
 use kjump_writer::{capture, capture_encrypted, CaptureOptions, Encryption, MemorySource, Target};
 
 const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
@@ -57,14 +57,14 @@ fn image_sealed(
 }
 
 fn nothing(path: &Path, iomem: &str) -> String {
-    match check(path, None, iomem, false) {
+    match check(path, None, iomem, false, DEFAULT_MAX_ATTEMPTS) {
         Ok(Err(why)) => kjump_handoff::error_chain(&why),
         other => panic!("expected nothing to resume, got {other:?}"),
     }
 }
 
 fn refused(path: &Path, iomem: &str) -> String {
-    match check(path, None, iomem, false) {
+    match check(path, None, iomem, false, DEFAULT_MAX_ATTEMPTS) {
         Err(ResumeError::Refused { reason, .. }) => kjump_handoff::error_chain(&reason),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -74,7 +74,9 @@ fn refused(path: &Path, iomem: &str) -> String {
 fn a_whole_image_on_the_same_layout_is_resumed() {
     let dir = TempDir::new("resume-ok");
     let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
-    let (plan, release) = check(&img, None, IOMEM, false).unwrap().unwrap();
+    let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+        .unwrap()
+        .unwrap();
     assert_eq!(release, "6.12.117");
     assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
     let args = plan.memmap_args();
@@ -112,11 +114,29 @@ fn nothing_to_resume_lets_the_boot_continue() {
 fn bad_images_and_changed_machines_are_refused() {
     let dir = TempDir::new("resume-refuse");
     let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    // R0 checks the structures around the chunks, the index among them...
+    let f = std::fs::File::open(&img).unwrap();
+    let opened = kjump_image_format::Image::open(&f).unwrap();
+    let layout = opened.superblock.layout;
     let mut bytes = std::fs::read(&img).unwrap();
-    let n = bytes.len();
-    bytes[n / 2] ^= 0x40;
+    bytes[layout.index_offset as usize + 9] ^= 0x40;
     std::fs::write(dir.path("flipped"), &bytes).unwrap();
-    refused(&dir.path("flipped"), IOMEM);
+    assert!(refused(&dir.path("flipped"), IOMEM).contains("index"));
+    // ...but reads no chunk: R checks each as it writes it.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let chunk = opened.index.iter().find(|e| e.stored_len > 0).unwrap();
+    bytes[(chunk.offset.0 + 64) as usize] ^= 0x40;
+    std::fs::write(dir.path("chunk-flipped"), &bytes).unwrap();
+    assert!(matches!(
+        check(
+            &dir.path("chunk-flipped"),
+            None,
+            IOMEM,
+            false,
+            DEFAULT_MAX_ATTEMPTS
+        ),
+        Ok(Ok(_))
+    ));
     let small = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n";
     let why = refused(&img, small);
     assert!(
@@ -141,7 +161,9 @@ fn an_encrypted_image_is_judged_without_its_key() {
     let img = image_sealed(&dir, "img", Some("0x1000000-0x1ffffff"), Some(&key));
     // The same plan as for a plain image, from the resume record; the
     // kernel release is sealed, so R0 does not know it.
-    let (plan, release) = check(&img, None, IOMEM, false).unwrap().unwrap();
+    let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+        .unwrap()
+        .unwrap();
     assert_eq!(release, "");
     assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
     assert_eq!(plan.region.to_string(), "0x1000000-0x1ffffff");
@@ -159,4 +181,51 @@ fn an_encrypted_image_is_judged_without_its_key() {
     bytes[at + 3] ^= 1;
     std::fs::write(dir.path("flipped"), &bytes).unwrap();
     assert!(refused(&dir.path("flipped"), IOMEM).contains("metadata"));
+}
+
+/// The restore record: restores begun count against a limit, and an image
+/// whose restore failed part way is refused with the chunk and the reason.
+#[test]
+fn unfinished_and_failed_restores_are_refused_with_their_record() {
+    use kjump_image_format::{FailureText, ImageState};
+    let dir = TempDir::new("resume-record");
+    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let place = kjump_sys::Place::locate(&img, None).unwrap();
+    let superblock = || {
+        let f = std::fs::File::open(&img).unwrap();
+        kjump_image_format::reader::read_superblock(&f).unwrap()
+    };
+    for n in 1..=DEFAULT_MAX_ATTEMPTS {
+        assert!(check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+            .unwrap()
+            .is_ok());
+        assert_eq!(
+            kjump_restorer::restore::begin_attempt(&place, superblock()).unwrap(),
+            n
+        );
+        assert_eq!(superblock().restore.attempts, n);
+        assert_eq!(superblock().state, ImageState::Committed);
+    }
+    let why = refused(&img, IOMEM);
+    assert!(
+        why.contains("2 restores of this image began and none finished")
+            && why.contains("the limit is 2"),
+        "{why}"
+    );
+    // A higher limit lets it be tried again.
+    assert!(check(&img, None, IOMEM, false, 3).unwrap().is_ok());
+    let mut sb = superblock();
+    sb.state = ImageState::Failed;
+    sb.restore.failed_chunk = Some(17);
+    sb.restore.failure =
+        FailureText::new("chunk 17 at offset 0x9000: payload CRC32 0x1 expected, 0x2 found");
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[..4096].copy_from_slice(&sb.encode());
+    std::fs::write(&img, &bytes).unwrap();
+    let why = nothing(&img, IOMEM);
+    assert!(
+        why.contains("an earlier restore failed part way (it stopped at chunk 17: chunk 17 at offset 0x9000: payload CRC32")
+            && why.contains("the session it saved is lost"),
+        "{why}"
+    );
 }

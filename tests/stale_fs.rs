@@ -11,7 +11,7 @@ use common::loopdev::{self, Loop};
 use common::tempdir::TempDir;
 use kjump_handoff::fsguard;
 use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
-use kjump_jump::resume::{check, ResumeError};
+use kjump_jump::resume::{check, ResumeError, DEFAULT_MAX_ATTEMPTS};
 use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
 
 const IOMEM: &str = "00001000-0009fbff : System RAM\n00100000-3fffffff : System RAM\n";
@@ -60,11 +60,14 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
     dev.write_as_another_boot(&dir.path("mnt"));
     let img = image_with_fingerprint(&dir, &dev.0);
     assert!(
-        matches!(check(&img, None, IOMEM, false), Ok(Ok(_))),
+        matches!(
+            check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS),
+            Ok(Ok(_))
+        ),
         "unchanged filesystem must not block"
     );
     dev.write_as_another_boot(&dir.path("mnt"));
-    match check(&img, None, IOMEM, false) {
+    match check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS) {
         Err(ResumeError::Refused { reason, .. }) => {
             let reason = kjump_handoff::error_chain(&reason);
             let name = dev.0.display().to_string();
@@ -79,7 +82,10 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
         other => panic!("a written filesystem must refuse the resume, got {other:?}"),
     }
     assert!(
-        matches!(check(&img, None, IOMEM, true), Ok(Ok(_))),
+        matches!(
+            check(&img, None, IOMEM, true, DEFAULT_MAX_ATTEMPTS),
+            Ok(Ok(_))
+        ),
         "forced resume goes on"
     );
 }

@@ -13,7 +13,7 @@ use common::tempdir::TempDir;
 use kjump_dumpgen::{fill_page, PageKind, PAGE_SIZE};
 use kjump_image_format::placement::{Extent, ExtentMap, SWAP_MAGIC_OFFSET};
 use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange, Placement};
-use kjump_jump::resume::check;
+use kjump_jump::resume::{check, DEFAULT_MAX_ATTEMPTS};
 use kjump_restorer::restore;
 use kjump_sys::Place;
 
@@ -213,7 +213,10 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
 
     // R0 would resume it; R restores it, marks it consumed and gives the
     // swap area back with its header as it was.
-    assert!(matches!(check(&dev.0, None, IOMEM, false), Ok(Ok(_))));
+    assert!(matches!(
+        check(&dev.0, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS),
+        Ok(Ok(_))
+    ));
     let place = Place::locate(&dev.0, None).unwrap();
     restore_and_compare(&dir, &place, &mem);
     assert_eq!(std::fs::read(&file).unwrap()[..4096], header[..]);
@@ -221,7 +224,7 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
         sh(&format!("blkid -o value -s UUID {}", dev.0.display())),
         uuid
     );
-    match check(&dev.0, None, IOMEM, false) {
+    match check(&dev.0, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS) {
         Ok(Err(why)) => {
             let why = kjump_handoff::error_chain(&why);
             assert!(why.contains("swap signature in place"), "{why}")
@@ -325,7 +328,7 @@ fn file_on_ext4_is_written_on_the_raw_device() {
     kjump::<Arg>(&[&"verify", &dev.0, &"--offset", &offset]).ok();
     let map_at = u64::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap();
     assert!(matches!(
-        check(&dev.0, Some(map_at), IOMEM, false),
+        check(&dev.0, Some(map_at), IOMEM, false, DEFAULT_MAX_ATTEMPTS),
         Ok(Ok(_))
     ));
     let place = Place::locate(&dev.0, Some(map_at)).unwrap();

@@ -32,17 +32,7 @@ pub fn kernel_name(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// An error with its causes, as the CLI prints them (`a: b: c`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use kjump_sys::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -114,6 +114,20 @@ pub mod superblock {
     pub const ZERO_PAGES: usize = 160;
     /// Reserved, zero; an encrypted image's crypto area starts here.
     pub const RESERVED: usize = 168;
+    /// Restores begun: the normal boot counts one before it loads the
+    /// restore kernel. The restore record runs from here to [`CRC`].
+    pub const RESTORE_ATTEMPTS: usize = 320;
+    /// Reserved, zero.
+    pub const RESERVED_B: usize = 324;
+    /// The chunk a failed restore stopped at, plus one (0: none).
+    pub const FAILED_CHUNK: usize = 328;
+    /// Why a restore failed after it began writing memory: UTF-8, NUL
+    /// padded.
+    pub const FAILURE: usize = 336;
+    /// Bytes of [`FAILURE`].
+    pub const FAILURE_LEN: usize = 168;
+    /// Reserved, zero.
+    pub const RESERVED_C: usize = 504;
     /// CRC32 of bytes `0..CRC`.
     pub const CRC: usize = SIZE - 4;
 
@@ -142,7 +156,12 @@ pub mod superblock {
         field("image length", IMAGE_LEN, 8),
         field("total pages", TOTAL_PAGES, 8),
         field("zero pages", ZERO_PAGES, 8),
-        field("reserved", RESERVED, CRC - RESERVED),
+        field("reserved", RESERVED, RESTORE_ATTEMPTS - RESERVED),
+        field("restore attempts", RESTORE_ATTEMPTS, 4),
+        field("reserved", RESERVED_B, 4),
+        field("failed chunk", FAILED_CHUNK, 8),
+        field("restore failure", FAILURE, FAILURE_LEN),
+        field("reserved", RESERVED_C, 4),
         field("crc", CRC, 4),
     ];
     const _: () = assert!(tiles(FIELDS, 0, SIZE));
@@ -184,7 +203,8 @@ pub mod crypto_area {
     pub const SEAL_LEN: usize = 32;
     /// `resume_record_len`.
     pub const RESUME_RECORD_LEN: usize = 280;
-    /// First byte after the area; reserved and zero up to the CRC.
+    /// First byte after the area; reserved and zero up to the restore
+    /// record.
     pub const END: usize = 284;
 
     /// The crypto area table of FORMAT.md.
@@ -201,7 +221,7 @@ pub mod crypto_area {
         field("resume record length", RESUME_RECORD_LEN, 4),
     ];
     const _: () = assert!(tiles(FIELDS, START, END));
-    const _: () = assert!(END <= super::superblock::CRC);
+    const _: () = assert!(END <= super::superblock::RESTORE_ATTEMPTS);
 }
 
 /// A chunk header, at the start of every chunk in the data stream.

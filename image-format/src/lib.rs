@@ -64,5 +64,5 @@ pub use placement::{Placement, Segment};
 pub use reader::{Image, ReadAt};
 pub use seal::{ImageSeal, SuperblockSeal};
 pub use section::{MetadataSection, SectionParts};
-pub use superblock::{ImageState, Superblock, SUPERBLOCK_SIZE};
+pub use superblock::{FailureText, ImageState, RestoreRecord, Superblock, SUPERBLOCK_SIZE};
 pub use trailer::{Trailer, TRAILER_SIZE};

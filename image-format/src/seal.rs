@@ -73,13 +73,14 @@ impl SuperblockSeal {
 }
 
 /// The superblock bytes the seal covers: the encoded fields with the
-/// state, the consumed time (a restore changes both) and the seal itself
-/// zero.
+/// state, the consumed time, the restore record (a restore changes them)
+/// and the seal itself zero.
 fn sealed_fields(s: &Superblock) -> Vec<u8> {
     let mut b = s.encode();
     b.truncate(sb::CRC);
     b[sb::STATE..sb::STATE + 4].fill(0);
     b[sb::CONSUMED_TIME..sb::CONSUMED_TIME + 8].fill(0);
+    b[sb::RESTORE_ATTEMPTS..sb::CRC].fill(0);
     if s.crypto.is_some() {
         b[crypto_area::SEAL..crypto_area::SEAL + crypto_area::SEAL_LEN].fill(0);
     }
@@ -120,12 +121,15 @@ mod tests {
     }
 
     #[test]
-    fn the_seal_covers_every_field_but_state_consumed_time_and_itself() {
+    fn the_seal_covers_every_field_but_state_consumed_time_restore_record_and_itself() {
         let mut sb = Superblock::writing([7; 16], 123);
         sb.crypto = Some(params());
         let before = sealed_fields(&sb);
-        sb.state = ImageState::Consumed;
+        sb.state = ImageState::Failed;
         sb.consumed_time_ns = 5;
+        sb.restore.attempts = 2;
+        sb.restore.failed_chunk = Some(7);
+        sb.restore.failure = crate::FailureText::new("chunk 7: payload crc");
         sb.crypto.as_mut().unwrap().seal = [4; 32];
         assert_eq!(sealed_fields(&sb), before);
         sb.capture_time_ns += 1;
@@ -144,6 +148,7 @@ mod tests {
         let mut consumed = sb;
         consumed.state = ImageState::Consumed;
         consumed.consumed_time_ns = 9;
+        consumed.restore.attempts = 1;
         assert!(check(&k, b"metadata", b"index entries", &consumed));
         // The index split differently is the same bytes in the same order.
         let mut s = ImageSeal::over_metadata(&k, b"metadata");

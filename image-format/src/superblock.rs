@@ -26,8 +26,9 @@ const _: () = assert!(MAGIC_LEN == sb::MAJOR - sb::MAGIC);
 
 /// Major version this build writes and reads.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version this build writes.
-pub const VERSION_MINOR: u16 = 0;
+/// Minor version this build writes: 1 added the restore record (bytes
+/// 320..508) and the state *failed*.
+pub const VERSION_MINOR: u16 = 1;
 /// Incompatible feature: the image is encrypted and authenticated; the
 /// crypto area (bytes 168..284) holds its parameters.
 pub const INCOMPAT_ENCRYPTED: u64 = 1;
@@ -51,6 +52,9 @@ pub enum ImageState {
     Committed,
     /// Whole, and a restore has taken it: never resume it again.
     Consumed,
+    /// A restore stopped after it began writing memory (the restore record
+    /// says where and why): never resume it again.
+    Failed,
 }
 
 impl ImageState {
@@ -59,6 +63,7 @@ impl ImageState {
             ImageState::Writing => 1,
             ImageState::Committed => 2,
             ImageState::Consumed => 3,
+            ImageState::Failed => 4,
         }
     }
 
@@ -67,6 +72,7 @@ impl ImageState {
             1 => Some(ImageState::Writing),
             2 => Some(ImageState::Committed),
             3 => Some(ImageState::Consumed),
+            4 => Some(ImageState::Failed),
             _ => None,
         }
     }
@@ -77,6 +83,7 @@ impl ImageState {
             ImageState::Writing => "incomplete",
             ImageState::Committed => "committed",
             ImageState::Consumed => "consumed",
+            ImageState::Failed => "failed",
         }
     }
 }
@@ -100,6 +107,66 @@ pub struct Superblock {
     pub layout: Layout,
     /// The crypto parameters of an encrypted image.
     pub crypto: Option<CryptoParams>,
+    /// What restores of it did.
+    pub restore: RestoreRecord,
+}
+
+/// The restore record: how many restores of an image began, and why one
+/// stopped after it began writing memory. Like the state, a restore
+/// rewrites it, so an encrypted image's seal leaves it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RestoreRecord {
+    /// Restores begun: the normal boot counts one, durably, before it
+    /// loads the restore kernel. A restore that finishes leaves the count
+    /// as it is and marks the image consumed; one that never finished (the
+    /// power failed, the machine stopped) leaves it committed with the
+    /// count raised.
+    pub attempts: u32,
+    /// The chunk a failed restore stopped at.
+    pub failed_chunk: Option<u64>,
+    /// Why it failed, as far as the record holds (see [`FailureText`]).
+    pub failure: FailureText,
+}
+
+/// A restore failure's text, UTF-8 and NUL padded in its field; longer text
+/// is cut at a character boundary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FailureText([u8; sb::FAILURE_LEN]);
+
+impl FailureText {
+    /// `text`, cut to the field.
+    pub fn new(text: &str) -> Self {
+        let mut b = [0u8; sb::FAILURE_LEN];
+        let mut end = text.len().min(sb::FAILURE_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        b[..end].copy_from_slice(&text.as_bytes()[..end]);
+        FailureText(b)
+    }
+
+    /// The text, safe to print: bytes that are not UTF-8 are shown as
+    /// U+FFFD and control characters as `?` (the field is not sealed, so
+    /// anyone who can write the disk can write it).
+    pub fn text(&self) -> String {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    }
+}
+
+impl Default for FailureText {
+    fn default() -> Self {
+        FailureText([0; sb::FAILURE_LEN])
+    }
+}
+
+impl std::fmt::Debug for FailureText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.text().fmt(f)
+    }
 }
 
 impl Superblock {
@@ -114,6 +181,7 @@ impl Superblock {
             consumed_time_ns: 0,
             layout: Layout::default(),
             crypto: None,
+            restore: RestoreRecord::default(),
         }
     }
 
@@ -152,6 +220,14 @@ impl Superblock {
         if let Some(c) = &self.crypto {
             c.encode_into(&mut b);
         }
+        let r = &self.restore;
+        put_u32(&mut b, sb::RESTORE_ATTEMPTS, r.attempts);
+        put_u64(
+            &mut b,
+            sb::FAILED_CHUNK,
+            r.failed_chunk.map_or(0, |c| c + 1),
+        );
+        b[sb::FAILURE..sb::FAILURE + sb::FAILURE_LEN].copy_from_slice(&r.failure.0);
         let crc = crc32fast::hash(&b[..sb::CRC]);
         put_u32(&mut b, sb::CRC, crc);
         b
@@ -165,12 +241,18 @@ impl Superblock {
         let incompat = check_features(block)?;
         let encrypted = incompat & INCOMPAT_ENCRYPTED != 0;
         let reserved = if encrypted { area::END } else { sb::RESERVED };
-        if let Some(p) = first_nonzero(&block[reserved..sb::CRC]) {
-            return Err(FormatError::ReservedNotZero {
-                what: "superblock",
-                offset: ImageOffset((reserved + p) as u64),
-                found: block[reserved + p].into(),
-            });
+        for (start, end) in [
+            (reserved, sb::RESTORE_ATTEMPTS),
+            (sb::RESERVED_B, sb::FAILED_CHUNK),
+            (sb::RESERVED_C, sb::CRC),
+        ] {
+            if let Some(p) = first_nonzero(&block[start..end]) {
+                return Err(FormatError::ReservedNotZero {
+                    what: "superblock",
+                    offset: ImageOffset((start + p) as u64),
+                    found: block[start + p].into(),
+                });
+            }
         }
         let crypto = if encrypted {
             Some(CryptoParams::decode_from(block)?)
@@ -201,6 +283,7 @@ impl Superblock {
             consumed_time_ns: u64_at(block, sb::CONSUMED_TIME),
             layout: decode_layout(block),
             crypto,
+            restore: decode_restore_record(block),
         })
     }
 }
@@ -282,6 +365,16 @@ fn decode_layout(b: &[u8]) -> Layout {
     }
 }
 
+fn decode_restore_record(b: &[u8]) -> RestoreRecord {
+    let mut failure = [0u8; sb::FAILURE_LEN];
+    failure.copy_from_slice(&b[sb::FAILURE..sb::FAILURE + sb::FAILURE_LEN]);
+    RestoreRecord {
+        attempts: u32_at(b, sb::RESTORE_ATTEMPTS),
+        failed_chunk: u64_at(b, sb::FAILED_CHUNK).checked_sub(1),
+        failure: FailureText(failure),
+    }
+}
+
 fn check_magic(found: &[u8]) -> Result<(), FormatError> {
     let want = magic();
     if found == want {
@@ -310,6 +403,41 @@ fn check_magic(found: &[u8]) -> Result<(), FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_restore_record_round_trips_and_its_text_is_cut_at_a_character() {
+        let mut sb = Superblock::writing([7; 16], 123);
+        sb.state = ImageState::Failed;
+        sb.restore = RestoreRecord {
+            attempts: 3,
+            failed_chunk: Some(0),
+            failure: FailureText::new(&"é".repeat(100)),
+        };
+        let b = sb.encode();
+        let back = Superblock::decode(&b).unwrap();
+        assert_eq!(back, sb);
+        assert_eq!(back.restore.failed_chunk, Some(0));
+        assert_eq!(back.restore.failure.text(), "é".repeat(sb::FAILURE_LEN / 2));
+        assert_eq!(u32_at(&b, sb::STATE), 4);
+        assert_eq!(FailureText::new("").text(), "");
+        assert_eq!(FailureText::new("a\x1b[2Jb\n").text(), "a?[2Jb?");
+    }
+
+    #[test]
+    fn reserved_bytes_around_the_restore_record_are_refused() {
+        for at in [sb::RESTORE_ATTEMPTS - 1, sb::RESERVED_B, sb::RESERVED_C + 3] {
+            let mut b = Superblock::writing([7; 16], 123).encode();
+            b[at] = 1;
+            let crc = crc32fast::hash(&b[..sb::CRC]);
+            put_u32(&mut b, sb::CRC, crc);
+            match Superblock::decode(&b) {
+                Err(FormatError::ReservedNotZero { offset, .. }) => {
+                    assert_eq!(offset, ImageOffset(at as u64))
+                }
+                other => panic!("byte {at}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -111,7 +111,7 @@ fn the_crypto_area_and_the_sealed_fields_have_one_extent() {
     let rest = format!(
         "{}..{} stays reserved and zero",
         crypto_area::END,
-        superblock::CRC
+        superblock::RESTORE_ATTEMPTS
     );
     assert!(FORMAT_MD.contains(&rest), "FORMAT.md lacks {rest:?}");
     let flat = FORMAT_MD.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -119,6 +119,11 @@ fn the_crypto_area_and_the_sealed_fields_have_one_extent() {
         ("the state", superblock::STATE, 4),
         ("the consumed time", superblock::CONSUMED_TIME, 8),
         ("the seal itself", crypto_area::SEAL, crypto_area::SEAL_LEN),
+        (
+            "the restore record",
+            superblock::RESTORE_ATTEMPTS,
+            superblock::CRC - superblock::RESTORE_ATTEMPTS,
+        ),
     ] {
         let want = format!("{what} ({}..{})", start, start + len);
         assert!(flat.contains(&want), "FORMAT.md lacks {want:?}");

@@ -398,7 +398,10 @@ fn wants_rescue_shell(then: &str, state: &State) -> bool {
 }
 
 fn fail(what: &str, state: &State) -> ! {
-    if let Some(entry) = state.hand_back {
+    // Whatever failed (an error or a panic), once a byte of the saved
+    // memory was written the kernel that jumped here must not run on it.
+    let may_hand_back = !kjump_sys::physmem::memory_written();
+    if let Some(entry) = state.hand_back.filter(|_| may_hand_back) {
         hand_back(what, entry, state);
     }
     if state.restoring {

@@ -31,6 +31,10 @@ pub(crate) fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Pl
         Some(kind) => Some(crate::secret::restore_secret(manifest, kind, &place)?),
     };
     let pin = pin(manifest)?;
+    say(format_args!(
+        "reading each chunk once, checking it and writing its pages ({:.0} MB of memory)",
+        manifest.ram.total_bytes() as f64 / 1e6
+    ));
     let report = restore_with_key(
         &place,
         Path::new("/dev/mem"),
@@ -47,12 +51,18 @@ pub(crate) fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Pl
     drop(secret);
     state.hand_back = None;
     let mb = report.bytes as f64 / 1e6;
+    let secs = report.write.as_secs_f64();
     say(format_args!(
-        "verified in {:.2} s, wrote {mb:.0} MB of memory in {:.2} s ({:.0} MB/s)",
-        report.verify.as_secs_f64(),
-        report.write.as_secs_f64(),
-        mb / report.write.as_secs_f64().max(1e-9)
+        "restored {mb:.0} MB of memory in {secs:.2} s ({:.0} MB/s), reading {:.0} MB of image once",
+        mb / secs.max(1e-9),
+        report.image_bytes as f64 / 1e6
     ));
+    match &report.not_consumed {
+        None => say("image marked consumed"),
+        Some(e) => say(format_args!(
+            "memory is whole, but marking the image consumed failed ({e}); the saved kernel marks it when it runs again"
+        )),
+    }
     Ok(Plan {
         mode: kjump_handoff::manifest::Mode::Restore,
         entry: report.entry,

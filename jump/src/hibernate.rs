@@ -232,6 +232,25 @@ fn back_again(
             )),
         }
     }
+    let from_disk = matches!(opts.mode, Mode::Poweroff | Mode::Reboot);
+    if from_disk && report.is_none() && matches!(image, Ok("committed")) {
+        // Resumed from the image, whose restore kernel wrote all of memory
+        // but could not mark it consumed (it said why on its console):
+        // marked here, or the next boot would resume it again.
+        match kjump_restorer::consume(place) {
+            Ok(_) => {
+                image = Ok("consumed");
+                notes.push(
+                    "resumed, and the image is now marked consumed (the restore kernel could not mark it)"
+                        .into(),
+                );
+            }
+            Err(e) => notes.push(format!(
+                "resumed, but the image is still marked committed and marking it consumed failed: {} (run kjump discard before the next boot)",
+                error_chain(&e)
+            )),
+        }
+    }
     if swapped_off {
         notes.push(give_swap_back(place, opts.mode, &image));
     }

@@ -27,7 +27,6 @@ use kjump_image_format::{
     CryptoParams, FormatError, Image, ImageKeys, ImageState, Kdf, MemoryMap, Metadata, PhysRange,
     Placement, Secret, SecretError, Superblock,
 };
-use kjump_restorer::VerifyError;
 use kjump_sys::kexec::KexecError;
 use kjump_sys::ranges::{self, RangesError};
 use kjump_sys::{Place, PlaceError, PlaceReader};
@@ -75,6 +74,14 @@ pub enum NoImage {
     /// An image resumed before.
     #[error("the image on {0} was already resumed once")]
     Consumed(String),
+    /// An image whose restore failed after it began writing memory.
+    #[error("the image on {device} cannot be resumed: an earlier restore failed part way ({reason}); the session it saved is lost (kjump discard {device} frees the target)")]
+    Failed {
+        /// The place, described.
+        device: String,
+        /// What the image's restore record says.
+        reason: String,
+    },
     /// R handed back and said why.
     #[error("the restore kernel handed control back without resuming: {0}")]
     HandedBack(String),
@@ -97,9 +104,17 @@ pub enum Refusal {
     /// The image fails a check.
     #[error(transparent)]
     Image(#[from] FormatError),
-    /// A plain image fails its verification.
-    #[error(transparent)]
-    Verify(#[from] VerifyError),
+    /// Restores of the image began as often as allowed and none finished.
+    #[error("{attempts} restores of this image began and none finished (the machine stopped while memory was written back); the limit is {limit} (KJUMP_RESUME_ATTEMPTS in kjump.conf, or --max-attempts), so it is not tried again")]
+    Attempts {
+        /// Restores begun.
+        attempts: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// Counting the restore attempt in the image failed; R was not loaded.
+    #[error("recording the restore attempt in the image")]
+    RecordAttempt(#[source] kjump_sys::TargetError),
     /// No capture region recorded.
     #[error("the image records no capture region: it was not written by kjump hibernate")]
     NoRegion,
@@ -161,6 +176,11 @@ pub enum ResumeError {
     Escaped(String),
 }
 
+/// Restores of one image that may begin, none finishing, before it is
+/// refused: a power cut during one is retried, a machine that stops every
+/// time is not looped.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
+
 /// How to resume.
 #[derive(Clone, Debug)]
 pub struct ResumeOptions {
@@ -188,6 +208,9 @@ pub struct ResumeOptions {
     pub tty: Option<PathBuf>,
     /// More words for the restore kernel's command line.
     pub append: Vec<String>,
+    /// Restores of one image that may begin without one finishing before
+    /// the image is refused ([`DEFAULT_MAX_ATTEMPTS`] by default).
+    pub max_attempts: u32,
     /// Seconds R waits for the passphrase before it hands back (the
     /// manifest's `prompt-timeout`; `None`: its default).
     pub prompt_timeout: Option<u64>,
@@ -207,6 +230,9 @@ struct Found {
     sealed: Option<CryptoParams>,
     /// The image's uuid, which R checks it is restoring.
     uuid: Uuid,
+    /// Where it is, and its superblock, which counts the attempt.
+    place: Place,
+    superblock: Superblock,
 }
 
 /// Checks the image on `device` against this machine's /proc/iomem text;
@@ -215,16 +241,22 @@ struct Found {
 /// With `force_stale`, a filesystem that changed since the hibernation is
 /// reported but does not stop the resume.
 ///
-/// A plain image is verified whole here. An encrypted one is judged by its
-/// resume record, whose bytes its metadata CRC covers; R checks the image
-/// seal over it, and every chunk, with the key.
+/// No chunk is read here: R reads each once, checks it and writes it. A
+/// plain image's superblock, metadata, index, trailer and padding are
+/// checked; an encrypted one is judged by its resume record, whose bytes
+/// its metadata CRC covers, and R checks the image seal over it with the
+/// key. An image with `max_attempts` unfinished restores is refused.
 pub fn check(
     device_path: &Path,
     offset: Option<u64>,
     iomem: &str,
     force_stale: bool,
+    max_attempts: u32,
 ) -> Result<Decision, ResumeError> {
-    Ok(examine(device_path, offset, iomem, force_stale)?.map(|f| (f.plan, f.release)))
+    Ok(
+        examine(device_path, offset, iomem, force_stale, max_attempts)?
+            .map(|f| (f.plan, f.release)),
+    )
 }
 
 fn examine(
@@ -232,6 +264,7 @@ fn examine(
     offset: Option<u64>,
     iomem: &str,
     force_stale: bool,
+    max_attempts: u32,
 ) -> Result<Result<Found, NoImage>, ResumeError> {
     let (place, file, sb) = match committed_image(device_path, offset) {
         Ok(found) => found,
@@ -241,6 +274,12 @@ fn examine(
         device: place.describe(),
         reason,
     };
+    if sb.restore.attempts >= max_attempts {
+        return Err(refused(Refusal::Attempts {
+            attempts: sb.restore.attempts,
+            limit: max_attempts,
+        }));
+    }
     let (meta, release) = resume_record(&file, sb.crypto.is_some()).map_err(refused)?;
     let plan = plan_of(&meta, iomem).map_err(refused)?;
     check_filesystems(&meta, force_stale).map_err(refused)?;
@@ -249,6 +288,8 @@ fn examine(
         release,
         sealed: sb.crypto,
         uuid: Uuid(sb.uuid),
+        place,
+        superblock: sb,
     }))
 }
 
@@ -274,19 +315,24 @@ fn committed_image(
     match sb.state {
         ImageState::Writing => Err(NoImage::Incomplete(device)),
         ImageState::Consumed => Err(NoImage::Consumed(device)),
+        ImageState::Failed => Err(NoImage::Failed {
+            reason: kjump_restorer::restore::failure_of(&sb),
+            device,
+        }),
         ImageState::Committed => Ok((place, file, sb)),
     }
 }
 
 /// What a resume is decided on, and the saved kernel's release: a plain
-/// image verified whole, or an encrypted image's resume record (its
+/// image's metadata once its structures check (every chunk is R's to
+/// check, as it writes it), or an encrypted image's resume record (its
 /// release is sealed).
 fn resume_record(file: &PlaceReader, sealed: bool) -> Result<(Metadata, String), Refusal> {
     if sealed {
         return Ok((read_resume_record(file)?, String::new()));
     }
     let image = Image::open(file)?;
-    kjump_restorer::verify(file, &image, 2, false)?;
+    image.check_padding(file)?;
     let release = image.metadata.kernel_release.clone().unwrap_or_default();
     Ok((image.metadata, release))
 }
@@ -424,7 +470,13 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         reason,
     };
     let iomem = std::fs::read_to_string("/proc/iomem").map_err(|e| refused(Refusal::Iomem(e)))?;
-    let found = match examine(&opts.device, opts.offset, &iomem, opts.force_stale)? {
+    let found = match examine(
+        &opts.device,
+        opts.offset,
+        &iomem,
+        opts.force_stale,
+        opts.max_attempts,
+    )? {
         Ok(f) => f,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),
     };
@@ -460,6 +512,12 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
     if opts.dry_run {
         return Ok(Outcome::DryRun);
     }
+    let attempt = kjump_restorer::restore::begin_attempt(&found.place, found.superblock)
+        .map_err(|e| refused(Refusal::RecordAttempt(e)))?;
+    println!(
+        "restore attempt {attempt} of at most {} recorded in the image",
+        opts.max_attempts
+    );
     next.load(&manifest, &[], secret)
         .map_err(ResumeError::Load)?;
     // Back in R0: R did not resume (it said why on the console and in

@@ -1,19 +1,25 @@
 //! Writing a saved kernel's memory back: the heart of a resume.
 //!
 //! Order matters, and each step refuses rather than guess: the image must be
-//! committed and never consumed, every checksum must hold, none of its
-//! ranges may overlap the running kernel's own RAM; then the image is marked
-//! consumed (a crash from here on must not loop into it again), and only
-//! then is a single byte of memory written.
+//! committed and never consumed, its superblock, metadata, index and trailer
+//! must check, none of its ranges may overlap the running kernel's own RAM,
+//! and everything the restore needs (the target opened for writing, the
+//! memory mapped, threads and buffers) is taken. Then one pass reads each
+//! chunk once, checks it completely and writes its pages. Only after the
+//! last page is written and flushed is the image marked consumed. A chunk
+//! that fails once memory was written marks the image failed, saying which
+//! and why, so that the next boot refuses it instead of looping.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kjump_image_format::{Image, ImageState, MemoryMap, PhysRange, Secret, PAGE_SIZE};
+use kjump_image_format::{
+    FailureText, Image, ImageState, MemoryMap, PhysRange, Secret, Superblock, PAGE_SIZE,
+};
 use kjump_sys::physmem::{PhysMem, PhysMemError};
 use kjump_sys::{Place, PlaceError, Target, TargetError};
 
-use crate::scan::{scan_chunks, ScanError};
+use crate::scan::{scan_chunks_at, ScanError, Stopped};
 
 /// Why a restore refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,14 @@ pub enum RestoreError {
         /// The image.
         path: String,
     },
+    /// An earlier restore of the image failed part way.
+    #[error("image {path} failed an earlier restore ({reason}); it will not be resumed again")]
+    FailedBefore {
+        /// The image.
+        path: String,
+        /// What the image's restore record says.
+        reason: String,
+    },
     /// The image has no re-entry point.
     #[error("image {path} records no jump-back entry: it was not captured by a kexec jump")]
     NoEntry {
@@ -64,9 +78,10 @@ pub enum RestoreError {
         /// The running kernel's RAM it hits.
         own: String,
     },
-    /// Marking the image consumed failed; memory was not touched.
-    #[error("marking image {path} consumed; memory was not touched")]
-    MarkConsumed {
+    /// The target cannot be opened for the records a restore writes;
+    /// memory was not touched.
+    #[error("opening image {path} for writing; memory was not touched")]
+    OpenTarget {
         /// The image.
         path: String,
         /// The cause.
@@ -76,9 +91,29 @@ pub enum RestoreError {
     /// Mapping memory failed; memory was not touched.
     #[error(transparent)]
     Map(PhysMemError),
-    /// Writing memory failed part way: the saved kernel cannot be resumed.
-    #[error("writing the saved memory failed part way")]
-    Write(#[source] ScanError<PhysMemError>),
+    /// A chunk failed, or writing memory failed, after memory was written:
+    /// the saved kernel cannot be resumed. The image is marked failed
+    /// (`recorded`), so that the next boot refuses it.
+    #[error("writing the saved memory failed part way{}; {}", chunk.map(|c| format!(" at chunk {c}")).unwrap_or_default(), failed_note(path, recorded))]
+    Failed {
+        /// The image.
+        path: String,
+        /// The chunk that failed, if one did.
+        chunk: Option<usize>,
+        /// What failed.
+        #[source]
+        source: Box<ScanError<PhysMemError>>,
+        /// Whether the failure was recorded in the image.
+        recorded: Result<(), String>,
+    },
+}
+
+/// What became of a failed restore's record in the image.
+fn failed_note(path: &str, recorded: &Result<(), String>) -> String {
+    match recorded {
+        Ok(()) => format!("image {path} is marked failed and will not be resumed"),
+        Err(e) => format!("marking image {path} failed did not work either ({e}): run kjump discard on it before the next boot"),
+    }
 }
 
 impl RestoreError {
@@ -86,7 +121,7 @@ impl RestoreError {
     /// for every refusal, false once writing it started. Until then the
     /// kernel that jumped into the restore kernel can take control back.
     pub fn memory_untouched(&self) -> bool {
-        !matches!(self, RestoreError::Write(_))
+        !matches!(self, RestoreError::Failed { .. })
     }
 }
 
@@ -143,10 +178,13 @@ pub struct RestoreReport {
     pub entry: u64,
     /// Bytes of memory written (whole ranges).
     pub bytes: u64,
-    /// Time spent verifying.
-    pub verify: Duration,
-    /// Time spent writing memory.
+    /// Bytes of image read.
+    pub image_bytes: u64,
+    /// Time spent reading, checking and writing.
     pub write: Duration,
+    /// Marking the image consumed failed after memory was whole: the saved
+    /// kernel marks it when it runs again; the reason, to say so.
+    pub not_consumed: Option<String>,
 }
 
 /// Checks `image_path` and writes its memory through `mem_path` (/dev/mem, or
@@ -161,10 +199,10 @@ pub fn restore(
 }
 
 /// [`restore`] with the key or passphrase of an encrypted image. A wrong
-/// key, or any sealed structure that fails authentication, is refused
-/// during the verification pass, before the image is marked consumed and
-/// before a byte of memory is written. With a `pin`, an image that is not
-/// the one pinned is refused likewise.
+/// key, or any sealed structure other than a chunk that fails
+/// authentication, is refused before a byte of memory is written; a chunk
+/// is authenticated before its pages are written. With a `pin`, an image
+/// that is not the one pinned is refused likewise.
 pub fn restore_with_key(
     place: &Place,
     mem_path: &Path,
@@ -184,28 +222,72 @@ pub fn restore_with_key(
     };
     let image = Image::open_with(&file, secret).map_err(|e| invalid(ScanError::Image(e)))?;
     let entry = restorable(&image, &shown, pin, own_ram)?;
-    let started = Instant::now();
-    crate::verify(&file, &image, threads, false).map_err(invalid)?;
-    let verify = started.elapsed();
-    mark_consumed(place, image.superblock).map_err(|source| RestoreError::MarkConsumed {
+    image
+        .check_padding(&file)
+        .map_err(|e| invalid(ScanError::Image(e)))?;
+    let target = Target::open_place(place).map_err(|source| RestoreError::OpenTarget {
         path: shown.clone(),
         source,
     })?;
     let mem =
         PhysMem::open(mem_path, &image.metadata.ranges, own_ram).map_err(RestoreError::Map)?;
     let started = Instant::now();
-    scan_chunks(&file, &image, threads, false, |i, pages| {
-        write_chunk(&mem, &image, i, pages)
-    })
-    .map_err(RestoreError::Write)?;
-    mem.flush()
-        .map_err(|e| RestoreError::Write(ScanError::Consumer(e)))?;
+    // A panic is a failure like any other: once memory was written, the
+    // image must be marked failed before this kernel gives up.
+    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let progress = kjump_sys::progress::Progress::new("restore", 0, false);
+        scan_chunks_at(&file, &image, threads, progress, |i, pages| {
+            write_chunk(&mem, &image, i, pages)
+        })
+    }))
+    .unwrap_or_else(|_panic| Err(Stopped::from(ScanError::Panicked)))
+    .and_then(|()| {
+        mem.flush()
+            .map_err(|e| Stopped::from(ScanError::Consumer(e)))
+    });
+    if let Err(Stopped { chunk, error }) = pass {
+        if !mem.touched() {
+            return Err(untouched(&shown, error));
+        }
+        let recorded = mark_failed(&target, image.superblock, chunk, &error)
+            .map_err(|e| kjump_sys::error_chain(&e));
+        return Err(RestoreError::Failed {
+            path: shown,
+            chunk,
+            source: Box::new(error),
+            recorded,
+        });
+    }
+    let write = started.elapsed();
+    let not_consumed = mark_consumed(&target, image.superblock)
+        .err()
+        .map(|e| kjump_sys::error_chain(&e));
     Ok(RestoreReport {
         entry,
         bytes: image.metadata.ranges.total_bytes(),
-        verify,
-        write: started.elapsed(),
+        image_bytes: image.superblock.layout.image_len,
+        write,
+        not_consumed,
     })
+}
+
+/// A pass that stopped before it wrote a byte: a refusal.
+fn untouched(shown: &str, error: ScanError<PhysMemError>) -> RestoreError {
+    match error {
+        ScanError::Image(e) => RestoreError::Invalid {
+            path: shown.to_string(),
+            source: ScanError::Image(e),
+        },
+        ScanError::Threads { threads, reason } => RestoreError::Invalid {
+            path: shown.to_string(),
+            source: ScanError::Threads { threads, reason },
+        },
+        ScanError::Panicked => RestoreError::Invalid {
+            path: shown.to_string(),
+            source: ScanError::Panicked,
+        },
+        ScanError::Consumer(e) => RestoreError::Map(e),
+    }
 }
 
 /// Refuses an image (shown as `shown`) that must not be restored here: one
@@ -218,8 +300,15 @@ fn restorable(
     own_ram: &MemoryMap,
 ) -> Result<u64, RestoreError> {
     let path = shown.to_string();
-    if image.superblock.state == ImageState::Consumed {
-        return Err(RestoreError::Consumed { path });
+    match image.superblock.state {
+        ImageState::Consumed => return Err(RestoreError::Consumed { path }),
+        ImageState::Failed => {
+            return Err(RestoreError::FailedBefore {
+                path,
+                reason: failure_of(&image.superblock),
+            })
+        }
+        ImageState::Writing | ImageState::Committed => {}
     }
     if let Some(what) = pin.and_then(|p| p.mismatch(image)) {
         return Err(RestoreError::NotPinned { path, what });
@@ -242,7 +331,8 @@ fn restorable(
 /// Marks the committed image at `place` consumed without restoring it:
 /// what the saved kernel does when it runs on after its capture kernel woke
 /// from suspend to RAM, so that the disk image, now stale, is never
-/// resumed. Returns false when the image was not committed.
+/// resumed, or after a restore that could not mark it. Returns false when
+/// the image was not committed.
 pub fn consume(place: &Place) -> Result<bool, RestoreError> {
     let shown = place.describe();
     let file = place.reader().map_err(|source| RestoreError::Open {
@@ -259,23 +349,67 @@ pub fn consume(place: &Place) -> Result<bool, RestoreError> {
     if sb.state != ImageState::Committed {
         return Ok(false);
     }
-    mark_consumed(place, sb).map_err(|source| RestoreError::MarkConsumed {
+    let target = Target::open_place(place).map_err(|source| RestoreError::OpenTarget {
+        path: shown.clone(),
+        source,
+    })?;
+    mark_consumed(&target, sb).map_err(|source| RestoreError::OpenTarget {
         path: shown,
         source,
     })?;
     Ok(true)
 }
 
+/// Counts one more restore attempt of the committed image whose
+/// superblock is `sb`, durably, before the restore kernel is loaded (the
+/// restore record of FORMAT.md). Returns the count now recorded.
+pub fn begin_attempt(place: &Place, mut sb: Superblock) -> Result<u32, TargetError> {
+    sb.restore.attempts = sb.restore.attempts.saturating_add(1);
+    let target = Target::open_place(place)?;
+    write_superblock(&target, &sb)?;
+    Ok(sb.restore.attempts)
+}
+
+/// What an image's restore record says about its failed restore.
+pub fn failure_of(sb: &Superblock) -> String {
+    let text = sb.restore.failure.text();
+    let text = if text.is_empty() {
+        "no reason recorded".to_string()
+    } else {
+        text
+    };
+    match sb.restore.failed_chunk {
+        Some(c) => format!("it stopped at chunk {c}: {text}"),
+        None => format!("it stopped: {text}"),
+    }
+}
+
 /// Rewrites the superblock in state consumed and flushes it; a swap area
 /// then gets its swap signature back.
-fn mark_consumed(place: &Place, mut sb: kjump_image_format::Superblock) -> Result<(), TargetError> {
+fn mark_consumed(target: &Target, mut sb: Superblock) -> Result<(), TargetError> {
     sb.state = ImageState::Consumed;
     sb.consumed_time_ns = kjump_sys::clock::now_ns().max(1);
-    let target = Target::open_place(place)?;
-    target.write_copy_at(&sb.encode(), 0)?;
-    target.sync()?;
+    write_superblock(target, &sb)?;
     // The saved kernel swaps an area it used on again itself.
     target.release().map(drop)
+}
+
+/// Rewrites the superblock in state failed, with the chunk and the reason.
+fn mark_failed(
+    target: &Target,
+    mut sb: Superblock,
+    chunk: Option<usize>,
+    error: &ScanError<PhysMemError>,
+) -> Result<(), TargetError> {
+    sb.state = ImageState::Failed;
+    sb.restore.failed_chunk = chunk.map(|c| c as u64);
+    sb.restore.failure = FailureText::new(&kjump_sys::error_chain(error));
+    write_superblock(target, &sb)
+}
+
+fn write_superblock(target: &Target, sb: &Superblock) -> Result<(), TargetError> {
+    target.write_copy_at(&sb.encode(), 0)?;
+    target.sync()
 }
 
 /// Writes chunk `i`'s pages, clipped to its range (a partial edge page

@@ -96,15 +96,17 @@ where
     E: std::error::Error + Send + 'static,
     F: Fn(usize, &[u8]) -> Result<(), E> + Sync,
 {
-    scan_chunks_at(src, image, threads, progress_line, consume).map_err(|s| s.error)
+    let progress = Progress::new("verify", 0, progress_line);
+    scan_chunks_at(src, image, threads, progress, consume).map_err(|s| s.error)
 }
 
-/// [`scan_chunks`], saying which chunk a failure is about.
+/// [`scan_chunks`], saying which chunk a failure is about, and reporting
+/// progress (of image bytes read) as `progress` says.
 pub fn scan_chunks_at<R, E, F>(
     src: &R,
     image: &Image,
     threads: usize,
-    progress_line: bool,
+    mut progress: Progress,
     consume: F,
 ) -> Result<(), Stopped<E>>
 where
@@ -119,19 +121,21 @@ where
         .map_err(|e| no_threads(e.to_string()))?;
     let windows = windows(image);
     let biggest = windows.iter().map(|w| span(image, w).1).max().unwrap_or(0);
-    // Two window buffers: one being read while the other is decoded.
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
-    for _ in 0..2 {
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(biggest)
-            .map_err(|e| no_threads(format!("{biggest} bytes for a window of chunks: {e}")))?;
-        buf.resize(biggest, 0);
-        let _ = empty_tx.send(buf);
-    }
-    let (full_tx, full_rx) = sync_channel::<Read>(1);
-    let total: u64 = image.index.iter().map(|e| e.encoded_len()).sum();
-    let mut progress = Progress::new("verify", total, progress_line);
+    progress.set_total(image.index.iter().map(|e| e.encoded_len()).sum());
     std::thread::scope(|scope| {
+        // The channels live in this closure: when it returns, early or not,
+        // they close, and the reader thread, which the scope then waits
+        // for, stops at its next send or receive.
+        // Two window buffers: one being read while the other is decoded.
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
+        for _ in 0..2 {
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(biggest)
+                .map_err(|e| no_threads(format!("{biggest} bytes for a window of chunks: {e}")))?;
+            buf.resize(biggest, 0);
+            let _ = empty_tx.send(buf);
+        }
+        let (full_tx, full_rx) = sync_channel::<Read>(1);
         let windows = &windows;
         std::thread::Builder::new()
             .name("kjump-read".into())

@@ -118,6 +118,9 @@ pub struct ResumeArgs {
     /// More words for the restore kernel's command line, after kjump's own; repeatable
     #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
     append: Vec<String>,
+    /// Restores of one image that may begin without one finishing (the machine stopped while memory was written back) before the image is refused
+    #[arg(long, value_name = "N", default_value_t = resume::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
 }
 
 pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
@@ -133,6 +136,7 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
         tty: args.tty,
         append: words(&args.append),
         prompt_timeout: args.prompt_timeout,
+        max_attempts: args.max_attempts,
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {

@@ -117,6 +117,13 @@ fn info_json(place: &Place, sb: &Superblock, image: Option<&Image>) -> serde_jso
     if sb.state == ImageState::Consumed {
         v["consumed_time_ns"] = json!(sb.consumed_time_ns);
     }
+    v["restore_attempts"] = json!(sb.restore.attempts);
+    if sb.state == ImageState::Failed {
+        v["restore_failure"] = json!({
+            "chunk": sb.restore.failed_chunk,
+            "reason": sb.restore.failure.text(),
+        });
+    }
     if sb.state != ImageState::Writing {
         let l = &sb.layout;
         v["pages"] = json!({"total": l.total_pages, "zero": l.zero_pages});
@@ -170,6 +177,15 @@ fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
     println!("captured:   {}", utc_text(sb.capture_time_ns));
     if sb.state == ImageState::Consumed {
         println!("consumed:   {}", utc_text(sb.consumed_time_ns));
+    }
+    if sb.restore.attempts > 0 {
+        println!("restores:   {} begun", sb.restore.attempts);
+    }
+    if sb.state == ImageState::Failed {
+        println!(
+            "failed:     {} (it will not be resumed again)",
+            kjump_restorer::restore::failure_of(sb)
+        );
     }
     match &sb.crypto {
         None => println!("encryption: none"),
@@ -293,6 +309,9 @@ pub fn verify(at: &ImageAt, key: &KeyArgs, threads: Option<usize>) -> Result<(),
     let secs = report.elapsed.as_secs_f64();
     let state = match image.superblock.state {
         ImageState::Consumed => " (consumed: a restore has taken it, it will not be resumed again)",
+        ImageState::Failed => {
+            " (failed: a restore stopped part way through it, it will not be resumed again)"
+        }
         _ => "",
     };
     let sealed = if image.is_encrypted() {

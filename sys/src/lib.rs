@@ -1,5 +1,10 @@
-//! kjump's interface to the machine it runs on: every system call, device,
-//! and /proc or /sys file kjump uses, and all of its unsafe code.
+//! kjump's interface to the machine it runs on: every system call, every
+//! device and /proc or /sys file whose meaning takes more than reading its
+//! text (the kernel's kexec, lockdown and swap switches, memory maps,
+//! block devices, mounts), and all of its unsafe code. Plain text the
+//! other crates only pass on or parse with this crate's parsers
+//! (/proc/cmdline, /proc/iomem, /proc/sys/kernel/osrelease) they read
+//! themselves.
 //!
 //! The other crates say what to do; this one does it on Linux:
 //!
@@ -59,3 +64,15 @@ pub const ELF_MACHINE: (u16, &str) = (62, "x86_64");
 /// The machine kjump runs on, as ELF names it (`e_machine` and a name).
 #[cfg(target_arch = "aarch64")]
 pub const ELF_MACHINE: (u16, &str) = (183, "aarch64");
+
+/// An error with its causes, as the CLI prints them (`a: b: c`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

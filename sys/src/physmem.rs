@@ -12,7 +12,7 @@ use std::fs::File;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kjump_image_format::{MemoryMap, PhysRange, PAGE_SIZE};
 use memmap2::{Mmap, MmapOptions, MmapRaw};
@@ -138,9 +138,23 @@ impl RangeMap {
     }
 }
 
+/// Set, once and for good, when any [`PhysMem`] of this process is about
+/// to write its first byte.
+static ANY_WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process began writing physical memory through a
+/// [`PhysMem`]: from then on, whatever happens (an error, a panic), the
+/// memory is no longer as it was, and a restore kernel must not hand
+/// control back to a kernel that would run on it.
+pub fn memory_written() -> bool {
+    ANY_WRITTEN.load(Ordering::SeqCst)
+}
+
 /// Writable mappings of a set of physical ranges, each byte written at
 /// most once.
 pub struct PhysMem {
+    /// Set before the first byte is written.
+    touched: AtomicBool,
     maps: Vec<RangeMap>,
     /// The regular file standing in for memory, which needs an msync;
     /// `None` for /dev/mem, whose writes land in memory directly (and whose
@@ -197,6 +211,7 @@ impl PhysMem {
             });
         }
         Ok(PhysMem {
+            touched: AtomicBool::new(false),
             maps,
             file: is_file.then(|| path.to_path_buf()),
         })
@@ -231,6 +246,8 @@ impl PhysMem {
                 len: bytes.len(),
             });
         }
+        self.touched.store(true, Ordering::SeqCst);
+        ANY_WRITTEN.store(true, Ordering::SeqCst);
         let off = (addr - m.range.start().0) as usize;
         // SAFETY: [off, off + len) lies inside the mapping (checked above).
         // Its pages were claimed by this call alone, so no other write,
@@ -242,6 +259,12 @@ impl PhysMem {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.map.as_mut_ptr().add(off), bytes.len());
         }
         Ok(())
+    }
+
+    /// Whether a write began: memory is no longer as it was when this was
+    /// opened.
+    pub fn touched(&self) -> bool {
+        self.touched.load(Ordering::SeqCst)
     }
 
     /// Flushes the mappings: an msync for a file, nothing for /dev/mem.

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 const REDRAW: Duration = Duration::from_millis(250);
-const LOG_EVERY: Duration = Duration::from_secs(5);
+const LOG_AT_MOST: Duration = Duration::from_secs(1);
 
 /// Tracks bytes done against a total.
 pub struct Progress {
@@ -31,11 +31,25 @@ impl Progress {
         }
     }
 
-    /// Records `bytes` more done and reports when due.
+    /// Sets the total, once it is known.
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+    }
+
+    /// Records `bytes` more done and reports when due: a terminal's line
+    /// is redrawn every quarter second; a log gets a line at each tenth of
+    /// the total, at most one per second, so a console shows where a long
+    /// pass is without scrolling away.
     pub fn advance(&mut self, bytes: u64) {
+        let tenth = |done: u64| done.saturating_mul(10) / self.total.max(1);
+        let before = tenth(self.done);
         self.done += bytes;
-        let every = if self.line { REDRAW } else { LOG_EVERY };
-        if self.last.elapsed() >= every {
+        let due = if self.line {
+            self.last.elapsed() >= REDRAW
+        } else {
+            tenth(self.done) > before && self.last.elapsed() >= LOG_AT_MOST
+        };
+        if due {
             self.last = Instant::now();
             self.report();
         }

@@ -368,7 +368,8 @@ impl Fixture {
             8..sb::MAJOR => return arch_outcome(&flipped[8..sb::MAJOR]),
             sb::MAJOR..sb::MINOR => {
                 let major = u16::from_le_bytes([flipped[sb::MAJOR], flipped[sb::MAJOR + 1]]);
-                return format!("UnsupportedVersion({major}.0)");
+                let minor = kjump_image_format::superblock::VERSION_MINOR;
+                return format!("UnsupportedVersion({major}.{minor})");
             }
             sb::MINOR..SUPERBLOCK_SIZE => return "Checksum(superblock@0x0)".into(),
             SUPERBLOCK_SIZE..BLOCK_SIZE => {

@@ -48,14 +48,25 @@ fn magic_architecture_version_and_features_are_checked() {
         "{e}"
     );
 
-    c("major 2", sb::MAJOR, &[2, 0], "UnsupportedVersion(2.0)");
+    let minor = kjump_image_format::superblock::VERSION_MINOR;
+    c(
+        "major 2",
+        sb::MAJOR,
+        &[2, 0],
+        &format!("UnsupportedVersion(2.{minor})"),
+    );
     c(
         "major 2 minor 7",
         sb::MAJOR,
         &[2, 0, 7, 0],
         "UnsupportedVersion(2.7)",
     );
-    c("major 0", sb::MAJOR, &[0, 0], "UnsupportedVersion(0.0)");
+    c(
+        "major 0",
+        sb::MAJOR,
+        &[0, 0],
+        &format!("UnsupportedVersion(0.{minor})"),
+    );
     let unknown = "UnknownIncompatFeatures(@0x18";
     // Bit 0 (encrypted) is known: without a crypto area it names the cipher.
     c(
@@ -89,7 +100,14 @@ fn sizes_reserved_bytes_and_state_are_checked() {
     c("last reserved byte", sb::CRC - 1, &[0x80], want);
     let state = "InvalidValue(superblock.state@0x2c";
     c("state 0", sb::STATE, &[0], &format!("{state} 0x0)"));
-    c("state 4", sb::STATE, &[4], &format!("{state} 0x4)"));
+    c("state 5", sb::STATE, &[5], &format!("{state} 0x5)"));
+    let want = "ReservedNotZero(superblock@0x144 0x2)";
+    c(
+        "reserved byte in the restore record",
+        sb::RESERVED_B,
+        &[2],
+        want,
+    );
     c(
         "state ~0",
         sb::STATE,

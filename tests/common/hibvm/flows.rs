@@ -99,7 +99,7 @@ pub fn print_phases(boot: &Vm) {
         "A: resume start",
         "restore kernel:",
         "kjump: restore kernel started",
-        "kjump: verified in",
+        "kjump: restored ",
         "kjump: jumping",
         "RESUMED",
         "resumed: this kernel was away",
@@ -138,9 +138,9 @@ pub fn print_phases(boot: &Vm) {
             "kjump: restore kernel started",
         ),
         (
-            "R: verify and write memory",
+            "R: read, check and write memory (one pass)",
             "kjump: restore kernel started",
-            "kjump: verified in",
+            "kjump: restored ",
         ),
         ("R -> A prints RESUMED", "kjump: jumping", "RESUMED"),
     ];
@@ -369,7 +369,7 @@ pub fn failed_capture(name: &str, opts: &BootOpts) -> (Vm, Line) {
 pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
     let mut boot = start(name, opts);
     boot.wait_for("kjump: restore kernel started", PHASE);
-    boot.wait_for("kjump: verified in", PHASE);
+    boot.wait_for("kjump: restored ", PHASE);
     let lines = assert_resumed(name, &mut boot, saved);
     assert!(
         !lines.iter().any(|l| l.text.starts_with("A: RESUME-EXIT")),

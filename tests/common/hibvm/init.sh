@@ -43,6 +43,7 @@
 #                      seconds after a failed capture
 #   kjump.rappend=WORD `kjump resume --append WORD`
 #   kjump.rtimeout=S   `kjump resume --prompt-timeout S`
+#   kjump.attempts=N   `kjump resume --max-attempts N`
 #   kjump.selftest=1   instead of all this: `kjump selftest` (two kexec
 #                      jumps into a payload that jumps straight back), then
 #                      power off
@@ -141,6 +142,7 @@ rappend=$(key rappend)
 shell=$(key shell)
 [ -n "$shell" ] && free="$free --file /bin/busybox:bin/sh --prompt-timeout $shell"
 rtimeout=$(key rtimeout)
+attempts=$(key attempts)
 passes() { cat /tmp/memcheck.passes 2>/dev/null || echo 0; }
 # Waits until memcheck has made $1 good passes; says so if it died first.
 wait_passes() {
@@ -177,7 +179,7 @@ echo "A: resume start"
 # shellcheck disable=SC2086
 kjump resume --device "$resume" ${offset:+--offset "$offset"} --kernel /boot/bzImage $force \
 	${keydev:+--key-file "$keydev"} ${keydev:+--key-size 64} --append "$tcg" ${rappend:+--append "$rappend"} \
-	${rtimeout:+--prompt-timeout "$rtimeout"}
+	${rtimeout:+--prompt-timeout "$rtimeout"} ${attempts:+--max-attempts "$attempts"}
 echo "A: RESUME-EXIT $?"
 if [ -n "$fs" ]; then
 	mkdir -p /mnt/a

@@ -68,8 +68,11 @@ fn flip_chunk_byte(disk: &Path) -> u64 {
 }
 
 /// Power off and resume with one CPU; the consumed image is not resumed
-/// twice, and a copy of the image with one chunk byte flipped is refused
-/// and left as it was.
+/// twice. A copy of the image with one chunk byte flipped in its second
+/// half: R0 reads no chunk, so R begins, writes memory up to that chunk,
+/// finds it damaged, marks the image failed (naming the chunk) and
+/// restarts the machine; the next boot's R0 refuses the image with that
+/// reason and the boot goes on.
 pub fn poweroff_resume_refuse_corrupt_and_consumed(kernel: Kernel) {
     let disk = disk("poweroff-smp1");
     let (saved, _) = hibernate_poweroff("smp1-hibernate", &on(kernel, &disk, "poweroff"));
@@ -96,12 +99,110 @@ pub fn poweroff_resume_refuse_corrupt_and_consumed(kernel: Kernel) {
     println!("[corrupt] flipped the byte at image offset {at:#x}");
     let Run { code, text, .. } = kjump(&["verify", &corrupt.display().to_string()]);
     assert_eq!(code, 1, "host verify of the corrupted image: {text}");
-    no_resume("corrupt", &on(kernel, &corrupt, "none"), 1, "refused");
-    assert_eq!(
-        state(&corrupt),
-        "committed",
-        "a refused image is left alone"
+    let chunk = chunk_named(&text);
+    restore_stops_at_chunk("corrupt", &on(kernel, &corrupt, "none"), &chunk);
+    assert_eq!(state(&corrupt), "failed");
+    let record = info(&corrupt)["restore_failure"].clone();
+    assert!(
+        record["reason"].as_str().unwrap_or("").contains(&chunk),
+        "{record:#}"
     );
+    no_resume(
+        "corrupt-refused",
+        &on(kernel, &corrupt, "none"),
+        0,
+        &format!("an earlier restore failed part way (it stopped at {chunk}"),
+    );
+}
+
+/// "chunk N" from a verify error that names one.
+fn chunk_named(text: &str) -> String {
+    let at = text
+        .find("chunk ")
+        .unwrap_or_else(|| panic!("no chunk named in {text:?}"));
+    let digits: String = text[at + 6..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    assert!(!digits.is_empty(), "no chunk number in {text:?}");
+    format!("chunk {digits}")
+}
+
+/// A boot whose R finds `chunk` damaged after it began writing memory: R
+/// says so, never hands back (memory is no longer the normal boot's) and
+/// restarts the machine.
+fn restore_stops_at_chunk(name: &str, opts: &BootOpts, chunk: &str) {
+    let mut boot = start(name, opts);
+    boot.wait_for("kjump: reading each chunk once", PHASE);
+    let failed = boot.wait_for("kjump: resume failed", PHASE);
+    boot.wait_for("restarting into a normal boot", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    assert!(
+        failed.text.contains(&format!("failed part way at {chunk}"))
+            && failed.text.contains("is marked failed"),
+        "{}",
+        failed.text
+    );
+    for never in ["handing control back", "RESUMED", "A: RESUME-EXIT"] {
+        assert!(
+            find(&lines, never).is_none(),
+            "[{name}] {never:?} after memory was written\n{}",
+            boot.logs()
+        );
+    }
+    println!("[{name}] {:7.2}  {}", failed.at, failed.text);
+}
+
+/// The power fails while R writes memory: QEMU is killed once R's
+/// progress passed a tenth of the image. The image stays committed and
+/// whole with one restore attempt counted, and the next boot resumes A
+/// intact (same tmpfs md5, the memcheck buffer's every word, the counter
+/// going on). Before that, a second cut-off attempt reaches the limit of
+/// two: that boot's R0 refuses and the normal boot goes on; a limit of
+/// three then lets the resume through.
+pub fn restore_cut_off_is_resumed_again(kernel: Kernel) {
+    let disk = disk("cut-off");
+    let (saved, _) = hibernate_poweroff("cut-hibernate", &on(kernel, &disk, "poweroff"));
+    for n in 1..=2u64 {
+        let name = format!("cut-{n}");
+        let mut boot = start(&name, &on(kernel, &disk, "none"));
+        boot.wait_for(&format!("restore attempt {n} of at most 2"), PHASE);
+        boot.wait_for("kjump: reading each chunk once", PHASE);
+        let cut = boot.wait_for("kjump_sys::progress] restore", PHASE);
+        boot.kill();
+        let lines = boot.lines();
+        assert!(
+            find(&lines, "kjump: restored ").is_none(),
+            "[{name}] R finished before the cut\n{}",
+            boot.logs()
+        );
+        println!(
+            "[{name}] killed QEMU at {:.2} s, after {:?}",
+            cut.at, cut.text
+        );
+        assert_eq!(state(&disk), "committed", "[{name}]");
+        assert_eq!(info(&disk)["restore_attempts"], n, "[{name}]");
+    }
+    no_resume(
+        "cut-limit",
+        &on(kernel, &disk, "none"),
+        1,
+        "2 restores of this image began and none finished",
+    );
+    assert_eq!(state(&disk), "committed");
+    let lines = resume(
+        "cut-resume",
+        &on(kernel, &disk, "none").arg("kjump.attempts=3"),
+        &saved,
+    );
+    assert!(
+        find(&lines, "restore attempt 3 of at most 3").is_some(),
+        "R0 did not count the third attempt"
+    );
+    assert_eq!(state(&disk), "consumed");
+    assert_eq!(info(&disk)["restore_attempts"], 3);
 }
 
 /// Power off and resume with two CPUs (the second goes offline for each
@@ -337,7 +438,7 @@ fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
         refused.text
     );
     boot.type_line(PASSPHRASE);
-    boot.wait_for("kjump: verified in", PHASE);
+    boot.wait_for("kjump: restored ", PHASE);
     let lines = assert_resumed("encrypt-resume", &mut boot, saved);
     assert!(
         !lines.iter().any(|l| l.text.contains(PASSPHRASE)),

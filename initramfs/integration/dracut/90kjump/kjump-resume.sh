@@ -11,5 +11,6 @@ if getargbool 0 kjump.noresume; then
 fi
 kjump resume --device "$KJUMP_DEVICE" ${KJUMP_OFFSET:+--offset "$KJUMP_OFFSET"} --kernel /usr/lib/kjump/vmlinuz \
 	${KJUMP_KEY_DEVICE:+--key-file "$KJUMP_KEY_DEVICE" --key-size "$KJUMP_KEY_SIZE"} \
-	${KJUMP_PROMPT_TIMEOUT:+--prompt-timeout "$KJUMP_PROMPT_TIMEOUT"}
+	${KJUMP_PROMPT_TIMEOUT:+--prompt-timeout "$KJUMP_PROMPT_TIMEOUT"} \
+	${KJUMP_RESUME_ATTEMPTS:+--max-attempts "$KJUMP_RESUME_ATTEMPTS"}
 info "kjump: resume returned $?: continuing the normal boot"
