@@ -14,8 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kjump_image_format::{
-    FailureText, Image, ImageState, MemoryMap, PhysRange, Secret, Superblock, PAGE_SIZE,
+    FailureText, Image, ImageState, MemoryMap, PhysRange, ReadAt, Secret, Superblock, PAGE_SIZE,
 };
+use kjump_sys::progress::Progress;
 use kjump_sys::physmem::{PhysMem, PhysMemError};
 use kjump_sys::{Place, PlaceError, Target, TargetError};
 
@@ -232,19 +233,8 @@ pub fn restore_with_key(
     let mem =
         PhysMem::open(mem_path, &image.metadata.ranges, own_ram).map_err(RestoreError::Map)?;
     let started = Instant::now();
-    // A panic is a failure like any other: once memory was written, the
-    // image must be marked failed before this kernel gives up.
-    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let progress = kjump_sys::progress::Progress::new("restore", 0, false);
-        scan_chunks_at(&file, &image, threads, progress, |i, pages| {
-            write_chunk(&mem, &image, i, pages)
-        })
-    }))
-    .unwrap_or_else(|_panic| Err(Stopped::from(ScanError::Panicked)))
-    .and_then(|()| {
-        mem.flush()
-            .map_err(|e| Stopped::from(ScanError::Consumer(e)))
-    });
+    let progress = kjump_sys::progress::Progress::new("restore", 0, false);
+    let pass = write_memory(&file, &image, &mem, threads, progress);
     if let Err(Stopped { chunk, error }) = pass {
         if !mem.touched() {
             return Err(untouched(&shown, error));
@@ -268,6 +258,30 @@ pub fn restore_with_key(
         image_bytes: image.superblock.layout.image_len,
         write,
         not_consumed,
+    })
+}
+
+/// The restore's one pass: reads each chunk of `image` (opened from
+/// `file`) once, checks it completely and writes its pages through `mem`,
+/// then flushes `mem`. A panic in the pass is a failure like any other
+/// ([`ScanError::Panicked`]): whoever called this decides, from
+/// [`PhysMem::touched`], whether memory is still as it was.
+pub fn write_memory<R: ReadAt + Sync + ?Sized>(
+    file: &R,
+    image: &Image,
+    mem: &PhysMem,
+    threads: usize,
+    progress: Progress,
+) -> Result<(), Stopped<PhysMemError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scan_chunks_at(file, image, threads, progress, |i, pages| {
+            write_chunk(mem, image, i, pages)
+        })
+    }))
+    .unwrap_or_else(|_panic| Err(Stopped::from(ScanError::Panicked)))
+    .and_then(|()| {
+        mem.flush()
+            .map_err(|e| Stopped::from(ScanError::Consumer(e)))
     })
 }
 
