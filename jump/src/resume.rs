@@ -461,6 +461,28 @@ fn image_key(opts: &ResumeOptions, found: &Found) -> Result<(KeySource, Option<S
     Ok((source, secret))
 }
 
+/// What R is told: the image R0 checked, where it is, and how R gets its
+/// key.
+fn restore_manifest(
+    opts: &ResumeOptions,
+    found: &Found,
+    key_source: KeySource,
+    next: &NextKernel,
+) -> Manifest {
+    Manifest {
+        encrypt: found.sealed.map(|params| match params.kdf {
+            Kdf::KeyFile => SecretKind::KeyFile,
+            Kdf::Argon2id { .. } => SecretKind::Passphrase,
+        }),
+        key_source,
+        tty: opts.tty.clone(),
+        prompt_timeout: opts.prompt_timeout,
+        image_uuid: Some(found.uuid),
+        kernel_release: found.release.clone(),
+        ..next.manifest(Mode::Restore, kernel_name(&opts.device), opts.offset)
+    }
+}
+
 /// Runs R0. Returns when there is nothing to resume, on a dry run, on
 /// failure, or when R handed control back without resuming; otherwise the
 /// machine is in R, and then in the saved kernel.
@@ -491,18 +513,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         &cmdline,
         &opts.append,
     );
-    let manifest = Manifest {
-        encrypt: found.sealed.map(|params| match params.kdf {
-            Kdf::KeyFile => SecretKind::KeyFile,
-            Kdf::Argon2id { .. } => SecretKind::Passphrase,
-        }),
-        key_source,
-        tty: opts.tty.clone(),
-        prompt_timeout: opts.prompt_timeout,
-        image_uuid: Some(found.uuid),
-        kernel_release: found.release.clone(),
-        ..next.manifest(Mode::Restore, kernel_name(&opts.device), opts.offset)
-    };
+    let manifest = restore_manifest(opts, &found, key_source, &next);
     println!(
         "restore kernel: {} in {}",
         opts.kernel.display(),

@@ -126,15 +126,7 @@ where
         // The channels live in this closure: when it returns, early or not,
         // they close, and the reader thread, which the scope then waits
         // for, stops at its next send or receive.
-        // Two window buffers: one being read while the other is decoded.
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
-        for _ in 0..2 {
-            let mut buf = Vec::new();
-            buf.try_reserve_exact(biggest)
-                .map_err(|e| no_threads(format!("{biggest} bytes for a window of chunks: {e}")))?;
-            buf.resize(biggest, 0);
-            let _ = empty_tx.send(buf);
-        }
+        let (empty_tx, empty_rx) = window_buffers(biggest).map_err(no_threads)?;
         let (full_tx, full_rx) = sync_channel::<Read>(1);
         let windows = &windows;
         std::thread::Builder::new()
@@ -157,40 +149,7 @@ where
                 }
                 .into(),
             })?;
-            // Once a chunk failed, the chunks after it are not handed over:
-            // a consumer that writes memory writes as little as it can.
-            let failed_at = AtomicUsize::new(usize::MAX);
-            let first_error = pool.install(|| {
-                w.clone()
-                    .into_par_iter()
-                    .map_init(
-                        || (Vec::new(), Vec::new()),
-                        |(out, scratch), i| {
-                            if i > failed_at.load(Ordering::SeqCst) {
-                                return Ok(());
-                            }
-                            let e = &image.index[i];
-                            let at = (e.offset.0 - base) as usize;
-                            let encoded = &buf[at..at + e.encoded_len() as usize];
-                            out.resize(usize::from(e.page_count) * PAGE_SIZE, 0);
-                            image
-                                .check_chunk(i, encoded, out, scratch)
-                                .map_err(ScanError::Image)
-                                .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
-                                .map_err(|error| {
-                                    failed_at.fetch_min(i, Ordering::SeqCst);
-                                    Stopped {
-                                        chunk: Some(i),
-                                        error,
-                                    }
-                                })
-                        },
-                    )
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .find_map(Result::err)
-            });
-            if let Some(stopped) = first_error {
+            if let Some(stopped) = pool.install(|| decode_window(image, w, base, &buf, &consume)) {
                 return Err(stopped);
             }
             // The reader may have stopped after its last window.
@@ -200,6 +159,70 @@ where
         progress.finish();
         Ok(())
     })
+}
+
+/// The two ends of the channel of empty window buffers.
+type Buffers = (SyncSender<Vec<u8>>, Receiver<Vec<u8>>);
+
+/// Two window buffers of `len` bytes, one to read while the other is
+/// decoded, ready in a channel; the reason when they cannot be had.
+fn window_buffers(len: usize) -> Result<Buffers, String> {
+    let (tx, rx) = sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len)
+            .map_err(|e| format!("{len} bytes for a window of chunks: {e}"))?;
+        buf.resize(len, 0);
+        let _ = tx.send(buf);
+    }
+    Ok((tx, rx))
+}
+
+/// Checks and decodes the chunks `w` of a window read from image offset
+/// `base` into `buf`, in parallel, handing each to `consume`; returns the
+/// first failure by chunk order. Once a chunk failed, the chunks after it
+/// are not handed over: a consumer that writes memory writes as little as
+/// it can.
+fn decode_window<E, F>(
+    image: &Image,
+    w: &std::ops::Range<usize>,
+    base: u64,
+    buf: &[u8],
+    consume: &F,
+) -> Option<Stopped<E>>
+where
+    E: std::error::Error + Send + 'static,
+    F: Fn(usize, &[u8]) -> Result<(), E> + Sync,
+{
+    let failed_at = AtomicUsize::new(usize::MAX);
+    w.clone()
+        .into_par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(out, scratch), i| {
+                if i > failed_at.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let e = &image.index[i];
+                let at = (e.offset.0 - base) as usize;
+                let encoded = &buf[at..at + e.encoded_len() as usize];
+                out.resize(usize::from(e.page_count) * PAGE_SIZE, 0);
+                image
+                    .check_chunk(i, encoded, out, scratch)
+                    .map_err(ScanError::Image)
+                    .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
+                    .map_err(|error| {
+                        failed_at.fetch_min(i, Ordering::SeqCst);
+                        Stopped {
+                            chunk: Some(i),
+                            error,
+                        }
+                    })
+            },
+        )
+        .collect::<Vec<_>>()
+        .into_iter()
+        .find_map(Result::err)
 }
 
 /// A window's bytes as the reader thread read them.

@@ -117,13 +117,7 @@ fn info_json(place: &Place, sb: &Superblock, image: Option<&Image>) -> serde_jso
     if sb.state == ImageState::Consumed {
         v["consumed_time_ns"] = json!(sb.consumed_time_ns);
     }
-    v["restore_attempts"] = json!(sb.restore.attempts);
-    if sb.state == ImageState::Failed {
-        v["restore_failure"] = json!({
-            "chunk": sb.restore.failed_chunk,
-            "reason": sb.restore.failure.text(),
-        });
-    }
+    restore_record_json(sb, &mut v);
     if sb.state != ImageState::Writing {
         let l = &sb.layout;
         v["pages"] = json!({"total": l.total_pages, "zero": l.zero_pages});
@@ -163,6 +157,17 @@ fn info_json(place: &Place, sb: &Superblock, image: Option<&Image>) -> serde_jso
         .collect::<serde_json::Map<_, _>>()
         .into();
     v
+}
+
+/// The restore record: restores begun, and why one failed.
+fn restore_record_json(sb: &Superblock, v: &mut serde_json::Value) {
+    v["restore_attempts"] = json!(sb.restore.attempts);
+    if sb.state == ImageState::Failed {
+        v["restore_failure"] = json!({
+            "chunk": sb.restore.failed_chunk,
+            "reason": sb.restore.failure.text(),
+        });
+    }
 }
 
 fn info_text(place: &Place, sb: &Superblock, image: Option<&Image>) {
