@@ -215,38 +215,27 @@ fn back_again(
 ) -> Return {
     let mut image = saved_image(place, uuid);
     let mut notes = Vec::new();
-    if opts.mode == Mode::Suspend && matches!(image, Ok("committed")) {
-        // The capture kernel woke from suspend to RAM and jumped back: this
-        // kernel runs on, so the image on disk is stale from now on.
-        match kjump_restorer::consume(place) {
-            Ok(_) => {
-                image = Ok("consumed");
-                notes.push(
-                    "woke from suspend to RAM: the disk image is marked consumed, as this kernel runs on"
-                        .into(),
-                );
-            }
-            Err(e) => notes.push(format!(
-                "woke from suspend to RAM, but marking the disk image consumed failed: {} (run kjump discard before the next boot)",
-                error_chain(&e)
-            )),
+    // The image is stale while this kernel runs on: after a wake from
+    // suspend to RAM (the capture kernel jumped back), or after a resume
+    // whose restore kernel wrote all of memory but could not mark it (it
+    // said why on its console). Marked here, or the next boot resumes it.
+    let stale = match opts.mode {
+        Mode::Suspend => Some("woke from suspend to RAM"),
+        Mode::Poweroff | Mode::Reboot if report.is_none() => {
+            Some("resumed, but the restore kernel could not mark the image consumed")
         }
-    }
-    let from_disk = matches!(opts.mode, Mode::Poweroff | Mode::Reboot);
-    if from_disk && report.is_none() && matches!(image, Ok("committed")) {
-        // Resumed from the image, whose restore kernel wrote all of memory
-        // but could not mark it consumed (it said why on its console):
-        // marked here, or the next boot would resume it again.
+        _ => None,
+    };
+    if let Some(why) = stale.filter(|_| matches!(image, Ok("committed"))) {
         match kjump_restorer::consume(place) {
             Ok(_) => {
                 image = Ok("consumed");
-                notes.push(
-                    "resumed, and the image is now marked consumed (the restore kernel could not mark it)"
-                        .into(),
-                );
+                notes.push(format!(
+                    "{why}: the disk image is now marked consumed, as this kernel runs on"
+                ));
             }
             Err(e) => notes.push(format!(
-                "resumed, but the image is still marked committed and marking it consumed failed: {} (run kjump discard before the next boot)",
+                "{why}, and marking the disk image consumed failed: {} (run kjump discard before the next boot)",
                 error_chain(&e)
             )),
         }

@@ -297,7 +297,7 @@ pub fn suspend_then_wake(kernel: Kernel) {
     let lines = assert_resumed("suspend-wake", &mut boot, &saved);
     line(
         &lines,
-        "woke from suspend to RAM: the disk image is marked consumed",
+        "woke from suspend to RAM: the disk image is now marked consumed",
         &boot.name,
     );
     line(&lines, "its image is consumed", &boot.name);
