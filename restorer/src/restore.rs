@@ -428,13 +428,40 @@ fn write_superblock(target: &Target, sb: &Superblock) -> Result<(), TargetError>
 
 /// Writes chunk `i`'s pages, clipped to its range (a partial edge page
 /// writes only its bytes inside the range). Chunks cover disjoint frames
-/// of a range, so every page is written once, as [`PhysMem`] asks.
+/// of a range, so every page is written once, as [`PhysMem`] asks. Runs of
+/// zero pages (most of a typical machine's RAM) are written as zeros, with
+/// stores alone, rather than copied from the decoded chunk.
 fn write_chunk(mem: &PhysMem, image: &Image, i: usize, pages: &[u8]) -> Result<(), PhysMemError> {
     let spec = &image.specs[i];
+    let zero_bitmap = image.index[i].zero_bitmap;
     let range = image.metadata.ranges.ranges()[spec.range];
     let base = spec.first_pfn.addr().0;
-    let end = base + (usize::from(spec.page_count) * PAGE_SIZE) as u64;
-    let (from, to) = (base.max(range.start().0), end.min(range.end().0));
-    let bytes = &pages[(from - base) as usize..(to - base) as usize];
-    mem.write(from, bytes)
+    let page = PAGE_SIZE as u64;
+    let count = u64::from(spec.page_count);
+    let (from, to) = (
+        base.max(range.start().0),
+        (base + count * page).min(range.end().0),
+    );
+    let is_zero = |p: u64| zero_bitmap >> p & 1 == 1;
+    let mut p = 0;
+    while p < count {
+        let zero = is_zero(p);
+        let run = (p..count).take_while(|&q| is_zero(q) == zero).count() as u64;
+        let (start, end) = (
+            (base + p * page).max(from),
+            (base + (p + run) * page).min(to),
+        );
+        if start < end {
+            if zero {
+                mem.zero(start, (end - start) as usize)?;
+            } else {
+                mem.write(
+                    start,
+                    &pages[(start - base) as usize..(end - base) as usize],
+                )?;
+            }
+        }
+        p += run;
+    }
+    Ok(())
 }

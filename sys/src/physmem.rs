@@ -222,43 +222,59 @@ impl PhysMem {
     /// a restore writes every page once, and two writes of the same bytes
     /// could race.
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), PhysMemError> {
-        let outside = PhysMemError::Outside {
-            addr,
-            len: bytes.len(),
-        };
-        let end = addr
-            .checked_add(bytes.len() as u64)
-            .ok_or(PhysMemError::Outside {
-                addr,
-                len: bytes.len(),
-            })?;
-        let m = self
-            .maps
-            .iter()
-            .find(|m| m.range.start().0 <= addr && end <= m.range.end().0)
-            .ok_or(outside)?;
-        if bytes.is_empty() {
+        let Some((m, off)) = self.claim(addr, bytes.len())? else {
             return Ok(());
-        }
-        if !m.claim(addr, end) {
-            return Err(PhysMemError::Rewrite {
-                addr,
-                len: bytes.len(),
-            });
-        }
-        self.touched.store(true, Ordering::SeqCst);
-        ANY_WRITTEN.store(true, Ordering::SeqCst);
-        let off = (addr - m.range.start().0) as usize;
-        // SAFETY: [off, off + len) lies inside the mapping (checked above).
-        // Its pages were claimed by this call alone, so no other write,
-        // earlier or concurrent, touches these bytes, and nothing in this
-        // process reads them. The mapping holds no Rust object (it is
+        };
+        // SAFETY: [off, off + len) lies inside the mapping (checked by
+        // claim). Its pages were claimed by this call alone, so no other
+        // write, earlier or concurrent, touches these bytes, and nothing in
+        // this process reads them. The mapping holds no Rust object (it is
         // memory outside the running kernel's RAM, checked at open), so
         // `bytes` cannot overlap it.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.map.as_mut_ptr().add(off), bytes.len());
         }
         Ok(())
+    }
+
+    /// Writes `len` zero bytes at physical address `addr`, as [`write`]
+    /// would write them from a zeroed buffer, with stores alone.
+    ///
+    /// [`write`]: PhysMem::write
+    pub fn zero(&self, addr: u64, len: usize) -> Result<(), PhysMemError> {
+        let Some((m, off)) = self.claim(addr, len)? else {
+            return Ok(());
+        };
+        // SAFETY: as in `write`: [off, off + len) lies inside the mapping,
+        // claimed by this call alone, and holds no Rust object.
+        unsafe {
+            std::ptr::write_bytes(m.map.as_mut_ptr().add(off), 0, len);
+        }
+        Ok(())
+    }
+
+    /// Finds the mapped range holding `[addr, addr + len)` and claims its
+    /// frames for one write; returns it and the offset of `addr` in it, or
+    /// `None` for an empty write. From here on memory counts as touched.
+    fn claim(&self, addr: u64, len: usize) -> Result<Option<(&RangeMap, usize)>, PhysMemError> {
+        let outside = PhysMemError::Outside { addr, len };
+        let end = addr
+            .checked_add(len as u64)
+            .ok_or(PhysMemError::Outside { addr, len })?;
+        let m = self
+            .maps
+            .iter()
+            .find(|m| m.range.start().0 <= addr && end <= m.range.end().0)
+            .ok_or(outside)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        if !m.claim(addr, end) {
+            return Err(PhysMemError::Rewrite { addr, len });
+        }
+        self.touched.store(true, Ordering::SeqCst);
+        ANY_WRITTEN.store(true, Ordering::SeqCst);
+        Ok(Some((m, (addr - m.range.start().0) as usize)))
     }
 
     /// Whether a write began: memory is no longer as it was when this was
@@ -347,6 +363,36 @@ mod tests {
         assert_eq!(back[0x2000..0x3000], [2; 0x1000]);
         assert_eq!(back[0x3000], 0);
         assert_eq!(back[0x41000..0x41100], [4; 0x100]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn zeros_are_written_once_and_touch_memory() {
+        let path = std::env::temp_dir().join(format!("kjump-physmem-zero-{}", std::process::id()));
+        std::fs::write(&path, vec![0xeeu8; 0x10000]).unwrap();
+        let mem = PhysMem::open(
+            &path,
+            &MemoryMap::merged(vec![range(0x1000, 0x8000)]),
+            &MemoryMap::default(),
+        )
+        .unwrap();
+        mem.zero(0x1000, 0).unwrap();
+        assert!(!mem.touched());
+        mem.zero(0x1800, 0x1800).unwrap();
+        assert!(mem.touched() && memory_written());
+        assert!(matches!(
+            mem.zero(0x2f00, 0x10),
+            Err(PhysMemError::Rewrite { .. })
+        ));
+        assert!(matches!(
+            mem.zero(0x7f00, 0x200),
+            Err(PhysMemError::Outside { .. })
+        ));
+        mem.flush().unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert!(back[0x1000..0x1800].iter().all(|&b| b == 0xee));
+        assert!(back[0x1800..0x3000].iter().all(|&b| b == 0));
+        assert!(back[0x3000..].iter().all(|&b| b == 0xee));
         std::fs::remove_file(&path).unwrap();
     }
 
