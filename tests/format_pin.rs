@@ -320,3 +320,59 @@ fn images_of_format_1_0_still_open() {
         check_holds_memory(&bytes, secret);
     }
 }
+
+/// A superblock that claims a huge index (its CRC made to match, the file
+/// sparse and large enough for the count) is refused with a reason, not a
+/// failed allocation that aborts: before reading anything when the reader
+/// gives a memory budget, and when the allocation fails otherwise. An
+/// encrypted image reads its index for the seal before its metadata bounds
+/// the count, so it is the one such a superblock reaches furthest in.
+#[test]
+fn a_superblock_claiming_a_huge_index_is_refused_not_aborted() {
+    use kjump_image_format::layout::superblock as sb;
+    use kjump_image_format::FormatError;
+    let dir = TempDir::new("format-pin-huge");
+    let mut b = std::fs::read(fixture_path("pin-sealed.kjump")).unwrap();
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let index_at = u64_at(&b, sb::INDEX_OFFSET);
+    let chunks: u64 = 1 << 35;
+    let trailer = index_at + chunks * 40;
+    let len = (trailer + 64).div_ceil(4096) * 4096;
+    b[sb::CHUNK_COUNT..sb::CHUNK_COUNT + 8].copy_from_slice(&chunks.to_le_bytes());
+    b[sb::TRAILER_OFFSET..sb::TRAILER_OFFSET + 8].copy_from_slice(&trailer.to_le_bytes());
+    b[sb::IMAGE_LEN..sb::IMAGE_LEN + 8].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&b[..sb::CRC]);
+    b[sb::CRC..sb::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    let path = dir.path("huge.kjump");
+    std::fs::write(&path, &b).unwrap();
+    // A trailer that agrees, as whoever crafted the superblock writes.
+    let original = std::fs::read(fixture_path("pin-sealed.kjump")).unwrap();
+    let pinned = Image::open_with(&original[..], Some(&passphrase())).unwrap();
+    let l = pinned.superblock.layout;
+    let t = Trailer {
+        uuid: UUID,
+        index_offset: l.index_offset,
+        chunk_count: chunks,
+        index_crc: l.index_crc,
+        metadata_crc: l.metadata_crc,
+        data_len: l.data_len,
+    }
+    .encode();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(chunks * 104 + 8192).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &t, trailer).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let secret = passphrase();
+    match Image::open_within(&f, Some(&secret), 1 << 30) {
+        Err(FormatError::OutOfMemory {
+            needed,
+            available: Some(budget),
+            ..
+        }) => assert!(needed > chunks * 40 && budget == 1 << 30),
+        other => panic!("expected a refusal within the budget, got {other:?}"),
+    }
+    match Image::open_with(&f, Some(&secret)) {
+        Err(FormatError::OutOfMemory { needed, .. }) => assert_eq!(needed, chunks * 40),
+        other => panic!("expected a refusal of the allocation, got {other:?}"),
+    }
+}

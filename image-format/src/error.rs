@@ -189,6 +189,16 @@ pub enum FormatError {
         /// The range the page belongs to.
         range: String,
     },
+    /// Opening the image would take more memory than there is to spare.
+    #[error("{what} of the image needs {needed} bytes of memory, {}: refused rather than run out of memory", match available { Some(a) => format!("more than the {a} this system has to spare"), None => "which this system cannot give".to_string() })]
+    OutOfMemory {
+        /// What would be held in memory.
+        what: &'static str,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes there are to spare, when known.
+        available: Option<u64>,
+    },
     /// The image is encrypted and no key or passphrase was given.
     #[error("image is encrypted: give --key-file or --passphrase-file")]
     KeyRequired,

@@ -84,7 +84,14 @@ pub fn read_region<R: ReadAt + ?Sized>(
             available: size,
         });
     }
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len as usize)
+        .map_err(|_| FormatError::OutOfMemory {
+            what,
+            needed: len,
+            available: None,
+        })?;
+    buf.resize(len as usize, 0);
     src.read_exact_at(&mut buf, offset)
         .map_err(|source| FormatError::Io {
             what,
@@ -139,7 +146,28 @@ impl Image {
         src: &R,
         secret: Option<&Secret>,
     ) -> Result<Image, FormatError> {
+        Self::open_within(src, secret, u64::MAX)
+    }
+
+    /// [`Image::open_with`], refusing before it reads the index an image
+    /// whose metadata and index would take more than `budget` bytes of
+    /// memory once opened ([`Image::memory_needed`]): what a small
+    /// restore kernel, or any reader of an untrusted image, checks so that
+    /// the superblock's counts cannot make it run out of memory.
+    pub fn open_within<R: ReadAt + ?Sized>(
+        src: &R,
+        secret: Option<&Secret>,
+        budget: u64,
+    ) -> Result<Image, FormatError> {
         let sb = committed_superblock(src)?;
+        let needed = Self::memory_needed(&sb.layout);
+        if needed > budget {
+            return Err(FormatError::OutOfMemory {
+                what: "the metadata and chunk index",
+                needed,
+                available: Some(budget),
+            });
+        }
         let keys = match (&sb.crypto, secret) {
             (None, _) => None,
             (Some(_), None) => return Err(FormatError::KeyRequired),
@@ -177,6 +205,18 @@ impl Image {
             source_size: size,
             keys,
         })
+    }
+
+    /// Bytes of memory an open image of this layout holds: its metadata
+    /// and, per chunk, the index entry as read, as decoded and the chunk's
+    /// place in the ranges.
+    pub fn memory_needed(l: &Layout) -> u64 {
+        let per_chunk = (INDEX_ENTRY_SIZE
+            + std::mem::size_of::<IndexEntry>()
+            + std::mem::size_of::<ChunkSpec>()) as u64;
+        l.chunk_count
+            .saturating_mul(per_chunk)
+            .saturating_add(l.metadata_len)
     }
 
     /// Whether the image is encrypted (and was opened with its key).

@@ -20,7 +20,7 @@ use kjump_sys::physmem::{PhysMem, PhysMemError};
 use kjump_sys::progress::Progress;
 use kjump_sys::{Place, PlaceError, Target, TargetError};
 
-use crate::scan::{scan_chunks_at, ScanError, Stopped};
+use crate::scan::{pass_memory, scan_chunks_at, ScanError, Stopped};
 
 /// Why a restore refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +221,11 @@ pub fn restore_with_key(
         path: shown.clone(),
         source,
     };
-    let image = Image::open_with(&file, secret).map_err(|e| invalid(ScanError::Image(e)))?;
+    // Half of what this kernel has to spare, after the pass's buffers,
+    // for the image's index: a superblock's counts cannot exhaust it.
+    let budget = kjump_sys::freemem::MemInfo::spare().saturating_sub(pass_memory(threads)) / 2;
+    let image =
+        Image::open_within(&file, secret, budget).map_err(|e| invalid(ScanError::Image(e)))?;
     let entry = restorable(&image, &shown, pin, own_ram)?;
     image
         .check_padding(&file)

@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use kjump_image_format::{FormatError, Image, ImageOffset, ReadAt, PAGE_SIZE};
+use kjump_image_format::{
+    FormatError, Image, ImageOffset, ReadAt, CHUNK_HEADER_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
+};
 use kjump_sys::progress::Progress;
 use rayon::prelude::*;
 
@@ -52,6 +54,14 @@ impl<E: std::error::Error + 'static> From<ScanError<E>> for Stopped<E> {
     fn from(error: ScanError<E>) -> Self {
         Stopped { chunk: None, error }
     }
+}
+
+/// Bytes a pass with `threads` threads holds besides the open image: two
+/// window buffers (a window may end with one whole chunk past
+/// [`WINDOW_BYTES`]) and, per thread, a decoded chunk and its scratch.
+pub fn pass_memory(threads: usize) -> u64 {
+    let chunk = (CHUNK_PAGES * PAGE_SIZE + CHUNK_HEADER_SIZE + TAG_SIZE) as u64;
+    2 * (WINDOW_BYTES + chunk) + threads.max(1) as u64 * 2 * chunk
 }
 
 /// Groups consecutive chunks into windows of about [`WINDOW_BYTES`].

@@ -41,7 +41,8 @@ fn classify_scan<E: std::error::Error + Send + Sync + 'static>(
 }
 
 fn open_image(path: &str, file: &PlaceReader, secret: Option<&Secret>) -> Result<Image, Failure> {
-    Image::open_with(file, secret).map_err(|e| classify(path, e))
+    let spare = kjump_sys::freemem::MemInfo::spare();
+    Image::open_within(file, secret, spare).map_err(|e| classify(path, e))
 }
 
 /// The public crypto parameters, shown without the key.

@@ -73,6 +73,13 @@ impl MemInfo {
             })
     }
 
+    /// What a reader of an untrusted image may hold in memory: MemAvailable,
+    /// or no bound when /proc/meminfo cannot be read (the allocations then
+    /// fail cleanly rather than abort).
+    pub fn spare() -> u64 {
+        MemInfo::read().map_or(u64::MAX, |m| m.available)
+    }
+
     /// RAM holding something: all but the free pages.
     pub fn in_use(&self) -> u64 {
         self.total.saturating_sub(self.free)

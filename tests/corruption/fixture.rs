@@ -235,6 +235,7 @@ pub fn sig(e: &FormatError) -> String {
             expected,
             found,
         } => format!("Mismatch({what}.{field}@{offset} expected {expected:#x} found {found:#x})"),
+        E::OutOfMemory { what, needed, .. } => format!("OutOfMemory({what} {needed})"),
         E::TooLarge {
             what,
             offset,
