@@ -274,6 +274,41 @@ fn bad_input_falls_back_to_zero_pages_and_says_why() {
 }
 
 #[test]
+fn dump_dmesg_names_what_the_core_lacks() {
+    let dir = TempDir::new("kdump-collect-dmesg");
+    let mem = ram();
+    let cases: [(Option<String>, &str); 2] = [
+        (
+            None,
+            "no VMCOREINFO: the kernel log cannot be found without it",
+        ),
+        (
+            Some(vmcoreinfo(&["SYMBOL(prb)", "OFFSET(printk_info.text_len)"])),
+            "the kernel log cannot be found: VMCOREINFO lacks SYMBOL(prb), OFFSET(printk_info.text_len)",
+        ),
+    ];
+    for (n, (info, want)) in cases.iter().enumerate() {
+        let core = dir.path(&format!("vmcore{n}"));
+        write_core(&core, &mem, info.as_deref());
+        let out = dir.path(&format!("dmesg{n}.txt"));
+        let run = kjump(&[
+            "collect",
+            "--dump-dmesg",
+            core.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 2, "{}", run.text);
+        let err = run.stderr;
+        assert!(
+            err.contains(&format!("reading the kernel log of {}", core.display())),
+            "{err}"
+        );
+        assert!(err.contains(want), "{want:?} in {err}");
+        assert!(!out.exists(), "no log file on failure");
+    }
+}
+
+#[test]
 fn flattened_output_is_refused() {
     let out = kjump(&["collect", "-F", "-d", "31", "/proc/vmcore", "/tmp/x"]);
     assert_eq!(out.code, 2);

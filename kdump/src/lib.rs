@@ -9,6 +9,9 @@
 //!   from its struct page.
 //! - [`core`]: a small ELF64 core reader (`/proc/vmcore` and copies of it)
 //!   as physical memory.
+//! - [`dmesg`]: the kernel log, read from the printk ring buffer
+//!   (`--dump-dmesg`).
+//! - [`image`]: a kjump image of a core as physical memory.
 //! - [`diskdump`]: the kdump-compressed format makedumpfile writes and
 //!   `crash` reads. Its reader, `diskdump_read`, serves the tests only
 //!   (feature `test-hooks`).
@@ -22,7 +25,9 @@ pub mod core;
 pub mod diskdump;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod diskdump_read;
+pub mod dmesg;
 pub mod filter;
+pub mod image;
 pub mod mem;
 pub mod vmcoreinfo;
 

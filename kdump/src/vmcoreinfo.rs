@@ -171,37 +171,44 @@ pub struct MissingKeys {
 }
 
 /// Collects lookups and the names of those that failed.
-struct Need<'a> {
+pub(crate) struct Need<'a> {
     info: &'a VmcoreInfo,
-    missing: Vec<String>,
+    pub(crate) missing: Vec<String>,
 }
 
-impl Need<'_> {
-    fn size(&mut self, name: &str) -> u64 {
+impl<'a> Need<'a> {
+    /// Lookups in `info`, none failed yet.
+    pub(crate) fn new(info: &'a VmcoreInfo) -> Self {
+        Need {
+            info,
+            missing: Vec::new(),
+        }
+    }
+    pub(crate) fn size(&mut self, name: &str) -> u64 {
         self.info.size(name).unwrap_or_else(|| {
             self.missing.push(format!("SIZE({name})"));
             0
         })
     }
-    fn offset(&mut self, name: &str) -> u64 {
+    pub(crate) fn offset(&mut self, name: &str) -> u64 {
         self.info.offset(name).unwrap_or_else(|| {
             self.missing.push(format!("OFFSET({name})"));
             0
         })
     }
-    fn number(&mut self, name: &str) -> i64 {
+    pub(crate) fn number(&mut self, name: &str) -> i64 {
         self.info.number(name).unwrap_or_else(|| {
             self.missing.push(format!("NUMBER({name})"));
             0
         })
     }
-    fn symbol(&mut self, name: &str) -> u64 {
+    pub(crate) fn symbol(&mut self, name: &str) -> u64 {
         self.info.symbol(name).unwrap_or_else(|| {
             self.missing.push(format!("SYMBOL({name})"));
             0
         })
     }
-    fn bit(&mut self, name: &str) -> u32 {
+    pub(crate) fn bit(&mut self, name: &str) -> u32 {
         let n = self.number(name);
         if !(0..64).contains(&n) {
             self.missing
@@ -210,7 +217,7 @@ impl Need<'_> {
         }
         n as u32
     }
-    fn done<T>(self, value: T) -> Result<T, MissingKeys> {
+    pub(crate) fn done<T>(self, value: T) -> Result<T, MissingKeys> {
         if self.missing.is_empty() {
             Ok(value)
         } else {
@@ -277,10 +284,7 @@ impl PageLayout {
     /// or without page types in `_mapcount` (before 2.6.38) are refused
     /// this way.
     pub fn from_info(info: &VmcoreInfo) -> Result<Self, MissingKeys> {
-        let mut n = Need {
-            info,
-            missing: Vec::new(),
-        };
+        let mut n = Need::new(info);
         let opt_bit = |name: &str| {
             info.number(name)
                 .filter(|v| (0..64).contains(v))
@@ -381,10 +385,7 @@ impl KernelLayout {
     /// Takes what address translation needs from `info`, or names what is
     /// missing.
     pub fn from_info(info: &VmcoreInfo) -> Result<Self, MissingKeys> {
-        let mut n = Need {
-            info,
-            missing: Vec::new(),
-        };
+        let mut n = Need::new(info);
         let layout = KernelLayout {
             phys_base: n.number("phys_base") as u64,
             kernel_offset: info.kernel_offset().unwrap_or_else(|| {
