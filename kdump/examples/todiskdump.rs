@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(0) as u64,
         nr_cpus: 1,
         dump_level: i32::from(level.bits() & !1),
-        notes: core.notes.clone(),
+        notes: core.notes().to_vec(),
         vmcoreinfo: info.as_ref().map(|i| i.raw().to_vec()).unwrap_or_default(),
         ..DumpInfo::default()
     };

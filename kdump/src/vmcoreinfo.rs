@@ -413,27 +413,6 @@ impl KernelLayout {
     }
 }
 
-/// The `VMCOREINFO` note's descriptor among ELF notes (a core's PT_NOTE
-/// contents), if any. Stops quietly at a malformed note.
-pub fn find_in_notes(mut notes: &[u8]) -> Option<&[u8]> {
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    while notes.len() >= 12 {
-        let (namesz, descsz) = (u32_at(notes, 0) as usize, u32_at(notes, 4) as usize);
-        let name_end = 12usize.checked_add(namesz)?;
-        let desc_start = name_end.checked_next_multiple_of(4)?;
-        let desc_end = desc_start.checked_add(descsz)?;
-        if desc_end > notes.len() {
-            return None;
-        }
-        let name = &notes[12..name_end];
-        if name.strip_suffix(&[0]).unwrap_or(name) == b"VMCOREINFO" {
-            return Some(&notes[desc_start..desc_end]);
-        }
-        notes = &notes[desc_end.next_multiple_of(4).min(notes.len())..];
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,29 +533,5 @@ mod tests {
             e.missing,
             ["OFFSET(page.private) inside SIZE(page) (60 + 8 > 64)"]
         );
-    }
-
-    #[test]
-    fn the_note_is_found_among_others() {
-        let mut notes = Vec::new();
-        let mut note = |name: &[u8], kind: u32, desc: &[u8]| {
-            notes.extend(((name.len() + 1) as u32).to_le_bytes());
-            notes.extend((desc.len() as u32).to_le_bytes());
-            notes.extend(kind.to_le_bytes());
-            notes.extend(name);
-            notes.push(0);
-            while notes.len() % 4 != 0 {
-                notes.push(0);
-            }
-            notes.extend(desc);
-            while notes.len() % 4 != 0 {
-                notes.push(0);
-            }
-        };
-        note(b"CORE", 1, &[7; 336]);
-        note(b"VMCOREINFO", 0, b"OSRELEASE=6.12\n");
-        assert_eq!(find_in_notes(&notes), Some(&b"OSRELEASE=6.12\n"[..]));
-        assert_eq!(find_in_notes(&notes[..40]), None);
-        assert_eq!(find_in_notes(&[0xff; 12]), None);
     }
 }

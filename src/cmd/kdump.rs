@@ -284,22 +284,10 @@ impl From<KdumpCodec> for PageCodec {
 
 /// NT_PRSTATUS notes: one per CPU of the dumped machine.
 fn cpus(notes: &[u8]) -> i32 {
-    let mut n = 0;
-    let mut b = notes;
-    while b.len() >= 12 {
-        let word = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
-        let (namesz, descsz, kind) = (word(0), word(4), word(8));
-        let desc = (12 + namesz).next_multiple_of(4);
-        let next = (desc + descsz).next_multiple_of(4);
-        if next > b.len() {
-            break;
-        }
-        if kind == 1 && b[12..12 + namesz].starts_with(b"CORE") {
-            n += 1;
-        }
-        b = &b[next..];
-    }
-    n.max(1)
+    let n = kjump_writer::elf::notes(notes)
+        .filter(|n| n.kind == 1 && n.name.starts_with(b"CORE"))
+        .count();
+    i32::try_from(n).unwrap_or(i32::MAX).max(1)
 }
 
 /// Writes `image` as a kdump-compressed file at `output`; returns its
