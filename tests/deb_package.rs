@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
 use common::deb::{build_package, ready, repo};
@@ -72,6 +73,7 @@ fn package_builds_with_its_files_and_passes_lintian() {
         "/usr/lib/systemd/system/systemd-hibernate.service.d/kjump.conf",
         "/usr/lib/systemd/system/systemd-hybrid-sleep.service.d/kjump.conf",
         "/usr/lib/systemd/system/systemd-logind.service.d/kjump.conf",
+        "/usr/share/kjump/kdump-tools.sh",
         "/usr/share/bash-completion/completions/kjump",
         "/usr/share/zsh/vendor-completions/_kjump",
         "/usr/share/fish/vendor_completions.d/kjump.fish",
@@ -113,6 +115,18 @@ fn package_builds_with_its_files_and_passes_lintian() {
             .arg("-n")
             .arg(unpacked.join("DEBIAN").join(script)));
     }
+    // The kdump-tools snippet is sourced, never run: plain shell, no
+    // execute bit, and it defines the makedumpfile that kdump-config calls.
+    let snippet = unpacked.join("usr/share/kjump/kdump-tools.sh");
+    run(Command::new("sh").arg("-n").arg(&snippet));
+    let mode = std::fs::metadata(&snippet).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644, "{}", snippet.display());
+    let text = std::fs::read_to_string(&snippet).unwrap();
+    assert!(text.contains("\nmakedumpfile() {"), "{text}");
+    assert!(
+        text.contains(". /usr/share/kjump/kdump-tools.sh"),
+        "the snippet says how to source it:\n{text}"
+    );
 
     // The binary is the static one, as the initramfs needs, and this version.
     let kjump = unpacked.join("usr/bin/kjump");

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -271,6 +272,126 @@ fn bad_input_falls_back_to_zero_pages_and_says_why() {
         let d = Diskdump::open(std::fs::File::open(&kd).unwrap()).unwrap();
         assert!((FIRST..END).all(|p| d.is_dumped(p)), "nothing left out");
     }
+}
+
+#[test]
+fn dump_dmesg_names_what_the_core_lacks() {
+    let dir = TempDir::new("kdump-collect-dmesg");
+    let mem = ram();
+    let cases: [(Option<String>, &str); 2] = [
+        (
+            None,
+            "no VMCOREINFO: the kernel log cannot be found without it",
+        ),
+        (
+            Some(vmcoreinfo(&["SYMBOL(prb)", "OFFSET(printk_info.text_len)"])),
+            "the kernel log cannot be found: VMCOREINFO lacks SYMBOL(prb), OFFSET(printk_info.text_len)",
+        ),
+    ];
+    for (n, (info, want)) in cases.iter().enumerate() {
+        let core = dir.path(&format!("vmcore{n}"));
+        write_core(&core, &mem, info.as_deref());
+        let out = dir.path(&format!("dmesg{n}.txt"));
+        let run = kjump(&[
+            "collect",
+            "--dump-dmesg",
+            core.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 2, "{}", run.text);
+        let err = run.stderr;
+        assert!(
+            err.contains(&format!("reading the kernel log of {}", core.display())),
+            "{err}"
+        );
+        assert!(err.contains(want), "{want:?} in {err}");
+        assert!(!out.exists(), "no log file on failure");
+    }
+}
+
+/// Runs `script` under sh after sourcing the kdump-tools snippet, as
+/// kdump-config does, with `kjump` and a stand-in `makedumpfile` (which
+/// prints its arguments) on the PATH: the exit status, stdout and stderr.
+fn kdump_config(dir: &TempDir, script: &str) -> (bool, String, String) {
+    let bin = dir.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let stub = bin.join("makedumpfile");
+    std::fs::write(&stub, "#!/bin/sh\necho \"makedumpfile $*\"\n").unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let link = bin.join("kjump");
+    if !link.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kjump"), &link).unwrap();
+    }
+    let snippet =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("initramfs/integration/kdump-tools/kjump.sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(". {}\n{script}", snippet.display()))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .expect("running sh");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn the_kdump_tools_snippet_makes_kjump_the_collector() {
+    let dir = TempDir::new("kdump-collect-kdump-tools");
+    let core = dir.path("vmcore");
+    write_core(&core, &ram(), Some(&vmcoreinfo(&[])));
+    let stamp = dir.path("202612020102");
+    std::fs::create_dir_all(&stamp).unwrap();
+    // kdump-config's local save: MAKEDUMP_ARGS with its -F, the stream
+    // through its compressor into dump-incomplete.
+    let save = |args: &str| {
+        kdump_config(
+            &dir,
+            &format!(
+                "KDUMP_STAMPDIR={s}; KDUMP_STAMP=202612020102\n\
+                 makedumpfile {args} {c} | cat > {s}/dump-incomplete",
+                s = stamp.display(),
+                c = core.display()
+            ),
+        )
+    };
+    let image = stamp.join("dump.202612020102.kjump");
+    let incomplete = stamp.join("dump-incomplete");
+    let (done, _, err) = save("-c -d 31 -F");
+    assert!(done, "{err}");
+    assert!(err.contains("leaving out 512 frames"), "{err}");
+    assert_eq!(std::fs::read(&incomplete).unwrap(), b"", "nothing streamed");
+    ok(&["verify", image.to_str().unwrap()]);
+
+    // An option kjump does not take: its image goes, makedumpfile runs.
+    let (done, _, err) = save("-c -d 31 --split -F");
+    assert!(done, "{err}");
+    assert!(err.contains("kjump collect failed: removing"), "{err}");
+    assert!(!image.exists(), "the partial image is removed");
+    assert_eq!(
+        std::fs::read_to_string(&incomplete).unwrap(),
+        format!("makedumpfile -F -c -d 31 --split {}\n", core.display())
+    );
+
+    // FTP and SSH stream the dump: makedumpfile, untouched.
+    let (done, out, err) = kdump_config(&dir, &format!("makedumpfile -F -d 31 {}", core.display()));
+    assert!(done, "{err}");
+    assert_eq!(out, format!("makedumpfile -F -d 31 {}\n", core.display()));
+
+    // The log: this core has no printk ring, so kjump fails and says so,
+    // and makedumpfile gets its turn.
+    let log = dir.path("dmesg");
+    let (done, out, err) = kdump_config(
+        &dir,
+        &format!(
+            "makedumpfile --dump-dmesg {} {}",
+            core.display(),
+            log.display()
+        ),
+    );
+    assert!(done, "{err}");
+    assert!(err.contains("reading the kernel log of"), "{err}");
+    assert!(err.contains("failed: running makedumpfile"), "{err}");
+    assert!(out.starts_with("makedumpfile --dump-dmesg "), "{out}");
 }
 
 #[test]

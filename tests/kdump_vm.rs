@@ -13,7 +13,8 @@
 //!   capture --source /proc/vmcore --target /dev/vdc`. The host captures
 //!   the raw copy, verifies and exports both images, and finds the raw core's
 //!   memory at every physical address of every PT_LOAD in both exports, and
-//!   the pattern in memory. A byte flipped in the raw copy's kernel text
+//!   the pattern in memory; `kjump collect --dump-dmesg` finds the panic in
+//!   the kernel log of both. A byte flipped in the raw copy's kernel text
 //!   makes the host capture fail with the clear error.
 //!
 //! Needs what hibernate_vm.rs needs (qemu-system-x86, busybox-static,
@@ -230,6 +231,27 @@ fn flip(core: &Path, load: &Load, at: u64) -> u64 {
     off
 }
 
+/// `kjump collect --dump-dmesg` on `core` (a vmcore or a kjump image of
+/// one) finds what the crashed kernel certainly printed.
+fn assert_kernel_log(dir: &Path, core: &Path) {
+    let out = dir.join("kdump-dmesg.txt");
+    let Run { text, secs, .. } = kjump_info(&["collect", "--dump-dmesg", os(core), os(&out)]).ok();
+    println!("[kdump] {} in {secs:.2} s", text.trim());
+    let log = fs::read_to_string(&out).expect("the kernel log as text");
+    for want in [
+        "] Linux version ",
+        "] sysrq: Trigger a crash",
+        "] Kernel panic - not syncing: sysrq triggered crash",
+    ] {
+        assert!(
+            log.contains(want),
+            "{want:?} not in the kernel log of {}:\n{log}",
+            core.display()
+        );
+    }
+    let _ = fs::remove_file(&out);
+}
+
 #[test]
 fn real_kdump_core_is_captured_and_exported() {
     let Some(_machine) = machine() else { return };
@@ -321,6 +343,11 @@ fn real_kdump_core_is_captured_and_exported() {
         printed.starts_with(&format!("{md5} {} bytes", pattern.len())),
         "A's pattern {printed} is not the host's {md5}"
     );
+
+    // The kernel log, from the core and from the crash kernel's image.
+    for core in [&raw, &crash_img] {
+        assert_kernel_log(dir, core);
+    }
 
     // The host's capture of the raw copy, and the crash kernel's image.
     let host_out = capture_verify_export(dir, "kdump-host", &raw);

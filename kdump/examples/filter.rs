@@ -4,25 +4,16 @@
 
 use std::io::Write as _;
 
-use kjump_kdump::core::Core;
-use kjump_kdump::{filter, DumpLevel, VmcoreInfo};
+use kjump_kdump::filter;
+
+mod common;
+
+use common::OpenCore;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let (path, level) = (args.next(), args.next());
-    let (Some(path), Some(level)) = (path, level) else {
-        return Err("usage: filter CORE LEVEL".into());
-    };
-    let level = DumpLevel::new(level.parse()?).ok_or("a level is 0 to 31")?;
-    let file = std::fs::File::open(&path)?;
-    let len = file.metadata()?.len();
-    let core = Core::open(file, len)?;
-    let info = core.vmcoreinfo().map(VmcoreInfo::parse).transpose()?;
-    let ranges: Vec<(u64, u64)> = core
-        .ranges()
-        .iter()
-        .map(|&(s, e)| (s / 4096, e.div_ceil(4096)))
-        .collect();
+    let [path, level] = common::args("filter CORE LEVEL")?;
+    let level = common::dump_level(&level)?;
+    let OpenCore { core, info, ranges } = common::open_core(&path)?;
     let started = std::time::Instant::now();
     let plan = filter::plan(&core, info.as_ref(), &ranges, level)?;
     let secs = started.elapsed().as_secs_f64();

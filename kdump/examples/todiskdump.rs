@@ -3,31 +3,23 @@
 //! kjump's own path goes through an image (`kjump export --format kdump`);
 //! this one checks the format against readers on any core.
 
-use kjump_kdump::core::Core;
 use kjump_kdump::diskdump::{DiskdumpWriter, DumpInfo, PageCodec, Utsname};
-use kjump_kdump::{filter, DumpLevel, PhysMemory, VmcoreInfo};
+use kjump_kdump::{filter, PhysMemory};
+
+mod common;
+
+use common::OpenCore;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let a: Vec<String> = std::env::args().collect();
-    let [_, core, out, level, codec] = &a[..] else {
-        return Err("usage: todiskdump CORE OUT LEVEL none|snappy|zstd".into());
-    };
-    let level = DumpLevel::new(level.parse()?).ok_or("a level is 0 to 31")?;
+    let [core, out, level, codec] = common::args("todiskdump CORE OUT LEVEL none|snappy|zstd")?;
+    let level = common::dump_level(&level)?;
     let codec = match codec.as_str() {
         "none" => PageCodec::None,
         "snappy" => PageCodec::Snappy,
         "zstd" => PageCodec::Zstd,
         other => return Err(format!("unknown codec {other}").into()),
     };
-    let file = std::fs::File::open(core)?;
-    let len = file.metadata()?.len();
-    let core = Core::open(file, len)?;
-    let info = core.vmcoreinfo().map(VmcoreInfo::parse).transpose()?;
-    let ranges: Vec<(u64, u64)> = core
-        .ranges()
-        .iter()
-        .map(|&(s, e)| (s / 4096, e.div_ceil(4096)))
-        .collect();
+    let OpenCore { core, info, ranges } = common::open_core(&core)?;
     let plan = filter::plan(&core, info.as_ref(), &ranges, level)?;
     let dump = DumpInfo {
         utsname: info
@@ -40,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(0) as u64,
         nr_cpus: 1,
         dump_level: i32::from(level.bits() & !1),
-        notes: core.notes.clone(),
+        notes: core.notes().to_vec(),
         vmcoreinfo: info.as_ref().map(|i| i.raw().to_vec()).unwrap_or_default(),
         ..DumpInfo::default()
     };

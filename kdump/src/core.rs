@@ -1,228 +1,58 @@
 //! An ELF64 core (`/proc/vmcore`, a copy of it, QEMU's `dump-guest-memory`)
-//! as physical memory: its PT_LOAD segments by physical address and its
-//! notes. Everything comes from an untrusted file: sizes are bounded and
-//! offsets checked before use.
+//! as physical memory, for the tools that read a core's kernel structures:
+//! filtering and the kernel log.
 //!
-//! kjump's capture reads cores through its own reader (which also merges
-//! overlapping segments); this one serves the tools that read a core's
-//! kernel structures: filtering, the kernel log, and the tests.
+//! The core is parsed by kjump's one ELF core reader, the capture's
+//! ([`kjump_writer::elf`]): the same checks of an untrusted file, and the
+//! same answer where PT_LOAD segments overlap (a kdump core's kernel text
+//! is read once, from one segment, after both copies were found equal).
 
 use std::os::unix::fs::FileExt;
 
 use crate::mem::{PhysMemory, PhysReadError};
-use kjump_image_format::le::{u16_at, u32_at, u64_at};
-
-const EHDR: usize = 64;
-const PHDR: usize = 56;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-/// Most notes kept (a vmcore's are a few KiB per CPU).
-const MAX_NOTES: u64 = 16 << 20;
-
-/// Why a file is not a usable core.
-#[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    /// Reading the file failed.
-    #[error("reading {what} at offset {offset:#x}")]
-    Io {
-        /// What was read.
-        what: &'static str,
-        /// Where.
-        offset: u64,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not an x86_64 ELF64 little-endian core.
-    #[error("not an ELF64 little-endian x86_64 core: {0}")]
-    NotCore(&'static str),
-    /// A segment or the notes are larger than the file or bounds allow.
-    #[error("{what} {index} at offset {offset:#x} with {len:#x} bytes lies outside the {file_len:#x}-byte file")]
-    OutOfFile {
-        /// PT_LOAD or PT_NOTE.
-        what: &'static str,
-        /// Program header index.
-        index: usize,
-        /// File offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-        /// Length of the file.
-        file_len: u64,
-    },
-    /// The notes are larger than kjump keeps.
-    #[error("PT_NOTE contents of {0} bytes, more than the {MAX_NOTES} kjump keeps")]
-    NotesTooLarge(u64),
-}
-
-/// A PT_LOAD segment: physical bytes `[paddr, paddr + memsz)`, of which the
-/// first `filesz` are at `offset` in the file and the rest read as zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Load {
-    /// Program header index.
-    pub index: usize,
-    /// `p_vaddr`.
-    pub vaddr: u64,
-    /// `p_paddr`.
-    pub paddr: u64,
-    /// `p_offset`.
-    pub offset: u64,
-    /// `p_filesz`.
-    pub filesz: u64,
-    /// `p_memsz`.
-    pub memsz: u64,
-}
+use kjump_writer::elf::{self, ElfCore, ElfError, LoadSegment};
 
 /// An opened core.
 pub struct Core<F: FileExt> {
     file: F,
-    /// PT_LOAD segments in file order.
-    pub loads: Vec<Load>,
-    /// PT_NOTE contents, concatenated.
-    pub notes: Vec<u8>,
-    /// Segment indexes sorted by physical start; where segments overlap
-    /// (a kdump core's kernel text), the longer one comes first.
-    by_paddr: Vec<usize>,
-}
-
-/// `len` bytes of `file` at `offset`, `what` naming them for errors.
-fn read_at<F: FileExt>(
-    file: &F,
-    what: &'static str,
-    offset: u64,
-    len: usize,
-) -> Result<Vec<u8>, CoreError> {
-    let mut b = vec![0u8; len];
-    file.read_exact_at(&mut b, offset)
-        .map_err(|source| CoreError::Io {
-            what,
-            offset,
-            source,
-        })?;
-    Ok(b)
-}
-
-/// Checks that `h` is the ELF header of an x86_64 ELF64 core with a
-/// program header table this reader knows; returns the table's offset and
-/// entry count.
-fn check_elf_header(h: &[u8]) -> Result<(u64, usize), CoreError> {
-    if h[..4] != *b"\x7fELF" {
-        return Err(CoreError::NotCore("no ELF magic"));
-    }
-    if h[4] != 2 || h[5] != 1 {
-        return Err(CoreError::NotCore("not ELF64 little-endian"));
-    }
-    if u16_at(h, 16) != 4 {
-        return Err(CoreError::NotCore("e_type is not ET_CORE"));
-    }
-    if u16_at(h, 18) != 62 {
-        return Err(CoreError::NotCore("e_machine is not x86_64"));
-    }
-    let (phoff, phnum) = (u64_at(h, 32), usize::from(u16_at(h, 56)));
-    if phnum == 0xffff || (phnum > 0 && usize::from(u16_at(h, 54)) != PHDR) {
-        return Err(CoreError::NotCore("unsupported program header table"));
-    }
-    Ok((phoff, phnum))
-}
-
-/// The PT_LOAD segments and the notes (every PT_NOTE read, back to back)
-/// of the program header table `ph`, each checked to lie in the file.
-fn read_segments<F: FileExt>(
-    file: &F,
-    ph: &[u8],
-    file_len: u64,
-) -> Result<(Vec<Load>, Vec<u8>), CoreError> {
-    let (mut loads, mut notes) = (Vec::new(), Vec::new());
-    for (index, p) in ph.chunks_exact(PHDR).enumerate() {
-        let (kind, offset, filesz) = (u32_at(p, 0), u64_at(p, 8), u64_at(p, 32));
-        let inside = offset.checked_add(filesz).is_some_and(|e| e <= file_len);
-        let out = |what| CoreError::OutOfFile {
-            what,
-            index,
-            offset,
-            len: filesz,
-            file_len,
-        };
-        match kind {
-            PT_NOTE => {
-                if !inside {
-                    return Err(out("PT_NOTE"));
-                }
-                let total = notes.len() as u64 + filesz;
-                if total > MAX_NOTES {
-                    return Err(CoreError::NotesTooLarge(total));
-                }
-                notes.extend(read_at(file, "a PT_NOTE", offset, filesz as usize)?);
-            }
-            PT_LOAD => {
-                let memsz = u64_at(p, 40);
-                if !inside || filesz > memsz {
-                    return Err(out("PT_LOAD"));
-                }
-                loads.push(Load {
-                    index,
-                    vaddr: u64_at(p, 16),
-                    paddr: u64_at(p, 24),
-                    offset,
-                    filesz,
-                    memsz,
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok((loads, notes))
+    elf: ElfCore,
 }
 
 impl<F: FileExt> Core<F> {
     /// Reads the headers and notes of the core in `file`, `file_len` bytes.
-    pub fn open(file: F, file_len: u64) -> Result<Self, CoreError> {
-        let h = read_at(&file, "the ELF header", 0, EHDR)?;
-        let (phoff, phnum) = check_elf_header(&h)?;
-        let ph = read_at(&file, "the program headers", phoff, phnum * PHDR)?;
-        let (loads, notes) = read_segments(&file, &ph, file_len)?;
-        let mut by_paddr: Vec<usize> = (0..loads.len()).collect();
-        by_paddr.sort_by_key(|&i| (loads[i].paddr, std::cmp::Reverse(loads[i].memsz)));
-        Ok(Core {
-            file,
-            loads,
-            notes,
-            by_paddr,
-        })
+    pub fn open(file: F, file_len: u64) -> Result<Self, ElfError> {
+        let elf = elf::parse(file_len, |offset, len| {
+            let mut b = vec![0u8; len];
+            file.read_exact_at(&mut b, offset)?;
+            Ok(b)
+        })?;
+        Ok(Core { file, elf })
+    }
+
+    /// The PT_NOTE contents, concatenated.
+    pub fn notes(&self) -> &[u8] {
+        &self.elf.notes
     }
 
     /// The VMCOREINFO note's text, if the core has one.
     pub fn vmcoreinfo(&self) -> Option<&[u8]> {
-        crate::vmcoreinfo::find_in_notes(&self.notes)
+        elf::vmcoreinfo(&self.elf.notes)
     }
 
     /// The segment holding physical `addr`.
-    fn load_at(&self, addr: u64) -> Option<&Load> {
-        let i = self
-            .by_paddr
-            .partition_point(|&i| self.loads[i].paddr <= addr);
-        self.by_paddr[..i]
-            .iter()
-            .rev()
-            .map(|&i| &self.loads[i])
-            .find(|l| addr - l.paddr < l.memsz)
+    fn segment_at(&self, addr: u64) -> Option<&LoadSegment> {
+        let segments = &self.elf.segments;
+        let i = segments
+            .partition_point(|s| s.range.start().0 <= addr)
+            .checked_sub(1)?;
+        Some(&segments[i]).filter(|s| addr < s.range.end().0)
     }
 
     /// Physical ranges `[start, end)` the core holds, sorted and joined.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
-        let mut r: Vec<(u64, u64)> = self
-            .by_paddr
-            .iter()
-            .map(|&i| {
-                (
-                    self.loads[i].paddr,
-                    self.loads[i].paddr + self.loads[i].memsz,
-                )
-            })
-            .collect();
-        r.sort_unstable();
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for (s, e) in r {
+        for r in self.elf.map.ranges() {
+            let (s, e) = (r.start().0, r.end().0);
             match out.last_mut() {
                 Some(last) if s <= last.1 => last.1 = last.1.max(e),
                 _ => out.push((s, e)),
@@ -237,16 +67,16 @@ impl<F: FileExt> PhysMemory for Core<F> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = addr + done as u64;
-            let l = self.load_at(at).ok_or(PhysReadError::NotInDump {
+            let s = self.segment_at(at).ok_or(PhysReadError::NotInDump {
                 addr: at,
                 len: buf.len() - done,
             })?;
-            let rel = at - l.paddr;
-            let n = ((l.memsz - rel) as usize).min(buf.len() - done);
+            let rel = at - s.range.start().0;
+            let n = ((s.range.end().0 - at) as usize).min(buf.len() - done);
             let part = &mut buf[done..done + n];
-            let in_file = l.filesz.saturating_sub(rel).min(n as u64) as usize;
+            let in_file = s.file_len.saturating_sub(rel).min(n as u64) as usize;
             self.file
-                .read_exact_at(&mut part[..in_file], l.offset + rel)
+                .read_exact_at(&mut part[..in_file], s.file_offset + rel)
                 .map_err(|source| PhysReadError::Io {
                     addr: at,
                     len: n,
@@ -262,6 +92,11 @@ impl<F: FileExt> PhysMemory for Core<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
 
     fn phdr(t: u32, off: u64, vaddr: u64, paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
         let mut p = vec![0u8; PHDR];
@@ -364,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_cores_are_refused() {
+    fn bad_cores_are_refused_as_the_capture_refuses_them() {
         let f = core_bytes();
         let open = |f: Vec<u8>| {
             let len = f.len() as u64;
@@ -374,15 +209,18 @@ mod tests {
         g[18] = 183;
         assert_eq!(
             open(g).unwrap(),
-            "not an ELF64 little-endian x86_64 core: e_machine is not x86_64"
+            "ELF header field e_machine is 0xb7: the core is for another architecture"
         );
         let short = f[..0x4000].to_vec();
         assert_eq!(
             open(short).unwrap(),
-            "PT_LOAD 2 at offset 0x2000 with 0x3000 bytes lies outside the 0x4000-byte file"
+            "PT_LOAD 2 (paddr 0x1000) at file offset 0x2000 with size 0x3000 runs past the end of the file (0x4000 bytes)"
         );
-        assert!(open(b"\x7fELF".to_vec())
+        // The kernel text copy differs from RAM: neither copy is believed.
+        let mut g = f.clone();
+        g[0x1010] ^= 1;
+        assert!(open(g)
             .unwrap()
-            .starts_with("reading the ELF header"));
+            .contains("overlap in physical memory but differ, first at physical 0x3010"));
     }
 }

@@ -656,7 +656,6 @@ fn read_batch<M: PhysMemory + ?Sized>(
 mod tests {
     use super::*;
     use crate::mem::tests::Tables;
-    use crate::vmcoreinfo::START_KERNEL_MAP;
 
     const REAL: &[u8] = include_bytes!("../tests/fixtures/vmcoreinfo-6.12.117.txt");
     const SLAB: u32 = 0xf500_0000;
@@ -798,20 +797,8 @@ mod tests {
             let at = (array_at + pfn * 64) as usize;
             t.mem[at..at + 64].copy_from_slice(&fill(pfn));
         }
-        let text = String::from_utf8_lossy(REAL)
-            .lines()
-            .filter(|l| {
-                !l.starts_with("NUMBER(phys_base)")
-                    && !l.starts_with("SYMBOL(init_top_pgt)")
-                    && !l.starts_with("NUMBER(pgtable_l5_enabled)")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-            + &format!(
-                "NUMBER(phys_base)=0\nSYMBOL(init_top_pgt)={:x}\nNUMBER(pgtable_l5_enabled)=0\n",
-                START_KERNEL_MAP + t.top
-            );
-        (t.mem, VmcoreInfo::parse(text.as_bytes()).unwrap())
+        let info = t.vmcoreinfo(&[], &[]);
+        (t.mem, info)
     }
 
     fn struct_page(flags: u64, mapping: u64, mapcount: u32, private: u64) -> [u8; 64] {

@@ -7,8 +7,11 @@
 //!   x86_64 page tables (4- and 5-level) to read its virtual addresses.
 //! - [`filter`]: makedumpfile's dump levels (`-d`), decided per page frame
 //!   from its struct page.
-//! - [`core`]: a small ELF64 core reader (`/proc/vmcore` and copies of it)
-//!   as physical memory.
+//! - [`core`]: an ELF64 core (`/proc/vmcore` and copies of it) as
+//!   physical memory, parsed by the capture's reader (`kjump_writer::elf`).
+//! - [`dmesg`]: the kernel log, read from the printk ring buffer
+//!   (`--dump-dmesg`).
+//! - [`image`]: a kjump image of a core as physical memory.
 //! - [`diskdump`]: the kdump-compressed format makedumpfile writes and
 //!   `crash` reads. Its reader, `diskdump_read`, serves the tests only
 //!   (feature `test-hooks`).
@@ -22,7 +25,9 @@ pub mod core;
 pub mod diskdump;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod diskdump_read;
+pub mod dmesg;
 pub mod filter;
+pub mod image;
 pub mod mem;
 pub mod vmcoreinfo;
 

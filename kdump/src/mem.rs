@@ -176,11 +176,13 @@ impl<'a, M: PhysMemory + ?Sized> Translator<'a, M> {
         unreachable!("level 1 always ends the walk")
     }
 
-    /// Reads `buf.len()` bytes at kernel virtual `vaddr`, page by page.
+    /// Reads `buf.len()` bytes at kernel virtual `vaddr`, page by page. A
+    /// read past the top of the address space wraps to its bottom, which
+    /// a kernel does not map: the addresses come from the dump.
     pub fn read_virt(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), TranslateError> {
         let mut done = 0;
         while done < buf.len() {
-            let v = vaddr + done as u64;
+            let v = vaddr.wrapping_add(done as u64);
             let n = (buf.len() - done).min(4096 - (v & 0xfff) as usize);
             let p = self.translate(v)?;
             self.mem
@@ -202,7 +204,10 @@ impl<'a, M: PhysMemory + ?Sized> Translator<'a, M> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vmcoreinfo::START_KERNEL_MAP;
+    use crate::vmcoreinfo::{VmcoreInfo, START_KERNEL_MAP};
+
+    /// The real VMCOREINFO of the 6.12 test kernel (see tests/fixtures/README.md).
+    const REAL: &str = include_str!("../tests/fixtures/vmcoreinfo-6.12.117.txt");
 
     /// Builds 4-level page tables in a flat memory buffer: tables are
     /// allocated from `next` upwards.
@@ -258,6 +263,34 @@ pub(crate) mod tests {
                     table = e & ADDR_MASK;
                 }
             }
+        }
+
+        /// The real 6.12 VMCOREINFO (tests/fixtures) pointed at these
+        /// 4-level tables, with the keys in `set` given these values and
+        /// those in `drop` left out.
+        pub fn vmcoreinfo(&self, set: &[(&str, String)], drop: &[&str]) -> VmcoreInfo {
+            let tables = [
+                ("NUMBER(phys_base)", "0".to_string()),
+                (
+                    "SYMBOL(init_top_pgt)",
+                    format!("{:x}", START_KERNEL_MAP + self.top),
+                ),
+                ("NUMBER(pgtable_l5_enabled)", "0".to_string()),
+            ];
+            let set: Vec<(&str, String)> = tables.into_iter().chain(set.iter().cloned()).collect();
+            let replaced = |l: &&str| {
+                let key = l.split('=').next().unwrap_or("");
+                set.iter().map(|(k, _)| k).chain(drop).any(|k| *k == key)
+            };
+            let mut text: String = REAL
+                .lines()
+                .filter(|l| !replaced(l))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            for (k, v) in set.iter().filter(|(k, _)| !drop.contains(k)) {
+                text += &format!("{k}={v}\n");
+            }
+            VmcoreInfo::parse(text.as_bytes()).unwrap()
         }
 
         pub fn layout(&self) -> KernelLayout {

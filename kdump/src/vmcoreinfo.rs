@@ -171,37 +171,44 @@ pub struct MissingKeys {
 }
 
 /// Collects lookups and the names of those that failed.
-struct Need<'a> {
+pub(crate) struct Need<'a> {
     info: &'a VmcoreInfo,
-    missing: Vec<String>,
+    pub(crate) missing: Vec<String>,
 }
 
-impl Need<'_> {
-    fn size(&mut self, name: &str) -> u64 {
+impl<'a> Need<'a> {
+    /// Lookups in `info`, none failed yet.
+    pub(crate) fn new(info: &'a VmcoreInfo) -> Self {
+        Need {
+            info,
+            missing: Vec::new(),
+        }
+    }
+    pub(crate) fn size(&mut self, name: &str) -> u64 {
         self.info.size(name).unwrap_or_else(|| {
             self.missing.push(format!("SIZE({name})"));
             0
         })
     }
-    fn offset(&mut self, name: &str) -> u64 {
+    pub(crate) fn offset(&mut self, name: &str) -> u64 {
         self.info.offset(name).unwrap_or_else(|| {
             self.missing.push(format!("OFFSET({name})"));
             0
         })
     }
-    fn number(&mut self, name: &str) -> i64 {
+    pub(crate) fn number(&mut self, name: &str) -> i64 {
         self.info.number(name).unwrap_or_else(|| {
             self.missing.push(format!("NUMBER({name})"));
             0
         })
     }
-    fn symbol(&mut self, name: &str) -> u64 {
+    pub(crate) fn symbol(&mut self, name: &str) -> u64 {
         self.info.symbol(name).unwrap_or_else(|| {
             self.missing.push(format!("SYMBOL({name})"));
             0
         })
     }
-    fn bit(&mut self, name: &str) -> u32 {
+    pub(crate) fn bit(&mut self, name: &str) -> u32 {
         let n = self.number(name);
         if !(0..64).contains(&n) {
             self.missing
@@ -210,7 +217,7 @@ impl Need<'_> {
         }
         n as u32
     }
-    fn done<T>(self, value: T) -> Result<T, MissingKeys> {
+    pub(crate) fn done<T>(self, value: T) -> Result<T, MissingKeys> {
         if self.missing.is_empty() {
             Ok(value)
         } else {
@@ -277,10 +284,7 @@ impl PageLayout {
     /// or without page types in `_mapcount` (before 2.6.38) are refused
     /// this way.
     pub fn from_info(info: &VmcoreInfo) -> Result<Self, MissingKeys> {
-        let mut n = Need {
-            info,
-            missing: Vec::new(),
-        };
+        let mut n = Need::new(info);
         let opt_bit = |name: &str| {
             info.number(name)
                 .filter(|v| (0..64).contains(v))
@@ -381,10 +385,7 @@ impl KernelLayout {
     /// Takes what address translation needs from `info`, or names what is
     /// missing.
     pub fn from_info(info: &VmcoreInfo) -> Result<Self, MissingKeys> {
-        let mut n = Need {
-            info,
-            missing: Vec::new(),
-        };
+        let mut n = Need::new(info);
         let layout = KernelLayout {
             phys_base: n.number("phys_base") as u64,
             kernel_offset: info.kernel_offset().unwrap_or_else(|| {
@@ -410,27 +411,6 @@ impl KernelLayout {
         // a signed number.
         Some((vaddr - START_KERNEL_MAP).wrapping_add(self.phys_base))
     }
-}
-
-/// The `VMCOREINFO` note's descriptor among ELF notes (a core's PT_NOTE
-/// contents), if any. Stops quietly at a malformed note.
-pub fn find_in_notes(mut notes: &[u8]) -> Option<&[u8]> {
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    while notes.len() >= 12 {
-        let (namesz, descsz) = (u32_at(notes, 0) as usize, u32_at(notes, 4) as usize);
-        let name_end = 12usize.checked_add(namesz)?;
-        let desc_start = name_end.checked_next_multiple_of(4)?;
-        let desc_end = desc_start.checked_add(descsz)?;
-        if desc_end > notes.len() {
-            return None;
-        }
-        let name = &notes[12..name_end];
-        if name.strip_suffix(&[0]).unwrap_or(name) == b"VMCOREINFO" {
-            return Some(&notes[desc_start..desc_end]);
-        }
-        notes = &notes[desc_end.next_multiple_of(4).min(notes.len())..];
-    }
-    None
 }
 
 #[cfg(test)]
@@ -553,29 +533,5 @@ mod tests {
             e.missing,
             ["OFFSET(page.private) inside SIZE(page) (60 + 8 > 64)"]
         );
-    }
-
-    #[test]
-    fn the_note_is_found_among_others() {
-        let mut notes = Vec::new();
-        let mut note = |name: &[u8], kind: u32, desc: &[u8]| {
-            notes.extend(((name.len() + 1) as u32).to_le_bytes());
-            notes.extend((desc.len() as u32).to_le_bytes());
-            notes.extend(kind.to_le_bytes());
-            notes.extend(name);
-            notes.push(0);
-            while notes.len() % 4 != 0 {
-                notes.push(0);
-            }
-            notes.extend(desc);
-            while notes.len() % 4 != 0 {
-                notes.push(0);
-            }
-        };
-        note(b"CORE", 1, &[7; 336]);
-        note(b"VMCOREINFO", 0, b"OSRELEASE=6.12\n");
-        assert_eq!(find_in_notes(&notes), Some(&b"OSRELEASE=6.12\n"[..]));
-        assert_eq!(find_in_notes(&notes[..40]), None);
-        assert_eq!(find_in_notes(&[0xff; 12]), None);
     }
 }

@@ -55,10 +55,17 @@ pub struct CollectArgs {
     /// image is refused
     #[arg(short = 'f', long = "force")]
     force: bool,
+    /// Write the crashed kernel's log (its printk ring buffer, Linux 5.10
+    /// and later) to DESTINATION as text instead of saving its memory, as
+    /// makedumpfile --dump-dmesg does; SOURCE may also be a kjump image of
+    /// a core
+    #[arg(long = "dump-dmesg")]
+    dump_dmesg: bool,
     /// The crashed kernel's memory: /proc/vmcore in a kdump crash kernel,
     /// or any ELF core
     source: PathBuf,
-    /// The image to write: a file (created 0600) or a block device
+    /// The image to write: a file (created 0600) or a block device; with
+    /// --dump-dmesg, the text file to write
     destination: PathBuf,
 }
 
@@ -142,6 +149,9 @@ fn recordable_runs(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 pub fn collect(args: CollectArgs) -> Result<(), Failure> {
+    if args.dump_dmesg {
+        return dump_dmesg(&args.source, &args.destination).map_err(Failure::error);
+    }
     if args.flattened {
         return Err(Failure::error(anyhow::anyhow!(
             "-F (flattened output to standard output) is not supported: kjump writes a seekable image; give a file or device as the destination"
@@ -201,6 +211,56 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `collect --dump-dmesg`: the kernel log of the core or kjump image at
+/// `source`, written as text to `output`.
+fn dump_dmesg(source: &Path, output: &Path) -> anyhow::Result<()> {
+    if super::same_file(source, output) {
+        anyhow::bail!(
+            "the source {} and the output {} are the same file",
+            source.display(),
+            output.display()
+        );
+    }
+    let records = read_kernel_log(source)
+        .with_context(|| format!("reading the kernel log of {}", source.display()))?;
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
+        for r in &records {
+            r.write_line(&mut out)?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().with_context(|| format!("writing the kernel log to {}", output.display()))?;
+    println!(
+        "wrote {} records of the kernel log of {} to {}",
+        records.len(),
+        source.display(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// The kernel log records of an ELF core, or of a kjump image of one.
+fn read_kernel_log(source: &Path) -> anyhow::Result<Vec<kjump_kdump::dmesg::Record>> {
+    let file = std::fs::File::open(source)?;
+    let len = file.metadata()?.len();
+    let mut magic = [0u8; 4];
+    let is_elf = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+        && magic == *b"\x7fELF";
+    let no_info = || anyhow::anyhow!("no VMCOREINFO: the kernel log cannot be found without it");
+    if is_elf {
+        let core = Core::open(file, len)?;
+        let info = VmcoreInfo::parse(core.vmcoreinfo().ok_or_else(no_info)?)?;
+        return Ok(kjump_kdump::dmesg::read_log(&core, &info)?);
+    }
+    let place = Place::locate(source, None)?;
+    let reader = place.reader()?;
+    let image = Image::open(&reader).context("neither an ELF core nor a readable kjump image")?;
+    let info = VmcoreInfo::parse(image.metadata.vmcoreinfo.as_deref().ok_or_else(no_info)?)?;
+    let mem = kjump_kdump::image::ImageMemory::new(&reader, &image);
+    Ok(kjump_kdump::dmesg::read_log(&mem, &info)?)
+}
+
 /// How `export --format kdump` compresses pages.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum KdumpCodec {
@@ -224,22 +284,10 @@ impl From<KdumpCodec> for PageCodec {
 
 /// NT_PRSTATUS notes: one per CPU of the dumped machine.
 fn cpus(notes: &[u8]) -> i32 {
-    let mut n = 0;
-    let mut b = notes;
-    while b.len() >= 12 {
-        let word = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
-        let (namesz, descsz, kind) = (word(0), word(4), word(8));
-        let desc = (12 + namesz).next_multiple_of(4);
-        let next = (desc + descsz).next_multiple_of(4);
-        if next > b.len() {
-            break;
-        }
-        if kind == 1 && b[12..12 + namesz].starts_with(b"CORE") {
-            n += 1;
-        }
-        b = &b[next..];
-    }
-    n.max(1)
+    let n = kjump_writer::elf::notes(notes)
+        .filter(|n| n.kind == 1 && n.name.starts_with(b"CORE"))
+        .count();
+    i32::try_from(n).unwrap_or(i32::MAX).max(1)
 }
 
 /// Writes `image` as a kdump-compressed file at `output`; returns its
