@@ -67,22 +67,43 @@ pub struct Diskdump<F: FileExt> {
     desc_offset: u64,
 }
 
+/// The dumped frames before each byte of bitmap 2.
+fn ranks(bitmap2: &[u8]) -> Vec<u64> {
+    bitmap2
+        .iter()
+        .scan(0u64, |n, b| {
+            let before = *n;
+            *n += u64::from(b.count_ones());
+            Some(before)
+        })
+        .collect()
+}
+
+/// `len` bytes of `file` at `offset` (`what` names them in an error),
+/// refusing a length no kdump-compressed file has.
+fn read_part<F: FileExt>(
+    file: &F,
+    what: &'static str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, ReadError> {
+    if len > 1 << 32 {
+        return Err(ReadError::Format(format!("{what} of {len} bytes")));
+    }
+    let mut b = vec![0u8; len as usize];
+    file.read_exact_at(&mut b, offset)
+        .map_err(|source| ReadError::Io {
+            what,
+            offset,
+            source,
+        })?;
+    Ok(b)
+}
+
 impl<F: FileExt> Diskdump<F> {
     /// Reads the headers and bitmaps.
     pub fn open(file: F) -> Result<Self, ReadError> {
-        let read = |what, offset: u64, len: u64| {
-            if len > 1 << 32 {
-                return Err(ReadError::Format(format!("{what} of {len} bytes")));
-            }
-            let mut b = vec![0u8; len as usize];
-            file.read_exact_at(&mut b, offset)
-                .map_err(|source| ReadError::Io {
-                    what,
-                    offset,
-                    source,
-                })?;
-            Ok(b)
-        };
+        let read = |what, offset: u64, len: u64| read_part(&file, what, offset, len);
         let h = read("the header", 0, BLOCK)?;
         if &h[..8] != b"KDUMP   " {
             return Err(ReadError::Format(format!("signature {:?}", &h[..8])));
@@ -112,17 +133,9 @@ impl<F: FileExt> Diskdump<F> {
         };
         let vmcoreinfo = part(u64_at(&sub, 32), u64_at(&sub, 40), "the VMCOREINFO")?;
         let notes = part(u64_at(&sub, 48), u64_at(&sub, 56), "the notes")?;
-        let bitmaps = read("the bitmaps", (1 + sub_blocks) * BLOCK, 2 * half)?;
-        let (bitmap1, bitmap2) = (
-            bitmaps[..half as usize].to_vec(),
-            bitmaps[half as usize..].to_vec(),
-        );
-        let mut ranks = Vec::with_capacity(bitmap2.len());
-        let mut n = 0u64;
-        for b in &bitmap2 {
-            ranks.push(n);
-            n += u64::from(b.count_ones());
-        }
+        let mut bitmap1 = read("the bitmaps", (1 + sub_blocks) * BLOCK, 2 * half)?;
+        let bitmap2 = bitmap1.split_off(half as usize);
+        let ranks = ranks(&bitmap2);
         let end = h[12 + 2 * 65..12 + 3 * 65]
             .iter()
             .position(|&b| b == 0)

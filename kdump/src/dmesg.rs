@@ -166,7 +166,8 @@ impl RingLayout {
     }
 
     /// Fields that would lie outside the structure read whole: each with
-    /// its width, in the structure of the given size.
+    /// its width, in the structure of the given size. (Most of its length
+    /// is the table of structures and fields, one row a field.)
     fn outside(&self) -> Vec<String> {
         let (ring, data, lpos) = (self.desc_ring, self.text_data_ring, self.text_blk_lpos);
         let structs: [(&str, u64, &[Field]); 3] = [
@@ -330,6 +331,24 @@ fn usize_of(offset: u64) -> usize {
     offset as usize
 }
 
+/// Refuses ring sizes no kernel has, read from the dump before they size
+/// anything.
+fn check_ring_bits(count_bits: u32, size_bits: u32) -> Result<(), DmesgError> {
+    for (what, value, max) in [
+        ("prb_desc_ring.count_bits", count_bits, MAX_COUNT_BITS),
+        ("prb_data_ring.size_bits", size_bits, MAX_SIZE_BITS),
+    ] {
+        if value > max {
+            return Err(DmesgError::Implausible {
+                what,
+                value: value.into(),
+                max: max.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The records of the kernel log in the dump `mem` described by `info`,
 /// oldest first.
 pub fn read_log<M: PhysMemory + ?Sized>(
@@ -356,18 +375,7 @@ pub fn read_log<M: PhysMemory + ?Sized>(
         })?;
     let count_bits = u32_at(&head, usize_of(l.desc_ring + l.count_bits));
     let size_bits = u32_at(&head, usize_of(l.text_data_ring + l.size_bits));
-    for (what, value, max) in [
-        ("prb_desc_ring.count_bits", count_bits, MAX_COUNT_BITS),
-        ("prb_data_ring.size_bits", size_bits, MAX_SIZE_BITS),
-    ] {
-        if value > max {
-            return Err(DmesgError::Implausible {
-                what,
-                value: value.into(),
-                max: max.into(),
-            });
-        }
-    }
+    check_ring_bits(count_bits, size_bits)?;
     let ring = Ring {
         tr: &tr,
         count: 1 << count_bits,

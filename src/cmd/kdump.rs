@@ -12,7 +12,7 @@ use kjump_kdump::core::Core;
 use kjump_kdump::diskdump::{DiskdumpWriter, DumpInfo, PageCodec, Utsname};
 use kjump_kdump::{filter, DumpLevel, VmcoreInfo};
 use kjump_sys::{Place, PlaceReader};
-use kjump_writer::{capture, CaptureOptions, MemorySource, Target};
+use kjump_writer::{capture, CaptureOptions, CaptureReport, MemorySource, Target};
 
 use crate::Failure;
 
@@ -194,8 +194,14 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             )
         })
         .map_err(Failure::error)?;
-    let l = &report.layout;
     let left_out = metadata.excluded.as_ref().map_or(0, ExcludedPages::pages);
+    say_committed(&place, level, left_out, &report);
+    Ok(())
+}
+
+/// The line a committed dump ends with.
+fn say_committed(place: &Place, level: DumpLevel, left_out: u64, report: &CaptureReport) {
+    let l = &report.layout;
     let secs = report.elapsed.as_secs_f64();
     println!(
         "committed {}: dump level {level}, {} of memory, {} frames ({} left out, {} zero), image {}, {:.2} s, {:.2} GB/s",
@@ -208,7 +214,6 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
         secs,
         report.input_bytes as f64 / secs.max(1e-9) / 1e9,
     );
-    Ok(())
 }
 
 /// `collect --dump-dmesg`: the kernel log of the core or kjump image at
