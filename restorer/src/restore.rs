@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use kjump_image_format::{
     FailureText, Image, ImageState, MemoryMap, PhysRange, ReadAt, Secret, Superblock, PAGE_SIZE,
 };
-use kjump_sys::progress::Progress;
 use kjump_sys::physmem::{PhysMem, PhysMemError};
+use kjump_sys::progress::Progress;
 use kjump_sys::{Place, PlaceError, Target, TargetError};
 
 use crate::scan::{scan_chunks_at, ScanError, Stopped};
