@@ -9,7 +9,9 @@
 //!
 //! Usage: `restore_to_file IMAGE MEMFILE [--threads N] [--direct]`
 //!
-//! MEMFILE is created, or truncated, to the highest saved address. With
+//! MEMFILE is created, or resized, to the highest saved address; pages it
+//! already holds stay (a benchmark can allocate them beforehand, as RAM
+//! is, so that the pass does not pay for a tmpfs allocating them). With
 //! `--direct` the image is read with `O_DIRECT` (through an aligned bounce
 //! buffer) instead of through the page cache as [`kjump_sys::PlaceReader`]
 //! reads it, to compare the two on a disk. Prints one line: bytes of RAM
@@ -188,7 +190,7 @@ fn restore(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .open(&args.memfile)?;
     mem.set_len(top)?;
     drop(mem);
