@@ -88,7 +88,6 @@ check_tools() {
     need zstd zstd
     need awk mawk
     need dd coreutils
-    need cargo "rustup (see https://rustup.rs)"
     [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "KJUMP_BENCH_RUNS must be a positive integer, not '$RUNS'"
     [[ -d $SHM && -w $SHM ]] || die "$SHM is not a writable directory"
     [[ $(stat -f -c %T "$SHM") == tmpfs ]] || note "warning: $SHM is not tmpfs; the restore target is not memory-backed"
@@ -106,6 +105,9 @@ build() {
     local packages=()
     [[ -n ${KJUMP:-} ]] || packages+=(-p kjump)
     [[ -n ${KJUMP_DUMPGEN:-} ]] || packages+=(-p kjump-dumpgen)
+    if ((${#packages[@]})) || [[ -z ${KJUMP_RESTORE:-} ]]; then
+        need cargo "rustup (see https://rustup.rs)"
+    fi
     if ((${#packages[@]})); then
         note "building release binaries: cargo build --release ${packages[*]}"
         (cd "$ROOT" && cargo build --release --quiet "${packages[@]}") || die "cargo build failed"
