@@ -61,11 +61,12 @@ pub enum NoImage {
         source: PlaceError,
     },
     /// No kjump superblock.
-    #[error("no kjump image on {device} ({error})")]
+    #[error("no kjump image on {device}")]
     NotKjump {
         /// The place, described.
         device: String,
         /// What the superblock's check found.
+        #[source]
         error: FormatError,
     },
     /// An image whose capture never committed it.
