@@ -154,7 +154,7 @@ pub enum MailboxError {
         source: RangeError,
     },
     /// The next kernel cannot write the page.
-    #[error("the mailbox page {0} lies outside the memory the next kernel can reach")]
+    #[error("{OPEN_TRIES} mailbox pages, the last {0}, lay outside the memory the next kernel can reach")]
     Unreachable(PhysRange),
 }
 
@@ -192,30 +192,46 @@ pub struct Mailbox {
     address: MailboxAddress,
 }
 
+/// Pages [`Mailbox::open`] tries before it gives up on finding one the
+/// next kernel can reach.
+pub const OPEN_TRIES: usize = 64;
+
 impl Mailbox {
     /// Sets up the mailbox in a locked page whose physical address lies in
     /// `reachable` (the memory the next kernel can write through
     /// /dev/mem). Needs CAP_SYS_ADMIN for the physical address.
+    ///
+    /// The kernel picks the page. One outside `reachable` (the next kernel
+    /// is confined to a region that is ordinary RAM in this boot, where this
+    /// process's pages may lie) is kept aside, so that the next try gets
+    /// another, up to [`OPEN_TRIES`] pages; all but the one used are freed
+    /// on return.
     pub fn open(reachable: &MemoryMap) -> Result<Mailbox, MailboxError> {
         let token = Uuid::random();
-        let map = LockedPage::new(|page| {
-            page[..8].copy_from_slice(MAGIC);
-            page[8..24].copy_from_slice(&token.0);
-        })?;
-        let phys = map.phys();
-        let page = PhysRange::from_start_len(PhysAddr(phys), PAGE as u64)
-            .map_err(|source| MailboxError::Range { phys, source })?;
-        if !reachable
-            .ranges()
-            .iter()
-            .any(|r| r.intersect(&page) == Some(page))
-        {
-            return Err(MailboxError::Unreachable(page));
+        let mut set_aside = Vec::new();
+        loop {
+            let map = LockedPage::new(|page| {
+                page[..8].copy_from_slice(MAGIC);
+                page[8..24].copy_from_slice(&token.0);
+            })?;
+            let phys = map.phys();
+            let page = PhysRange::from_start_len(PhysAddr(phys), PAGE as u64)
+                .map_err(|source| MailboxError::Range { phys, source })?;
+            if reachable
+                .ranges()
+                .iter()
+                .any(|r| r.intersect(&page) == Some(page))
+            {
+                return Ok(Mailbox {
+                    map,
+                    address: MailboxAddress { phys, token },
+                });
+            }
+            if set_aside.len() + 1 >= OPEN_TRIES {
+                return Err(MailboxError::Unreachable(page));
+            }
+            set_aside.push(map);
         }
-        Ok(Mailbox {
-            map,
-            address: MailboxAddress { phys, token },
-        })
     }
 
     /// Where the next kernel finds it.
