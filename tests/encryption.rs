@@ -598,6 +598,60 @@ fn the_default_kdf_fits_a_small_kernel() {
     }
 }
 
+/// An Argon2id cost above what every reader accepts is refused by the
+/// writer, saying the limit and why, before anything is written: at 200
+/// MiB a 256 MiB restore kernel could not derive the key.
+#[test]
+fn capture_refuses_a_kdf_memory_cost_readers_refuse() {
+    let dir = TempDir::new("enc-kdf-cap");
+    let mem = dir.path("memory");
+    std::fs::write(&mem, fixture::memory()).unwrap();
+    let passf = dir.path("pass");
+    std::fs::write(&passf, "hunter2 but longer\n").unwrap();
+    let img = dir.path("img");
+    let Run {
+        code, stderr: err, ..
+    } = kjump::<Arg>(&[
+        &"capture",
+        &"--source",
+        &mem,
+        &"--target",
+        &img,
+        &"--ranges",
+        &fixture::RANGES_ARG,
+        &"--passphrase-file",
+        &passf,
+        &"--kdf-memory-mib",
+        &"200",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("200 MiB is more than the 128 MiB a restore kernel in a 256 MiB crashkernel region can always spare"),
+        "{err}"
+    );
+    assert!(!img.exists(), "nothing is written");
+    // The library refuses it too: an image no reader could open.
+    let secret = Secret::passphrase(b"hunter2 but longer".to_vec()).unwrap();
+    let kdf = Kdf::Argon2id {
+        memory_kib: 200 * 1024,
+        iterations: 1,
+        lanes: 1,
+    };
+    let (src, meta) = fixture::source(&mem);
+    let target = Target::open(&img).unwrap();
+    let enc = Encryption {
+        secret: &secret,
+        kdf,
+    };
+    let err =
+        capture_encrypted(&src, &target, &meta, &fixture::options([5; 16]), &enc).unwrap_err();
+    assert!(
+        kjump_sys::error_chain(&err).contains("argon2 memory cost (KiB)"),
+        "{}",
+        kjump_sys::error_chain(&err)
+    );
+}
+
 /// `--passphrase` asks on the terminal, with echo off: through a pseudo
 /// terminal (util-linux `script`), a capture asks twice and a verify once;
 /// a wrong passphrase is refused with exit 2 and the passphrase is never

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::tempdir::TempDir;
+use kjump_image_format::crypto::DEFAULT_KDF;
 use kjump_image_format::{Kdf, Secret};
 use kjump_image_format::{MemoryMap, Metadata, PhysAddr, PhysRange, Superblock};
 use kjump_jump::resume::{check, ResumeError, DEFAULT_MAX_ATTEMPTS};
@@ -23,12 +24,12 @@ fn image(dir: &TempDir, name: &str, region: Option<&str>) -> std::path::PathBuf 
     image_sealed(dir, name, region, None)
 }
 
-/// [`image`], encrypted under `key` when one is given.
-fn image_sealed(
+/// [`image`], encrypted when `key` gives a secret and its derivation.
+fn image_kdf_opt(
     dir: &TempDir,
     name: &str,
     region: Option<&str>,
-    key: Option<&Secret>,
+    key: Option<(&Secret, Kdf)>,
 ) -> std::path::PathBuf {
     let mem: Vec<u8> = (0..0x24_0000u32).map(|i| (i / 4096 % 7) as u8).collect();
     std::fs::write(dir.path("mem"), &mem).unwrap();
@@ -45,15 +46,33 @@ fn image_sealed(
     let target = Target::open(&path).unwrap();
     match key {
         None => capture(&source, &target, &meta, &CaptureOptions::new()).unwrap(),
-        Some(secret) => {
-            let enc = Encryption {
-                secret,
-                kdf: Kdf::KeyFile,
-            };
+        Some((secret, kdf)) => {
+            let enc = Encryption { secret, kdf };
             capture_encrypted(&source, &target, &meta, &CaptureOptions::new(), &enc).unwrap()
         }
     };
     path
+}
+
+/// [`image`], encrypted under `key` when one is given.
+fn image_sealed(
+    dir: &TempDir,
+    name: &str,
+    region: Option<&str>,
+    key: Option<&Secret>,
+) -> std::path::PathBuf {
+    image_kdf_opt(dir, name, region, key.map(|k| (k, Kdf::KeyFile)))
+}
+
+/// [`image`], encrypted under `secret` whose key derivation is `kdf`.
+fn image_kdf(
+    dir: &TempDir,
+    name: &str,
+    region: Option<&str>,
+    secret: &Secret,
+    kdf: Kdf,
+) -> std::path::PathBuf {
+    image_kdf_opt(dir, name, region, Some((secret, kdf)))
 }
 
 fn nothing(path: &Path, iomem: &str) -> String {
@@ -73,7 +92,7 @@ fn refused(path: &Path, iomem: &str) -> String {
 #[test]
 fn a_whole_image_on_the_same_layout_is_resumed() {
     let dir = TempDir::new("resume-ok");
-    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let img = image(&dir, "img", Some("0x10000000-0x1fffffff"));
     let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
         .unwrap()
         .unwrap();
@@ -81,7 +100,7 @@ fn a_whole_image_on_the_same_layout_is_resumed() {
     assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
     let args = plan.memmap_args();
     assert!(
-        args.contains(&"memmap=0xf00000@0x1000000".to_string()),
+        args.contains(&"memmap=0xff00000@0x10000000".to_string()),
         "{args:?}"
     );
     assert!(
@@ -96,7 +115,7 @@ fn nothing_to_resume_lets_the_boot_continue() {
     std::fs::write(dir.path("zeros"), vec![0u8; 8192]).unwrap();
     assert!(nothing(&dir.path("zeros"), IOMEM).contains("no kjump image"));
     assert!(nothing(&dir.path("absent"), IOMEM).contains("cannot open"));
-    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let img = image(&dir, "img", Some("0x10000000-0x1fffffff"));
     let mut bytes = std::fs::read(&img).unwrap();
     bytes[..4096].copy_from_slice(&Superblock::writing([3; 16], 1).encode());
     std::fs::write(dir.path("incomplete"), &bytes).unwrap();
@@ -113,7 +132,7 @@ fn nothing_to_resume_lets_the_boot_continue() {
 #[test]
 fn bad_images_and_changed_machines_are_refused() {
     let dir = TempDir::new("resume-refuse");
-    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let img = image(&dir, "img", Some("0x10000000-0x1fffffff"));
     // R0 checks the structures around the chunks, the index among them...
     let f = std::fs::File::open(&img).unwrap();
     let opened = kjump_image_format::Image::open(&f).unwrap();
@@ -147,7 +166,7 @@ fn bad_images_and_changed_machines_are_refused() {
         &img,
         "00100000-00ffffff : System RAM\n00200000-00ffffff : System RAM\n",
     );
-    assert!(why.contains("lacks 0x1000000-0x1ffffff"), "{why}");
+    assert!(why.contains("lacks 0x10000000-0x1fffffff"), "{why}");
     let no_region = image(&dir, "noregion", None);
     assert!(refused(&no_region, IOMEM).contains("records no capture region"));
     let inside = image(&dir, "inside", Some("0x100000-0x1ffffff"));
@@ -158,7 +177,7 @@ fn bad_images_and_changed_machines_are_refused() {
 fn an_encrypted_image_is_judged_without_its_key() {
     let dir = TempDir::new("resume-sealed");
     let key = Secret::key_file(vec![0x5a; 32]).unwrap();
-    let img = image_sealed(&dir, "img", Some("0x1000000-0x1ffffff"), Some(&key));
+    let img = image_sealed(&dir, "img", Some("0x10000000-0x1fffffff"), Some(&key));
     // The same plan as for a plain image, from the resume record; the
     // kernel release is sealed, so R0 does not know it.
     let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
@@ -166,7 +185,7 @@ fn an_encrypted_image_is_judged_without_its_key() {
         .unwrap();
     assert_eq!(release, "");
     assert_eq!(plan.ram_list(), "0x100000-0x13ffff,0x200000-0x23ffff");
-    assert_eq!(plan.region.to_string(), "0x1000000-0x1ffffff");
+    assert_eq!(plan.region.to_string(), "0x10000000-0x1fffffff");
     // The same refusals.
     let small = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n";
     assert!(refused(&img, small).contains("lacks 0x200000-0x23ffff"));
@@ -175,12 +194,43 @@ fn an_encrypted_image_is_judged_without_its_key() {
     // A damaged resume record is refused by its CRC, without the key.
     let mut bytes = std::fs::read(&img).unwrap();
     let at = bytes
-        .windows(19)
-        .position(|w| w == b"0x1000000-0x1ffffff")
+        .windows(21)
+        .position(|w| w == b"0x10000000-0x1fffffff")
         .expect("the region in the clear");
     bytes[at + 3] ^= 1;
     std::fs::write(dir.path("flipped"), &bytes).unwrap();
     assert!(refused(&dir.path("flipped"), IOMEM).contains("metadata"));
+}
+
+/// A capture region too small for the restore kernel, its key derivation,
+/// the image's index and the restore buffers is refused before R is
+/// loaded, saying what crashkernel= to boot with: R would otherwise run out
+/// of memory as PID 1. A passphrase's Argon2 memory counts.
+#[test]
+fn a_region_too_small_for_the_restore_kernel_is_refused_up_front() {
+    let dir = TempDir::new("resume-region");
+    // 64 MiB: not even the restore kernel's own image and initramfs.
+    let img = image(&dir, "small", Some("0x10000000-0x13ffffff"));
+    let why = refused(&img, IOMEM);
+    assert!(
+        why.contains("the crashkernel region 0x10000000-0x13ffffff holds 64 MiB")
+            && why.contains("boot with crashkernel="),
+        "{why}"
+    );
+    // 176 MiB: enough for a plain image, not with 64 MiB of Argon2id.
+    let region = "0x10000000-0x1affffff";
+    let plain = image(&dir, "plain", Some(region));
+    assert!(check(&plain, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+        .unwrap()
+        .is_ok());
+    let pass = Secret::passphrase(b"correct horse".to_vec()).unwrap();
+    let sealed = image_kdf(&dir, "sealed", Some(region), &pass, DEFAULT_KDF);
+    let why = refused(&sealed, IOMEM);
+    assert!(
+        why.contains("key derivation 64 MiB") && why.contains("holds 176 MiB"),
+        "{why}"
+    );
+    assert!(why.ends_with("boot with crashkernel=256M"), "{why}");
 }
 
 /// The restore record: restores begun count against a limit, and an image
@@ -189,7 +239,7 @@ fn an_encrypted_image_is_judged_without_its_key() {
 fn unfinished_and_failed_restores_are_refused_with_their_record() {
     use kjump_image_format::{FailureText, ImageState};
     let dir = TempDir::new("resume-record");
-    let img = image(&dir, "img", Some("0x1000000-0x1ffffff"));
+    let img = image(&dir, "img", Some("0x10000000-0x1fffffff"));
     let place = kjump_sys::Place::locate(&img, None).unwrap();
     let superblock = || {
         let f = std::fs::File::open(&img).unwrap();

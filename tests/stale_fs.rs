@@ -33,7 +33,7 @@ fn image_with_fingerprint(dir: &TempDir, dev: &Path) -> PathBuf {
     let mut meta = source.metadata();
     meta.jump_back_entry = Some(0x1000);
     meta.extra
-        .push(("region".into(), "0x1000000-0x1ffffff".into()));
+        .push(("region".into(), "0x10000000-0x1fffffff".into()));
     let fp = fsguard::fingerprint(dev).unwrap();
     assert!(fp.starts_with("ext wtime="), "{fp}");
     meta.extra

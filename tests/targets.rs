@@ -49,7 +49,7 @@ fn capture(mem: &Path, target: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
         &"--jump-back-entry",
         &"0x1000",
         &"--meta",
-        &"region=0x1000000-0x1ffffff",
+        &"region=0x10000000-0x1fffffff",
         &"--target",
     ];
     args.extend_from_slice(target);

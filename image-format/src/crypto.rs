@@ -27,9 +27,15 @@ use crate::le::{put_u32, put_u64, u32_at};
 pub const SALT_SIZE: usize = area::SALT_LEN;
 /// Shortest key file accepted: 256 bits.
 pub const MIN_KEY_FILE_LEN: usize = 32;
-/// Largest Argon2 memory cost a reader accepts: it must fit the 256 MiB
-/// capture and restore kernels.
-pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
+/// Largest Argon2 memory cost a reader accepts: half of the smallest
+/// crashkernel region kjump documents (256 MiB), so that a restore kernel
+/// there can always derive the key. The other half holds the kernel's
+/// image, its initramfs and its boot allocations (40 to 50 MiB of them
+/// measured for the capture kernel, `kjump check`) with room to spare. An
+/// unauthenticated superblock chooses this cost: at 256 MiB, the old
+/// cap, it asked for the whole region (out of memory in PID 1, a kernel
+/// panic, a boot loop).
+pub const MAX_KDF_MEMORY_KIB: u32 = 128 * 1024;
 /// Most Argon2 passes a reader accepts (bounds the time an image can cost).
 pub const MAX_KDF_ITERATIONS: u32 = 64;
 /// Most Argon2 lanes a reader accepts.
@@ -93,6 +99,21 @@ pub enum Kdf {
 }
 
 impl Kdf {
+    /// Refuses costs a reader would refuse ([`MAX_KDF_MEMORY_KIB`],
+    /// [`MAX_KDF_ITERATIONS`], [`MAX_KDF_LANES`], or what Argon2 itself
+    /// refuses): a writer checks this before it seals an image nobody
+    /// could open.
+    pub fn check_costs(&self) -> Result<(), FormatError> {
+        match *self {
+            Kdf::KeyFile => Ok(()),
+            Kdf::Argon2id {
+                memory_kib,
+                iterations,
+                lanes,
+            } => check_argon2_costs(memory_kib, iterations, lanes),
+        }
+    }
+
     /// How `kjump info` names it.
     pub fn describe(&self) -> String {
         match self {
@@ -530,6 +551,57 @@ mod tests {
         let other = ImageKeys::derive(&s, &Kdf::KeyFile, &[1; SALT_SIZE], &[4; 16]).unwrap();
         assert!(open(Nonce::Chunk(5), b"aad", &other).is_none());
     }
+    /// A crypto area holding these Argon2id costs, as a writer encodes it.
+    fn area_with(memory_kib: u32, iterations: u32, lanes: u32) -> Vec<u8> {
+        let mut b = vec![0u8; area::RESUME_RECORD_LEN + 4];
+        CryptoParams {
+            kdf: Kdf::Argon2id {
+                memory_kib,
+                iterations,
+                lanes,
+            },
+            salt: [0; SALT_SIZE],
+            check: [0; 32],
+            seal: [0; 32],
+            resume_record_len: 0,
+        }
+        .encode_into(&mut b);
+        b
+    }
+
+    #[test]
+    fn argon2_costs_a_small_restore_kernel_cannot_pay_are_refused() {
+        assert_eq!(MAX_KDF_MEMORY_KIB, 128 * 1024);
+        let at_cap = area_with(MAX_KDF_MEMORY_KIB, MAX_KDF_ITERATIONS, MAX_KDF_LANES);
+        assert!(CryptoParams::decode_from(&at_cap).is_ok());
+        // 192 MiB: three quarters of a 256 MiB region, accepted before.
+        let over = area_with(192 * 1024, 3, 1);
+        match CryptoParams::decode_from(&over) {
+            Err(FormatError::TooLarge {
+                what,
+                offset,
+                value,
+                limit,
+            }) => {
+                assert_eq!(what, "argon2 memory cost (KiB)");
+                assert_eq!(offset, ImageOffset(area::MEMORY as u64));
+                assert_eq!((value, limit), (192 * 1024, 128 * 1024));
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let kdf = Kdf::Argon2id {
+            memory_kib: MAX_KDF_MEMORY_KIB + 1,
+            iterations: 1,
+            lanes: 1,
+        };
+        assert!(matches!(
+            kdf.check_costs(),
+            Err(FormatError::TooLarge { .. })
+        ));
+        assert!(DEFAULT_KDF.check_costs().is_ok());
+        assert!(Kdf::KeyFile.check_costs().is_ok());
+    }
+
     #[test]
     fn wrong_secrets_are_refused_by_the_check_value() {
         let uuid = [9; 16];

@@ -94,6 +94,13 @@ pub(crate) fn restore_secret(
     let crypto = sb
         .crypto
         .ok_or_else(|| SecretSourceError::NotEncrypted(place.describe()))?;
+    // Before a key is derived: Argon2 out of memory in PID 1 is a panic.
+    kjump_restorer::restore::check_kdf_memory(
+        &place.describe(),
+        Some(&crypto.kdf),
+        kjump_sys::freemem::MemInfo::spare(),
+        Some(manifest.region),
+    )?;
     let open = |secret: Secret| unlock(secret, &crypto, &sb.uuid);
     match (&manifest.key_source, kind) {
         (KeySource::Device { device, size }, SecretKind::KeyFile) => {

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use zeroize::{Zeroize, Zeroizing};
+
 const MAGIC: &[u8; 6] = b"070701";
 const HEADER_LEN: usize = 110;
 const TRAILER: &str = "TRAILER!!!";
@@ -69,11 +71,25 @@ pub enum CpioError {
     },
 }
 
-/// An archive being assembled.
+/// An archive being assembled. Its files may hold an encrypted image's
+/// key or passphrase (the initramfs of a capture or restore kernel): their
+/// contents are wiped when the archive is dropped ([`Kind`]'s drop).
 #[derive(Clone, Debug, Default)]
 pub struct Archive {
     entries: BTreeMap<String, Entry>,
 }
+
+/// A file's contents are wiped when its entry is dropped: with the
+/// archive, and also when [`Archive::add`] refuses or replaces it.
+impl Drop for Kind {
+    fn drop(&mut self) {
+        if let Kind::File(data) = self {
+            data.zeroize();
+        }
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Kind {}
 
 fn check_path(path: &str) -> Result<(), CpioError> {
     let bad = path.is_empty()
@@ -141,9 +157,18 @@ impl Archive {
         self.entries.iter().map(|(p, e)| (p.as_str(), e))
     }
 
-    /// The archive bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+    /// The archive bytes, wiped on drop. The buffer is reserved at its
+    /// exact size up front, so it never grows: a growing buffer would leave
+    /// copies of the files written so far (a key among them) in the memory
+    /// it frees.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let len = self
+            .entries
+            .iter()
+            .map(|(path, e)| entry_len(path, e.kind.data().len()))
+            .sum::<usize>()
+            + entry_len(TRAILER, 0);
+        let mut out = Zeroizing::new(Vec::with_capacity(len));
         for (ino, (path, e)) in self.entries.iter().enumerate() {
             let (type_bits, data, rdev): (u32, &[u8], (u32, u32)) = match &e.kind {
                 Kind::Dir => (S_IFDIR, &[], (0, 0)),
@@ -163,8 +188,25 @@ impl Archive {
             );
         }
         push_entry(&mut out, 0, 0, 1, (0, 0), TRAILER, &[]);
+        debug_assert_eq!((out.len(), out.capacity()), (len, len));
         out
     }
+}
+
+impl Kind {
+    /// The bytes an entry of this kind carries in the archive.
+    fn data(&self) -> &[u8] {
+        match self {
+            Kind::File(d) => d,
+            Kind::Symlink(t) => t.as_bytes(),
+            Kind::Dir | Kind::CharDev(..) => &[],
+        }
+    }
+}
+
+/// Bytes [`push_entry`] writes for `name` with `data_len` bytes of data.
+fn entry_len(name: &str, data_len: usize) -> usize {
+    (HEADER_LEN + name.len() + 1).next_multiple_of(4) + data_len.next_multiple_of(4)
 }
 
 fn pad4(out: &mut Vec<u8>) {
@@ -282,6 +324,29 @@ mod tests {
         a.add("etc/kjump/manifest", 0o644, Kind::File(b"x=1\n".to_vec()))
             .unwrap();
         a
+    }
+
+    /// File contents, a key among them, are wiped when their entry is
+    /// dropped: this fails to compile if `Kind` stops doing so.
+    const _: () = {
+        const fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<Kind>()
+    };
+
+    /// The archive buffer is reserved whole and never grows, so no freed
+    /// smaller buffer keeps a copy of a key written before a large file;
+    /// it is a wiped-on-drop buffer.
+    #[test]
+    fn the_archive_buffer_never_grows_past_its_reservation() {
+        let mut a = sample();
+        a.add("etc/kjump/secret", 0o600, Kind::File(vec![0xa5; 33]))
+            .unwrap();
+        a.add("kjump", 0o755, Kind::File(vec![7; 3 << 20])).unwrap();
+        a.add("z/link", 0o777, Kind::Symlink("../kjump".into()))
+            .unwrap();
+        let b: Zeroizing<Vec<u8>> = a.to_bytes();
+        assert_eq!(b.capacity(), b.len());
+        assert_eq!(read(&b).unwrap().len(), a.entries().count());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod cpio;
 
 use cpio::{Archive, CpioError, Kind};
+use zeroize::Zeroizing;
 
 /// Why an initramfs could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +43,22 @@ pub struct ExtraFile {
 /// The skeleton every kjump initramfs has: `/init` (the static kjump
 /// binary), the console node the kernel opens before running it, and the
 /// mount points /init uses. Extra files follow; their modes are kept.
-pub fn build(init: &std::path::Path, extra: &[ExtraFile]) -> Result<Vec<u8>, InitramfsError> {
-    build_with(init, extra, &[])
+pub fn build(
+    init: &std::path::Path,
+    extra: &[ExtraFile],
+) -> Result<Zeroizing<Vec<u8>>, InitramfsError> {
+    build_with(init, extra, Vec::new())
 }
 
 /// [`build`], plus files generated in memory: `(path, mode, contents)`.
+/// The contents are moved into the archive, not copied, and wiped with it
+/// (an encrypted image's secret is one of them); the archive bytes are
+/// wiped when the caller drops them.
 pub fn build_with(
     init: &std::path::Path,
     extra: &[ExtraFile],
-    generated: &[(&str, u32, Vec<u8>)],
-) -> Result<Vec<u8>, InitramfsError> {
+    generated: Vec<(&str, u32, Vec<u8>)>,
+) -> Result<Zeroizing<Vec<u8>>, InitramfsError> {
     use std::os::unix::fs::PermissionsExt;
     let read = |p: &std::path::Path| {
         let data = std::fs::read(p).map_err(|source| InitramfsError::Read {
@@ -73,7 +80,7 @@ pub fn build_with(
         a.add(f.dest.trim_start_matches('/'), mode, Kind::File(data))?;
     }
     for (path, mode, data) in generated {
-        a.add(path, *mode, Kind::File(data.clone()))?;
+        a.add(path, mode, Kind::File(data))?;
     }
     Ok(a.to_bytes())
 }

@@ -10,7 +10,8 @@ use kjump_handoff::manifest::{Manifest, Mode, SecretKind};
 use kjump_handoff::plan::JumpPlan;
 use kjump_handoff::uuid::Uuid;
 use kjump_handoff::{error_chain, fsguard, kernel_name};
-use kjump_image_format::{FormatError, ImageState, Secret};
+use kjump_image_format::crypto::DEFAULT_KDF;
+use kjump_image_format::{FormatError, ImageState, Kdf, Secret};
 use kjump_initramfs::ExtraFile;
 use kjump_sys::freemem::free_memory;
 use kjump_sys::kexec::KexecError;
@@ -73,15 +74,19 @@ pub struct HibernateOptions {
 }
 
 impl HibernateOptions {
-    /// What the preflight checks; `encrypted` since the secret is taken
-    /// out of the options before.
-    fn given(&self, encrypted: bool) -> Given<'_> {
+    /// What the preflight checks; `secret` since it is taken out of the
+    /// options before. The capture kernel derives a passphrase's key with
+    /// [`DEFAULT_KDF`] (init's capture step), a key file's with HKDF.
+    fn given(&self, secret: Option<&Secret>) -> Given<'_> {
         Given {
             target: &self.target,
             kernel: &self.kernel,
             kexec: &self.kexec,
             dry_run: self.dry_run,
-            encrypted,
+            sealed: secret.map(|s| match s {
+                Secret::KeyFile(_) => Kdf::KeyFile,
+                Secret::Passphrase(_) => DEFAULT_KDF,
+            }),
             force: self.force,
         }
     }
@@ -135,7 +140,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let opts = &*opts;
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?).map_err(PreflightError::from)?;
     let release = read("/proc/sys/kernel/osrelease")?.trim().to_string();
-    let place = preflight(opts.given(secret.is_some()), &plan, &release)?;
+    let place = preflight(opts.given(secret.as_ref()), &plan, &release)?;
     let a_cmdline = read("/proc/cmdline")?;
     let mut next = NextKernel::new(
         Role::Capture,

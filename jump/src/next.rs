@@ -11,8 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
-use zeroize::Zeroizing;
-
 use kjump_handoff::mailbox::{Mailbox, Report};
 use kjump_handoff::manifest::{KeySource, Manifest, Mode};
 use kjump_handoff::plan::JumpPlan;
@@ -153,15 +151,13 @@ impl KexecLoad<'_> {
             0o644,
             manifest.encode().into_bytes(),
         )];
+        let _secret_pages = secret.and_then(keep_in_ram);
         if let Some(s) = secret {
+            // Moved into the archive, which wipes it.
             generated.push((SECRET_PATH, 0o600, s.to_vec()));
         }
-        let built = kjump_initramfs::build_with(&exe, extra, &generated);
-        // The secret's copy in `generated`.
-        for (_, _, bytes) in &mut generated {
-            zeroize::Zeroize::zeroize(bytes);
-        }
-        let initrd = Zeroizing::new(built?);
+        let initrd = kjump_initramfs::build_with(&exe, extra, generated)?;
+        let initrd_pages = secret.and_then(|_| keep_in_ram(&initrd));
         let file =
             MemFile::with_contents(c"kjump-initramfs", &initrd).map_err(LoadError::MemFile)?;
         // The child inherits the descriptor and reads it through
@@ -170,6 +166,9 @@ impl KexecLoad<'_> {
             .args(self.args(&file.child_path()))
             .output();
         file.wipe();
+        // Wiped before its pages are unlocked.
+        drop(initrd);
+        drop(initrd_pages);
         let out = out.map_err(|source| LoadError::Spawn {
             kexec: self.kexec.to_path_buf(),
             source,
@@ -190,6 +189,17 @@ impl KexecLoad<'_> {
     pub fn unload(&self) {
         let _ = Command::new(self.kexec).arg("-u").output();
     }
+}
+
+/// Locks the pages of a buffer holding a secret in RAM and out of core
+/// dumps until the guard is dropped; where the kernel refuses (no
+/// CAP_IPC_LOCK, RLIMIT_MEMLOCK), says so and goes on: the buffer is still
+/// wiped, only a copy may reach swap.
+fn keep_in_ram(buf: &[u8]) -> Option<kjump_sys::secmem::Locked> {
+    kjump_sys::secmem::lock(buf)
+        .inspect_err(|e| println!("note: {}; going on", error_chain(e)))
+        .ok()
+        .flatten()
 }
 
 /// The next kernel: a capture or restore kernel confined to a jump plan's

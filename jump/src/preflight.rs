@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use kjump_handoff::plan::{JumpPlan, PlanError};
-use kjump_image_format::{worst_case_len, MemoryMap, Metadata, Placement};
+use kjump_image_format::{
+    chunk_count, worst_case_len, Kdf, Layout, MemoryMap, Metadata, MetadataSection, Placement,
+};
+use kjump_restorer::budget::{RegionTooSmall, RestoreMemory};
 use kjump_sys::freemem::{FreeMemError, MemInfo};
 use kjump_sys::kexec::{self, KexecError};
 use kjump_sys::swap::{shortfall, SwapArea};
@@ -22,9 +25,10 @@ pub struct Given<'a> {
     pub kexec: &'a Path,
     /// Only print what would be done: change nothing.
     pub dry_run: bool,
-    /// The image will be encrypted (--encrypt): sealed chunks and metadata
-    /// take more room than plain ones.
-    pub encrypted: bool,
+    /// The key derivation when the image will be encrypted (--encrypt):
+    /// sealed chunks and metadata take more room than plain ones, and the
+    /// restore kernel derives the key in its region.
+    pub sealed: Option<Kdf>,
     /// Write over a target that holds data kjump did not write (--force).
     pub force: bool,
 }
@@ -80,6 +84,18 @@ pub enum PreflightError {
         worst: u64,
         /// The worst case is an encrypted image's.
         encrypted: bool,
+    },
+    /// The crashkernel region is too small for the restore kernel to
+    /// resume an image of this machine's RAM.
+    #[error("the restore kernel could not resume an image of this machine's {} MiB of RAM{}", .ram >> 20, if *.encrypted { " encrypted" } else { "" })]
+    RestoreRegion {
+        /// Bytes of RAM to save.
+        ram: u64,
+        /// The image would be encrypted.
+        encrypted: bool,
+        /// What the restore kernel needs against the region.
+        #[source]
+        source: RegionTooSmall,
     },
     /// An active swap target whose pages do not fit in RAM.
     #[error("{} is an active swap area holding {} MiB of swapped-out pages; swapping it off needs that much RAM and a margin for the kernel, and {} MiB is available: {} MiB is missing (close programs, or hibernate to another target)", .device.display(), .used >> 20, .available >> 20, .missing.div_ceil(1 << 20))]
@@ -151,11 +167,14 @@ pub(crate) fn preflight(
     if !opts.kexec.is_file() && which(opts.kexec).is_none() {
         return Err(PreflightError::NoKexec(opts.kexec.to_path_buf()));
     }
-    let worst = worst_case(&plan.saved, opts.encrypted);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    check_restore_region(plan, opts.sealed.as_ref(), threads)?;
+    let encrypted = opts.sealed.is_some();
+    let worst = worst_case(&plan.saved, encrypted);
     let (place, capacity) = target_place(opts, worst)?;
     match capacity {
         Some(capacity) => {
-            check_room(&place.describe(), capacity, &plan.saved, opts.encrypted).map(|()| place)
+            check_room(&place.describe(), capacity, &plan.saved, encrypted).map(|()| place)
         }
         None => Ok(place),
     }
@@ -169,6 +188,47 @@ fn worst_case(saved: &MemoryMap, encrypted: bool) -> u64 {
         ..Metadata::default()
     };
     worst_case_len(&metadata, encrypted).unwrap_or(u64::MAX)
+}
+
+/// Bytes of metadata an image holds besides its ranges: the kernel
+/// release, the capture region, the jump-back entry, one fingerprint per
+/// mounted filesystem and the free-form records. A few KiB in practice; a
+/// bound with a wide margin.
+const OTHER_RECORDS_BOUND: u64 = 64 << 10;
+
+/// What the restore kernel will hold to restore an image of the RAM
+/// `saved`, sealed with `kdf` (`None`: plain), on `threads` threads: the
+/// layout such an image has (its chunk count, its metadata within a bound).
+fn restore_memory(saved: &MemoryMap, kdf: Option<&Kdf>, threads: usize) -> RestoreMemory {
+    let metadata = Metadata {
+        ranges: saved.clone(),
+        ..Metadata::default()
+    };
+    let layout = Layout {
+        chunk_count: chunk_count(saved),
+        metadata_len: MetadataSection::len_of(&metadata, kdf.is_some())
+            .saturating_add(OTHER_RECORDS_BOUND),
+        ..Layout::default()
+    };
+    RestoreMemory::of(&layout, kdf, threads)
+}
+
+/// Refuses, before anything is changed, a machine whose crashkernel region
+/// cannot hold the restore kernel and what it needs for an image of this
+/// RAM: `kjump resume` would refuse the image after the hibernation, and
+/// the session it saved would be lost.
+fn check_restore_region(
+    plan: &JumpPlan,
+    kdf: Option<&Kdf>,
+    threads: usize,
+) -> Result<(), PreflightError> {
+    restore_memory(&plan.saved, kdf, threads)
+        .check_region(plan.region)
+        .map_err(|source| PreflightError::RestoreRegion {
+            ram: plan.saved.total_bytes(),
+            encrypted: kdf.is_some(),
+            source,
+        })
 }
 
 /// Refuses a target (`place`, `capacity` bytes) too small for the worst
@@ -272,7 +332,8 @@ fn which(name: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kjump_image_format::{PhysAddr, PhysRange};
+    use kjump_image_format::crypto::DEFAULT_KDF;
+    use kjump_image_format::{Image, PhysAddr, PhysRange};
 
     #[test]
     fn a_target_with_room_for_a_plain_image_only_is_refused_when_encrypted() {
@@ -310,6 +371,88 @@ mod tests {
                 .ends_with(&format!("can take up to {plain} bytes")),
             "{err}"
         );
+    }
+
+    fn plan(saved_gib: u64, region_mib: u64) -> JumpPlan {
+        let r = |a, len| PhysRange::from_start_len(PhysAddr(a), len).unwrap();
+        let saved =
+            MemoryMap::from_sorted(vec![r(0x1000, 0x9e000), r(0x1_0000_0000, saved_gib << 30)])
+                .unwrap();
+        JumpPlan {
+            region: r(0x1000_0000, region_mib << 20),
+            saved,
+        }
+    }
+
+    #[test]
+    fn the_restore_memory_counts_the_chunks_metadata_kdf_and_buffers() {
+        let p = plan(16, 256);
+        let m = restore_memory(&p.saved, Some(&DEFAULT_KDF), 4);
+        // 16 GiB and 632 KiB of RAM: at least 65536 whole chunks and one
+        // more (the format splits a chunk where it must).
+        let chunks = chunk_count(&p.saved);
+        assert!((65_537..65_600).contains(&chunks), "{chunks}");
+        let per_chunk = Image::memory_needed(&Layout {
+            chunk_count: 1,
+            ..Layout::default()
+        });
+        let index = m.index / 2 - chunks * per_chunk;
+        assert!(
+            index > OTHER_RECORDS_BOUND && index < OTHER_RECORDS_BOUND + 4096,
+            "metadata bound {index}"
+        );
+        assert_eq!(m.kdf, 64 << 20);
+        assert_eq!(m.pass, kjump_restorer::scan::pass_memory(4));
+        let plain = restore_memory(&p.saved, None, 4);
+        assert_eq!(plain.kdf, 0);
+        assert!(plain.index < m.index, "a sealed section is longer");
+    }
+
+    #[test]
+    fn a_region_too_small_for_the_restore_kernel_is_refused_with_the_size_it_needs() {
+        check_restore_region(&plan(16, 256), Some(&DEFAULT_KDF), 4).unwrap();
+        check_restore_region(&plan(16, 192), None, 4).unwrap();
+        // 192 MiB holds a plain image's restore, not one with 64 MiB of
+        // Argon2id.
+        let err = check_restore_region(&plan(16, 192), Some(&DEFAULT_KDF), 4).unwrap_err();
+        let PreflightError::RestoreRegion {
+            ram,
+            encrypted,
+            source,
+        } = &err
+        else {
+            panic!("not RestoreRegion: {err:?}");
+        };
+        assert_eq!(*ram, (16 << 30) + 0x9e000);
+        assert!(*encrypted);
+        assert!(source.needs.region_needed() > 192 << 20);
+        let text = kjump_sys::error_chain(&err);
+        assert!(
+            text.starts_with(
+                "the restore kernel could not resume an image of this machine's 16384 MiB of RAM encrypted: "
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("boot with crashkernel=256M"), "{text}");
+        // 1 TiB of RAM: the index alone outgrows 256 MiB.
+        let err = check_restore_region(&plan(1024, 256), None, 4).unwrap_err();
+        let text = kjump_sys::error_chain(&err);
+        let want = err_needs(&err);
+        assert!(want > 256, "{text}");
+        assert!(
+            text.ends_with(&format!("boot with crashkernel={want}M")),
+            "{text}"
+        );
+    }
+
+    /// The crashkernel= size in MiB a refusal asks for.
+    fn err_needs(err: &PreflightError) -> u64 {
+        match err {
+            PreflightError::RestoreRegion { source, .. } => {
+                kjump_restorer::budget::crashkernel_mib(source.needs.region_needed())
+            }
+            other => panic!("not RestoreRegion: {other:?}"),
+        }
     }
 
     #[test]

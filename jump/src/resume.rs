@@ -27,6 +27,7 @@ use kjump_image_format::{
     CryptoParams, FormatError, Image, ImageKeys, ImageState, Kdf, MemoryMap, Metadata, PhysRange,
     Placement, Secret, SecretError, Superblock,
 };
+use kjump_restorer::budget::{RegionTooSmall, RestoreMemory};
 use kjump_sys::kexec::KexecError;
 use kjump_sys::ranges::{self, RangesError};
 use kjump_sys::{Place, PlaceError, PlaceReader};
@@ -125,6 +126,10 @@ pub enum Refusal {
     /// Saved RAM where R would run.
     #[error("the image's ranges overlap the restore kernel's memory")]
     Overlap,
+    /// The capture region cannot hold the restore kernel and what it needs
+    /// for this image.
+    #[error(transparent)]
+    RegionTooSmall(#[from] RegionTooSmall),
     /// A filesystem written since the hibernation.
     #[error("{0} (boot normally; --force-stale-filesystems resumes anyway)")]
     StaleFilesystem(Change),
@@ -283,6 +288,7 @@ fn examine(
     }
     let (meta, release) = resume_record(&file, sb.crypto.is_some()).map_err(refused)?;
     let plan = plan_of(&meta, iomem).map_err(refused)?;
+    fits_region(&sb, &plan).map_err(refused)?;
     check_filesystems(&meta, force_stale).map_err(refused)?;
     Ok(Ok(Found {
         plan,
@@ -373,6 +379,19 @@ fn plan_of(meta: &Metadata, iomem: &str) -> Result<JumpPlan, Refusal> {
         region,
         saved: meta.ranges.clone(),
     })
+}
+
+/// Refuses, before R is loaded, an image that R could not restore in
+/// `plan`'s region: its key derivation, its open index and the restore's
+/// buffers on as many threads as this machine has CPUs (R runs on them
+/// all), besides R's own kernel and initramfs. R would refuse it too, or
+/// run out of memory as PID 1; here the reason reaches the normal boot's
+/// log.
+fn fits_region(sb: &Superblock, plan: &JumpPlan) -> Result<(), Refusal> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kdf = sb.crypto.map(|c| c.kdf);
+    RestoreMemory::of(&sb.layout, kdf.as_ref(), threads).check_region(plan.region)?;
+    Ok(())
 }
 
 /// The stale-filesystem guard: refuses when a filesystem the saved kernel

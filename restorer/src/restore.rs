@@ -13,13 +13,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{
-    FailureText, Image, ImageState, MemoryMap, PhysRange, ReadAt, Secret, Superblock, PAGE_SIZE,
+    FailureText, Image, ImageState, Kdf, MemoryMap, PhysRange, ReadAt, Secret, Superblock,
+    PAGE_SIZE,
 };
 use kjump_sys::physmem::{PhysMem, PhysMemError};
 use kjump_sys::progress::Progress;
 use kjump_sys::{Place, PlaceError, Target, TargetError};
 
+use crate::budget::{check_kdf, KdfTooCostly};
 use crate::scan::{pass_memory, scan_chunks_at, ScanError, Stopped};
 
 /// Why a restore refused or failed.
@@ -70,6 +73,16 @@ pub enum RestoreError {
     NoEntry {
         /// The image.
         path: String,
+    },
+    /// The image's key derivation needs more memory than this kernel has
+    /// to spare; refused before the key is derived.
+    #[error("image {path} cannot be opened here; it was left as it is")]
+    KdfMemory {
+        /// The image.
+        path: String,
+        /// The memory needed and the memory there is.
+        #[source]
+        source: KdfTooCostly,
     },
     /// A saved range overlaps this kernel's own RAM.
     #[error("saved range {range} overlaps this kernel's own RAM {own}: this is not the machine or the memory layout the image was captured on")]
@@ -221,9 +234,13 @@ pub fn restore_with_key(
         path: shown.clone(),
         source,
     };
+    let spare = kjump_sys::freemem::MemInfo::spare();
+    let sb = read_superblock(&file).map_err(|e| invalid(ScanError::Image(e)))?;
+    let kdf = sb.crypto.map(|c| c.kdf);
+    check_kdf_memory(&shown, kdf.as_ref(), spare, pin.map(|p| p.region))?;
     // Half of what this kernel has to spare, after the pass's buffers,
     // for the image's index: a superblock's counts cannot exhaust it.
-    let budget = kjump_sys::freemem::MemInfo::spare().saturating_sub(pass_memory(threads)) / 2;
+    let budget = spare.saturating_sub(pass_memory(threads)) / 2;
     let image =
         Image::open_within(&file, secret, budget).map_err(|e| invalid(ScanError::Image(e)))?;
     let entry = restorable(&image, &shown, pin, own_ram)?;
@@ -263,6 +280,27 @@ pub fn restore_with_key(
         write,
         not_consumed,
     })
+}
+
+/// Refuses, before any key is derived, the image `path` whose key
+/// derivation `kdf` (`None`: a plain image) needs more memory than the
+/// `spare` bytes this kernel has: in the restore kernel, PID 1 running out
+/// of memory is a kernel panic, and a refusal hands back to the normal
+/// boot. `region` is the restore kernel's, to say what crashkernel= to
+/// give.
+pub fn check_kdf_memory(
+    path: &str,
+    kdf: Option<&Kdf>,
+    spare: u64,
+    region: Option<PhysRange>,
+) -> Result<(), RestoreError> {
+    match kdf {
+        None => Ok(()),
+        Some(kdf) => check_kdf(kdf, spare, region).map_err(|source| RestoreError::KdfMemory {
+            path: path.to_string(),
+            source,
+        }),
+    }
 }
 
 /// The restore's one pass: reads each chunk of `image` (opened from
@@ -468,4 +506,35 @@ fn write_chunk(mem: &PhysMem, image: &Image, i: usize, pages: &[u8]) -> Result<(
         p += run;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kjump_image_format::PhysAddr;
+
+    /// An image whose Argon2 cost exceeds what the restore kernel has to
+    /// spare is a refusal that names both numbers and the fix, before any
+    /// key is derived: memory untouched, so R hands back to the normal
+    /// boot instead of running out of memory as PID 1.
+    #[test]
+    fn a_kdf_costlier_than_the_spare_memory_is_refused_before_deriving() {
+        let kdf = Kdf::Argon2id {
+            memory_kib: 128 * 1024,
+            iterations: 3,
+            lanes: 1,
+        };
+        let region = PhysRange::new(PhysAddr(0x1000_0000), PhysAddr(0x2000_0000)).unwrap();
+        let err = check_kdf_memory("/dev/vdb", Some(&kdf), 90 << 20, Some(region)).unwrap_err();
+        assert!(err.memory_untouched());
+        let text = kjump_sys::error_chain(&err);
+        assert!(
+            text.starts_with("image /dev/vdb cannot be opened here; it was left as it is: deriving the key (Argon2id) needs 128 MiB of memory, and this restore kernel has 90 MiB to spare"),
+            "{text}"
+        );
+        assert!(text.contains("crashkernel=320M"), "{text}");
+        check_kdf_memory("/dev/vdb", Some(&kdf), 128 << 20, Some(region)).unwrap();
+        check_kdf_memory("/dev/vdb", None, 0, None).unwrap();
+        check_kdf_memory("/dev/vdb", Some(&Kdf::KeyFile), 0, None).unwrap();
+    }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use kjump_image_format::crypto::MAX_KDF_MEMORY_KIB;
 use kjump_image_format::{Kdf, MemoryMap, Secret, PAGE_SIZE};
 use kjump_sys::{ranges, Place, Target};
 use kjump_writer::{
@@ -53,8 +54,8 @@ pub struct CaptureArgs {
     /// Encrypt and authenticate the image with this key or passphrase
     #[command(flatten)]
     key: super::KeyArgs,
-    /// With --passphrase-file: Argon2id memory cost in MiB (the restore kernel must have it)
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=256))]
+    /// With --passphrase-file: Argon2id memory cost in MiB, 8 to 128 (the restore kernel must have it)
+    #[arg(long, default_value_t = 64, value_parser = parse_kdf_memory_mib)]
     kdf_memory_mib: u32,
     /// With --passphrase-file: Argon2id passes
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -64,6 +65,27 @@ pub struct CaptureArgs {
 fn parse_addr(s: &str) -> Result<u64, String> {
     let digits = s.strip_prefix("0x").unwrap_or(s);
     u64::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex address: {e}"))
+}
+
+/// An Argon2id memory cost in MiB that every reader accepts: at least 8,
+/// at most [`MAX_KDF_MEMORY_KIB`], which a restore kernel in a 256 MiB
+/// crashkernel region can always pay.
+fn parse_kdf_memory_mib(s: &str) -> Result<u32, String> {
+    let max = MAX_KDF_MEMORY_KIB / 1024;
+    let mib: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of MiB: {e}"))?;
+    if mib < 8 {
+        return Err(format!(
+            "{mib} MiB is below Argon2id's useful minimum of 8 MiB"
+        ));
+    }
+    if mib > max {
+        return Err(format!(
+            "{mib} MiB is more than the {max} MiB a restore kernel in a 256 MiB crashkernel region can always spare; readers refuse such images (FORMAT.md, crypto area)"
+        ));
+    }
+    Ok(mib)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -21,6 +21,7 @@
 //! | [`freemem`] | /proc/meminfo, dropping caches and zeroing free RAM |
 //! | [`ranges`] | physical ranges as the kernel lists them (/proc/iomem) |
 //! | [`random`], [`clock`] | `getrandom`, the wall clock |
+//! | [`secmem`] | a secret's pages locked in RAM and out of core dumps |
 //! | [`mount`], [`memfd`], [`tty`], [`signal`] | mounts for /init, in-memory files, a terminal with echo off, SIGPIPE |
 //! | [`progress`] | progress of a long pass, on a terminal or in the log |
 //!
@@ -48,6 +49,8 @@ pub mod progress;
 #[allow(unsafe_code)]
 pub mod random;
 pub mod ranges;
+#[allow(unsafe_code)]
+pub mod secmem;
 #[allow(unsafe_code)]
 pub mod signal;
 #[allow(unsafe_code)]

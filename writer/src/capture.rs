@@ -140,6 +140,8 @@ struct Sealing {
 
 impl Sealing {
     fn new(enc: &Encryption, uuid: &[u8; 16]) -> Result<Sealing, CaptureError> {
+        // An image whose costs a reader refuses could never be opened.
+        enc.kdf.check_costs().map_err(CaptureError::Keys)?;
         let salt = random_salt().map_err(CaptureError::Random)?;
         let keys =
             ImageKeys::derive(enc.secret, &enc.kdf, &salt, uuid).map_err(CaptureError::Keys)?;
