@@ -25,6 +25,15 @@ pub(crate) fn restore_phase(manifest: &Manifest, state: &mut State) -> Result<Pl
         ));
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Ok(m) = kjump_sys::freemem::MemInfo::read() {
+        // What this kernel and its initramfs left of the region, which
+        // kjump's restore budget (restorer::budget) estimates up front.
+        say(format_args!(
+            "memory: {} MiB of {} MiB to spare (MemAvailable of MemTotal)",
+            m.available >> 20,
+            m.total >> 20
+        ));
+    }
     let place = Place::locate(&manifest.target, manifest.target_offset)?;
     let secret = match manifest.encrypt {
         None => None,
