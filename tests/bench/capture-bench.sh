@@ -32,24 +32,13 @@ readonly RUNS=${KJUMP_BENCH_RUNS:-3}
 readonly THREADS=${KJUMP_BENCH_THREADS:-$(nproc)}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly ROOT
+readonly BENCH=capture-bench
+# shellcheck source=tests/bench/common.sh
+. "$ROOT/tests/bench/common.sh"
 readonly TIME=/usr/bin/time
 # For `bash -c`: runs "$@", then fdatasyncs the file named by its last word.
 # shellcheck disable=SC2016 # expanded by the inner shell
 readonly DURABLE='"$@" && exec sync -d -- "${!#}"'
-
-die() {
-    echo "capture-bench: error: $*" >&2
-    exit 1
-}
-
-note() {
-    echo "capture-bench: $*" >&2
-}
-
-# need TOOL PACKAGE: fail with the apt package to install when TOOL is missing.
-need() {
-    command -v "$1" >/dev/null 2>&1 || die "'$1' not found; install it: apt-get install $2"
-}
 
 check_tools() {
     [[ -x $TIME ]] || die "$TIME not found; install it: apt-get install time"
@@ -79,23 +68,9 @@ build() {
     [[ -x $KJUMP_DUMPGEN ]] || die "kjump-dumpgen binary $KJUMP_DUMPGEN not found or not executable"
 }
 
-# Generates the dump unless one of the same size, seed and layout exists.
-# The generator's summary line is kept beside it; a dump without one was
-# interrupted and is regenerated.
+# The dump (generate_dump), and room for what the runs write beside it.
 prepare_dump() {
-    mkdir -p "$DIR"
-    DUMP=$DIR/dump-$LAYOUT-$SIZE-seed$SEED.elf
-    if [[ -s $DUMP && -s $DUMP.info ]]; then
-        note "reusing $DUMP"
-    else
-        rm -f "$DUMP" "$DUMP.info"
-        note "generating $DUMP"
-        "$KJUMP_DUMPGEN" --seed "$SEED" --size "$SIZE" --layout "$LAYOUT" "$DUMP.tmp" >"$DUMP.info.tmp" ||
-            die "kjump-dumpgen failed"
-        mv "$DUMP.tmp" "$DUMP"
-        mv "$DUMP.info.tmp" "$DUMP.info"
-    fi
-    INPUT_BYTES=$(stat -c %s "$DUMP")
+    generate_dump
     local avail
     avail=$(df -B1 --output=avail "$DIR" | tail -n 1)
     # Outputs alive at once: the kjump image plus an export or a copy.
@@ -167,15 +142,6 @@ run_once() {
 }
 
 # median VALUES...: the median of numbers ('-' if any is '-').
-median() {
-    printf '%s\n' "$@" | sort -g | awk '
-        $1 == "-" { dash = 1 }
-        { v[NR] = $1 }
-        END {
-            if (dash || NR == 0) { print "-"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-        }'
-}
 
 # gbps SECONDS: GB (1e9 bytes) of dump per second.
 gbps() {

@@ -55,6 +55,9 @@ readonly SHM=${KJUMP_BENCH_SHM:-/dev/shm}
 readonly RSS_BOUND_MIB=64 # issue 16: peak RSS at most 64 MiB whatever the RAM size
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly ROOT
+readonly BENCH=resume-bench
+# shellcheck source=tests/bench/common.sh
+. "$ROOT/tests/bench/common.sh"
 readonly TIME=/usr/bin/time
 # Every file this script makes starts with resume. (capture-bench.sh, which
 # shares DIR, removes out.*, time.* and log.*).
@@ -67,20 +70,6 @@ readonly MEM=$SHM/kjump-resume-bench.mem
 readonly HUGE_DIR=$DIR/resume.huge
 readonly HUGE_MEM=$HUGE_DIR/mem
 HUGE=0
-
-die() {
-    echo "resume-bench: error: $*" >&2
-    exit 1
-}
-
-note() {
-    echo "resume-bench: $*" >&2
-}
-
-# need TOOL PACKAGE: fail with the apt package to install when TOOL is missing.
-need() {
-    command -v "$1" >/dev/null 2>&1 || die "'$1' not found; install it: apt-get install $2"
-}
 
 check_tools() {
     [[ -x $TIME ]] || die "$TIME not found; install it: apt-get install time"
@@ -126,22 +115,9 @@ build() {
     done
 }
 
-# Generates the dump unless one of the same size, seed and layout exists
-# (the generator's summary line beside it marks a finished one).
+# The dump (generate_dump), and room for what the runs write beside it.
 prepare_dump() {
-    mkdir -p "$DIR"
-    DUMP=$DIR/dump-$LAYOUT-$SIZE-seed$SEED.elf
-    if [[ -s $DUMP && -s $DUMP.info ]]; then
-        note "reusing $DUMP"
-    else
-        rm -f "$DUMP" "$DUMP.info"
-        note "generating $DUMP"
-        "$KJUMP_DUMPGEN" --seed "$SEED" --size "$SIZE" --layout "$LAYOUT" "$DUMP.tmp" >"$DUMP.info.tmp" ||
-            die "kjump-dumpgen failed"
-        mv "$DUMP.tmp" "$DUMP"
-        mv "$DUMP.info.tmp" "$DUMP.info"
-    fi
-    INPUT_BYTES=$(stat -c %s "$DUMP")
+    generate_dump
     local avail
     avail=$(df -B1 --output=avail "$DIR" | tail -n 1)
     # The image and the two compressed dumps: under the dump's size together.
@@ -239,15 +215,6 @@ cold_once() {
 }
 
 # median VALUES...: the median of numbers ('-' if any is '-').
-median() {
-    printf '%s\n' "$@" | sort -g | awk '
-        $1 == "-" { dash = 1 }
-        { v[NR] = $1 }
-        END {
-            if (dash || NR == 0) { print "-"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-        }'
-}
 
 # med NAME TABLE: the median of NAME's values in TABLE.
 med() {

@@ -1,0 +1,48 @@
+# common.sh: what the benchmark scripts share. Sourced, not run; the
+# script sets BENCH (its name, for messages), DIR, LAYOUT, SIZE, SEED and
+# KJUMP_DUMPGEN before it calls these.
+
+die() {
+    echo "$BENCH: error: $*" >&2
+    exit 1
+}
+
+note() {
+    echo "$BENCH: $*" >&2
+}
+
+# need TOOL PACKAGE: fail with the apt package to install when TOOL is missing.
+need() {
+    command -v "$1" >/dev/null 2>&1 || die "'$1' not found; install it: apt-get install $2"
+}
+
+# median VALUE...: the median, or "-" when any value is "-" or none is given.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '
+        $1 == "-" { dash = 1 }
+        { v[NR] = $1 }
+        END {
+            if (dash || NR == 0) { print "-"; exit }
+            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+# generate_dump: sets DUMP to the seeded dump in DIR, generating it unless
+# one of the same size, seed and layout exists. The generator's summary
+# line is kept beside it; a dump without one was interrupted and is
+# generated again. Sets INPUT_BYTES to its size.
+generate_dump() {
+    mkdir -p "$DIR"
+    DUMP=$DIR/dump-$LAYOUT-$SIZE-seed$SEED.elf
+    if [[ -s $DUMP && -s $DUMP.info ]]; then
+        note "reusing $DUMP"
+    else
+        rm -f "$DUMP" "$DUMP.info"
+        note "generating $DUMP"
+        "$KJUMP_DUMPGEN" --seed "$SEED" --size "$SIZE" --layout "$LAYOUT" "$DUMP.tmp" >"$DUMP.info.tmp" ||
+            die "kjump-dumpgen failed"
+        mv "$DUMP.tmp" "$DUMP"
+        mv "$DUMP.info.tmp" "$DUMP.info"
+    fi
+    INPUT_BYTES=$(stat -c %s "$DUMP")
+}
