@@ -256,6 +256,15 @@ fn unfinished_and_failed_restores_are_refused_with_their_record() {
         assert_eq!(superblock().restore.attempts, n);
         assert_eq!(superblock().state, ImageState::Committed);
     }
+    // A restore kernel that handed back takes its attempt back; only for
+    // this image, this count, still committed.
+    let uuid = superblock().uuid;
+    kjump_restorer::restore::take_back_attempt(&place, [9; 16], DEFAULT_MAX_ATTEMPTS).unwrap();
+    kjump_restorer::restore::take_back_attempt(&place, uuid, 1).unwrap();
+    assert_eq!(superblock().restore.attempts, DEFAULT_MAX_ATTEMPTS);
+    kjump_restorer::restore::take_back_attempt(&place, uuid, DEFAULT_MAX_ATTEMPTS).unwrap();
+    assert_eq!(superblock().restore.attempts, DEFAULT_MAX_ATTEMPTS - 1);
+    kjump_restorer::restore::begin_attempt(&place, superblock()).unwrap();
     let why = refused(&img, IOMEM);
     assert!(
         why.contains("2 restores of this image began and none finished")

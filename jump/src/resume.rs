@@ -549,11 +549,31 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         "restore attempt {attempt} of at most {} recorded in the image",
         opts.max_attempts
     );
-    next.load(&manifest, &[], secret)
+    let outcome = load_and_jump(&mut next, &manifest, secret);
+    // Back in R0: R was not loaded, the jump failed, or R handed back. A
+    // restore kernel that wrote memory never hands back, so this attempt
+    // left memory and the image as they were, and does not count.
+    if let Err(e) =
+        kjump_restorer::restore::take_back_attempt(&found.place, found.superblock.uuid, attempt)
+    {
+        eprintln!(
+            "kjump: could not take back restore attempt {attempt} in the image: {}",
+            kjump_handoff::error_chain(&e)
+        );
+    }
+    outcome
+}
+
+/// Loads R and jumps into it. Returns when R was not loaded, the jump
+/// failed, or R handed control back without resuming (it said why on the
+/// console and in the mailbox); the normal boot goes on then.
+fn load_and_jump(
+    next: &mut NextKernel,
+    manifest: &Manifest,
+    secret: Option<Secret>,
+) -> Result<Outcome, ResumeError> {
+    next.load(manifest, &[], secret)
         .map_err(ResumeError::Load)?;
-    // Back in R0: R did not resume (it said why on the console and in
-    // the mailbox), or the jump itself failed. Either way the normal boot
-    // goes on.
     match next.jump()? {
         Some(Report {
             kind: ReportKind::Escaped,

@@ -426,6 +426,29 @@ pub fn begin_attempt(place: &Place, mut sb: Superblock) -> Result<u32, TargetErr
     Ok(sb.restore.attempts)
 }
 
+/// Takes back restore attempt `attempt` of the image `uuid` at `place`
+/// when the restore kernel came back without writing memory (it refused
+/// and handed control back, or was never started): the count is for
+/// restores that may have stopped part way. Changes nothing unless the
+/// image is still that one, committed, with that count.
+pub fn take_back_attempt(place: &Place, uuid: [u8; 16], attempt: u32) -> Result<(), RestoreError> {
+    let path = place.describe();
+    let reader = place.reader().map_err(|source| RestoreError::Open {
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    let Ok(mut sb) = kjump_image_format::reader::read_superblock(&reader) else {
+        return Ok(());
+    };
+    if sb.uuid != uuid || sb.state != ImageState::Committed || sb.restore.attempts != attempt {
+        return Ok(());
+    }
+    sb.restore.attempts = attempt - 1;
+    Target::open_place(place)
+        .and_then(|target| write_superblock(&target, &sb))
+        .map_err(|source| RestoreError::OpenTarget { path, source })
+}
+
 /// What an image's restore record says about its failed restore.
 pub fn failure_of(sb: &Superblock) -> String {
     let text = sb.restore.failure.text();

@@ -417,6 +417,12 @@ fn decline_then_resume(kernel: Kernel, disk: &Path, saved: &Saved) {
     );
     assert!(!lines.iter().any(|l| l.text == "RESUMED"), "resumed anyway");
     assert_eq!(state(disk), "committed");
+    // R handed back without writing memory: the attempt does not count.
+    assert_eq!(
+        info(disk)["restore_attempts"],
+        0,
+        "the declined attempt counts"
+    );
     println!(
         "[encrypt-decline] R asked {:.1} s after R started, gave up {:.1} s later; handed back, R0 went on at {:.1} s",
         prompt.at - started.at,
