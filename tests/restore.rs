@@ -239,7 +239,9 @@ fn an_image_without_a_jump_back_entry_is_refused() {
 }
 
 /// The restore kernel restores only the image the resume checked: the same
-/// uuid, ranges and capture region, or nothing changes.
+/// uuid, ranges, capture region and encryption, or nothing changes. (A
+/// plain image with an encrypted one's uuid, ranges and region, all in the
+/// clear, would otherwise be restored without the key R was given.)
 #[test]
 fn a_pinned_restore_refuses_another_image() {
     use kjump_restorer::restore::{restore_with_key, Pin};
@@ -252,6 +254,7 @@ fn a_pinned_restore_refuses_another_image() {
         uuid,
         ranges: MemoryMap::merged(map.ranges().to_vec()),
         region,
+        encrypted: false,
     };
     let other_range = MemoryMap::merged(vec![map.ranges()[0]]);
     let other_region = PhysRange::new(PhysAddr(0x2000_0000), PhysAddr(0x3000_0000)).unwrap();
@@ -276,6 +279,13 @@ fn a_pinned_restore_refuses_another_image() {
                 ..right.clone()
             },
             "capture region 0x20000000-0x2fffffff expected, \"0x2f000000-0x3effffff\" found",
+        ),
+        (
+            Pin {
+                encrypted: true,
+                ..right.clone()
+            },
+            "an encrypted image expected, a plain image found",
         ),
     ];
     let len = std::fs::metadata(dir.path("mem")).unwrap().len() as usize;

@@ -76,14 +76,14 @@ fn image_kdf(
 }
 
 fn nothing(path: &Path, iomem: &str) -> String {
-    match check(path, None, iomem, false, DEFAULT_MAX_ATTEMPTS) {
+    match check(path, None, iomem, false, DEFAULT_MAX_ATTEMPTS, false) {
         Ok(Err(why)) => kjump_handoff::error_chain(&why),
         other => panic!("expected nothing to resume, got {other:?}"),
     }
 }
 
 fn refused(path: &Path, iomem: &str) -> String {
-    match check(path, None, iomem, false, DEFAULT_MAX_ATTEMPTS) {
+    match check(path, None, iomem, false, DEFAULT_MAX_ATTEMPTS, false) {
         Err(ResumeError::Refused { reason, .. }) => kjump_handoff::error_chain(&reason),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -93,7 +93,7 @@ fn refused(path: &Path, iomem: &str) -> String {
 fn a_whole_image_on_the_same_layout_is_resumed() {
     let dir = TempDir::new("resume-ok");
     let img = image(&dir, "img", Some("0x10000000-0x1fffffff"));
-    let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+    let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false)
         .unwrap()
         .unwrap();
     assert_eq!(release, "6.12.117");
@@ -152,10 +152,23 @@ fn bad_images_and_changed_machines_are_refused() {
             None,
             IOMEM,
             false,
-            DEFAULT_MAX_ATTEMPTS
+            DEFAULT_MAX_ATTEMPTS,
+            false
         ),
         Ok(Ok(_))
     ));
+    // Where encryption is required, a plain image is refused.
+    match check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, true) {
+        Err(ResumeError::Refused { reason, .. }) => {
+            assert!(
+                reason
+                    .to_string()
+                    .contains("the image is not encrypted, and encryption is required"),
+                "{reason}"
+            )
+        }
+        other => panic!("a plain image where encryption is required: {other:?}"),
+    }
     let small = "00001000-0009fbff : System RAM\n00100000-001fffff : System RAM\n";
     let why = refused(&img, small);
     assert!(
@@ -180,7 +193,11 @@ fn an_encrypted_image_is_judged_without_its_key() {
     let img = image_sealed(&dir, "img", Some("0x10000000-0x1fffffff"), Some(&key));
     // The same plan as for a plain image, from the resume record; the
     // kernel release is sealed, so R0 does not know it.
-    let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+    // An encrypted image passes where encryption is required.
+    assert!(check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, true)
+        .unwrap()
+        .is_ok());
+    let (plan, release) = check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false)
         .unwrap()
         .unwrap();
     assert_eq!(release, "");
@@ -220,9 +237,11 @@ fn a_region_too_small_for_the_restore_kernel_is_refused_up_front() {
     // 176 MiB: enough for a plain image, not with 64 MiB of Argon2id.
     let region = "0x10000000-0x1affffff";
     let plain = image(&dir, "plain", Some(region));
-    assert!(check(&plain, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
-        .unwrap()
-        .is_ok());
+    assert!(
+        check(&plain, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false)
+            .unwrap()
+            .is_ok()
+    );
     let pass = Secret::passphrase(b"correct horse".to_vec()).unwrap();
     let sealed = image_kdf(&dir, "sealed", Some(region), &pass, DEFAULT_KDF);
     let why = refused(&sealed, IOMEM);
@@ -246,7 +265,7 @@ fn unfinished_and_failed_restores_are_refused_with_their_record() {
         kjump_image_format::reader::read_superblock(&f).unwrap()
     };
     for n in 1..=DEFAULT_MAX_ATTEMPTS {
-        assert!(check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS)
+        assert!(check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false)
             .unwrap()
             .is_ok());
         assert_eq!(
@@ -272,7 +291,7 @@ fn unfinished_and_failed_restores_are_refused_with_their_record() {
         "{why}"
     );
     // A higher limit lets it be tried again.
-    assert!(check(&img, None, IOMEM, false, 3).unwrap().is_ok());
+    assert!(check(&img, None, IOMEM, false, 3, false).unwrap().is_ok());
     let mut sb = superblock();
     sb.state = ImageState::Failed;
     sb.restore.failed_chunk = Some(17);

@@ -61,13 +61,13 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
     let img = image_with_fingerprint(&dir, &dev.0);
     assert!(
         matches!(
-            check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS),
+            check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false),
             Ok(Ok(_))
         ),
         "unchanged filesystem must not block"
     );
     dev.write_as_another_boot(&dir.path("mnt"));
-    match check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS) {
+    match check(&img, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false) {
         Err(ResumeError::Refused { reason, .. }) => {
             let reason = kjump_handoff::error_chain(&reason);
             let name = dev.0.display().to_string();
@@ -83,7 +83,7 @@ fn a_filesystem_written_by_another_boot_stops_the_resume() {
     }
     assert!(
         matches!(
-            check(&img, None, IOMEM, true, DEFAULT_MAX_ATTEMPTS),
+            check(&img, None, IOMEM, true, DEFAULT_MAX_ATTEMPTS, false),
             Ok(Ok(_))
         ),
         "forced resume goes on"

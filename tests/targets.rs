@@ -214,7 +214,7 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
     // R0 would resume it; R restores it, marks it consumed and gives the
     // swap area back with its header as it was.
     assert!(matches!(
-        check(&dev.0, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS),
+        check(&dev.0, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false),
         Ok(Ok(_))
     ));
     let place = Place::locate(&dev.0, None).unwrap();
@@ -224,7 +224,7 @@ fn swap_partition_holds_an_image_and_gets_its_signature_back() {
         sh(&format!("blkid -o value -s UUID {}", dev.0.display())),
         uuid
     );
-    match check(&dev.0, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS) {
+    match check(&dev.0, None, IOMEM, false, DEFAULT_MAX_ATTEMPTS, false) {
         Ok(Err(why)) => {
             let why = kjump_handoff::error_chain(&why);
             assert!(why.contains("swap signature in place"), "{why}")
@@ -328,7 +328,14 @@ fn file_on_ext4_is_written_on_the_raw_device() {
     kjump::<Arg>(&[&"verify", &dev.0, &"--offset", &offset]).ok();
     let map_at = u64::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap();
     assert!(matches!(
-        check(&dev.0, Some(map_at), IOMEM, false, DEFAULT_MAX_ATTEMPTS),
+        check(
+            &dev.0,
+            Some(map_at),
+            IOMEM,
+            false,
+            DEFAULT_MAX_ATTEMPTS,
+            false
+        ),
         Ok(Ok(_))
     ));
     let place = Place::locate(&dev.0, Some(map_at)).unwrap();

@@ -86,5 +86,6 @@ fn pin(manifest: &Manifest) -> Result<Pin, InitError> {
         uuid: uuid.0,
         ranges: manifest.ram.clone(),
         region: manifest.region,
+        encrypted: manifest.encrypt.is_some(),
     })
 }

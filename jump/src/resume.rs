@@ -114,6 +114,9 @@ pub enum Refusal {
         /// The limit.
         limit: u32,
     },
+    /// A plain image where encryption is required.
+    #[error("the image is not encrypted, and encryption is required (KJUMP_REQUIRE_ENCRYPTION=1 in kjump.conf, or --require-encryption): a plain image may have been put in place of this machine's encrypted one")]
+    NotEncrypted,
     /// Counting the restore attempt in the image failed; R was not loaded.
     #[error("recording the restore attempt in the image")]
     RecordAttempt(#[source] kjump_sys::TargetError),
@@ -217,6 +220,8 @@ pub struct ResumeOptions {
     /// Restores of one image that may begin without one finishing before
     /// the image is refused ([`DEFAULT_MAX_ATTEMPTS`] by default).
     pub max_attempts: u32,
+    /// Refuse an image that is not encrypted.
+    pub require_encryption: bool,
     /// Seconds R waits for the passphrase before it hands back (the
     /// manifest's `prompt-timeout`; `None`: its default).
     pub prompt_timeout: Option<u64>,
@@ -258,11 +263,17 @@ pub fn check(
     iomem: &str,
     force_stale: bool,
     max_attempts: u32,
+    require_encryption: bool,
 ) -> Result<Decision, ResumeError> {
-    Ok(
-        examine(device_path, offset, iomem, force_stale, max_attempts)?
-            .map(|f| (f.plan, f.release)),
-    )
+    let found = examine(
+        device_path,
+        offset,
+        iomem,
+        force_stale,
+        max_attempts,
+        require_encryption,
+    )?;
+    Ok(found.map(|f| (f.plan, f.release)))
 }
 
 fn examine(
@@ -271,6 +282,7 @@ fn examine(
     iomem: &str,
     force_stale: bool,
     max_attempts: u32,
+    require_encryption: bool,
 ) -> Result<Result<Found, NoImage>, ResumeError> {
     let (place, file, sb) = match committed_image(device_path, offset) {
         Ok(found) => found,
@@ -280,6 +292,9 @@ fn examine(
         device: place.describe(),
         reason,
     };
+    if require_encryption && sb.crypto.is_none() {
+        return Err(refused(Refusal::NotEncrypted));
+    }
     if sb.restore.attempts >= max_attempts {
         return Err(refused(Refusal::Attempts {
             attempts: sb.restore.attempts,
@@ -518,6 +533,7 @@ pub fn resume(opts: &ResumeOptions) -> Result<Outcome, ResumeError> {
         &iomem,
         opts.force_stale,
         opts.max_attempts,
+        opts.require_encryption,
     )? {
         Ok(f) => f,
         Err(nothing) => return Ok(Outcome::Nothing(nothing)),

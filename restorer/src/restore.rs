@@ -151,12 +151,24 @@ pub struct Pin {
     /// The region the capture kernel ran in, as the image records it
     /// (`region=` of its key/value metadata).
     pub region: PhysRange,
+    /// Whether the image was encrypted: a plain image put in place of an
+    /// encrypted one (its uuid, ranges and region are in the clear) is
+    /// refused, not restored without its key.
+    pub encrypted: bool,
 }
 
 impl Pin {
     /// What of `image` differs from the pin, if anything.
     fn mismatch(&self, image: &Image) -> Option<String> {
         let hex = |u: &[u8; 16]| u.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        if image.is_encrypted() != self.encrypted {
+            let kind = |e: bool| if e { "an encrypted" } else { "a plain" };
+            return Some(format!(
+                "{} image expected, {} image found",
+                kind(self.encrypted),
+                kind(image.is_encrypted())
+            ));
+        }
         if image.superblock.uuid != self.uuid {
             return Some(format!(
                 "uuid {} expected, {} found",

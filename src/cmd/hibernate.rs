@@ -121,6 +121,9 @@ pub struct ResumeArgs {
     /// Restores of one image that may begin without one finishing (the machine stopped while memory was written back) before the image is refused
     #[arg(long, value_name = "N", default_value_t = resume::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: u32,
+    /// Refuse an image that is not encrypted, so that a plain image put in place of this machine's encrypted one is never resumed
+    #[arg(long)]
+    require_encryption: bool,
 }
 
 pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
@@ -137,6 +140,7 @@ pub fn resume_boot(args: ResumeArgs) -> Result<(), Failure> {
         append: words(&args.append),
         prompt_timeout: args.prompt_timeout,
         max_attempts: args.max_attempts,
+        require_encryption: args.require_encryption,
     };
     match resume::resume(&opts) {
         Ok(Outcome::Nothing(why)) => {

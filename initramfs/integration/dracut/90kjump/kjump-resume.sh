@@ -12,5 +12,6 @@ fi
 kjump resume --device "$KJUMP_DEVICE" ${KJUMP_OFFSET:+--offset "$KJUMP_OFFSET"} --kernel /usr/lib/kjump/vmlinuz \
 	${KJUMP_KEY_DEVICE:+--key-file "$KJUMP_KEY_DEVICE" --key-size "$KJUMP_KEY_SIZE"} \
 	${KJUMP_PROMPT_TIMEOUT:+--prompt-timeout "$KJUMP_PROMPT_TIMEOUT"} \
-	${KJUMP_RESUME_ATTEMPTS:+--max-attempts "$KJUMP_RESUME_ATTEMPTS"}
+	${KJUMP_RESUME_ATTEMPTS:+--max-attempts "$KJUMP_RESUME_ATTEMPTS"} \
+	$([ "$KJUMP_REQUIRE_ENCRYPTION" = 1 ] && echo --require-encryption)
 info "kjump: resume returned $?: continuing the normal boot"
