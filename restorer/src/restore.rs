@@ -102,6 +102,16 @@ pub enum RestoreError {
         #[source]
         source: TargetError,
     },
+    /// Rewriting the superblock (consumed, or a restore attempt taken
+    /// back) failed outside a restore.
+    #[error("updating the superblock of image {path}")]
+    Record {
+        /// The image.
+        path: String,
+        /// The cause.
+        #[source]
+        source: TargetError,
+    },
     /// Mapping memory failed; memory was not touched.
     #[error(transparent)]
     Map(PhysMemError),
@@ -417,14 +427,12 @@ pub fn consume(place: &Place) -> Result<bool, RestoreError> {
     if sb.state != ImageState::Committed {
         return Ok(false);
     }
-    let target = Target::open_place(place).map_err(|source| RestoreError::OpenTarget {
-        path: shown.clone(),
-        source,
-    })?;
-    mark_consumed(&target, sb).map_err(|source| RestoreError::OpenTarget {
-        path: shown,
-        source,
-    })?;
+    Target::open_place(place)
+        .and_then(|target| mark_consumed(&target, sb))
+        .map_err(|source| RestoreError::Record {
+            path: shown,
+            source,
+        })?;
     Ok(true)
 }
 
@@ -458,7 +466,7 @@ pub fn take_back_attempt(place: &Place, uuid: [u8; 16], attempt: u32) -> Result<
     sb.restore.attempts = attempt - 1;
     Target::open_place(place)
         .and_then(|target| write_superblock(&target, &sb))
-        .map_err(|source| RestoreError::OpenTarget { path, source })
+        .map_err(|source| RestoreError::Record { path, source })
 }
 
 /// What an image's restore record says about its failed restore.
