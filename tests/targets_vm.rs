@@ -20,7 +20,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::hibvm::flows::{
-    check_committed_at, hibernate_poweroff, hibernate_poweroff_unchecked, resume,
+    check_committed_at, failed_capture_of, hibernate_poweroff, hibernate_poweroff_unchecked,
+    resume, PHASE,
 };
 use common::hibvm::{self, BootOpts, DISK_BYTES};
 use common::kjump::{kjump, Run};
@@ -148,4 +149,61 @@ fn file_on_ext4_cycle() {
         String::from_utf8_lossy(&fsck.stderr)
     );
     println!("[file] e2fsck -fn: clean; a-file md5 {a_file} intact; map at {offset}");
+}
+
+/// A disk plugged in while A runs takes a lower PCI slot than A's target:
+/// A names it /dev/vdb, the capture kernel, booting afresh, names it
+/// /dev/vda. B finds no claim of A's on its /dev/vda and writes nothing
+/// there: it jumps back and A reports why. The target keeps A's claim and
+/// no committed image.
+#[test]
+fn a_disk_the_capture_kernel_names_otherwise_is_not_written() {
+    let Some(_machine) = machine() else { return };
+    let target = hibvm::new_disk(&vm::dir().join("claimed.img"));
+    let plugged = vm::dir().join("plugged.img");
+    // Something of the user's: a pattern that must stay as it is.
+    let pattern: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&plugged, &pattern).unwrap();
+    let opts = BootOpts::new(&target, "poweroff")
+        .vda_slot(0x10)
+        .arg("kjump.waitdisk=/dev/vdb");
+    let mut boot = hibvm::start("plugged", &opts);
+    boot.wait_for("A: WAITING-FOR-DISK /dev/vdb", PHASE);
+    boot.qmp()
+        .plug_disk("plugged", &plugged, 0x5)
+        .unwrap_or_else(|e| panic!("{e}\n{}", boot.logs()));
+    boot.wait_for("A: DISK-PLUGGED /dev/vdb", PHASE);
+    let (boot, failed) = failed_capture_of(boot);
+    assert!(
+        failed
+            .text
+            .contains("/dev/vda does not carry the saved kernel's claim"),
+        "{}",
+        failed.text
+    );
+    let lines = boot.lines();
+    line(&lines, "target=/dev/vda", "plugged");
+    line(&lines, "placement=whole", "plugged");
+    assert!(
+        std::fs::read(&plugged).unwrap() == pattern,
+        "the plugged disk was written\n{}",
+        boot.logs()
+    );
+    let Run { code, text, .. } = kjump(&["info", &target.display().to_string()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("state:      incomplete"), "{text}");
+    // The claim B looked for is the one on the target.
+    let uuid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("uuid:"))
+        .map(|u| u.trim().replace('-', ""))
+        .unwrap_or_else(|| panic!("no uuid in kjump info\n{text}"));
+    assert!(
+        failed
+            .text
+            .contains(&format!("(an image {uuid} being written)")),
+        "{}",
+        failed.text
+    );
+    println!("[plugged] B refused: {}", failed.text);
 }

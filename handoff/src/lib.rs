@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod claim;
 pub mod fsguard;
 pub mod mailbox;
 pub mod manifest;

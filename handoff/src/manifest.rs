@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use kjump_image_format::{MemoryMap, PhysRange};
 use kjump_sys::ranges::{parse_range_list, RangesError};
 
+use crate::claim::PlacementKind;
 use crate::mailbox::MailboxAddress;
 use crate::uuid::Uuid;
 
@@ -141,6 +142,10 @@ pub struct Manifest {
     /// When the image goes into a file's blocks on `target`: the device
     /// offset of the file's extent map (optional key `target-offset`, hex).
     pub target_offset: Option<u64>,
+    /// How the image lies in `target` (optional key `placement`: `whole`,
+    /// `swap` or `file`): the capture kernel checks the claim there
+    /// ([`crate::claim`]).
+    pub placement: Option<PlacementKind>,
     /// The saved kernel's physical memory to capture (key `ram`: `start-end`
     /// pairs with inclusive ends, as in /proc/iomem).
     pub ram: MemoryMap,
@@ -256,12 +261,13 @@ impl KeySource {
 pub const DEFAULT_PROMPT_TIMEOUT: u64 = 120;
 
 /// Every key a manifest may have.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "mailbox",
     "version",
     "mode",
     "target",
     "target-offset",
+    "placement",
     "encrypt",
     "key",
     "tty",
@@ -405,6 +411,9 @@ impl Manifest {
         if let Some(at) = self.target_offset {
             let _ = writeln!(s, "target-offset={at:#x}");
         }
+        if let Some(kind) = self.placement {
+            let _ = writeln!(s, "placement={}", kind.name());
+        }
         let ram: Vec<String> = self.ram.ranges().iter().map(ToString::to_string).collect();
         let _ = writeln!(s, "ram={}", ram.join(","));
         let _ = writeln!(s, "region={}", self.region);
@@ -461,6 +470,14 @@ impl Manifest {
             })?,
             target: lines.required("target")?.into(),
             target_offset: lines.decode("target-offset", decode_offset)?,
+            placement: lines.decode("placement", |v| {
+                word(
+                    "placement",
+                    "whole, swap or file",
+                    PlacementKind::parse(v),
+                    v,
+                )
+            })?,
             ram: MemoryMap::merged(lines.decode_required("ram", |v| decode_ranges("ram", v))?),
             region: lines.decode_required("region", decode_region)?,
             kernel_release: lines.required("kernel-release")?.to_string(),
@@ -519,6 +536,7 @@ mod tests {
             mode: Mode::Checkpoint,
             target: "/dev/vdb".into(),
             target_offset: None,
+            placement: Some(PlacementKind::Swap),
             ram: MemoryMap::merged(vec![range(0x1000, 0x10000), range(0x20000, 0x9f000)]),
             region: range(0x2f00_0000, 0x3f00_0000),
             kernel_release: "6.12.117".into(),
@@ -543,6 +561,10 @@ mod tests {
         assert_eq!(Manifest::parse(&m.encode()).unwrap(), m);
         let e = Manifest::parse(&m.encode().replace("0x12345000", "0xg")).unwrap_err();
         assert!(e.to_string().contains("not a hex offset"), "{e}");
+        assert!(m.encode().contains("placement=swap\n"));
+        let e =
+            Manifest::parse(&m.encode().replace("placement=swap", "placement=disk")).unwrap_err();
+        assert!(e.to_string().contains("whole, swap or file"), "{e}");
         m.encrypt = Some(SecretKind::Passphrase);
         m.image_uuid = Some(Uuid(*b"0123456789abcdef"));
         m.swap_was_active = true;
@@ -613,7 +635,7 @@ mod tests {
     fn errors_name_the_line() {
         let text = sample().encode();
         let e = Manifest::parse(&format!("{text}mode=poweroff\n")).unwrap_err();
-        assert_eq!(e.to_string(), "manifest line 10: mode given twice");
+        assert_eq!(e.to_string(), "manifest line 11: mode given twice");
         let e = Manifest::parse(&text.replace("mode=checkpoint", "mode=sleep")).unwrap_err();
         assert_eq!(e.line, 3);
         let e = Manifest::parse(&text.replace("version=1", "version=2")).unwrap_err();

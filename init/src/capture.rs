@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use kjump_handoff::fsguard;
 use kjump_handoff::manifest::{Manifest, SecretKind};
+use kjump_handoff::{claim, fsguard};
 use kjump_image_format::{Kdf, Metadata};
 use kjump_sys::{Place, Target};
 use kjump_writer::{capture, capture_encrypted, CaptureOptions, Encryption, MemorySource};
@@ -22,6 +22,7 @@ pub(crate) fn capture_phase(manifest: &Manifest, entry: u64) -> Result<Plan, Ini
     let source = MemorySource::open(Path::new("/dev/mem"), Some(manifest.ram.clone()))?;
     let metadata = metadata(manifest, &source, entry);
     let place = Place::locate(&manifest.target, manifest.target_offset)?;
+    claim::check(&place, manifest.image_uuid, manifest.placement)?;
     say(format_args!("writing the image to {}", place.describe()));
     let mut target = Target::open_place(&place)?;
     target.set_swap_was_active(manifest.swap_was_active);

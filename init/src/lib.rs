@@ -32,6 +32,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kjump_handoff::claim::ClaimError;
 use kjump_handoff::error_chain;
 use kjump_handoff::mailbox::{MailboxAddress, Report, ReportKind};
 use kjump_handoff::manifest::{Manifest, ManifestError, Mode};
@@ -137,6 +138,9 @@ pub enum InitError {
     /// The target cannot be opened.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// The target does not carry the saved kernel's claim.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// The capture failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use kjump_handoff::claim::{self, ClaimError, PlacementKind};
 use kjump_handoff::mailbox::Report;
 use kjump_handoff::manifest::{Manifest, Mode, SecretKind};
 use kjump_handoff::plan::JumpPlan;
@@ -39,6 +40,21 @@ pub enum HibernateError {
     /// kexec-tools failed to load the capture kernel.
     #[error("loading the capture kernel")]
     Load(#[source] LoadError),
+    /// The RAM map changed between the plan and the jump (memory plugged in
+    /// or out): the capture kernel would save the wrong ranges.
+    #[error(
+        "the RAM map in /proc/iomem changed while hibernate prepared the jump \
+         (saved ranges {before} before, {after} now): nothing was saved; hibernate again"
+    )]
+    MapChanged {
+        /// The plan's saved ranges and region, before.
+        before: String,
+        /// And now.
+        after: String,
+    },
+    /// The target could not be claimed for the capture kernel.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// The jump failed.
     #[error(transparent)]
     Jump(#[from] KexecError),
@@ -151,21 +167,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         &opts.append,
     );
     let uuid = Uuid::random();
-    let manifest = Manifest {
-        encrypt: secret.as_ref().map(|s| match s {
-            Secret::KeyFile(_) => SecretKind::KeyFile,
-            Secret::Passphrase(_) => SecretKind::Passphrase,
-        }),
-        image_uuid: Some(uuid),
-        prompt_timeout: opts.prompt_timeout,
-        swap_was_active: SwapArea::of(&place).is_some_and(|s| s.is_active()),
-        kernel_release: release,
-        filesystems: fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)
-            .iter()
-            .map(|d| kernel_name(d.as_ref()))
-            .collect(),
-        ..next.manifest(opts.mode, kernel_name(&place.holder), place.map_at())
-    };
+    let manifest = capture_manifest(opts, &next, &place, secret.as_ref(), uuid, release)?;
     show(&plan, &manifest, &next);
     if opts.dry_run {
         prepare_ram(opts, &place)?;
@@ -176,14 +178,19 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     // After the load, so that its memory is taken while the swap area can
     // still absorb the pressure: swap off, free memory, jump.
     let swapped_off = prepare_ram(opts, &place).inspect_err(|_| next.unload())?;
+    let undo = || {
+        if swapped_off {
+            let _ = SwapArea::new(&place.holder).return_to_swap();
+        }
+    };
+    last_steps(&place, &manifest, &plan).inspect_err(|_| {
+        next.unload();
+        undo();
+    })?;
     // The wall clock: the monotonic clock stands still while this kernel is
     // away, and the kernel sets the wall clock from the RTC when it resumes.
     let left = SystemTime::now();
-    let report = next.jump().inspect_err(|_| {
-        if swapped_off {
-            let _ = SwapArea::new(&place.holder).swap_on();
-        }
-    })?;
+    let report = next.jump().inspect_err(|_| undo())?;
     let away = SystemTime::now().duration_since(left).unwrap_or_default();
     Ok(Some(back_again(
         opts,
@@ -193,6 +200,62 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         away,
         report,
     )))
+}
+
+/// Right before the jump: the claim on the target (the last write; the
+/// capture kernel writes only to a device that carries it, whatever name
+/// its kernel gives the device), and /proc/iomem read again (memory plugged
+/// in or out since the plan would be saved wrongly).
+fn last_steps(place: &Place, manifest: &Manifest, plan: &JumpPlan) -> Result<(), HibernateError> {
+    let uuid = manifest.image_uuid.ok_or(ClaimError::NoUuid)?;
+    claim::stake(place, uuid, manifest.started_ns, manifest.swap_was_active)?;
+    let now = JumpPlan::from_iomem(&read("/proc/iomem")?).map_err(PreflightError::from)?;
+    if now == *plan {
+        return Ok(());
+    }
+    Err(HibernateError::MapChanged {
+        before: described(plan),
+        after: described(&now),
+    })
+}
+
+/// What the capture kernel is told: the image `uuid` it writes, where and
+/// how, whether it is sealed, and the filesystems it fingerprints.
+fn capture_manifest(
+    opts: &HibernateOptions,
+    next: &NextKernel,
+    place: &Place,
+    secret: Option<&Secret>,
+    uuid: Uuid,
+    release: String,
+) -> Result<Manifest, HibernateError> {
+    Ok(Manifest {
+        encrypt: secret.map(|s| match s {
+            Secret::KeyFile(_) => SecretKind::KeyFile,
+            Secret::Passphrase(_) => SecretKind::Passphrase,
+        }),
+        image_uuid: Some(uuid),
+        placement: Some(PlacementKind::of(&place.placement)),
+        prompt_timeout: opts.prompt_timeout,
+        swap_was_active: SwapArea::of(place).is_some_and(|s| s.is_active()),
+        kernel_release: release,
+        filesystems: fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)
+            .iter()
+            .map(|d| kernel_name(d.as_ref()))
+            .collect(),
+        ..next.manifest(opts.mode, kernel_name(&place.holder), place.map_at())
+    })
+}
+
+/// A plan's saved ranges and region, for messages.
+fn described(plan: &JumpPlan) -> String {
+    let ranges: Vec<String> = plan
+        .saved
+        .ranges()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    format!("{} (region {})", ranges.join(","), plan.region)
 }
 
 /// What the capture kernel will do, for the user (and all of a dry run).

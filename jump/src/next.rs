@@ -261,6 +261,7 @@ impl<'a> NextKernel<'a> {
             mode,
             target,
             target_offset,
+            placement: None,
             ram: self.plan.saved.clone(),
             region: self.plan.region,
             kernel_release: String::new(),

@@ -136,6 +136,10 @@ pub struct BootOpts {
     pub mem: &'static str,
     /// The kernel A, B and R run.
     pub kernel: Kernel,
+    /// /dev/vda's PCI slot on a `pc` machine, when not QEMU's choice.
+    pub vda_slot: Option<u8>,
+    /// A QMP socket ([`Vm::qmp`]).
+    pub qmp: bool,
 }
 
 impl BootOpts {
@@ -153,7 +157,18 @@ impl BootOpts {
             machine: "pc",
             mem: MEM,
             kernel: Kernel::default(),
+            vda_slot: None,
+            qmp: false,
         }
+    }
+
+    /// With /dev/vda in PCI slot `slot` (a disk plugged in later into a
+    /// lower slot is named before it by a kernel that boots afresh), and a
+    /// QMP socket to plug it in with.
+    pub fn vda_slot(mut self, slot: u8) -> BootOpts {
+        self.vda_slot = Some(slot);
+        self.qmp = true;
+        self
     }
 
     /// On `kernel` (A, B and R).
@@ -238,8 +253,12 @@ impl BootOpts {
             }
         };
         let readonly = if self.readonly { "on" } else { "off" };
+        let attach = match self.vda_slot {
+            None => "if=virtio",
+            Some(_) => "if=none,id=vda",
+        };
         let mut drives = vec![format!(
-            "file={file},format=raw,if=virtio,readonly={readonly}"
+            "file={file},format=raw,{attach},readonly={readonly}"
         )];
         for d in &self.extra_disks {
             drives.push(format!("file={},format=raw,if=virtio", qemu_path(d)));
@@ -254,7 +273,11 @@ impl BootOpts {
         spec.machine = self.machine;
         spec.smp = self.smp;
         spec.drives = self.drives(name, vm::dir());
+        if let Some(slot) = self.vda_slot {
+            spec.devices = vec![format!("virtio-blk-pci,drive=vda,addr={slot:#x}")];
+        }
         spec.s3 = self.s3;
+        spec.qmp = self.qmp;
         spec
     }
 }

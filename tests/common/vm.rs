@@ -172,6 +172,8 @@ pub struct VmSpec {
     pub smp: u32,
     /// `-drive` values, /dev/vda first.
     pub drives: Vec<String>,
+    /// `-device` values (a drive given `if=none` is attached here).
+    pub devices: Vec<String>,
     /// A QMP socket ([`Vm::qmp`]).
     pub qmp: bool,
     /// ACPI S3 (suspend to RAM) enabled.
@@ -190,6 +192,7 @@ impl VmSpec {
             mem: mem.to_owned(),
             smp: 1,
             drives: Vec::new(),
+            devices: Vec::new(),
             qmp: false,
             s3: false,
         }
@@ -206,6 +209,9 @@ impl VmSpec {
         args.extend(["-serial", "stdio", "-no-reboot"].map(str::to_owned));
         for d in &self.drives {
             args.extend(["-drive".to_owned(), d.clone()]);
+        }
+        for d in &self.devices {
+            args.extend(["-device".to_owned(), d.clone()]);
         }
         if self.s3 {
             let pm = if self.machine == "q35" {

@@ -75,6 +75,10 @@ ACPI=y
 ACPI_BUTTON=y
 PCI=y
 PCI_MSI=y
+# A disk plugged in while A runs: B, booting afresh, names the disks in
+# slot order (tests/targets_vm.rs, disks that B names otherwise).
+HOTPLUG_PCI=y
+HOTPLUG_PCI_ACPI=y
 HPET_TIMER=y
 # tickless idle: an idle guest costs the host no CPU, which leaves the
 # cores of the host to the guests that are busy

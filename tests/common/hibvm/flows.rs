@@ -339,7 +339,11 @@ pub fn assert_resumed(name: &str, boot: &mut Vm, saved: &Saved) -> Vec<Line> {
 /// reason, which reaches it through the mailbox. Returns the finished boot
 /// and B's failure line.
 pub fn failed_capture(name: &str, opts: &BootOpts) -> (Vm, Line) {
-    let mut boot = start(name, opts);
+    failed_capture_of(start(name, opts))
+}
+
+/// [`failed_capture`] of a machine already started.
+pub fn failed_capture_of(mut boot: Vm) -> (Vm, Line) {
     let failed = boot.wait_for("kjump: capture failed", PHASE);
     assert!(failed.text.contains("/dev/vda"), "{}", failed.text);
     boot.wait_for("kjump: jumping back to the saved kernel", PHASE);

@@ -44,6 +44,8 @@
 #   kjump.rappend=WORD `kjump resume --append WORD`
 #   kjump.rtimeout=S   `kjump resume --prompt-timeout S`
 #   kjump.attempts=N   `kjump resume --max-attempts N`
+#   kjump.waitdisk=DEV before hibernating, wait until DEV appears (a disk
+#                      the test plugs in through QMP)
 #   kjump.selftest=1   instead of all this: `kjump selftest` (two kexec
 #                      jumps into a payload that jumps straight back), then
 #                      power off
@@ -143,6 +145,7 @@ shell=$(key shell)
 [ -n "$shell" ] && free="$free --file /bin/busybox:bin/sh --prompt-timeout $shell"
 rtimeout=$(key rtimeout)
 attempts=$(key attempts)
+waitdisk=$(key waitdisk)
 passes() { cat /tmp/memcheck.passes 2>/dev/null || echo 0; }
 # Waits until memcheck has made $1 good passes; says so if it died first.
 wait_passes() {
@@ -228,6 +231,11 @@ fi
 	done
 ) &
 sleep 3
+if [ -n "$waitdisk" ]; then
+	echo "A: WAITING-FOR-DISK $waitdisk"
+	while [ ! -b "$waitdisk" ]; do sleep 1; done
+	echo "A: DISK-PLUGGED $waitdisk, $(cat "/sys/class/block/${waitdisk##*/}/size") sectors"
+fi
 if [ "$mode" != none ] && [ -n "$mode" ]; then
 	# Write throughput reference, past where the image goes, on a target
 	# with room for it (1280 MiB).

@@ -183,6 +183,29 @@ impl Qmp {
             }
         }
     }
+
+    /// Plugs the raw disk image `disk` in as a virtio disk in PCI slot
+    /// `slot` (hot-plug: the guest names it after the disks it has).
+    pub fn plug_disk(&mut self, id: &str, disk: &Path, slot: u8) -> Result<(), QmpError> {
+        let path = disk.to_str().ok_or_else(|| {
+            QmpError::new("blockdev-add", format!("{} is not UTF-8", disk.display()))
+        })?;
+        let node = json_string(id);
+        self.execute(
+            "blockdev-add",
+            &format!(
+                r#"{{"execute":"blockdev-add","arguments":{{"driver":"raw","node-name":{node},"file":{{"driver":"file","filename":{}}}}}}}"#,
+                json_string(path)
+            ),
+        )?;
+        self.execute(
+            "device_add",
+            &format!(
+                r#"{{"execute":"device_add","arguments":{{"driver":"virtio-blk-pci","drive":{node},"id":{node},"addr":"{slot:#x}"}}}}"#
+            ),
+        )?;
+        Ok(())
+    }
 }
 
 /// `s` as a JSON string literal.
