@@ -60,6 +60,25 @@ fn range(start: u64, end: u64) -> PhysRange {
     PhysRange::new(PhysAddr(start), PhysAddr(end)).unwrap_or_else(|_| unreachable!("empty range"))
 }
 
+/// The first RAM in /proc/iomem's `text` that a driver added: "System
+/// RAM" followed by the driver's name, at any depth.
+fn driver_ram(text: &str) -> Option<PlanError> {
+    let name = text.lines().find_map(|line| {
+        let (_, name) = line.split_once(" : ")?;
+        let name = name.trim();
+        name.strip_prefix("System RAM (")?;
+        Some(name)
+    })?;
+    // The lines named so parse, or the whole map is refused as unreadable.
+    match ranges::parse_iomem_named("/proc/iomem", text, name) {
+        Ok(found) => Some(PlanError::DriverRam {
+            range: found[0],
+            name: name.to_string(),
+        }),
+        Err(e) => Some(PlanError::Ram(e)),
+    }
+}
+
 /// Why no jump can be planned on this machine.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -72,6 +91,18 @@ pub enum PlanError {
     /// /proc/iomem lists no usable RAM.
     #[error(transparent)]
     Ram(#[from] RangesError),
+    /// RAM a driver added ("System RAM (virtio_mem)", "System RAM (kmem)").
+    #[error(
+        "{range} is {name:?} in /proc/iomem: RAM that a driver (virtio-mem, dax/kmem) \
+         plugged in may be absent or elsewhere at the next boot, so kjump can neither \
+         restore it nor leave it out; unplug it (or take it offline and remove it) before hibernating"
+    )]
+    DriverRam {
+        /// Where.
+        range: PhysRange,
+        /// Its name in /proc/iomem.
+        name: String,
+    },
 }
 
 impl JumpPlan {
@@ -82,6 +113,9 @@ impl JumpPlan {
         let region = crash[0];
         if region.len() <= 2 * HEADER_RESERVE {
             return Err(PlanError::SmallRegion(region));
+        }
+        if let Some(e) = driver_ram(text) {
+            return Err(e);
         }
         let ram = MemoryMap::merged(ranges::parse_iomem("/proc/iomem", text)?);
         let taken = MemoryMap::merged(vec![region, range(B_LOW_MEMORY.0, B_LOW_MEMORY.1)]);
@@ -179,6 +213,28 @@ mod tests {
                 "memhp_default_state=offline",
             ]
         );
+    }
+
+    #[test]
+    fn ram_a_driver_added_is_refused_with_its_name() {
+        for name in ["System RAM (virtio_mem)", "System RAM (kmem)"] {
+            let text = format!("{IOMEM}140000000-17fffffff : {name}\n");
+            let e = JumpPlan::from_iomem(&text).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "0x140000000-0x17fffffff is {name:?} in /proc/iomem: RAM that a driver"
+                )),
+                "{e}"
+            );
+        }
+        // Nested under a device's resource, as dax regions are.
+        let text = format!(
+            "{IOMEM}140000000-17fffffff : dax0.0\n  140000000-17fffffff : System RAM (kmem)\n"
+        );
+        assert!(matches!(
+            JumpPlan::from_iomem(&text),
+            Err(PlanError::DriverRam { .. })
+        ));
     }
 
     #[test]
