@@ -5,54 +5,76 @@
 //! longer match the disk. So the capture kernel records a fingerprint of
 //! every block device the saved kernel had mounted, read from the device
 //! without mounting it, and a resume refuses when any fingerprint changed.
+//! After `--then checkpoint` the saved kernel runs on and writes its
+//! disks while the image stays committed, so a fingerprint must also
+//! change with writes made while a filesystem stays mounted, which most
+//! filesystems make to their journal or log, not to their superblock:
 //!
-//! For ext2/3/4 the fingerprint is the superblock's last write time, mount
-//! count and lifetime kilobytes written; for anything else a CRC32 of the
-//! device's first 64 KiB, where filesystems keep their superblocks.
+//! - ext2/3/4 (`ext`): the superblock's last write time, mount count,
+//!   lifetime kilobytes written, state and incompatible features; with a
+//!   journal in an inode, also its sequence, where its log starts and
+//!   where the log ends, followed from the journal's blocks as jbd2's
+//!   recovery does (`jbd2`), and a CRC32 of its fast-commit area if it
+//!   has one. An external journal is not read, and the fingerprint says so.
+//! - anything else: a CRC32 of the device's first 64 KiB, where most
+//!   filesystems keep their superblocks.
+//!
+//! Not seen: data overwritten in place without a change the journal or
+//! log records (with `lazytime`, timestamps reach the disk up to a day
+//! later), writes to an ext2, or to an ext4 without a journal, until it is
+//! unmounted, and writes to an external journal.
+//!
+//! The bytes come from a disk and may be garbage: every length and block
+//! number is checked before it is used and every walk is bounded, and a
+//! journal or log that cannot be followed gives a fingerprint that says
+//! why (the same for the same bytes), never a panic. Only a device that
+//! cannot be read makes the fingerprint an error.
 
-use kjump_image_format::le::{u16_at, u32_at};
-use std::fs::File;
-use std::io::Read;
+use kjump_image_format::le::u16_at;
+use std::io;
 use std::path::Path;
+
+mod disk;
+mod ext;
+mod jbd2;
+
+use disk::{read, Device, Disk, Fault};
 
 /// Bytes read from the start of a device.
 const HEAD: usize = 64 << 10;
-/// The ext superblock: offset on the device and magic.
-const EXT_SUPER: usize = 1024;
-const EXT_MAGIC: u16 = 0xef53;
 /// Key prefix of fingerprints in an image's metadata.
 pub const META_PREFIX: &str = kjump_image_format::metadata::KEY_FS_FINGERPRINT;
 
-/// The fingerprint of a device's first bytes (`head`, up to 64 KiB).
-pub fn fingerprint_of(head: &[u8]) -> String {
-    let sb = head.get(EXT_SUPER..EXT_SUPER + 1024);
-    if let Some(sb) = sb.filter(|sb| u16_at(sb, 0x38) == EXT_MAGIC) {
-        let wtime = u64::from(u32_at(sb, 0x30)) | u64::from(sb[0x274]) << 32;
-        let kbytes = u64::from(u32_at(sb, 0x178)) | u64::from(u32_at(sb, 0x17c)) << 32;
-        // s_state and s_feature_incompat: a journal replay by another
-        // boot (even a read-only mount replays) clears the "needs
-        // recovery" bit a mounted ext3/4 has on disk.
-        return format!(
-            "ext wtime={wtime} mounts={} kbytes-written={kbytes} state={:#x} incompat={:#x}",
-            u16_at(sb, 0x34),
-            u16_at(sb, 0x3a),
-            u32_at(sb, 0x60)
-        );
-    }
-    format!(
-        "crc32 of first {} bytes={:08x}",
-        head.len(),
-        crc32fast::hash(head)
-    )
+/// The fingerprint of a device whose bytes are `device`, all of them.
+pub fn fingerprint_of(mut device: &[u8]) -> io::Result<String> {
+    fingerprint_disk(&mut device)
 }
 
 /// Reads a device's fingerprint.
-pub fn fingerprint(device: &Path) -> std::io::Result<String> {
-    let mut head = Vec::with_capacity(HEAD);
-    File::open(device)?
-        .take(HEAD as u64)
-        .read_to_end(&mut head)?;
-    Ok(fingerprint_of(&head))
+pub fn fingerprint(device: &Path) -> io::Result<String> {
+    fingerprint_disk(&mut Device::open(device)?)
+}
+
+fn fingerprint_disk(disk: &mut dyn Disk) -> io::Result<String> {
+    let head_len = disk.len().min(HEAD as u64) as usize;
+    let head = read(disk, 0, head_len).map_err(into_io)?;
+    let ext = head.get(ext::SUPER..ext::SUPER + ext::SUPER_LEN);
+    if let Some(sb) = ext.filter(|sb| u16_at(sb, 0x38) == ext::MAGIC) {
+        return ext::fingerprint(disk, sb);
+    }
+    Ok(format!(
+        "crc32 of first {} bytes={:08x}",
+        head.len(),
+        crc32fast::hash(&head)
+    ))
+}
+
+/// A read whose range was checked can fail only as I/O does.
+fn into_io(fault: Fault) -> io::Error {
+    match fault {
+        Fault::Io(e) => e,
+        Fault::Malformed(m) => io::Error::new(io::ErrorKind::InvalidData, m),
+    }
 }
 
 /// Block devices with a filesystem mounted, from /proc/self/mountinfo text:
@@ -146,6 +168,8 @@ mod tests {
 
     #[test]
     fn ext_fields_and_fallback() {
+        const EXT_SUPER: usize = ext::SUPER;
+        const EXT_MAGIC: u16 = ext::MAGIC;
         let mut head = vec![0u8; 4096];
         head[EXT_SUPER + 0x38..EXT_SUPER + 0x3a].copy_from_slice(&EXT_MAGIC.to_le_bytes());
         head[EXT_SUPER + 0x30..EXT_SUPER + 0x34].copy_from_slice(&1_700_000_000u32.to_le_bytes());
@@ -154,10 +178,12 @@ mod tests {
         head[EXT_SUPER + 0x3a] = 1;
         head[EXT_SUPER + 0x60..EXT_SUPER + 0x64].copy_from_slice(&0x246u32.to_le_bytes());
         assert_eq!(
-            fingerprint_of(&head),
-            "ext wtime=1700000000 mounts=7 kbytes-written=42 state=0x1 incompat=0x246"
+            fingerprint_of(&head).unwrap(),
+            "ext wtime=1700000000 mounts=7 kbytes-written=42 state=0x1 incompat=0x246 journal=none"
         );
         head[EXT_SUPER + 0x38] = 0;
-        assert!(fingerprint_of(&head).starts_with("crc32 of first 4096 bytes="));
+        assert!(fingerprint_of(&head)
+            .unwrap()
+            .starts_with("crc32 of first 4096 bytes="));
     }
 }
