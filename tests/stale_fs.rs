@@ -2,11 +2,6 @@
 //! loop device is fingerprinted as the capture kernel does it, then mounted
 //! and written as another boot would; `kjump resume` must then refuse the
 //! image, naming the device, unless forced.
-//!
-//! After `--then checkpoint` the saved kernel runs on and writes its
-//! filesystems while they stay mounted: those writes must change the
-//! fingerprint too, while a filesystem left as it was must keep it, and a
-//! garbage journal must give an error or a stable fingerprint.
 
 mod common;
 
@@ -144,6 +139,12 @@ const EXT4: Kind = Kind {
     mkfs: "mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0",
     prefix: "ext wtime=",
 };
+const BTRFS: Kind = Kind {
+    name: "btrfs",
+    size: "128M",
+    mkfs: "mkfs.btrfs -q -f",
+    prefix: "btrfs ",
+};
 
 fn ready_for(kind: &Kind) -> bool {
     let mkfs = kind.mkfs.split_whitespace().next().unwrap_or_default();
@@ -206,6 +207,15 @@ fn ext4_written_while_mounted_with_transactions_in_the_journal_changes() {
     assert!(!then.contains(" journal-start=0 "), "empty: {then}");
 }
 
+#[test]
+fn btrfs_written_while_mounted_changes() {
+    if !ready_for(&BTRFS) {
+        return;
+    }
+    mounted_writes_change_the_fingerprint(&BTRFS, true);
+    mounted_writes_change_the_fingerprint(&BTRFS, false);
+}
+
 /// The fingerprint of `file` through a fresh loop device, as a capture
 /// kernel and a later boot each see the disk.
 fn fingerprint_of_file(file: &Path) -> Result<String, std::io::Error> {
@@ -233,7 +243,7 @@ fn disk_left_mounted(dir: &TempDir, kind: &Kind) -> PathBuf {
 
 #[test]
 fn unchanged_filesystems_keep_their_fingerprint() {
-    for kind in [&EXT4] {
+    for kind in [&EXT4, &BTRFS] {
         if !ready_for(kind) {
             return;
         }

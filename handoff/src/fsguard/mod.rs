@@ -16,6 +16,8 @@
 //!   where the log ends, followed from the journal's blocks as jbd2's
 //!   recovery does (`jbd2`), and a CRC32 of its fast-commit area if it
 //!   has one. An external journal is not read, and the fingerprint says so.
+//! - btrfs (`btrfs`): its primary superblock's generation, root and log
+//!   root, which every transaction commit and fsync rewrites.
 //! - anything else: a CRC32 of the device's first 64 KiB, where most
 //!   filesystems keep their superblocks.
 //!
@@ -34,6 +36,7 @@ use kjump_image_format::le::u16_at;
 use std::io;
 use std::path::Path;
 
+mod btrfs;
 mod disk;
 mod ext;
 mod jbd2;
@@ -61,6 +64,12 @@ fn fingerprint_disk(disk: &mut dyn Disk) -> io::Result<String> {
     let ext = head.get(ext::SUPER..ext::SUPER + ext::SUPER_LEN);
     if let Some(sb) = ext.filter(|sb| u16_at(sb, 0x38) == ext::MAGIC) {
         return ext::fingerprint(disk, sb);
+    }
+    if disk.len() >= btrfs::SUPER + btrfs::SUPER_LEN as u64 {
+        let sb = read(disk, btrfs::SUPER, btrfs::SUPER_LEN).map_err(into_io)?;
+        if let Some(fp) = btrfs::fingerprint(&sb) {
+            return Ok(fp);
+        }
     }
     Ok(format!(
         "crc32 of first {} bytes={:08x}",
