@@ -145,6 +145,12 @@ const BTRFS: Kind = Kind {
     mkfs: "mkfs.btrfs -q -f",
     prefix: "btrfs ",
 };
+const XFS: Kind = Kind {
+    name: "xfs",
+    size: "320M",
+    mkfs: "mkfs.xfs -q -f",
+    prefix: "xfs ",
+};
 
 fn ready_for(kind: &Kind) -> bool {
     let mkfs = kind.mkfs.split_whitespace().next().unwrap_or_default();
@@ -216,6 +222,15 @@ fn btrfs_written_while_mounted_changes() {
     mounted_writes_change_the_fingerprint(&BTRFS, false);
 }
 
+#[test]
+fn xfs_written_while_mounted_changes() {
+    if !ready_for(&XFS) {
+        return;
+    }
+    mounted_writes_change_the_fingerprint(&XFS, true);
+    mounted_writes_change_the_fingerprint(&XFS, false);
+}
+
 /// The fingerprint of `file` through a fresh loop device, as a capture
 /// kernel and a later boot each see the disk.
 fn fingerprint_of_file(file: &Path) -> Result<String, std::io::Error> {
@@ -243,7 +258,7 @@ fn disk_left_mounted(dir: &TempDir, kind: &Kind) -> PathBuf {
 
 #[test]
 fn unchanged_filesystems_keep_their_fingerprint() {
-    for kind in [&EXT4, &BTRFS] {
+    for kind in [&EXT4, &BTRFS, &XFS] {
         if !ready_for(kind) {
             return;
         }

@@ -133,17 +133,24 @@ pub(crate) fn be32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes(a)
 }
 
+/// The big-endian `u64` at `off` in `b` (panics past the end).
+pub(crate) fn be64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_be_bytes(a)
+}
+
 /// The alignment of direct reads: the largest logical block size of the
 /// devices in use, which also suits smaller ones.
 const DIRECT_ALIGN: usize = 4096;
 
 /// A block device opened for its fingerprint.
 ///
-/// It is read with O_DIRECT where the device allows it: a filesystem that
-/// writes around the block device's page cache would otherwise have a
-/// cached copy of a block read earlier in the same boot hide a write made
-/// since (the capture kernel and a normal boot read each device fresh,
-/// but a running system, as in the tests, does not).
+/// It is read with O_DIRECT where the device allows it: XFS writes its
+/// log around the block device's page cache, so a cached copy of a log
+/// block read earlier in the same boot would hide a write made since
+/// (the capture kernel and a normal boot read each device fresh, but a
+/// running system, as in the tests, does not).
 pub(crate) struct Device {
     path: PathBuf,
     file: File,

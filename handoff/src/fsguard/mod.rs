@@ -18,13 +18,15 @@
 //!   has one. An external journal is not read, and the fingerprint says so.
 //! - btrfs (`btrfs`): its primary superblock's generation, root and log
 //!   root, which every transaction commit and fsync rewrites.
+//! - XFS (`xfs`): a CRC32 of the first 64 KiB and the head of an
+//!   internal log; an external log is not read, and the fingerprint says so.
 //! - anything else: a CRC32 of the device's first 64 KiB, where most
 //!   filesystems keep their superblocks.
 //!
 //! Not seen: data overwritten in place without a change the journal or
 //! log records (with `lazytime`, timestamps reach the disk up to a day
 //! later), writes to an ext2, or to an ext4 without a journal, until it is
-//! unmounted, and writes to an external journal.
+//! unmounted, and writes to an external journal or log.
 //!
 //! The bytes come from a disk and may be garbage: every length and block
 //! number is checked before it is used and every walk is bounded, and a
@@ -40,6 +42,7 @@ mod btrfs;
 mod disk;
 mod ext;
 mod jbd2;
+mod xfs;
 
 use disk::{read, Device, Disk, Fault};
 
@@ -64,6 +67,9 @@ fn fingerprint_disk(disk: &mut dyn Disk) -> io::Result<String> {
     let ext = head.get(ext::SUPER..ext::SUPER + ext::SUPER_LEN);
     if let Some(sb) = ext.filter(|sb| u16_at(sb, 0x38) == ext::MAGIC) {
         return ext::fingerprint(disk, sb);
+    }
+    if head.starts_with(xfs::MAGIC) {
+        return xfs::fingerprint(disk, &head);
     }
     if disk.len() >= btrfs::SUPER + btrfs::SUPER_LEN as u64 {
         let sb = read(disk, btrfs::SUPER, btrfs::SUPER_LEN).map_err(into_io)?;
