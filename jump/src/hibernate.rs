@@ -140,7 +140,8 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let opts = &*opts;
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?).map_err(PreflightError::from)?;
     let release = read("/proc/sys/kernel/osrelease")?.trim().to_string();
-    let place = preflight(opts.given(secret.as_ref()), &plan, &release)?;
+    let mountinfo = read("/proc/self/mountinfo")?;
+    let place = preflight(opts.given(secret.as_ref()), &plan, &release, &mountinfo)?;
     let a_cmdline = read("/proc/cmdline")?;
     let mut next = NextKernel::new(
         Role::Capture,
@@ -160,7 +161,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         prompt_timeout: opts.prompt_timeout,
         swap_was_active: SwapArea::of(&place).is_some_and(|s| s.is_active()),
         kernel_release: release,
-        filesystems: fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)
+        filesystems: fsguard::mounted_block_devices(&mountinfo)
             .iter()
             .map(|d| kernel_name(d.as_ref()))
             .collect(),

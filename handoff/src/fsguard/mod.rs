@@ -42,9 +42,11 @@ mod btrfs;
 mod disk;
 mod ext;
 mod jbd2;
+mod unguarded;
 mod xfs;
 
 use disk::{read, Device, Disk, Fault};
+pub use unguarded::{unguarded, Layer, Unguarded, UnguardedMounts};
 
 /// Bytes read from the start of a device.
 const HEAD: usize = 64 << 10;
