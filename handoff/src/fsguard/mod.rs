@@ -28,6 +28,10 @@
 //! later), writes to an ext2, or to an ext4 without a journal, until it is
 //! unmounted, and writes to an external journal or log.
 //!
+//! The capture kernel sets up no device-mapper or md, so it cannot read
+//! a filesystem on LVM, dm-crypt/LUKS or md RAID; [`unguarded`] names
+//! those mounts for `kjump hibernate` to refuse up front.
+//!
 //! The bytes come from a disk and may be garbage: every length and block
 //! number is checked before it is used and every walk is bounded, and a
 //! journal or log that cannot be followed gives a fingerprint that says
