@@ -349,4 +349,4 @@ impl Journal for OnDisk<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -187,6 +187,18 @@ mod tests {
         assert_eq!(mounted_block_devices(text), ["/dev/vda1", "/dev/vdb"]);
     }
 
+    /// The seeds of the fuzz target `fs_fingerprint`, written to the
+    /// directory `KJUMP_FUZZ_SEEDS` names (fuzz/corpus/fs_fingerprint).
+    #[test]
+    fn fuzz_seeds() {
+        let Some(dir) = std::env::var_os("KJUMP_FUZZ_SEEDS") else {
+            return;
+        };
+        let dir = Path::new(&dir);
+        std::fs::write(dir.join("ext4-journal"), ext::tests::seed()).unwrap();
+        std::fs::write(dir.join("xfs-log"), xfs::tests::seed()).unwrap();
+    }
+
     #[test]
     fn ext_fields_and_fallback() {
         const EXT_SUPER: usize = ext::SUPER;

@@ -228,3 +228,35 @@ fn any_one_byte_changed_gives_a_fingerprint_and_the_same_twice() {
         }
     }
 }
+
+/// A 16 KiB ext4 whose 10-block journal (64-bit, checksum v3 tags) holds
+/// two transactions: the fuzz target's seed.
+pub(in crate::fsguard) fn seed() -> Vec<u8> {
+    let mut img = image(16, 10);
+    node(&mut img, I_BLOCK, 0, &[(0, 4, 10)]);
+    journal(&mut img, |n| 4 + n, 10, 1);
+    let j = |n: usize| 4 * BS + n * BS;
+    // 64-bit and checksum v3: 16-byte tags. The first transaction's
+    // descriptor gets a second tag, the second transaction its own.
+    be32(&mut img, j(0) + 0x28, 0x2 | 0x10);
+    let d = j(1) + 12;
+    img[d + 6..d + 8].copy_from_slice(&0u16.to_be_bytes());
+    img[d + 32 + 6..d + 32 + 8].copy_from_slice(&0xau16.to_be_bytes());
+    let (commit, desc2) = (j(4), j(5));
+    img.copy_within(j(3)..j(3) + BS, commit);
+    img[j(3)..j(3) + BS].fill(0x11);
+    img.copy_within(j(1)..j(1) + 12, desc2);
+    be32(&mut img, desc2 + 8, 6);
+    img[desc2 + 12 + 6..desc2 + 12 + 8].copy_from_slice(&0xau16.to_be_bytes());
+    img.copy_within(commit..commit + 12, j(7));
+    be32(&mut img, j(7) + 8, 6);
+    img
+}
+
+#[test]
+fn the_fuzz_seed_holds_two_transactions() {
+    assert_eq!(
+        journal_of(&seed()),
+        "journal-sequence=5 journal-start=1 log-end=7@8"
+    );
+}
