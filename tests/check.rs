@@ -46,7 +46,8 @@ fn check_on_this_machine_gives_its_reasons_and_exit_code() {
             "kexec_load",
             "crashkernel",
             "capture",
-            "target"
+            "target",
+            "filesystems"
         ],
         "{stdout}"
     );

@@ -156,7 +156,8 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
     let opts = &*opts;
     let plan = JumpPlan::from_iomem(&read("/proc/iomem")?).map_err(PreflightError::from)?;
     let release = read("/proc/sys/kernel/osrelease")?.trim().to_string();
-    let place = preflight(opts.given(secret.as_ref()), &plan, &release)?;
+    let mountinfo = read("/proc/self/mountinfo")?;
+    let place = preflight(opts.given(secret.as_ref()), &plan, &release, &mountinfo)?;
     let a_cmdline = read("/proc/cmdline")?;
     let mut next = NextKernel::new(
         Role::Capture,
@@ -167,7 +168,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         &opts.append,
     );
     let uuid = Uuid::random();
-    let manifest = capture_manifest(opts, &next, &place, secret.as_ref(), uuid, release)?;
+    let manifest = capture_manifest(opts, &next, &place, secret.as_ref(), uuid, release, &mountinfo);
     show(&plan, &manifest, &next);
     if opts.dry_run {
         prepare_ram(opts, &place)?;
@@ -228,8 +229,9 @@ fn capture_manifest(
     secret: Option<&Secret>,
     uuid: Uuid,
     release: String,
-) -> Result<Manifest, HibernateError> {
-    Ok(Manifest {
+    mountinfo: &str,
+) -> Manifest {
+    Manifest {
         encrypt: secret.map(|s| match s {
             Secret::KeyFile(_) => SecretKind::KeyFile,
             Secret::Passphrase(_) => SecretKind::Passphrase,
@@ -239,12 +241,12 @@ fn capture_manifest(
         prompt_timeout: opts.prompt_timeout,
         swap_was_active: SwapArea::of(place).is_some_and(|s| s.is_active()),
         kernel_release: release,
-        filesystems: fsguard::mounted_block_devices(&read("/proc/self/mountinfo")?)
+        filesystems: fsguard::mounted_block_devices(mountinfo)
             .iter()
             .map(|d| kernel_name(d.as_ref()))
             .collect(),
         ..next.manifest(opts.mode, kernel_name(&place.holder), place.map_at())
-    })
+    }
 }
 
 /// A plan's saved ranges and region, for messages.

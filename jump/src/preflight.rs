@@ -1,9 +1,12 @@
 //! What `kjump hibernate` checks before it changes anything: that the
 //! kernel can kexec-jump, that the capture kernel and kexec-tools are
-//! there, and that the target can take the worst-case image.
+//! there, that the capture kernel can read every mounted filesystem for
+//! the stale-filesystem guard, and that the target can take the
+//! worst-case image.
 
 use std::path::{Path, PathBuf};
 
+use kjump_handoff::fsguard::{self, UnguardedMounts};
 use kjump_handoff::plan::{JumpPlan, PlanError};
 use kjump_image_format::{
     chunk_count, worst_case_len, Kdf, Layout, MemoryMap, Metadata, MetadataSection, Placement,
@@ -65,6 +68,11 @@ pub enum PreflightError {
     /// No kexec-tools.
     #[error("{} not found: install kexec-tools", .0.display())]
     NoKexec(PathBuf),
+    /// Filesystems are mounted from device-mapper or md, which the
+    /// capture kernel cannot read to record their fingerprints: every
+    /// resume of the image would be refused.
+    #[error("{0}")]
+    Unguarded(UnguardedMounts),
     /// The target cannot be found, prepared or measured.
     #[error(transparent)]
     Place(#[from] PlaceError),
@@ -138,11 +146,13 @@ pub fn untested_note(release: &str) -> Option<String> {
 }
 
 /// Refuses early, with the reason, what would make the jump fail later;
-/// returns where the image will go. `release` is the running kernel's.
+/// returns where the image will go. `release` is the running kernel's,
+/// `mountinfo` its /proc/self/mountinfo.
 pub(crate) fn preflight(
     opts: Given,
     plan: &JumpPlan,
     release: &str,
+    mountinfo: &str,
 ) -> Result<Place, PreflightError> {
     if kexec::load_disabled() {
         return Err(PreflightError::LoadDisabled);
@@ -167,6 +177,7 @@ pub(crate) fn preflight(
     if !opts.kexec.is_file() && which(opts.kexec).is_none() {
         return Err(PreflightError::NoKexec(opts.kexec.to_path_buf()));
     }
+    check_guardable(fsguard::unguarded(mountinfo))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     check_restore_region(plan, opts.sealed.as_ref(), threads)?;
     let encrypted = opts.sealed.is_some();
@@ -177,6 +188,17 @@ pub(crate) fn preflight(
             check_room(&place.describe(), capacity, &plan.saved, encrypted).map(|()| place)
         }
         None => Ok(place),
+    }
+}
+
+/// Refuses filesystems mounted where the capture kernel cannot read them
+/// (`unguarded`): it would record them as unreadable, and every resume of
+/// the image would be refused, which the user would learn only after the
+/// power-off.
+fn check_guardable(unguarded: UnguardedMounts) -> Result<(), PreflightError> {
+    match unguarded.0.is_empty() {
+        true => Ok(()),
+        false => Err(PreflightError::Unguarded(unguarded)),
     }
 }
 
@@ -453,6 +475,39 @@ mod tests {
             }
             other => panic!("not RestoreRegion: {other:?}"),
         }
+    }
+
+    #[test]
+    fn mounts_the_capture_kernel_cannot_read_are_refused_up_front() {
+        let mountinfo = "22 27 0:21 / /proc rw - proc proc rw\n\
+            30 1 254:1 / / rw - ext4 /dev/mapper/kjump--test-root rw\n\
+            31 30 8:1 / /boot rw - ext4 /dev/kjump-test-sda1 rw\n\
+            32 30 9:0 / /srv rw - xfs /dev/md/kjump-test rw\n";
+        let err = check_guardable(fsguard::unguarded(mountinfo)).unwrap_err();
+        let PreflightError::Unguarded(mounts) = &err else {
+            panic!("not Unguarded: {err:?}");
+        };
+        let named: Vec<(&str, &str)> = mounts
+            .0
+            .iter()
+            .map(|m| (m.mount_point.as_str(), m.source.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("/", "/dev/mapper/kjump--test-root"),
+                ("/srv", "/dev/md/kjump-test")
+            ]
+        );
+        assert_eq!(
+            err.to_string(),
+            "/ on /dev/mapper/kjump--test-root (device-mapper), /srv on /dev/md/kjump-test (md): \
+             mounted from device-mapper or md, which the capture kernel cannot read through, so \
+             it cannot record their state and every resume would be refused (the \
+             stale-filesystem guard could not check that they are unchanged)"
+        );
+        let plain = "31 30 8:1 / /boot rw - ext4 /dev/kjump-test-sda1 rw\n";
+        check_guardable(fsguard::unguarded(plain)).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use kjump_handoff::fsguard::UnguardedMounts;
 use kjump_handoff::plan::{JumpPlan, HEADER_RESERVE};
 use kjump_image_format::{MemoryMap, Metadata};
 use kjump_sys::ranges;
@@ -186,6 +187,9 @@ pub struct Facts {
     pub kexec: Option<PathBuf>,
     /// The target, judged against [`Facts::saved`].
     pub target: TargetState,
+    /// Mounted filesystems the capture kernel cannot read for the
+    /// stale-filesystem guard (on device-mapper or md).
+    pub unguarded: UnguardedMounts,
 }
 
 /// One line of the verdict: what was checked, and the problem if any.
@@ -417,6 +421,17 @@ fn judge_capture_kernel(f: &Facts) -> Finding {
     }
 }
 
+fn judge_filesystems(f: &Facts) -> Finding {
+    const W: &str = "filesystems";
+    match f.unguarded.0.is_empty() {
+        true => Finding::ok(
+            W,
+            "none mounted from device-mapper or md: the capture kernel can read each to guard it",
+        ),
+        false => Finding::problem(W, f.unguarded.to_string()),
+    }
+}
+
 /// Judges the facts: one finding per thing checked.
 pub fn judge(f: &Facts) -> Vec<Finding> {
     let saved = saved_ram(&f.iomem);
@@ -428,6 +443,7 @@ pub fn judge(f: &Facts) -> Vec<Finding> {
         judge_region(f, &saved),
         judge_capture_kernel(f),
         judge_target(f, worst),
+        judge_filesystems(f),
     ]
 }
 

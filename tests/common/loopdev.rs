@@ -51,8 +51,15 @@ impl Loop {
 
     /// A loop device over a fresh 32 MiB ext4 filesystem.
     pub fn ext4(file: &Path) -> Loop {
+        Loop::mkfs(file, "32M", "mkfs.ext4 -q -F")
+    }
+
+    /// A loop device over a sparse file of `size` (`truncate -s` units)
+    /// made into a filesystem by `mkfs`, a command that takes the file
+    /// last (`mkfs.xfs -q -f`).
+    pub fn mkfs(file: &Path, size: &str, mkfs: &str) -> Loop {
         sh(&format!(
-            "truncate -s 32M {0} && mkfs.ext4 -q -F {0}",
+            "truncate -s {size} {0} && {mkfs} {0} >/dev/null",
             file.display()
         ));
         Loop::over(file)

@@ -149,6 +149,9 @@ impl Facts {
                 .map_or(8 << 20, |m| m.len()),
             kexec: which("kexec"),
             target: target_state(settings.target.as_deref(), settings.file_target),
+            unguarded: kjump_handoff::fsguard::unguarded(
+                &read("/proc/self/mountinfo").unwrap_or_default(),
+            ),
             release,
         }
     }

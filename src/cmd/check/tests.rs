@@ -1,5 +1,6 @@
 use super::gather::target_state;
 use super::*;
+use kjump_handoff::fsguard::UnguardedMounts;
 
 /// A 4 GiB machine with a 256 MiB region at 0x2f000000.
 const IOMEM: &str = "00000000-00000fff : Reserved\n00001000-0009fbff : System RAM\n\
@@ -22,6 +23,7 @@ fn machine() -> Facts {
         initramfs: 6 << 20,
         kexec: Some("/usr/sbin/kexec".into()),
         target: TargetState::Room("/dev/disk/by-partlabel/kjump".into(), 8 << 30),
+        unguarded: UnguardedMounts(vec![]),
     }
 }
 
@@ -49,7 +51,8 @@ fn a_machine_that_can_hibernate_has_no_problem() {
             "kexec_load",
             "crashkernel",
             "capture",
-            "target"
+            "target",
+            "filesystems"
         ]
     );
 }
@@ -185,6 +188,26 @@ fn capture_kernel_missing_or_not_a_bzimage() {
     );
     f.kernel.0 = std::env::current_exe().unwrap();
     one_problem(&f, "capture", &["not an x86 bzImage"]);
+}
+
+#[test]
+fn filesystems_on_device_mapper_or_md_cannot_be_guarded() {
+    let mut f = machine();
+    f.unguarded = kjump_handoff::fsguard::unguarded(
+        "30 1 254:1 / / rw - ext4 /dev/mapper/kjump--test-root rw\n\
+         31 30 8:1 / /boot rw - ext4 /dev/kjump-test-sda1 rw\n",
+    );
+    one_problem(
+        &f,
+        "filesystems",
+        &[
+            "/ on /dev/mapper/kjump--test-root (device-mapper): ",
+            "the capture kernel cannot read through",
+            "every resume would be refused",
+        ],
+    );
+    let text = sleep_conf::sleep_conf_text(true, &problems(&f)).unwrap();
+    assert!(text.contains("AllowHibernation=no"), "{text}");
 }
 
 #[test]
