@@ -153,9 +153,12 @@ pub enum MailboxError {
         #[source]
         source: RangeError,
     },
-    /// The next kernel cannot write the page.
-    #[error("{OPEN_TRIES} mailbox pages, the last {0}, lay outside the memory the next kernel can reach")]
-    Unreachable(PhysRange),
+    /// No page this process could get lies where the next kernel can write.
+    #[error("none of the {} MiB of pages this process locked lay in memory the next kernel can reach", .held >> 20)]
+    Unreachable {
+        /// Bytes locked and looked at.
+        held: usize,
+    },
 }
 
 /// Why the confined kernel could not leave its report.
@@ -192,45 +195,57 @@ pub struct Mailbox {
     address: MailboxAddress,
 }
 
-/// Pages [`Mailbox::open`] tries before it gives up on finding one the
-/// next kernel can reach.
-pub const OPEN_TRIES: usize = 64;
+/// The most memory [`Mailbox::open`] holds while it looks for a page the
+/// next kernel can reach: more than the largest capture region.
+pub const OPEN_LIMIT: usize = 1 << 30;
 
 impl Mailbox {
     /// Sets up the mailbox in a locked page whose physical address lies in
     /// `reachable` (the memory the next kernel can write through
     /// /dev/mem). Needs CAP_SYS_ADMIN for the physical address.
     ///
-    /// The kernel picks the page. One outside `reachable` (the next kernel
-    /// is confined to a region that is ordinary RAM in this boot, where this
-    /// process's pages may lie) is kept aside, so that the next try gets
-    /// another, up to [`OPEN_TRIES`] pages; all but the one used are freed
-    /// on return.
+    /// The kernel picks the frames. The next kernel is confined to a region
+    /// that may be ordinary RAM in this boot (the crashkernel reservation
+    /// moves between boots: KASLR places the kernel, the reservation goes
+    /// below it), and the page allocator hands out the free frames at the
+    /// top of RAM first, which may all lie in that region. So blocks of
+    /// frames that hold no reachable page are kept aside, each twice as
+    /// large as the one before (a page, two, ..., up to 64 MiB a block, at
+    /// most [`OPEN_LIMIT`] in all), until a block holds one; all but that
+    /// page are freed on return.
     pub fn open(reachable: &MemoryMap) -> Result<Mailbox, MailboxError> {
         let token = Uuid::random();
+        let fits = |phys: u64| {
+            PhysRange::from_start_len(PhysAddr(phys), PAGE as u64).is_ok_and(|page| {
+                reachable
+                    .ranges()
+                    .iter()
+                    .any(|r| r.intersect(&page) == Some(page))
+            })
+        };
         let mut set_aside = Vec::new();
+        let (mut pages, mut held) = (1usize, 0usize);
         loop {
-            let map = LockedPage::new(|page| {
+            let picked = LockedPage::pick(pages, fits, |page| {
                 page[..8].copy_from_slice(MAGIC);
                 page[8..24].copy_from_slice(&token.0);
             })?;
-            let phys = map.phys();
-            let page = PhysRange::from_start_len(PhysAddr(phys), PAGE as u64)
-                .map_err(|source| MailboxError::Range { phys, source })?;
-            if reachable
-                .ranges()
-                .iter()
-                .any(|r| r.intersect(&page) == Some(page))
-            {
-                return Ok(Mailbox {
-                    map,
-                    address: MailboxAddress { phys, token },
-                });
+            let block = match picked {
+                Ok(map) => {
+                    let phys = map.phys();
+                    return Ok(Mailbox {
+                        map,
+                        address: MailboxAddress { phys, token },
+                    });
+                }
+                Err(block) => block,
+            };
+            held += pages * PAGE;
+            if held >= OPEN_LIMIT {
+                return Err(MailboxError::Unreachable { held });
             }
-            if set_aside.len() + 1 >= OPEN_TRIES {
-                return Err(MailboxError::Unreachable(page));
-            }
-            set_aside.push(map);
+            set_aside.push(block);
+            pages = (pages * 2).min((64 << 20) / PAGE);
         }
     }
 

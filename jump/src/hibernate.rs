@@ -168,7 +168,15 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
         &opts.append,
     );
     let uuid = Uuid::random();
-    let manifest = capture_manifest(opts, &next, &place, secret.as_ref(), uuid, release, &mountinfo);
+    let manifest = capture_manifest(
+        opts,
+        &next,
+        &place,
+        secret.as_ref(),
+        uuid,
+        release,
+        &mountinfo,
+    );
     show(&plan, &manifest, &next);
     if opts.dry_run {
         prepare_ram(opts, &place)?;
