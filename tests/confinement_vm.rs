@@ -25,7 +25,7 @@ use common::hibvm::flows::{
     resume, state, Saved, PHASE,
 };
 use common::hibvm::scenarios::{self, big_disk, q35};
-use common::hibvm::{self, start, BootOpts, Kernel};
+use common::hibvm::{self, start, BootOpts, Kernel, WriteError};
 use common::kjump::{kjump, Run};
 use common::vm::{self, find, machine, machine_cpus};
 
@@ -42,9 +42,11 @@ fn q35_4g_failed_capture_keeps_every_word() {
     let Some(_machine) = machine_cpus(2) else {
         return;
     };
-    let disk = big_disk("q35-readonly");
-    let opts = q35(Kernel::Linux6_12, &disk, "poweroff", 1024).readonly();
-    let (boot, failed) = failed_capture("q35-readonly", &opts);
+    // Writes past A's claim fail: B fails and jumps back.
+    let disk = big_disk("q35-eio");
+    let opts =
+        q35(Kernel::Linux6_12, &disk, "poweroff", 1024).write_error(WriteError::eio_at(4 << 20));
+    let (boot, failed) = failed_capture("q35-eio", &opts);
     assert_memcheck_passed(&boot, failed.at, "A: MEMCHECK-AFTER");
 }
 

@@ -23,11 +23,11 @@
 
 mod common;
 
-use common::hibvm::flows::{disk, failed_capture};
+use common::hibvm::flows::{disk, failed_capture, PHASE};
 use common::hibvm::scenarios;
-use common::hibvm::{BootOpts, Kernel};
+use common::hibvm::{start, BootOpts, Kernel, WriteError};
 use common::kjump::{kjump, Run};
-use common::vm::{line, machine, machine_cpus};
+use common::vm::{find, line, machine, machine_cpus};
 
 const KERNEL: Kernel = Kernel::Linux6_12;
 
@@ -63,19 +63,21 @@ fn checkpoint_then_resume() {
     scenarios::checkpoint_then_resume(KERNEL);
 }
 
-/// A capture kernel that cannot write its target (a read-only disk, which A's
-/// checks cannot tell from a writable one) says why, saves nothing, and
-/// jumps back: A runs on with its memory as it was, and `kjump hibernate`
-/// fails with the reason instead of claiming a resume.
+/// A capture kernel that cannot write its target (writes past A's claim
+/// fail with EIO, injected by QEMU's blkdebug) says why, saves nothing,
+/// and jumps back: A runs on with its memory as it was, and `kjump
+/// hibernate` fails with the reason instead of claiming a resume. A target
+/// that takes no write at all (a read-only disk, which the preflight cannot
+/// tell from a writable one) is found by A's claim before the jump.
 #[test]
 fn failed_capture_jumps_back_to_a() {
     let Some(_machine) = machine() else { return };
-    let disk = disk("readonly");
+    let eio = disk("eio-at-4m");
     // B has a rescue shell; nobody takes it, so B jumps back after 5 s.
-    let opts = BootOpts::new(&disk, "poweroff")
-        .readonly()
+    let opts = BootOpts::new(&eio, "poweroff")
+        .write_error(WriteError::eio_at(4 << 20))
         .arg("kjump.shell=5");
-    let (boot, failed) = failed_capture("readonly", &opts);
+    let (boot, failed) = failed_capture("eio-at-4m", &opts);
     let lines = boot.lines();
     let offer = line(
         &lines,
@@ -100,6 +102,25 @@ fn failed_capture_jumps_back_to_a() {
     );
     let Run {
         code, text: out, ..
-    } = kjump(&["verify", disk.to_str().expect("utf-8 path")]);
+    } = kjump(&["verify", eio.to_str().expect("utf-8 path")]);
     assert_eq!(code, 1, "nothing was saved, so nothing verifies: {out}");
+
+    let readonly = disk("readonly");
+    let mut boot = start("readonly", &BootOpts::new(&readonly, "poweroff").readonly());
+    let claim = boot.wait_for("kjump: claiming the target", PHASE);
+    let exit = boot.wait_for("A: HIBERNATE-EXIT", PHASE);
+    boot.wait_for("A: DONE", PHASE);
+    boot.wait_exit(PHASE);
+    let lines = boot.lines();
+    assert!(
+        claim.text.contains("/dev/vda") && exit.text.trim_end() == "A: HIBERNATE-EXIT 2",
+        "{}",
+        boot.logs()
+    );
+    assert!(
+        find(&lines, "kjump: capture kernel started").is_none(),
+        "the capture kernel ran\n{}",
+        boot.logs()
+    );
+    println!("[readonly] {}", claim.text);
 }
