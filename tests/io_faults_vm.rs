@@ -1,6 +1,7 @@
-//! Storage faults during a real hibernation in QEMU (TCG): the image disk
-//! fails writes with EIO in the middle of the capture (QEMU's blkdebug
-//! driver), and a target too small for the image.
+//! Faults during a real hibernation in QEMU (TCG): the image disk fails
+//! writes with EIO in the middle of the capture (QEMU's blkdebug driver), a
+//! target too small for the image, and a panic in the restore kernel after
+//! it began writing memory (a kjump built with its test hooks).
 //!
 //! A failed capture must cost the user nothing: the capture kernel B says
 //! what failed and where, jumps back to A with A's memory untouched, `kjump
@@ -16,7 +17,8 @@ use std::io::Read;
 use std::path::Path;
 
 use common::hibvm::flows::{
-    assert_counter_continues, disk, info, md5s, no_resume, print_phases, split_at, state, PHASE,
+    assert_counter_continues, disk, hibernate_poweroff, info, md5s, no_resume, print_phases,
+    split_at, state, PHASE,
 };
 use common::hibvm::{self, start, BootOpts, WriteError};
 use common::kjump::{kjump, Run};
@@ -214,4 +216,50 @@ fn too_small_target_refused_before_any_jump() {
     );
     assert_counter_continues(&boot, exit.at);
     assert!(all_zero(&disk), "a refused hibernation wrote to the target");
+}
+
+/// A panic in the restore kernel after its first write to memory (armed by
+/// `kjump.test-panic=write` on R's command line, in a kjump built with its
+/// test hooks): R never hands control back to the normal boot, whose memory
+/// it overwrote; it marks the image failed with the reason and restarts
+/// the machine, and the next boot refuses the image and boots normally.
+#[test]
+fn a_panic_in_the_restore_after_its_first_write_never_hands_back() {
+    let Some(_machine) = machine() else { return };
+    let disk = disk("panic");
+    hibernate_poweroff("panic-hibernate", &BootOpts::new(&disk, "poweroff"));
+    let opts = BootOpts::new(&disk, "none")
+        .hooked()
+        .arg("kjump.rappend=kjump.test-panic=write");
+    let mut boot = start("panic-resume", &opts);
+    boot.wait_for("kjump: reading each chunk once", PHASE);
+    let failed = boot.wait_for("kjump: resume failed", PHASE);
+    boot.wait_for("restarting into a normal boot", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    let panic = find(&lines, "test hook: a panic after a write to memory")
+        .unwrap_or_else(|| panic!("R did not panic\n{}", boot.logs()));
+    assert!(
+        failed.text.contains("panicked") && failed.text.contains("is marked failed"),
+        "{}\n{}",
+        failed.text,
+        boot.logs()
+    );
+    for never in ["handing control back", "RESUMED", "A: RESUME-EXIT"] {
+        assert!(
+            find(&lines, never).is_none(),
+            "{never:?} after memory was written\n{}",
+            boot.logs()
+        );
+    }
+    assert_eq!(state(&disk), "failed");
+    println!("[panic-resume] {:7.2}  {}", panic.at, panic.text);
+    println!("[panic-resume] {:7.2}  {}", failed.at, failed.text);
+    no_resume(
+        "panic-refused",
+        &BootOpts::new(&disk, "none"),
+        0,
+        "an earlier restore failed part way",
+    );
 }

@@ -234,6 +234,8 @@ impl PhysMem {
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.map.as_mut_ptr().add(off), bytes.len());
         }
+        #[cfg(feature = "test-hooks")]
+        fault::after_write();
         Ok(())
     }
 
@@ -319,6 +321,30 @@ impl PhysFile {
     /// Writes `bytes` at physical address `addr`.
     pub fn write_at(&self, bytes: &[u8], addr: u64) -> std::io::Result<()> {
         self.file.write_all_at(bytes, addr)
+    }
+}
+
+/// Fault injection for the VM test of a panic during a restore
+/// (tests/io_faults_vm.rs), built only with the `test-hooks` feature: the
+/// kjump binary and the /init of a release build have no such code.
+#[cfg(feature = "test-hooks")]
+mod fault {
+    use std::sync::OnceLock;
+
+    /// The word on the kernel command line that arms it.
+    const ARM: &str = "kjump.test-panic=write";
+
+    /// With [`ARM`] on the kernel command line, panics after a write to
+    /// memory, as a bug in the restore would.
+    pub(super) fn after_write() {
+        static ARMED: OnceLock<bool> = OnceLock::new();
+        let armed = ARMED.get_or_init(|| {
+            std::fs::read_to_string("/proc/cmdline")
+                .is_ok_and(|c| c.split_whitespace().any(|w| w == ARM))
+        });
+        if *armed {
+            panic!("test hook: a panic after a write to memory ({ARM})");
+        }
     }
 }
 

@@ -140,6 +140,8 @@ pub struct BootOpts {
     pub vda_slot: Option<u8>,
     /// A QMP socket ([`Vm::qmp`]).
     pub qmp: bool,
+    /// kjump built with its test hooks ([`rig::hooked_rig`]; Linux 6.12).
+    pub hooks: bool,
 }
 
 impl BootOpts {
@@ -159,7 +161,15 @@ impl BootOpts {
             kernel: Kernel::default(),
             vda_slot: None,
             qmp: false,
+            hooks: false,
         }
+    }
+
+    /// With a kjump built with its test hooks, which words on the kernel
+    /// command line arm ([`rig::hooked_rig`]).
+    pub fn hooked(mut self) -> BootOpts {
+        self.hooks = true;
+        self
     }
 
     /// With /dev/vda in PCI slot `slot` (a disk plugged in later into a
@@ -284,6 +294,14 @@ impl BootOpts {
 
 /// Starts QEMU as `opts` say.
 pub fn start(name: &str, opts: &BootOpts) -> Vm {
+    if opts.hooks {
+        assert_eq!(
+            opts.kernel,
+            Kernel::Linux6_12,
+            "{name}: hooked rigs run 6.12"
+        );
+        return start_on(rig::hooked_rig(), name, opts);
+    }
     start_on(rig_for(opts.kernel), name, opts)
 }
 

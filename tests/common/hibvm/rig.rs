@@ -73,12 +73,72 @@ pub fn rig_for(kernel: Kernel) -> &'static Rig {
         .unwrap_or_else(|e| panic!("setting up the VM rig for Linux {}: {e}", kernel.series()))
 }
 
+/// The rig of Linux 6.12 with a kjump built with its test hooks (feature
+/// `test-hooks`: fault injection armed by words on the kernel command
+/// line, such as `kjump.test-panic=write`), built once per test process.
+/// The kernel passed the selftest in [`rig_for`]'s rig.
+pub fn hooked_rig() -> &'static Rig {
+    static RIG: OnceLock<Result<Rig, String>> = OnceLock::new();
+    let rig = RIG.get_or_init(|| {
+        let plain = rig_for(Kernel::Linux6_12);
+        let dir = dir().join("hooked");
+        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let kjump = build_hooked_kjump()?;
+        Ok(Rig {
+            series: plain.series,
+            kernel: plain.kernel.clone(),
+            release: plain.release.clone(),
+            initramfs: build_initramfs(&dir, &plain.kernel, &kjump)?,
+            selftest: plain.selftest.clone(),
+        })
+    });
+    rig.as_ref()
+        .unwrap_or_else(|e| panic!("setting up the VM rig with kjump's test hooks: {e}"))
+}
+
+/// Builds kjump with `--features test-hooks` in a target directory of its
+/// own (the build of the tests holds the usual one, and its kjump must stay
+/// without hooks); returns the executable.
+fn build_hooked_kjump() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("hooked");
+    let out = Command::new(&cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--bin",
+            "kjump",
+            "--features",
+            "test-hooks",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .output()
+        .map_err(|e| format!("running {cargo}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build --features test-hooks failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // Under the target triple that .cargo/config.toml names.
+    let kjump = target.join("x86_64-unknown-linux-gnu/debug/kjump");
+    kjump
+        .is_file()
+        .then_some(kjump.clone())
+        .ok_or_else(|| format!("cargo built no {}", kjump.display()))
+}
+
 fn build_rig(series: Kernel) -> Result<Rig, String> {
     let dir = dir().join(series.series());
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let kernel = kernel::from_script("build-kernel.sh", &[series.series()])?;
     let release = kernel::release(&kernel)?;
-    let initramfs = build_initramfs(&dir, &kernel)?;
+    let kjump = Path::new(env!("CARGO_BIN_EXE_kjump"));
+    let initramfs = build_initramfs(&dir, &kernel, kjump)?;
     let mut rig = Rig {
         series,
         kernel,
@@ -137,8 +197,7 @@ fn jump_selftest(rig: &Rig) -> Result<Vec<String>, String> {
 /// initramfs, and a test build's 60 MB of DWARF would slow every kexec load
 /// and fill the 256 MiB the capture kernel lives in. Falls back to a plain
 /// copy where `strip` is missing.
-fn install_kjump(root: &Initramfs, to: &str) -> Result<(), String> {
-    let kjump = Path::new(env!("CARGO_BIN_EXE_kjump"));
+fn install_kjump(root: &Initramfs, kjump: &Path, to: &str) -> Result<(), String> {
     let stripped = Command::new("strip")
         .arg("--strip-debug")
         .arg("-o")
@@ -184,13 +243,13 @@ fn build_memcheck(dir: &Path) -> Result<PathBuf, String> {
 
 /// A's initramfs: busybox, kjump, kexec-tools, the bzImage B and R boot,
 /// memcheck and init.sh.
-fn build_initramfs(dir: &Path, kernel: &Path) -> Result<PathBuf, String> {
+fn build_initramfs(dir: &Path, kernel: &Path, kjump: &Path) -> Result<PathBuf, String> {
     let root = Initramfs::new(
         &dir.join("root"),
         &["bin", "sbin", "dev", "proc", "sys", "tmp", "boot"],
     )?;
     root.busybox()?;
-    install_kjump(&root, "bin/kjump")?;
+    install_kjump(&root, kjump, "bin/kjump")?;
     root.program(Path::new(KEXEC), "sbin/kexec")
         .map_err(|e| format!("{e} (apt-get install kexec-tools)"))?;
     root.copy(kernel, "boot/bzImage")?;
