@@ -18,10 +18,10 @@
 mod common;
 
 use common::hibvm::flows::{
-    check_committed, disk, hibernate_poweroff, info, no_resume, resume, state,
+    check_committed, disk, hibernate_poweroff, info, no_resume, resume, state, PHASE,
 };
 use common::hibvm::{self, BootOpts};
-use common::vm::{self, line, machine, Line};
+use common::vm::{self, find, line, machine, Line};
 
 /// The ext4 disk A mounts (/dev/vdb).
 const FS_DISK: u64 = 64 << 20;
@@ -105,4 +105,41 @@ fn written_filesystem_refused_then_forced() {
     for l in [warned, line(&lines, "A: FS-AFTER", name)] {
         println!("[{name}] {:7.2}  {}", l.at, l.text);
     }
+}
+
+/// A checkpoint leaves the image committed while A runs on and writes its
+/// filesystems; after a crash, the next boot must not resume it over a
+/// filesystem written since. A checkpoints with /dev/vdb mounted, writes a
+/// file there and syncs (the filesystem stays mounted: only its journal
+/// moves on), then resets without unmounting; the next boot refuses the
+/// image, naming the device.
+#[test]
+fn checkpoint_over_a_filesystem_written_since_is_refused() {
+    let Some(_machine) = machine() else { return };
+    let disk = disk("checkpoint-moved-on");
+    let fs = hibvm::new_ext4_disk(&vm::dir().join("checkpoint-fs.img"), FS_DISK);
+    let opts = BootOpts::new(&disk, "checkpoint")
+        .disk(&fs)
+        .arg("kjump.fs=/dev/vdb")
+        .arg("kjump.crash=1");
+    let name = "checkpoint-crash";
+    let mut boot = hibvm::start(name, &opts);
+    boot.wait_for("kjump: image committed", PHASE);
+    boot.wait_for("RESUMED", PHASE);
+    let wrote = boot.wait_for("A: WROTE-AFTER /dev/vdb", PHASE);
+    boot.wait_exit(PHASE);
+    let lines = boot.lines();
+    assert!(
+        find(&lines, "A: FS-UNMOUNTED").is_none(),
+        "A unmounted before the crash\n{}",
+        boot.logs()
+    );
+    check_committed(name, &disk, "checkpoint");
+    println!("[{name}] {:7.2}  {}", wrote.at, wrote.text);
+
+    let after = BootOpts::new(&disk, "none").disk(&fs);
+    let lines = no_resume("checkpoint-after-crash", &after, 1, CHANGED);
+    let refused = line(&lines, CHANGED, "checkpoint-after-crash");
+    println!("[checkpoint-after-crash] {}", refused.text);
+    check_committed("checkpoint-after-crash", &disk, "checkpoint");
 }

@@ -144,7 +144,7 @@ impl std::fmt::Display for Change {
             Change::Changed { device, then, now } => write!(
                 f,
                 "the filesystem on {device} changed since the hibernation ({then} then, {now} now): \
-             it was mounted and written by another boot, and resuming would corrupt it"
+             it was written since (by another boot, or by the saved kernel running on after a checkpoint), and resuming would corrupt it"
             ),
             Change::Unreadable { device, error } => write!(
                 f,

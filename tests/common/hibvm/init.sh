@@ -44,6 +44,9 @@
 #   kjump.rappend=WORD `kjump resume --append WORD`
 #   kjump.rtimeout=S   `kjump resume --prompt-timeout S`
 #   kjump.attempts=N   `kjump resume --max-attempts N`
+#   kjump.crash=1      with kjump.fs, once hibernate returned (a checkpoint):
+#                      write a file there, sync, and reset the machine
+#                      without unmounting (sysrq b), as a crash would
 #   kjump.waitdisk=DEV before hibernating, wait until DEV appears (a disk
 #                      the test plugs in through QMP)
 #   kjump.selftest=1   instead of all this: `kjump selftest` (two kexec
@@ -284,6 +287,12 @@ if [ "$mode" != none ] && [ -n "$mode" ]; then
 	fi
 	sleep 4
 	kjump info "$target"
+	if [ -n "$fs" ] && [ "$(key crash)" = 1 ]; then
+		dd if=/dev/urandom of=/mnt/a/after-checkpoint bs=64k count=16 2>/dev/null
+		sync
+		echo "A: WROTE-AFTER $fs, crashing"
+		echo b >/proc/sysrq-trigger
+	fi
 fi
 if [ -n "$fs" ]; then
 	umount /mnt/a && echo "A: FS-UNMOUNTED $fs"
