@@ -458,28 +458,18 @@ fn key_source(opts: &ResumeOptions, kdf: Kdf) -> Result<(KeySource, Option<Secre
 
 /// Reads a key file: all of it, or its first `size` bytes.
 fn read_key(path: &Path, size: Option<usize>) -> Result<Vec<u8>, Refusal> {
-    use std::io::Read as _;
-    let fail = |what: String| {
-        move |source| Refusal::KeyRead {
-            what,
+    // A buffer that never moves, locked in RAM and out of core dumps; the
+    // Secret made of it wipes it. Moved out, not copied.
+    kjump_sys::secmem::read_secret(path, size)
+        .map(|mut bytes| std::mem::take(&mut *bytes))
+        .map_err(|source| Refusal::KeyRead {
+            what: match size {
+                Some(n) => format!("reading {n} key bytes from"),
+                None => "reading the key file".into(),
+            },
             path: path.to_path_buf(),
             source,
-        }
-    };
-    let mut f = std::fs::File::open(path).map_err(fail("opening the key file".into()))?;
-    let mut bytes = Vec::new();
-    match size {
-        Some(n) => {
-            bytes.resize(n, 0);
-            f.read_exact(&mut bytes)
-                .map_err(fail(format!("reading {n} key bytes from")))?;
-        }
-        None => {
-            f.read_to_end(&mut bytes)
-                .map_err(fail("reading the key file".into()))?;
-        }
-    }
-    Ok(bytes)
+        })
 }
 
 /// The key of an encrypted image, as R gets it (`None` for a plain

@@ -91,7 +91,7 @@ pub fn ask_passphrase(twice: bool) -> Result<Secret, Failure> {
                 anyhow::anyhow!("{} closed before a passphrase was given", tty.display())
             })
     };
-    let first = ask("kjump: passphrase for the image: ").map_err(Failure::error)?;
+    let mut first = ask("kjump: passphrase for the image: ").map_err(Failure::error)?;
     if twice {
         let again = ask("kjump: the same passphrase again: ").map_err(Failure::error)?;
         if *first != *again {
@@ -100,7 +100,8 @@ pub fn ask_passphrase(twice: bool) -> Result<Secret, Failure> {
             )));
         }
     }
-    Secret::passphrase(first.to_vec()).map_err(Failure::error)
+    // Moved out, not copied: the same locked buffer.
+    Secret::passphrase(std::mem::take(&mut *first)).map_err(Failure::error)
 }
 
 impl KeyArgs {
@@ -119,8 +120,12 @@ impl KeyArgs {
         if self.passphrase {
             return ask_passphrase(false).map(Some);
         }
+        // Read into a buffer that never moves, locked in RAM and out of
+        // core dumps; Secret wipes it when dropped.
         let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path)
+            kjump_sys::secmem::read_secret(path, None)
+                // Moved out, not copied: the same heap buffer.
+                .map(|mut bytes| std::mem::take(&mut *bytes))
                 .with_context(|| format!("reading the {what} {}", path.display()))
                 .map_err(Failure::error)
         };

@@ -6,7 +6,11 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
+use std::io::Read;
+use std::path::Path;
+
 use nix::sys::mman::{madvise, mlock, munlock, MmapAdvise};
+use zeroize::Zeroizing;
 
 /// Locking or marking a secret's pages failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,79 @@ pub fn lock(buf: &[u8]) -> Result<Option<Locked>, SecMemError> {
     Ok(Some(locked))
 }
 
+/// The most bytes [`read_secret`] reads from a key file: far more than a
+/// key needs, and a bound on what a wrong path (a disk) costs.
+pub const SECRET_LIMIT: usize = 1 << 20;
+
+/// Reads a secret from `path`: exactly `exact` bytes (the start of a key
+/// device), else the whole file (at most [`SECRET_LIMIT`] bytes). The
+/// buffer is allocated once and never moves, so no copy of the secret is
+/// left in freed memory; its pages are locked in RAM and out of core dumps
+/// for the rest of the process ([`keep`]), and this process stops being
+/// dumpable ([`no_core_dumps`]). Bytes read before a failure are wiped.
+pub fn read_secret(path: &Path, exact: Option<usize>) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut file = std::fs::File::open(path)?;
+    let want = match exact {
+        Some(n) => n,
+        None => {
+            let len = file.metadata()?.len();
+            usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= SECRET_LIMIT)
+                .ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "{len} bytes is no key file (at most {SECRET_LIMIT} bytes are read)"
+                    ))
+                })?
+        }
+    };
+    no_core_dumps();
+    let mut buf = Zeroizing::new(vec![0u8; want]);
+    keep(&buf);
+    let mut got = 0;
+    while got < want {
+        match file.read(&mut buf[got..]) {
+            Ok(0) if exact.is_some() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{got} of {want} bytes"),
+                ))
+            }
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Locks the pages of `buf` in RAM and out of core dumps for the rest of
+/// the process (a secret's buffer is wiped when dropped; its pages may stay
+/// locked). Where the kernel refuses, logs why: the buffer is still wiped,
+/// only a copy may reach swap.
+pub fn keep(buf: &[u8]) {
+    match lock(buf) {
+        Ok(locked) => std::mem::forget(locked),
+        Err(e) => log::warn!("{e}; going on"),
+    }
+}
+
+/// Makes this process not dumpable (`PR_SET_DUMPABLE` 0): no core dump of
+/// a process that holds a secret, and no ptrace attach by other users.
+pub fn no_core_dumps() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes plain integers and changes
+    // one flag of this process; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        log::warn!(
+            "could not make this process undumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl Drop for Locked {
     fn drop(&mut self) {
         // SAFETY: munlock changes no contents or mapping; on pages that
@@ -135,5 +212,34 @@ mod tests {
         zeroize::Zeroize::zeroize(&mut *buf);
         drop(guard);
         assert!(lock(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_secret_is_read_into_one_locked_buffer() {
+        let dir = std::env::temp_dir().join(format!("kjump-secmem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, [0x4bu8; 40]).unwrap();
+        let key = read_secret(&path, None).unwrap();
+        assert_eq!(*key, [0x4bu8; 40]);
+        assert_eq!(
+            key.capacity(),
+            40,
+            "the buffer grew: copies were left behind"
+        );
+        let (locked, dont_dump) = locked_kib_at(key.as_ptr() as usize);
+        // mlock may be refused (no CAP_IPC_LOCK, RLIMIT_MEMLOCK 0): then
+        // only the flag is checked.
+        if locked > 0 {
+            assert!(dont_dump, "VmFlags lacks dd");
+        }
+        // SAFETY: PR_GET_DUMPABLE takes no pointer and changes nothing.
+        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        assert_eq!(dumpable, 0, "a process that read a secret stays dumpable");
+        assert_eq!(*read_secret(&path, Some(32)).unwrap(), [0x4bu8; 32]);
+        let short = read_secret(&path, Some(64)).unwrap_err();
+        assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(short.to_string(), "40 of 64 bytes");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

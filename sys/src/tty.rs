@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, LocalFlags, SetArg};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The longest passphrase read; the rest of a longer line is refused.
 pub const MAX_PASSPHRASE: usize = 1024;
@@ -63,23 +63,33 @@ pub fn read_secret_line(
     let result = (|| {
         t.write_all(prompt.as_bytes())?;
         t.flush()?;
-        let mut line = Zeroizing::new(Vec::with_capacity(64));
+        // Its whole room at once, locked and out of core dumps: the line
+        // never moves, so no copy of it is left in freed memory.
+        crate::secmem::no_core_dumps();
+        let mut line = Zeroizing::new(vec![0u8; MAX_PASSPHRASE]);
+        crate::secmem::keep(&line);
+        let mut len = 0;
         let mut byte = [0u8; 1];
         loop {
             wait_readable(&t, deadline, limit.unwrap_or_default())?;
             match t.read(&mut byte)? {
-                0 if line.is_empty() => return Ok(None),
+                0 if len == 0 => return Ok(None),
                 0 => break,
                 _ if byte[0] == b'\n' || byte[0] == b'\r' => break,
-                _ if line.len() >= MAX_PASSPHRASE => {
+                _ if len >= MAX_PASSPHRASE => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
                         format!("the passphrase is longer than {MAX_PASSPHRASE} bytes"),
                     ))
                 }
-                _ => line.push(byte[0]),
+                _ => {
+                    line[len] = byte[0];
+                    len += 1;
+                }
             }
         }
+        byte.zeroize();
+        line.truncate(len);
         Ok(Some(line))
     })();
     if let Some(old) = &saved {
