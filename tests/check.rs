@@ -90,3 +90,37 @@ fn check_on_this_machine_gives_its_reasons_and_exit_code() {
         "{stdout}"
     );
 }
+
+/// A loop device mounted read-write is named as a filesystem the guard
+/// cannot protect (the capture kernel has no loop devices); mounted
+/// read-only only (a snap's squashfs, an ISO image) it is left out.
+#[test]
+fn check_names_a_read_write_loop_mount_and_leaves_a_read_only_one_out() {
+    use common::loopdev::{ready, Loop, Mount};
+    if !ready(&["losetup", "mkfs.ext4", "mount"]) {
+        return;
+    }
+    let dir = common::tempdir::TempDir::new("check-loop");
+    let dev = Loop::ext4(&dir.path("fs.img"));
+    let name = dev.0.display().to_string();
+    let said = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(" filesystems "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    {
+        let _rw = Mount::new(&dev.0, &dir.path("rw"));
+        let (_, stdout, _) = check(&["--config", "/nonexistent"]);
+        let line = said(&stdout);
+        assert!(
+            line.starts_with("FAIL  filesystems")
+                && line.contains(&format!("on {name} (a loop device)")),
+            "{stdout}"
+        );
+    }
+    let _ro = Mount::new_with(&dev.0, &dir.path("ro"), "-o ro");
+    let (_, stdout, _) = check(&["--config", "/nonexistent"]);
+    assert!(!said(&stdout).contains(&name), "{stdout}");
+}

@@ -50,7 +50,7 @@ mod unguarded;
 mod xfs;
 
 use disk::{read, Device, Disk, Fault};
-pub use unguarded::{unguarded, Layer, Unguarded, UnguardedMounts};
+pub use unguarded::{read_only_loops, unguarded, Layer, Unguarded, UnguardedMounts};
 
 /// Bytes read from the start of a device.
 const HEAD: usize = 64 << 10;
@@ -99,8 +99,10 @@ fn into_io(fault: Fault) -> io::Error {
 }
 
 /// Block devices with a filesystem mounted, from /proc/self/mountinfo text:
-/// mount sources under /dev, in order, without repeats.
+/// mount sources under /dev, in order, without repeats, but for loop
+/// devices mounted read-only only ([`unguarded::read_only_loops`]).
 pub fn mounted_block_devices(mountinfo: &str) -> Vec<String> {
+    let read_only_loops = unguarded::read_only_loops(mountinfo);
     let mut out: Vec<String> = Vec::new();
     for line in mountinfo.lines() {
         let Some((_, after)) = line.split_once(" - ") else {
@@ -109,7 +111,7 @@ pub fn mounted_block_devices(mountinfo: &str) -> Vec<String> {
         let mut fields = after.split_whitespace();
         let (_fstype, source) = (fields.next(), fields.next());
         if let Some(src) = source.filter(|s| s.starts_with("/dev/")) {
-            if !out.iter().any(|d| d == src) {
+            if !out.iter().any(|d| d == src) && !read_only_loops.iter().any(|l| l == src) {
                 out.push(src.to_string());
             }
         }
@@ -183,8 +185,15 @@ mod tests {
                     30 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw\n\
                     31 30 254:16 / /home rw - ext4 /dev/vdb rw\n\
                     32 30 254:16 /x /srv rw - ext4 /dev/vdb rw\n\
-                    33 30 0:40 / /tmp rw - tmpfs tmpfs rw\n";
-        assert_eq!(mounted_block_devices(text), ["/dev/vda1", "/dev/vdb"]);
+                    33 30 0:40 / /tmp rw - tmpfs tmpfs rw\n\
+                    34 30 7:0 / /snap/core22/1 ro - squashfs /dev/loop0 ro\n\
+                    35 30 7:1 / /mnt/img rw - ext4 /dev/loop1 rw\n";
+        // A read-only loop mount is left out; a read-write one is kept
+        // (and refused up front by the preflight, see unguarded).
+        assert_eq!(
+            mounted_block_devices(text),
+            ["/dev/vda1", "/dev/vdb", "/dev/loop1"]
+        );
     }
 
     /// The seeds of the fuzz target `fs_fingerprint`, written to the

@@ -1,9 +1,12 @@
 //! Mounted filesystems the guard cannot protect: those on device-mapper
-//! (LVM, dm-crypt/LUKS) or md RAID. The capture kernel sets up neither,
-//! so it cannot read them to record their fingerprints; it records them
-//! as unreadable, and every resume of the image is then refused, which
-//! the user would learn only after the power-off. `kjump hibernate`
-//! refuses up front instead, and `kjump check` says so.
+//! (LVM, dm-crypt/LUKS), md RAID or a loop device mounted read-write. The
+//! capture kernel sets up none of these, so it cannot read them to record
+//! their fingerprints; it records them as unreadable, and every resume of
+//! the image is then refused, which the user would learn only after the
+//! power-off. `kjump hibernate` refuses up front instead, and `kjump
+//! check` says so. A loop device mounted read-only only (a squashfs of a
+//! snap, an ISO image) is left out of the guard: the saved kernel cannot
+//! have written it ([`read_only_loops`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,8 @@ pub enum Layer {
     DeviceMapper,
     /// md software RAID.
     Md,
+    /// A loop device, mounted read-write.
+    Loop,
 }
 
 impl fmt::Display for Layer {
@@ -22,6 +27,7 @@ impl fmt::Display for Layer {
         f.write_str(match self {
             Layer::DeviceMapper => "device-mapper",
             Layer::Md => "md",
+            Layer::Loop => "a loop device",
         })
     }
 }
@@ -91,7 +97,7 @@ fn unguarded_in(
         let (Some(mount_point), Some(source)) = (mount_point, source) else {
             continue;
         };
-        if !source.starts_with("/dev/") {
+        if !source.starts_with("/dev/") || read_only_loops(mountinfo).iter().any(|l| l == source) {
             continue;
         }
         let node = resolve(source)
@@ -114,15 +120,54 @@ fn unguarded_in(
 }
 
 /// The layer a device node's name says: /dev/dm-N, /dev/mapper/NAME,
-/// /dev/mdN, /dev/md/NAME.
+/// /dev/mdN, /dev/md/NAME, /dev/loopN.
 fn layer_of(node: &str) -> Option<Layer> {
     if node.starts_with("/dev/dm-") || node.starts_with("/dev/mapper/") {
         Some(Layer::DeviceMapper)
     } else if node.starts_with("/dev/md") {
         Some(Layer::Md)
+    } else if node.starts_with("/dev/loop") {
+        Some(Layer::Loop)
     } else {
         None
     }
+}
+
+/// Loop devices (`/dev/loopN` sources) that `mountinfo` shows mounted, and
+/// only read-only (the mount's options or the filesystem's say `ro`):
+/// the guard leaves them out.
+pub fn read_only_loops(mountinfo: &str) -> Vec<String> {
+    let mut rw: Vec<&str> = Vec::new();
+    let mut ro: Vec<&str> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let options = before.split_whitespace().nth(5).unwrap_or("");
+        let mut fields = after.split_whitespace();
+        let (Some(_fstype), Some(source)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !source.starts_with("/dev/loop") {
+            continue;
+        }
+        let super_options = fields.next().unwrap_or("");
+        let read_only = [options, super_options]
+            .iter()
+            .any(|o| o.split(',').any(|w| w == "ro"));
+        if read_only {
+            ro.push(source);
+        } else {
+            rw.push(source);
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for l in ro.into_iter().filter(|l| !rw.contains(l)) {
+        if !out.iter().any(|o| o == l) {
+            out.push(l.to_string());
+        }
+    }
+    out
 }
 
 /// The layer sysfs shows for the device node `node`: a `dm` or `md`
@@ -209,6 +254,30 @@ mod tests {
              kernel cannot read through, so it cannot record their state and every resume would \
              be refused (the stale-filesystem guard could not check that they are unchanged)"
         ));
+    }
+
+    #[test]
+    fn loop_devices_mounted_read_write_are_named_and_read_only_ones_left_out() {
+        let text = "\
+40 30 7:0 / /snap/core22/1380 ro,nodev,relatime - squashfs /dev/loop0 ro,errors=continue
+41 30 7:1 / /mnt/img rw,relatime - ext4 /dev/loop1 rw
+42 30 7:2 / /mnt/iso ro - iso9660 /dev/loop2 ro
+43 30 7:2 / /mnt/iso2 rw - iso9660 /dev/loop2 ro
+44 30 7:3 / /mnt/twice ro - ext4 /dev/loop3 rw
+45 30 7:3 / /mnt/twice-rw rw - ext4 /dev/loop3 rw
+";
+        assert_eq!(read_only_loops(text), ["/dev/loop0", "/dev/loop2"]);
+        let none = |_: &str| None;
+        let found = unguarded_in(text, Path::new("/nonexistent"), &none);
+        let named: Vec<String> = found.0.iter().map(Unguarded::to_string).collect();
+        assert_eq!(
+            named,
+            [
+                "/mnt/img on /dev/loop1 (a loop device)",
+                "/mnt/twice on /dev/loop3 (a loop device)",
+                "/mnt/twice-rw on /dev/loop3 (a loop device)",
+            ]
+        );
     }
 
     #[test]
