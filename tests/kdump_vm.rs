@@ -10,12 +10,17 @@
 //!   block), writes a pattern made from SEED to a tmpfs file, loads the test
 //!   kernel with `kexec -p` and crashes through sysrq. In the crash kernel,
 //!   the same init.sh copies /proc/vmcore raw to /dev/vdb and runs `kjump
-//!   capture --source /proc/vmcore --target /dev/vdc`. The host captures
-//!   the raw copy, verifies and exports both images, and finds the raw core's
-//!   memory at every physical address of every PT_LOAD in both exports, and
-//!   the pattern in memory; `kjump collect --dump-dmesg` finds the panic in
-//!   the kernel log of both. A byte flipped in the raw copy's kernel text
-//!   makes the host capture fail with the clear error.
+//!   capture --source /proc/vmcore --target /dev/vdc`, then collects it
+//!   as kdump's tooling runs makedumpfile (`kjump collect -l -d 31
+//!   /proc/vmcore /dev/vdd`). The host captures the raw copy, verifies and
+//!   exports both images, and finds the raw core's memory at every physical
+//!   address of every PT_LOAD in both exports, and the pattern in memory;
+//!   `kjump collect --dump-dmesg` finds the panic in the kernel log of all
+//!   three. The collected image verifies, and its kdump-compressed export
+//!   holds every page it dumps as the raw core has it and marks the rest
+//!   (the pattern's page-cache pages among them) excluded. A byte flipped
+//!   in the raw copy's kernel text makes the host capture fail with the
+//!   clear error.
 //!
 //! Needs what hibernate_vm.rs needs (qemu-system-x86, busybox-static,
 //! kexec-tools, cpio, the test kernel with CRASH_DUMP and PROC_VMCORE); the
@@ -31,6 +36,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::cores::for_each_page;
 use common::cores::{assert_same_memory, core_headers, page_copies, Load};
 use common::hibvm::flows::PHASE;
 use common::hibvm::{self, start, BootOpts};
@@ -38,6 +44,7 @@ use common::kjump::{kjump, kjump_info, Run};
 use common::tempdir::TempDir;
 use common::vm::{self, machine, Vm};
 use kjump_dumpgen::{write_dump, DumpSpec, KernelText, Layout, PAGE_SIZE, START_KERNEL_MAP};
+use kjump_kdump::diskdump_read::{Diskdump, ReadError};
 
 /// Lines of the pattern; init.sh's kdump block writes the same number.
 const PATTERN_LINES: usize = 110_000;
@@ -252,6 +259,46 @@ fn assert_kernel_log(dir: &Path, core: &Path) {
     let _ = fs::remove_file(&out);
 }
 
+/// The collector's image of the core (`kjump collect -d 31`) verifies, and
+/// its kdump-compressed export holds each page it dumps as the raw core
+/// has it; the pages it left out are marked excluded, the pattern's
+/// page-cache pages (a tmpfs file) among them.
+fn collected_matches_the_core(dir: &Path, img: &Path, raw: &Path, pattern: &[u8]) {
+    kjump(&["verify", os(img)]).ok();
+    let kd = dir.join("kdump-collected.kdump");
+    let Run { secs, .. } = kjump(&["export", os(img), "-o", os(&kd), "--format", "kdump"]).ok();
+    let d = Diskdump::open(File::open(&kd).expect("the kdump-compressed export"))
+        .expect("a kdump-compressed file kjump reads back");
+    let pattern_pages: std::collections::HashSet<&[u8]> = pattern.chunks_exact(PAGE_SIZE).collect();
+    let (mut dumped, mut excluded, mut pattern_dumped, mut pattern_seen) = (0u64, 0u64, 0, 0);
+    for_each_page(raw, |paddr, page| {
+        let is_pattern = pattern_pages.contains(page);
+        pattern_seen += usize::from(is_pattern);
+        match d.read_page(paddr / PAGE_SIZE as u64) {
+            Ok(p) => {
+                assert_eq!(p, page, "frame {:#x} of the kdump export", paddr / 4096);
+                dumped += 1;
+                pattern_dumped += usize::from(is_pattern);
+            }
+            Err(ReadError::NotDumped(_)) => excluded += 1,
+            Err(e) => panic!("frame {:#x}: {e}", paddr / 4096),
+        }
+    });
+    let size = fs::metadata(&kd).map_or(0, |m| m.len());
+    println!(
+        "[kdump] collected (-d 31): {dumped} frames dumped, {excluded} excluded; kdump export {size} bytes in {secs:.2} s; pattern pages {pattern_seen} in the core, {pattern_dumped} dumped"
+    );
+    assert!(
+        excluded > 0 && dumped > 0,
+        "{dumped} dumped, {excluded} excluded"
+    );
+    assert!(pattern_seen > 0, "no pattern page in the raw core");
+    assert_eq!(
+        pattern_dumped, 0,
+        "page-cache pages of the pattern were dumped at -d 31"
+    );
+}
+
 #[test]
 fn real_kdump_core_is_captured_and_exported() {
     let Some(_machine) = machine() else { return };
@@ -266,9 +313,11 @@ fn real_kdump_core_is_captured_and_exported() {
     let vda = hibvm::new_disk_of(&dir.join("kdump-unused.img"), 64 << 20);
     let raw = hibvm::new_disk_of(&dir.join("kdump-vmcore.raw"), CORE_DISK_BYTES);
     let crash_img = hibvm::new_disk_of(&dir.join("kdump-crash.img"), CORE_DISK_BYTES);
+    let collected_img = hibvm::new_disk_of(&dir.join("kdump-collected.img"), CORE_DISK_BYTES);
     let opts = BootOpts::new(&vda, "none")
         .disk(&raw)
         .disk(&crash_img)
+        .disk(&collected_img)
         .arg(&format!("kjump.kdump={seed}"));
     let mut boot = start("kdump", &opts);
     let printed = console_value(&mut boot, "KDUMP-A: PATTERN ", PHASE);
@@ -285,6 +334,7 @@ fn real_kdump_core_is_captured_and_exported() {
         .expect("a size");
     let copied = console_value(&mut boot, "KDUMP: RAW-COPY-EXIT ", CRASH_PHASE);
     let captured = console_value(&mut boot, "KDUMP: CAPTURE-EXIT ", CRASH_PHASE);
+    let collected = console_value(&mut boot, "KDUMP: COLLECT-EXIT ", CRASH_PHASE);
     boot.wait_for("KDUMP: DONE", CRASH_PHASE);
     boot.wait_exit(PHASE);
     let lines = boot.lines();
@@ -309,6 +359,16 @@ fn real_kdump_core_is_captured_and_exported() {
         "kjump capture of /proc/vmcore: {captured}\n{}",
         boot.logs()
     );
+    assert!(
+        collected.starts_with("0 "),
+        "kjump collect -d 31 of /proc/vmcore: {collected}\n{}",
+        boot.logs()
+    );
+    let left_out = lines
+        .iter()
+        .find(|l| l.text.contains("leaving out ") && l.text.contains(" frames (free "))
+        .unwrap_or_else(|| panic!("the collector named no frames left out\n{}", boot.logs()));
+    println!("[kdump] collector: {}", left_out.text);
     assert!(
         size > 512 << 20 && size < CORE_DISK_BYTES,
         "/proc/vmcore of {size} bytes"
@@ -344,8 +404,8 @@ fn real_kdump_core_is_captured_and_exported() {
         "A's pattern {printed} is not the host's {md5}"
     );
 
-    // The kernel log, from the core and from the crash kernel's image.
-    for core in [&raw, &crash_img] {
+    // The kernel log, from the core and from the crash kernel's images.
+    for core in [&raw, &crash_img, &collected_img] {
         assert_kernel_log(dir, core);
     }
 
@@ -362,6 +422,8 @@ fn real_kdump_core_is_captured_and_exported() {
     let info = kjump(&["info", os(&crash_img)]).ok().text;
     println!("[kdump] crash kernel's image:\n{}", info.trim());
 
+    collected_matches_the_core(dir, &collected_img, &raw, &pattern);
+
     // One byte of the kernel text copy changed: refused with the address.
     let at = text.paddr + text.filesz / 2 + 0x123;
     flip(&raw, &text, at);
@@ -375,6 +437,8 @@ fn real_kdump_core_is_captured_and_exported() {
     for p in [
         &raw,
         &crash_img,
+        &collected_img,
+        &dir.join("kdump-collected.kdump"),
         &host_out,
         &crash_out,
         &dir.join("kdump-host.img"),

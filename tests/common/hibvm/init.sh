@@ -55,7 +55,9 @@
 #   kjump.kdump=SEED   instead of all this: A writes a pattern from SEED to
 #                      a tmpfs file, loads a kdump crash kernel and
 #                      crashes; the crash kernel copies /proc/vmcore to
-#                      /dev/vdb and captures it to /dev/vdc (kdump block)
+#                      /dev/vdb and captures it to /dev/vdc, and, with a
+#                      /dev/vdd, collects it there as makedumpfile's
+#                      callers run it (`kjump collect -d 31`; kdump block)
 #
 # After a resume the script continues where `kjump hibernate` returned, with
 # the variables of the boot that hibernated.
@@ -98,6 +100,12 @@ if [ -e /proc/vmcore ] || [ -n "$(key kdump)" ]; then
 		t0=$(up)
 		kjump capture --source /proc/vmcore --target /dev/vdc
 		echo "KDUMP: CAPTURE-EXIT $? in $(since "$t0") s"
+		if [ -b /dev/vdd ]; then
+			# As kdump-tools or Fedora's kdump service run a collector.
+			t0=$(up)
+			kjump collect -l --message-level 7 -d 31 /proc/vmcore /dev/vdd
+			echo "KDUMP: COLLECT-EXIT $? in $(since "$t0") s"
+		fi
 		sync
 		echo "KDUMP: DONE"
 	else
