@@ -447,3 +447,52 @@ fn real_kdump_core_is_captured_and_exported() {
         let _ = fs::remove_file(p);
     }
 }
+
+/// Not part of the suite: the input of tests/bench/collect-bench.sh, run
+/// by it. A 2 GiB guest with 1280 MiB of its memory in use by a process
+/// that re-checks it crashes into its kdump kernel, which copies
+/// /proc/vmcore raw to a disk; the core, cut to its size, is moved to the
+/// file `KJUMP_BENCH_VMCORE` names.
+#[test]
+#[ignore = "the input generator of tests/bench/collect-bench.sh"]
+fn busy_guest_vmcore_for_the_collect_bench() {
+    let Some(_machine) = machine() else { return };
+    let out =
+        std::env::var_os("KJUMP_BENCH_VMCORE").expect("KJUMP_BENCH_VMCORE: where the core goes");
+    let dir = vm::dir();
+    let vda = hibvm::new_disk_of(&dir.join("busy-unused.img"), 64 << 20);
+    let raw = hibvm::new_disk_of(&dir.join("busy-vmcore.raw"), 3 << 30);
+    let opts = BootOpts::new(&vda, "none")
+        .machine("pc", "2G")
+        .disk(&raw)
+        .arg("kjump.kdump=busy")
+        .arg("kjump.memcheck=1280");
+    let mut boot = start("busy-kdump", &opts);
+    let busy = console_value(&mut boot, "KDUMP-A: BUSY ", CRASH_PHASE);
+    boot.wait_for("KDUMP: crash kernel up", CRASH_PHASE);
+    let size: u64 = console_value(&mut boot, "KDUMP: VMCORE-SIZE ", CRASH_PHASE)
+        .parse()
+        .expect("a size");
+    let copied = console_value(&mut boot, "KDUMP: RAW-COPY-EXIT ", CRASH_PHASE);
+    boot.wait_for("KDUMP: DONE", CRASH_PHASE);
+    boot.wait_exit(PHASE);
+    assert!(
+        copied.starts_with("0 "),
+        "raw copy: {copied}\n{}",
+        boot.logs()
+    );
+    File::options()
+        .write(true)
+        .open(&raw)
+        .and_then(|f| f.set_len(size))
+        .expect("cutting the raw copy to the core's size");
+    fs::rename(&raw, &out)
+        .or_else(|_| fs::copy(&raw, &out).map(|_| ()))
+        .expect("moving the core into place");
+    let _ = fs::remove_file(&raw);
+    let _ = fs::remove_file(&vda);
+    println!(
+        "[busy-kdump] busy {busy}; core of {size} bytes at {}",
+        Path::new(&out).display()
+    );
+}

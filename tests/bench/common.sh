@@ -46,3 +46,33 @@ generate_dump() {
     fi
     INPUT_BYTES=$(stat -c %s "$DUMP")
 }
+
+# Results, keyed by command name: space-separated per-run values.
+declare -A SECS CPU RSS OUTBYTES
+NAMES=()
+
+# timed NAME OUTPUT COMMAND...: runs COMMAND under GNU time ($TIME), records
+# wall seconds, CPU seconds (user + system), peak RSS (KiB) and the size of
+# OUTPUT ('-' for none); its output goes to DIR/log.NAME. (capture-bench.sh,
+# collect-bench.sh; resume-bench.sh records other figures.)
+timed() {
+    local name=$1 output=$2
+    shift 2
+    local log=$DIR/log.$name stats=$DIR/time.$name
+    sync # outside the timed region: nothing dirty left from the last command
+    if ! "$TIME" -f '%e %U %S %M' -o "$stats" "$@" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "'$name' failed: $*"
+    fi
+    local secs user sys kib
+    read -r secs user sys kib <"$stats"
+    [[ -v SECS[$name] ]] || NAMES+=("$name")
+    SECS[$name]+="$secs "
+    CPU[$name]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') "
+    RSS[$name]+="$kib "
+    if [[ $output == - ]]; then
+        OUTBYTES[$name]+="- "
+    else
+        OUTBYTES[$name]+="$(stat -c %s "$output") "
+    fi
+}

@@ -53,9 +53,10 @@
 #                      jumps into a payload that jumps straight back), then
 #                      power off
 #   kjump.kdump=SEED   instead of all this: A writes a pattern from SEED to
-#                      a tmpfs file, loads a kdump crash kernel and
-#                      crashes; the crash kernel copies /proc/vmcore to
-#                      /dev/vdb and captures it to /dev/vdc, and, with a
+#                      a tmpfs file (with kjump.memcheck=N, also keeps N MiB
+#                      in use), loads a kdump crash kernel and crashes;
+#                      the crash kernel copies /proc/vmcore to /dev/vdb
+#                      and, with a /dev/vdc, captures it there, and, with a
 #                      /dev/vdd, collects it there as makedumpfile's
 #                      callers run it (`kjump collect -d 31`; kdump block)
 #
@@ -97,9 +98,11 @@ if [ -e /proc/vmcore ] || [ -n "$(key kdump)" ]; then
 		t0=$(up)
 		dd if=/proc/vmcore of=/dev/vdb bs=1M conv=fsync 2>/dev/null
 		echo "KDUMP: RAW-COPY-EXIT $? in $(since "$t0") s"
-		t0=$(up)
-		kjump capture --source /proc/vmcore --target /dev/vdc
-		echo "KDUMP: CAPTURE-EXIT $? in $(since "$t0") s"
+		if [ -b /dev/vdc ]; then
+			t0=$(up)
+			kjump capture --source /proc/vmcore --target /dev/vdc
+			echo "KDUMP: CAPTURE-EXIT $? in $(since "$t0") s"
+		fi
 		if [ -b /dev/vdd ]; then
 			# As kdump-tools or Fedora's kdump service run a collector.
 			t0=$(up)
@@ -114,6 +117,13 @@ if [ -e /proc/vmcore ] || [ -n "$(key kdump)" ]; then
 		# A's root without the bzImage; /proc, /sys, /dev and /tmp are other mounts.
 		(cd / && find . -xdev | grep -v '^\./boot/' | cpio -o -H newc 2>/dev/null) >/tmp/kdump.cpio
 		echo "KDUMP-A: INITRAMFS $(stat -c %s /tmp/kdump.cpio) bytes"
+		# A busy machine: most of its memory in use by a process.
+		busy=$(key memcheck)
+		if [ -n "$busy" ]; then
+			memcheck "$busy" /tmp/memcheck.passes &
+			while [ "$(cat /tmp/memcheck.passes 2>/dev/null || echo 0)" -lt 1 ]; do sleep 1; done
+			echo "KDUMP-A: BUSY $busy MiB, $(grep MemAvailable /proc/meminfo | tr -s ' ')"
+		fi
 		kexec -p /boot/bzImage --initrd=/tmp/kdump.cpio \
 			--append="console=ttyS0 irqpoll nr_cpus=1 reset_devices nokaslr acpi_no_memhotplug panic=-1 $tcg"
 		echo "KDUMP-A: LOAD-EXIT $? crash loaded $(cat /sys/kernel/kexec_crash_loaded)"
