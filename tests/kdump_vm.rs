@@ -205,6 +205,16 @@ fn pattern_pages_found(core: &Path, pattern: &[u8]) -> (usize, usize) {
     (copies.iter().filter(|&&n| n > 0).count(), copies.len())
 }
 
+/// The raw disk is /proc/vmcore followed by zeros: cuts it to the core's
+/// `size`.
+fn cut_to_core(raw: &Path, size: u64) {
+    File::options()
+        .write(true)
+        .open(raw)
+        .and_then(|f| f.set_len(size))
+        .expect("cutting the raw copy to the core's size");
+}
+
 /// A value printed after `prefix` on the console.
 fn console_value(boot: &mut Vm, prefix: &str, timeout: Duration) -> String {
     let line = boot.wait_for(prefix, timeout);
@@ -382,12 +392,7 @@ fn real_kdump_core_is_captured_and_exported() {
         boot.logs()
     );
 
-    // The raw disk is /proc/vmcore followed by zeros: cut it to the core.
-    File::options()
-        .write(true)
-        .open(&raw)
-        .and_then(|f| f.set_len(size))
-        .expect("cutting the raw copy to the core's size");
+    cut_to_core(&raw, size);
     let (loads, notes) = core_headers(&raw);
     print_layout(&raw, &loads);
     assert!(!notes.is_empty(), "no PT_NOTE in the vmcore");
@@ -481,11 +486,7 @@ fn busy_guest_vmcore_for_the_collect_bench() {
         "raw copy: {copied}\n{}",
         boot.logs()
     );
-    File::options()
-        .write(true)
-        .open(&raw)
-        .and_then(|f| f.set_len(size))
-        .expect("cutting the raw copy to the core's size");
+    cut_to_core(&raw, size);
     fs::rename(&raw, &out)
         .or_else(|_| fs::copy(&raw, &out).map(|_| ()))
         .expect("moving the core into place");

@@ -35,10 +35,6 @@ readonly ROOT
 readonly BENCH=capture-bench
 # shellcheck source=tests/bench/common.sh
 . "$ROOT/tests/bench/common.sh"
-readonly TIME=/usr/bin/time
-# For `bash -c`: runs "$@", then fdatasyncs the file named by its last word.
-# shellcheck disable=SC2016 # expanded by the inner shell
-readonly DURABLE='"$@" && exec sync -d -- "${!#}"'
 
 check_tools() {
     [[ -x $TIME ]] || die "$TIME not found; install it: apt-get install time"

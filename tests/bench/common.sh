@@ -2,6 +2,11 @@
 # script sets BENCH (its name, for messages), DIR, LAYOUT, SIZE, SEED and
 # KJUMP_DUMPGEN before it calls these.
 
+readonly TIME=/usr/bin/time
+# For `bash -c`: runs "$@", then fdatasyncs the file named by its last word.
+# shellcheck disable=SC2016 # expanded by the inner shell
+readonly DURABLE='"$@" && exec sync -d -- "${!#}"'
+
 die() {
     echo "$BENCH: error: $*" >&2
     exit 1

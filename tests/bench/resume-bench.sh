@@ -58,7 +58,6 @@ readonly ROOT
 readonly BENCH=resume-bench
 # shellcheck source=tests/bench/common.sh
 . "$ROOT/tests/bench/common.sh"
-readonly TIME=/usr/bin/time
 # Every file this script makes starts with resume. (capture-bench.sh, which
 # shares DIR, removes out.*, time.* and log.*).
 readonly IMAGE=$DIR/resume.kjump

@@ -368,6 +368,35 @@ pub fn failed_capture_of(mut boot: Vm) -> (Vm, Line) {
     (boot, failed)
 }
 
+/// A boot whose R fails after it began writing memory: R says why and that
+/// the image is marked failed, never hands back (memory is no longer the
+/// normal boot's) and restarts the machine. Returns the finished boot and
+/// R's failure line.
+pub fn restore_fails_after_writes(name: &str, opts: &BootOpts) -> (Vm, Line) {
+    let mut boot = start(name, opts);
+    boot.wait_for("kjump: reading each chunk once", PHASE);
+    let failed = boot.wait_for("kjump: resume failed", PHASE);
+    boot.wait_for("restarting into a normal boot", PHASE);
+    boot.wait_exit(PHASE);
+    print_phases(&boot);
+    let lines = boot.lines();
+    assert!(
+        failed.text.contains("is marked failed"),
+        "{}\n{}",
+        failed.text,
+        boot.logs()
+    );
+    for never in ["handing control back", "RESUMED", "A: RESUME-EXIT"] {
+        assert!(
+            find(&lines, never).is_none(),
+            "[{name}] {never:?} after memory was written\n{}",
+            boot.logs()
+        );
+    }
+    println!("[{name}] {:7.2}  {}", failed.at, failed.text);
+    (boot, failed)
+}
+
 /// A later boot: R0 finds the image, R restores it, A runs on with the
 /// same file and counter. Returns the boot's console.
 pub fn resume(name: &str, opts: &BootOpts, saved: &Saved) -> Vec<Line> {
