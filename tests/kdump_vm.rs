@@ -270,33 +270,62 @@ fn assert_kernel_log(dir: &Path, core: &Path) {
 }
 
 /// The collector's image of the core (`kjump collect -d 31`) verifies, and
-/// its kdump-compressed export holds each page it dumps as the raw core
-/// has it; the pages it left out are marked excluded, the pattern's
-/// page-cache pages (a tmpfs file) among them.
+/// its kdump-compressed and ELF exports hold each page it dumps as the raw
+/// core has it; the pages it left out are marked excluded in the first and
+/// lie in no PT_LOAD of the second, the pattern's page-cache pages (a tmpfs
+/// file) among them.
 fn collected_matches_the_core(dir: &Path, img: &Path, raw: &Path, pattern: &[u8]) {
     kjump(&["verify", os(img)]).ok();
     let kd = dir.join("kdump-collected.kdump");
     let Run { secs, .. } = kjump(&["export", os(img), "-o", os(&kd), "--format", "kdump"]).ok();
     let d = Diskdump::open(File::open(&kd).expect("the kdump-compressed export"))
         .expect("a kdump-compressed file kjump reads back");
+    let elf = dir.join("kdump-collected.elf");
+    kjump(&["export", os(img), "-o", os(&elf)]).ok();
+    let (loads, _) = core_headers(&elf);
+    let elf_file = File::open(&elf).expect("the ELF export");
     let pattern_pages: std::collections::HashSet<&[u8]> = pattern.chunks_exact(PAGE_SIZE).collect();
     let (mut dumped, mut excluded, mut pattern_dumped, mut pattern_seen) = (0u64, 0u64, 0, 0);
     for_each_page(raw, |paddr, page| {
         let is_pattern = pattern_pages.contains(page);
         pattern_seen += usize::from(is_pattern);
+        let in_elf = loads
+            .iter()
+            .find(|l| l.paddr <= paddr && paddr < l.end())
+            .map(|l| {
+                let mut b = vec![0u8; PAGE_SIZE];
+                elf_file
+                    .read_exact_at(&mut b, l.offset + paddr - l.paddr)
+                    .expect("reading the ELF export");
+                b
+            });
         match d.read_page(paddr / PAGE_SIZE as u64) {
             Ok(p) => {
                 assert_eq!(p, page, "frame {:#x} of the kdump export", paddr / 4096);
+                assert_eq!(
+                    in_elf.as_deref(),
+                    Some(page),
+                    "frame {:#x} of the ELF export",
+                    paddr / 4096
+                );
                 dumped += 1;
                 pattern_dumped += usize::from(is_pattern);
             }
-            Err(ReadError::NotDumped(_)) => excluded += 1,
+            Err(ReadError::NotDumped(_)) => {
+                assert!(
+                    in_elf.is_none(),
+                    "left-out frame {:#x} in a PT_LOAD of the ELF export",
+                    paddr / 4096
+                );
+                excluded += 1;
+            }
             Err(e) => panic!("frame {:#x}: {e}", paddr / 4096),
         }
     });
     let size = fs::metadata(&kd).map_or(0, |m| m.len());
     println!(
-        "[kdump] collected (-d 31): {dumped} frames dumped, {excluded} excluded; kdump export {size} bytes in {secs:.2} s; pattern pages {pattern_seen} in the core, {pattern_dumped} dumped"
+        "[kdump] collected (-d 31): {dumped} frames dumped, {excluded} excluded; kdump export {size} bytes in {secs:.2} s; ELF export {} PT_LOADs; pattern pages {pattern_seen} in the core, {pattern_dumped} dumped",
+        loads.len()
     );
     assert!(
         excluded > 0 && dumped > 0,
@@ -444,6 +473,7 @@ fn real_kdump_core_is_captured_and_exported() {
         &crash_img,
         &collected_img,
         &dir.join("kdump-collected.kdump"),
+        &dir.join("kdump-collected.elf"),
         &host_out,
         &crash_out,
         &dir.join("kdump-host.img"),

@@ -3,14 +3,17 @@
 //! One PT_LOAD per saved range at its physical address, the saved ELF notes
 //! as the PT_NOTE. Loadable contents are byte for byte the captured memory,
 //! so crash, drgn and gdb read the image like the dump it came from. Zero
-//! pages are left as holes of a sparse file.
+//! pages are left as holes of a sparse file. Frames a filtering capture left
+//! out (`kjump collect -d`) lie in no PT_LOAD: a range is split around them,
+//! as `makedumpfile -E` splits its segments, so a reader finds them absent
+//! from the dump rather than zero.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kjump_image_format::{Image, PhysRange, ReadAt, PAGE_SIZE};
+use kjump_image_format::{Image, PhysAddr, PhysRange, ReadAt, PAGE_SIZE};
 use kjump_sys::ELF_MACHINE;
 
 use crate::scan::{scan_chunks, ScanError};
@@ -18,9 +21,20 @@ use crate::scan::{scan_chunks, ScanError};
 const EHDR_SIZE: u64 = 64;
 const PHDR_SIZE: u64 = 56;
 
+/// The most PT_LOAD segments (and the PT_NOTE) an ELF header counts
+/// without the PN_XNUM extension, which not every reader knows.
+const MAX_PHNUM: usize = 0xfffe;
+
 /// Why an export failed; a partial output file is removed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// The frames left out split the ranges into more segments than an
+    /// ELF header counts.
+    #[error("the frames this image leaves out split its memory into {segments} pieces, more than the {MAX_PHNUM} segments an ELF core's header counts: export it with --format kdump, which marks left-out frames in a bitmap")]
+    TooManySegments {
+        /// PT_LOADs needed.
+        segments: usize,
+    },
     /// The image failed a check.
     #[error(transparent)]
     Image(#[from] ScanError<OutputError>),
@@ -65,10 +79,55 @@ fn segment_offsets(ranges: &[PhysRange], data_start: u64) -> (Vec<u64>, u64) {
     (offsets, at)
 }
 
-fn headers(image: &Image, offsets: &[u64], notes_off: u64) -> Vec<u8> {
+/// The PT_LOADs of `image`: each saved range (index into the ranges) less
+/// the frames a filtering capture left out.
+fn loads(image: &Image) -> Vec<(usize, PhysRange)> {
+    let page = PAGE_SIZE as u64;
+    let runs = image
+        .metadata
+        .excluded
+        .as_ref()
+        .map_or(&[][..], |x| x.runs.as_slice());
+    let mut out = Vec::new();
+    let mut next_run = runs.iter().peekable();
+    for (i, r) in image.metadata.ranges.ranges().iter().enumerate() {
+        let (mut at, end) = (r.start().0, r.end().0);
+        // Runs are sorted and each lies inside one range.
+        while let Some(&&(first, count)) = next_run.peek() {
+            let (gap_start, gap_end) = (first * page, (first + count) * page);
+            if gap_start >= end {
+                break;
+            }
+            next_run.next();
+            if gap_start > at {
+                out.extend(
+                    PhysRange::new(PhysAddr(at), PhysAddr(gap_start))
+                        .ok()
+                        .map(|p| (i, p)),
+                );
+            }
+            at = at.max(gap_end);
+        }
+        if at < end {
+            out.extend(
+                PhysRange::new(PhysAddr(at), PhysAddr(end))
+                    .ok()
+                    .map(|p| (i, p)),
+            );
+        }
+    }
+    out
+}
+
+fn headers(
+    image: &Image,
+    loads: &[(usize, PhysRange)],
+    offsets: &[u64],
+    notes_off: u64,
+) -> Vec<u8> {
     let ranges = image.metadata.ranges.ranges();
     let notes = image.metadata.elf_notes.as_deref().unwrap_or(&[]);
-    let phnum = ranges.len() + usize::from(!notes.is_empty());
+    let phnum = loads.len() + usize::from(!notes.is_empty());
     let mut h = Vec::with_capacity(notes_off as usize + notes.len());
     h.extend_from_slice(b"\x7fELF\x02\x01\x01");
     h.resize(16, 0);
@@ -92,8 +151,10 @@ fn headers(image: &Image, offsets: &[u64], notes_off: u64) -> Vec<u8> {
     if !notes.is_empty() {
         phdr(4, 0, notes_off, 0, notes.len() as u64);
     }
-    for (r, off) in ranges.iter().zip(offsets) {
-        phdr(1, 7, *off, r.start().0, r.len());
+    // A piece of a range lies in the file where the range's bytes do.
+    for (i, piece) in loads {
+        let off = offsets[*i] + (piece.start().0 - ranges[*i].start().0);
+        phdr(1, 7, off, piece.start().0, piece.len());
     }
     h.extend_from_slice(notes);
     h
@@ -129,8 +190,14 @@ fn write_core<R: ReadAt + ?Sized>(
     progress_line: bool,
 ) -> Result<(u64, usize), ExportError> {
     let ranges = image.metadata.ranges.ranges();
+    let loads = loads(image);
     let notes_len = image.metadata.elf_notes.as_ref().map_or(0, Vec::len) as u64;
-    let phnum = ranges.len() as u64 + u64::from(notes_len > 0);
+    let phnum = loads.len() as u64 + u64::from(notes_len > 0);
+    if phnum > MAX_PHNUM as u64 {
+        return Err(ExportError::TooManySegments {
+            segments: loads.len(),
+        });
+    }
     let notes_off = EHDR_SIZE + phnum * PHDR_SIZE;
     let (offsets, file_len) = segment_offsets(ranges, notes_off + notes_len);
     let out_err = |offset, source| OutputError {
@@ -143,13 +210,13 @@ fn write_core<R: ReadAt + ?Sized>(
     // A symbolic link as the last component is refused, not followed.
     let file = kjump_sys::block::create_private(output).map_err(|e| out_err(0, e))?;
     file.set_len(file_len).map_err(|e| out_err(file_len, e))?;
-    file.write_all_at(&headers(image, &offsets, notes_off), 0)
+    file.write_all_at(&headers(image, &loads, &offsets, notes_off), 0)
         .map_err(|e| out_err(0, e))?;
     scan_chunks(src, image, threads, progress_line, |i, pages| {
         write_pages(&file, image, &offsets, i, pages).map_err(|(offset, e)| out_err(offset, e))
     })?;
     file.sync_all().map_err(|e| out_err(file_len, e))?;
-    Ok((file_len, ranges.len()))
+    Ok((file_len, loads.len()))
 }
 
 /// Writes the nonzero pages of chunk `i`, clipped to its range.

@@ -403,20 +403,6 @@ pub fn export(
     if format == crate::ExportFormat::Kdump {
         return export_as_kdump(&file, &image, path, output, codec, threads);
     }
-    if let Some(x) = image
-        .metadata
-        .excluded
-        .as_ref()
-        .filter(|x| !x.runs.is_empty())
-    {
-        // An ELF core cannot say that a frame was left out: its reader
-        // would take those frames for zero pages.
-        return Err(Failure::error(anyhow::anyhow!(
-            "{path} was captured at dump level {} and leaves out {} frames, which an ELF core would show as zero pages: export it with --format kdump, which marks them excluded",
-            x.level,
-            x.pages()
-        )));
-    }
     let report = kjump_restorer::export(
         &file,
         &image,
