@@ -366,3 +366,49 @@ fn a_pass_over_many_windows_stops_at_a_failure_in_the_first() {
     assert!(matches!(e, RestoreError::Invalid { .. }), "{e}");
     assert_eq!(state(&dir.path("img")), ImageState::Committed);
 }
+
+/// A consumer that panics at one chunk stops the pass there like a failed
+/// check: the chunk is named, no chunk after it reaches the consumer.
+#[test]
+fn a_panic_at_a_chunk_stops_the_pass_there_and_names_it() {
+    use kjump_restorer::scan::{scan_chunks_at, ScanError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = TempDir::new("restore-panic");
+    let len = 2 * kjump_restorer::scan::WINDOW_BYTES as usize;
+    let mut mem = vec![0u8; 0x10_0000 + len];
+    kjump_dumpgen::Rng::new(9).fill(&mut mem[0x10_0000..]);
+    std::fs::write(dir.path("mem"), &mem).unwrap();
+    let map = MemoryMap::from_sorted(vec![PhysRange::from_start_len(
+        PhysAddr(0x10_0000),
+        len as u64,
+    )
+    .unwrap()])
+    .unwrap();
+    let source = MemorySource::open(&dir.path("mem"), Some(map)).unwrap();
+    let target = Target::open(&dir.path("img")).unwrap();
+    capture(&source, &target, &source.metadata(), &CaptureOptions::new()).unwrap();
+    let f = std::fs::File::open(dir.path("img")).unwrap();
+    let image = Image::open(&f).unwrap();
+    let at = 5;
+    let last = AtomicUsize::new(0);
+    let progress = kjump_sys::progress::Progress::new("restore", 0, false);
+    let stopped = scan_chunks_at(&f, &image, 1, progress, |i, _pages| {
+        last.fetch_max(i, Ordering::SeqCst);
+        if i == at {
+            panic!("a test consumer's panic at chunk {i}");
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .unwrap_err();
+    assert_eq!(stopped.chunk, Some(at));
+    assert!(
+        matches!(stopped.error, ScanError::Panicked),
+        "{:?}",
+        stopped.error
+    );
+    assert_eq!(
+        last.load(Ordering::SeqCst),
+        at,
+        "chunks after the panic were handed over"
+    );
+}

@@ -217,17 +217,22 @@ where
                 let at = (e.offset.0 - base) as usize;
                 let encoded = &buf[at..at + e.encoded_len() as usize];
                 out.resize(usize::from(e.page_count) * PAGE_SIZE, 0);
-                image
-                    .check_chunk(i, encoded, out, scratch)
-                    .map_err(ScanError::Image)
-                    .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
-                    .map_err(|error| {
-                        failed_at.fetch_min(i, Ordering::SeqCst);
-                        Stopped {
-                            chunk: Some(i),
-                            error,
-                        }
-                    })
+                // A panic is this chunk's failure like any other: the chunks
+                // after it are not handed over, and the chunk is named.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    image
+                        .check_chunk(i, encoded, out, scratch)
+                        .map_err(ScanError::Image)
+                        .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
+                }))
+                .unwrap_or(Err(ScanError::Panicked))
+                .map_err(|error| {
+                    failed_at.fetch_min(i, Ordering::SeqCst);
+                    Stopped {
+                        chunk: Some(i),
+                        error,
+                    }
+                })
             },
         )
         .collect::<Vec<_>>()
