@@ -320,15 +320,11 @@ fn a_pinned_restore_refuses_another_image() {
     assert_eq!(state(&dir.path("img")), ImageState::Consumed);
 }
 
-/// An image of several read windows, damaged in its first chunk: the pass
-/// stops there and returns (the reader thread, a window ahead, is told to
-/// stop), for verify and for a restore alike.
-#[test]
-fn a_pass_over_many_windows_stops_at_a_failure_in_the_first() {
-    let dir = TempDir::new("restore-windows");
-    let len = 3 * kjump_restorer::scan::WINDOW_BYTES as usize + (1 << 20);
+/// `len` bytes of seeded random RAM from 1 MiB (DIR/mem, returned whole),
+/// captured into DIR/img with a jump-back entry and a region.
+fn random_image(dir: &TempDir, len: usize, seed: u64) -> Vec<u8> {
     let mut mem = vec![0u8; 0x10_0000 + len];
-    kjump_dumpgen::Rng::new(7).fill(&mut mem[0x10_0000..]);
+    kjump_dumpgen::Rng::new(seed).fill(&mut mem[0x10_0000..]);
     std::fs::write(dir.path("mem"), &mem).unwrap();
     let map = MemoryMap::from_sorted(vec![PhysRange::from_start_len(
         PhysAddr(0x10_0000),
@@ -342,6 +338,17 @@ fn a_pass_over_many_windows_stops_at_a_failure_in_the_first() {
     meta.extra.push((KEY_REGION.into(), REGION.into()));
     let target = Target::open(&dir.path("img")).unwrap();
     capture(&source, &target, &meta, &CaptureOptions::new()).unwrap();
+    mem
+}
+
+/// An image of several read windows, damaged in its first chunk: the pass
+/// stops there and returns (the reader thread, a window ahead, is told to
+/// stop), for verify and for a restore alike.
+#[test]
+fn a_pass_over_many_windows_stops_at_a_failure_in_the_first() {
+    let dir = TempDir::new("restore-windows");
+    let len = 3 * kjump_restorer::scan::WINDOW_BYTES as usize + (1 << 20);
+    let mem = random_image(&dir, len, 7);
     let mut img = std::fs::read(dir.path("img")).unwrap();
     let f = std::fs::File::open(dir.path("img")).unwrap();
     let image = Image::open(&f).unwrap();
@@ -374,19 +381,7 @@ fn a_panic_at_a_chunk_stops_the_pass_there_and_names_it() {
     use kjump_restorer::scan::{scan_chunks_at, ScanError};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dir = TempDir::new("restore-panic");
-    let len = 2 * kjump_restorer::scan::WINDOW_BYTES as usize;
-    let mut mem = vec![0u8; 0x10_0000 + len];
-    kjump_dumpgen::Rng::new(9).fill(&mut mem[0x10_0000..]);
-    std::fs::write(dir.path("mem"), &mem).unwrap();
-    let map = MemoryMap::from_sorted(vec![PhysRange::from_start_len(
-        PhysAddr(0x10_0000),
-        len as u64,
-    )
-    .unwrap()])
-    .unwrap();
-    let source = MemorySource::open(&dir.path("mem"), Some(map)).unwrap();
-    let target = Target::open(&dir.path("img")).unwrap();
-    capture(&source, &target, &source.metadata(), &CaptureOptions::new()).unwrap();
+    random_image(&dir, 2 * kjump_restorer::scan::WINDOW_BYTES as usize, 9);
     let f = std::fs::File::open(dir.path("img")).unwrap();
     let image = Image::open(&f).unwrap();
     let at = 5;
