@@ -26,7 +26,7 @@
 use std::fmt;
 use std::path::Path;
 
-use kjump_image_format::{MemoryMap, PhysAddr, PhysRange, RangeError};
+use kjump_image_format::{MemoryMap, PhysAddr, PhysRange};
 use kjump_sys::pagemap::{LockedPage, PageError};
 use kjump_sys::physmem::PhysFile;
 
@@ -144,15 +144,6 @@ pub enum MailboxError {
     /// No locked page with a known physical address.
     #[error(transparent)]
     Page(#[from] PageError),
-    /// The page is not a range of physical memory.
-    #[error("mailbox page at {phys:#x}")]
-    Range {
-        /// Its physical address.
-        phys: u64,
-        /// The cause.
-        #[source]
-        source: RangeError,
-    },
     /// No page this process could get lies where the next kernel can write.
     #[error("none of the {} MiB of pages this process locked lay in memory the next kernel can reach", .held >> 20)]
     Unreachable {

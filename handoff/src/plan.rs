@@ -66,8 +66,7 @@ fn driver_ram(text: &str) -> Option<PlanError> {
     let name = text.lines().find_map(|line| {
         let (_, name) = line.split_once(" : ")?;
         let name = name.trim();
-        name.strip_prefix("System RAM (")?;
-        Some(name)
+        name.starts_with("System RAM (").then_some(name)
     })?;
     // The lines named so parse, or the whole map is refused as unreadable.
     match ranges::parse_iomem_named("/proc/iomem", text, name) {

@@ -192,7 +192,7 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
             let _ = SwapArea::new(&place.holder).return_to_swap();
         }
     };
-    last_steps(&place, &manifest, &plan).inspect_err(|_| {
+    last_steps(&place, uuid, &manifest, &plan).inspect_err(|_| {
         next.unload();
         undo();
     })?;
@@ -215,8 +215,12 @@ pub fn hibernate(opts: &mut HibernateOptions) -> Result<Option<Return>, Hibernat
 /// capture kernel writes only to a device that carries it, whatever name
 /// its kernel gives the device), and /proc/iomem read again (memory plugged
 /// in or out since the plan would be saved wrongly).
-fn last_steps(place: &Place, manifest: &Manifest, plan: &JumpPlan) -> Result<(), HibernateError> {
-    let uuid = manifest.image_uuid.ok_or(ClaimError::NoUuid)?;
+fn last_steps(
+    place: &Place,
+    uuid: Uuid,
+    manifest: &Manifest,
+    plan: &JumpPlan,
+) -> Result<(), HibernateError> {
     claim::stake(place, uuid, manifest.started_ns, manifest.swap_was_active)?;
     let now = JumpPlan::from_iomem(&read("/proc/iomem")?).map_err(PreflightError::from)?;
     if now == *plan {

@@ -52,26 +52,19 @@ pub struct LockedPage {
 }
 
 impl LockedPage {
-    /// Maps a page, lets `fill` write it, locks it and looks up its
-    /// physical address. Needs CAP_SYS_ADMIN for the address (without it
-    /// the kernel shows frame 0).
-    pub fn new(fill: impl FnOnce(&mut [u8])) -> Result<LockedPage, PageError> {
-        match LockedPage::pick(1, |_| true, fill)? {
-            Ok(page) => Ok(page),
-            Err(_) => unreachable!("every page is wanted"),
-        }
-    }
-
     /// Maps and locks `pages` pages and keeps the first whose physical
     /// address `wanted` accepts, filled by `fill`; when no frame of the
     /// block is wanted, the block itself, still locked: a caller that holds
-    /// it while it maps the next block gets other frames.
+    /// it while it maps the next block gets other frames. Needs
+    /// CAP_SYS_ADMIN for the addresses (without it the kernel shows frame
+    /// 0).
     pub fn pick(
         pages: usize,
         wanted: impl Fn(u64) -> bool,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<Result<LockedPage, LockedBlock>, PageError> {
-        let mut map = MmapMut::map_anon(pages.max(1) * PAGE).map_err(|source| PageError::Map {
+        let pages = pages.max(1);
+        let mut map = MmapMut::map_anon(pages * PAGE).map_err(|source| PageError::Map {
             what: "mapping pages to lock in RAM",
             source,
         })?;
@@ -79,7 +72,7 @@ impl LockedPage {
             what: "locking pages in RAM",
             source,
         })?;
-        let frames = physical_addresses(map.as_ptr() as u64, pages.max(1))?;
+        let frames = physical_addresses(map.as_ptr() as u64, pages)?;
         let Some(index) = frames.iter().position(|&phys| wanted(phys)) else {
             return Ok(Err(LockedBlock(map)));
         };

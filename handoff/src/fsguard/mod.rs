@@ -50,7 +50,7 @@ mod unguarded;
 mod xfs;
 
 use disk::{read, Device, Disk, Fault};
-pub use unguarded::{read_only_loops, unguarded, Layer, Unguarded, UnguardedMounts};
+pub use unguarded::{unguarded, Layer, Unguarded, UnguardedMounts};
 
 /// Bytes read from the start of a device.
 const HEAD: usize = 64 << 10;
@@ -98,22 +98,46 @@ fn into_io(fault: Fault) -> io::Error {
     }
 }
 
+/// One line of /proc/self/mountinfo, the fields the guard reads.
+struct Mount<'a> {
+    /// Where it is mounted (escaped as mountinfo escapes it).
+    point: &'a str,
+    /// The mount's options (`rw,relatime`).
+    options: &'a str,
+    /// The mount source (`/dev/vda1`, `tmpfs`).
+    source: &'a str,
+    /// The filesystem's own options.
+    super_options: &'a str,
+}
+
+/// The mounts of /proc/self/mountinfo text; lines that do not parse are
+/// passed over.
+fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mut own = before.split_whitespace().skip(4);
+        let (point, options) = (own.next()?, own.next().unwrap_or(""));
+        let mut fs = after.split_whitespace().skip(1);
+        let source = fs.next()?;
+        Some(Mount {
+            point,
+            options,
+            source,
+            super_options: fs.next().unwrap_or(""),
+        })
+    })
+}
+
 /// Block devices with a filesystem mounted, from /proc/self/mountinfo text:
 /// mount sources under /dev, in order, without repeats, but for loop
 /// devices mounted read-only only ([`unguarded::read_only_loops`]).
 pub fn mounted_block_devices(mountinfo: &str) -> Vec<String> {
     let read_only_loops = unguarded::read_only_loops(mountinfo);
     let mut out: Vec<String> = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((_, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let (_fstype, source) = (fields.next(), fields.next());
-        if let Some(src) = source.filter(|s| s.starts_with("/dev/")) {
-            if !out.iter().any(|d| d == src) && !read_only_loops.iter().any(|l| l == src) {
-                out.push(src.to_string());
-            }
+    for src in mounts(mountinfo).map(|m| m.source) {
+        let wanted = src.starts_with("/dev/") && !read_only_loops.iter().any(|l| l == src);
+        if wanted && !out.iter().any(|d| d == src) {
+            out.push(src.to_string());
         }
     }
     out

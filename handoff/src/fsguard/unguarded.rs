@@ -11,6 +11,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::{mounts, Mount};
+
 /// A block layer the capture kernel does not set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
@@ -87,17 +89,10 @@ fn unguarded_in(
     sys_block: &Path,
     resolve: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> UnguardedMounts {
+    let read_only_loops = read_only_loops(mountinfo);
     let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((before, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = before.split_whitespace().nth(4);
-        let source = after.split_whitespace().nth(1);
-        let (Some(mount_point), Some(source)) = (mount_point, source) else {
-            continue;
-        };
-        if !source.starts_with("/dev/") || read_only_loops(mountinfo).iter().any(|l| l == source) {
+    for Mount { point, source, .. } in mounts(mountinfo) {
+        if !source.starts_with("/dev/") || read_only_loops.iter().any(|l| l == source) {
             continue;
         }
         let node = resolve(source)
@@ -109,7 +104,7 @@ fn unguarded_in(
             .or_else(|| layer_in_sysfs(sys_block, name));
         if let Some(layer) = layer {
             out.push(Unguarded {
-                mount_point: unescape(mount_point),
+                mount_point: unescape(point),
                 source: source.to_string(),
                 node,
                 layer,
@@ -136,29 +131,17 @@ fn layer_of(node: &str) -> Option<Layer> {
 /// Loop devices (`/dev/loopN` sources) that `mountinfo` shows mounted, and
 /// only read-only (the mount's options or the filesystem's say `ro`):
 /// the guard leaves them out.
-pub fn read_only_loops(mountinfo: &str) -> Vec<String> {
+pub(super) fn read_only_loops(mountinfo: &str) -> Vec<String> {
     let mut rw: Vec<&str> = Vec::new();
     let mut ro: Vec<&str> = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((before, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        let options = before.split_whitespace().nth(5).unwrap_or("");
-        let mut fields = after.split_whitespace();
-        let (Some(_fstype), Some(source)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if !source.starts_with("/dev/loop") {
-            continue;
-        }
-        let super_options = fields.next().unwrap_or("");
-        let read_only = [options, super_options]
+    for m in mounts(mountinfo).filter(|m| m.source.starts_with("/dev/loop")) {
+        let read_only = [m.options, m.super_options]
             .iter()
             .any(|o| o.split(',').any(|w| w == "ro"));
         if read_only {
-            ro.push(source);
+            ro.push(m.source);
         } else {
-            rw.push(source);
+            rw.push(m.source);
         }
     }
     let mut out: Vec<String> = Vec::new();
