@@ -14,10 +14,14 @@
 //! above 1, as makedumpfile does: reading them may fault the machine or
 //! return garbage.
 //!
-//! The struct page array is found at `SYMBOL(vmemmap)` (x86_64 with
-//! SPARSEMEM_VMEMMAP, every kernel since 2.6.24 there) and read through the
-//! dumped kernel's own page tables. A frame whose struct page cannot be read
-//! (its vmemmap page is not in the dump) is kept.
+//! The struct page array is the virtual array of x86_64's SPARSEMEM_VMEMMAP
+//! (every kernel since 2.6.24 there), read through the dumped kernel's own
+//! page tables. Newer kernels name it (`SYMBOL(vmemmap)`); older ones, 6.1
+//! among them, do not, and its address is decoded from the sections of
+//! `mem_section` the dumped frames lie in, as makedumpfile finds each
+//! section's struct pages: every present section must give the same array.
+//! A frame whose struct page cannot be read (its vmemmap page is not in the
+//! dump) is kept.
 
 use kjump_image_format::Pfn;
 
@@ -164,8 +168,21 @@ pub enum FilterError {
     #[error("unknown struct page layout")]
     Layout(#[source] MissingKeys),
     /// The struct page array's address is unknown.
-    #[error("VMCOREINFO lacks SYMBOL(vmemmap), the struct page array's address (kjump filters SPARSEMEM_VMEMMAP kernels only)")]
-    NoVmemmap,
+    #[error("VMCOREINFO gives neither SYMBOL(vmemmap), the struct page array's address, nor the mem_section keys to find it ({missing})")]
+    NoVmemmap {
+        /// The mem_section keys missing.
+        missing: String,
+    },
+    /// `mem_section` does not describe one struct page array.
+    #[error(
+        "finding the struct page array through mem_section (SYMBOL(mem_section)={roots:#x}): {why}"
+    )]
+    Sections {
+        /// `SYMBOL(mem_section)`.
+        roots: u64,
+        /// What was wrong, with the section and the address read.
+        why: String,
+    },
     /// The kernel's page tables are not in the dump.
     #[error("reading the dumped kernel's page tables (init_top_pgt at physical {at:#x})")]
     PageTables {
@@ -319,6 +336,11 @@ pub struct PageFields {
     /// For a head page, the next page's `flags` (its low byte is the
     /// folio's order on 6.6 and later).
     pub next_flags: Option<u64>,
+    /// For a head page before 6.6, the next page's `compound_order` and
+    /// `compound_dtor` bytes.
+    pub next_order: Option<u8>,
+    /// See `next_order`.
+    pub next_dtor: Option<u8>,
 }
 
 impl PageFields {
@@ -334,15 +356,21 @@ impl PageFields {
             u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]))
         };
         let flags = u64_at(page, layout.flags);
+        let next = next.filter(|_| flags & layout.pg_head_mask != 0);
+        // Little endian: the low byte of the older, wider fields too.
+        let byte = |o: Option<u64>| {
+            next.zip(o)
+                .and_then(|(n, o)| n.get(usize::try_from(o).ok()?).copied())
+        };
         PageFields {
             flags,
             mapping: u64_at(page, layout.mapping),
             mapcount: u32_at(page, layout.mapcount),
             private: u64_at(page, layout.private),
             compound_head: u64_at(page, layout.compound_head),
-            next_flags: (flags & layout.pg_head_mask != 0)
-                .then(|| next.map(|n| u64_at(n, layout.flags)))
-                .flatten(),
+            next_flags: next.map(|n| u64_at(n, layout.flags)),
+            next_order: byte(layout.compound_order),
+            next_dtor: byte(layout.compound_dtor),
         }
     }
 }
@@ -367,7 +395,9 @@ fn bit(flags: u64, n: Option<u32>) -> bool {
 
 /// The order of the compound page whose head is frame `pfn` (0 for a
 /// single page, or when its order is implausible for that frame), read
-/// where the kernel keeps it, and whether it is a hugetlbfs page.
+/// where the kernel keeps it, and whether it is a hugetlbfs page: the
+/// folio's flags and page type since 6.9, its flags from 6.6 to 6.8, the
+/// second page's `compound_order` and `compound_dtor` before.
 fn compound_order(layout: &PageLayout, pfn: u64, p: &PageFields) -> (u32, bool) {
     let mut order = 0u32;
     let mut hugetlb = false;
@@ -378,6 +408,11 @@ fn compound_order(layout: &PageLayout, pfn: u64, p: &PageFields) -> (u32, bool) 
         } else if let Some(b) = layout.pg_hugetlb {
             order = (next & 0xff) as u32;
             hugetlb = next & (1u64 << b) != 0;
+        } else if layout.compound_order.is_some() {
+            order = u32::from(p.next_order.unwrap_or(0));
+            hugetlb = layout
+                .hugetlb_dtor
+                .is_some_and(|d| p.next_dtor.map(u32::from) == Some(d));
         }
         if order >= 64 || pfn & ((1u64 << order) - 1) != 0 {
             order = 0;
@@ -460,12 +495,16 @@ pub fn plan<M: PhysMemory + ?Sized>(
     }
     let info = info.ok_or(FilterError::NoVmcoreInfo)?;
     let facts = StructPageFacts::from_info(info)?;
-    let tr = Translator::new(mem, &facts.kernel).ok_or(FilterError::NoVmemmap)?;
+    let tr = Translator::new(mem, &facts.kernel).ok_or_else(|| facts.no_top_table())?;
     facts.check_top_table(&tr)?;
+    let vmemmap = match &facts.array {
+        StructPages::Symbol(at) => *at,
+        StructPages::Sections(sections) => sections.vmemmap(&tr, ranges)?,
+    };
     let scan = Scan {
         tr: &tr,
         page: &facts.page,
-        vmemmap: facts.vmemmap,
+        vmemmap,
         level,
     };
     let (runs, total) = scan.ranges(ranges, &mut result.counts);
@@ -495,8 +534,188 @@ pub fn plan<M: PhysMemory + ?Sized>(
 struct StructPageFacts {
     page: PageLayout,
     kernel: KernelLayout,
-    vmemmap: u64,
+    array: StructPages,
     top: u64,
+}
+
+/// How the struct page array is found.
+enum StructPages {
+    /// At `SYMBOL(vmemmap)`.
+    Symbol(u64),
+    /// Through `mem_section`, the kernel's table of memory sections.
+    Sections(MemSections),
+}
+
+/// A present section's `section_mem_map` has these low bits set
+/// (SECTION_MARKED_PRESENT, SECTION_HAS_MEM_MAP).
+const SECTION_PRESENT: u64 = 1;
+const SECTION_HAS_MEM_MAP: u64 = 2;
+/// The flag bits below the encoded struct page address: at most 6 in any
+/// kernel (SECTION_MAP_LAST_BIT); the array itself is page aligned.
+const SECTION_FLAGS: u64 = 0xfff;
+/// Sections read at most: 128 MiB each, so 128 TiB of dumped memory.
+const SECTIONS_MAX: u64 = 1 << 20;
+
+/// `mem_section` as VMCOREINFO describes it. With SPARSEMEM_EXTREME (every
+/// x86_64 kernel) it points at `LENGTH(mem_section)` roots, each pointing
+/// at a page of `struct mem_section`s, or is null; without, it is the
+/// array of sections itself. A section's `section_mem_map` holds the
+/// address of its first frame's struct page minus its first frame's
+/// index, with flags in the low bits: with SPARSEMEM_VMEMMAP, the array's
+/// address for every section.
+struct MemSections {
+    /// `SYMBOL(mem_section)`.
+    roots: u64,
+    /// `LENGTH(mem_section)`.
+    roots_len: u64,
+    /// `SIZE(mem_section)`.
+    entry_size: u64,
+    /// `OFFSET(mem_section.section_mem_map)`.
+    map_offset: u64,
+    /// `NUMBER(SECTION_SIZE_BITS)`.
+    section_bits: u32,
+    /// `NUMBER(MAX_PHYSMEM_BITS)`, when given.
+    physmem_bits: Option<u32>,
+}
+
+impl MemSections {
+    fn from_info(info: &VmcoreInfo) -> Result<Self, FilterError> {
+        let roots = info.symbol("mem_section");
+        let roots_len = info.length("mem_section");
+        let entry_size = info.size("mem_section");
+        let map_offset = info.offset("mem_section.section_mem_map");
+        let section_bits = info.number("SECTION_SIZE_BITS");
+        match (roots, roots_len, entry_size, map_offset, section_bits) {
+            (Some(roots), Some(roots_len), Some(entry_size), Some(map_offset), Some(bits))
+                if (8..=4096).contains(&entry_size)
+                    && map_offset + 8 <= entry_size
+                    && (12..40).contains(&bits)
+                    && roots_len > 0 =>
+            {
+                Ok(MemSections {
+                    roots,
+                    roots_len,
+                    entry_size,
+                    map_offset,
+                    section_bits: bits as u32,
+                    physmem_bits: info
+                        .number("MAX_PHYSMEM_BITS")
+                        .filter(|b| (bits..64).contains(b))
+                        .map(|b| b as u32),
+                })
+            }
+            _ => {
+                let keys = [
+                    ("SYMBOL(mem_section)", roots.is_some()),
+                    ("LENGTH(mem_section)", roots_len.is_some()),
+                    ("SIZE(mem_section)", entry_size.is_some()),
+                    ("OFFSET(mem_section.section_mem_map)", map_offset.is_some()),
+                    ("NUMBER(SECTION_SIZE_BITS)", section_bits.is_some()),
+                ];
+                let missing: Vec<&str> = keys.iter().filter(|k| !k.1).map(|k| k.0).collect();
+                Err(FilterError::NoVmemmap {
+                    missing: if missing.is_empty() {
+                        format!(
+                            "implausible: SIZE(mem_section)={}, OFFSET(mem_section.section_mem_map)={}, NUMBER(SECTION_SIZE_BITS)={}, LENGTH(mem_section)={}",
+                            entry_size.unwrap_or(0),
+                            map_offset.unwrap_or(0),
+                            section_bits.unwrap_or(0),
+                            roots_len.unwrap_or(0)
+                        )
+                    } else {
+                        format!("no {}", missing.join(", "))
+                    },
+                })
+            }
+        }
+    }
+
+    fn error(&self, why: String) -> FilterError {
+        FilterError::Sections {
+            roots: self.roots,
+            why,
+        }
+    }
+
+    /// Sections per root: a page of them with SPARSEMEM_EXTREME, else one
+    /// (the roots are the sections). Without MAX_PHYSMEM_BITS the kernel is
+    /// taken to be SPARSEMEM_EXTREME, as every x86_64 kernel is.
+    fn per_root(&self) -> u64 {
+        match self.physmem_bits {
+            Some(b) if self.roots_len == 1u64 << (b - self.section_bits) => 1,
+            _ => 4096 / self.entry_size,
+        }
+    }
+
+    /// The struct page array's address, decoded from every present section
+    /// that holds frames of `ranges`; all must agree.
+    fn vmemmap<M: PhysMemory + ?Sized>(
+        &self,
+        tr: &Translator<'_, M>,
+        ranges: &[(u64, u64)],
+    ) -> Result<u64, FilterError> {
+        let shift = self.section_bits - 12;
+        let per_root = self.per_root();
+        let mut found: Option<(u64, u64)> = None;
+        let mut read = 0u64;
+        let mut last = None;
+        'ranges: for &(first, end) in ranges.iter().filter(|r| r.0 < r.1) {
+            for nr in (first >> shift)..=((end - 1) >> shift) {
+                if last.is_some_and(|l| nr <= l) {
+                    continue;
+                }
+                last = Some(nr);
+                read += 1;
+                if read > SECTIONS_MAX {
+                    break 'ranges;
+                }
+                let root = nr / per_root;
+                if root >= self.roots_len {
+                    return Err(self.error(format!(
+                        "frame {:#x}'s section {nr} lies past its {} roots",
+                        nr << shift,
+                        self.roots_len
+                    )));
+                }
+                let base = if per_root == 1 {
+                    self.roots
+                } else {
+                    let at = self.roots + root * 8;
+                    let base = tr
+                        .read_virt_u64(at)
+                        .map_err(|e| self.error(format!("reading root {root} at {at:#x}: {e}")))?;
+                    if base == 0 {
+                        continue;
+                    }
+                    base
+                };
+                let at = base + (nr % per_root) * self.entry_size + self.map_offset;
+                let map = tr.read_virt_u64(at).map_err(|e| {
+                    self.error(format!(
+                        "reading section {nr}'s section_mem_map at {at:#x}: {e}"
+                    ))
+                })?;
+                if map & (SECTION_PRESENT | SECTION_HAS_MEM_MAP)
+                    != SECTION_PRESENT | SECTION_HAS_MEM_MAP
+                {
+                    continue;
+                }
+                let array = map & !SECTION_FLAGS;
+                match found {
+                    None => found = Some((nr, array)),
+                    Some((first_nr, a)) if a != array => {
+                        return Err(self.error(format!(
+                            "section {first_nr} gives struct pages at {a:#x}, section {nr} at {array:#x}: not one SPARSEMEM_VMEMMAP array"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        found
+            .map(|(_, a)| a)
+            .ok_or_else(|| self.error("no present section holds the dumped frames".to_string()))
+    }
 }
 
 impl StructPageFacts {
@@ -508,7 +727,10 @@ impl StructPageFacts {
         }
         let page = PageLayout::from_info(info).map_err(FilterError::Layout)?;
         let kernel = KernelLayout::from_info(info).map_err(FilterError::Layout)?;
-        let vmemmap = info.symbol("vmemmap").ok_or(FilterError::NoVmemmap)?;
+        let array = match info.symbol("vmemmap") {
+            Some(at) => StructPages::Symbol(at),
+            None => StructPages::Sections(MemSections::from_info(info)?),
+        };
         let top = kernel
             .text_to_phys(kernel.init_top_pgt)
             .ok_or(FilterError::Layout(MissingKeys {
@@ -520,8 +742,19 @@ impl StructPageFacts {
         Ok(StructPageFacts {
             page,
             kernel,
-            vmemmap,
+            array,
             top,
+        })
+    }
+
+    /// The top table's address is not in the kernel text mapping (checked
+    /// in `from_info`, so not expected).
+    fn no_top_table(&self) -> FilterError {
+        FilterError::Layout(MissingKeys {
+            missing: vec![format!(
+                "SYMBOL(init_top_pgt) in the kernel text mapping (found {:#x})",
+                self.kernel.init_top_pgt
+            )],
         })
     }
 
@@ -756,6 +989,58 @@ mod tests {
         assert_eq!(classify(&l, level(31), 1, &tail), None);
     }
 
+    const REAL_6_1: &[u8] = include_bytes!("../tests/fixtures/vmcoreinfo-6.1.0-57.txt");
+
+    #[test]
+    fn before_6_6_the_second_struct_page_holds_order_and_destructor() {
+        // Debian 12's kernel: PG_head is bit 16, PG_lru 4, PG_swapbacked 19,
+        // hugetlbfs pages have destructor 2, types compare whole.
+        let l = PageLayout::from_info(&VmcoreInfo::parse(REAL_6_1).unwrap()).unwrap();
+        assert_eq!(
+            (l.compound_order, l.compound_dtor, l.hugetlb_dtor),
+            (Some(17), Some(16), Some(2))
+        );
+        assert_eq!(
+            (l.hugetlb_type, l.pg_hugetlb, l.pg_slab),
+            (None, None, Some(9))
+        );
+        let (head, lru, swapbacked) = (1u64 << 16, 1u64 << 4, 1u64 << 19);
+        let mut second = [0u8; 64];
+        second[16] = 1; // compound_dtor: a THP's destructor
+        second[17] = 9;
+        let mut first = [0u8; 64];
+        first[0..8].copy_from_slice(&(head | lru | swapbacked).to_le_bytes());
+        first[24..32].copy_from_slice(&0xff27_98a9_0200_0001u64.to_le_bytes());
+        first[48..52].copy_from_slice(&u32::MAX.to_le_bytes());
+        let thp = PageFields::read(&l, &first, Some(&second));
+        assert_eq!((thp.next_order, thp.next_dtor), (Some(9), Some(1)));
+        assert_eq!(
+            classify(&l, level(8), 512, &thp),
+            Some((PageKind::User, 512))
+        );
+        assert_eq!(classify(&l, level(7), 512, &thp), None);
+        // A hugetlbfs page: file-backed, so user data only by its destructor.
+        first[0..8].copy_from_slice(&head.to_le_bytes());
+        first[24..32].copy_from_slice(&0xff27_98a9_0300_0000u64.to_le_bytes());
+        second[16] = 2;
+        let huge = PageFields::read(&l, &first, Some(&second));
+        assert_eq!(
+            classify(&l, level(8), 0, &huge),
+            Some((PageKind::User, 512))
+        );
+        second[16] = 1;
+        let not_huge = PageFields::read(&l, &first, Some(&second));
+        assert_eq!(classify(&l, level(8), 0, &not_huge), None);
+        // Not a head: the next page is not looked at.
+        first[0..8].copy_from_slice(&lru.to_le_bytes());
+        let single = PageFields::read(&l, &first, Some(&second));
+        assert_eq!((single.next_order, single.next_dtor), (None, None));
+        // A free block, by its whole page type.
+        let mut free = page(0, 0, 0xffff_ff7f);
+        free.private = 2;
+        assert_eq!(classify(&l, level(16), 0, &free), Some((PageKind::Free, 4)));
+    }
+
     #[test]
     fn hwpoison_and_offline_go_at_any_level_above_zero() {
         let mut l = layout();
@@ -780,11 +1065,19 @@ mod tests {
         assert!(!is_type(SLAB, None));
     }
 
+    /// The real fixture's vmemmap address.
+    const VMEMMAP: u64 = 0xff5d_f176_c000_0000;
+
     /// Memory with page tables mapping the struct page array of `frames`
     /// frames at the real fixture's vmemmap address, and the struct pages
     /// written by `fill`.
     fn memory(frames: u64, fill: impl Fn(u64) -> [u8; 64]) -> (Vec<u8>, VmcoreInfo) {
-        let vmemmap = 0xff5d_f176_c000_0000u64;
+        let (t, info) = memory_tables(frames, fill);
+        (t.mem, info)
+    }
+
+    fn memory_tables(frames: u64, fill: impl Fn(u64) -> [u8; 64]) -> (Tables, VmcoreInfo) {
+        let vmemmap = VMEMMAP;
         let mut t = Tables::new(16 << 20, 0x10_0000);
         let array_at = 0x20_0000u64;
         let array_len = frames * 64;
@@ -798,6 +1091,34 @@ mod tests {
             t.mem[at..at + 64].copy_from_slice(&fill(pfn));
         }
         let info = t.vmcoreinfo(&[], &[]);
+        (t, info)
+    }
+
+    /// The direct-map address of the `mem_section` roots in the tests.
+    const ROOTS: u64 = 0xff1a_687a_3e7a_c000;
+
+    /// `t` with SPARSEMEM_EXTREME `mem_section` roots (at [`ROOTS`], as
+    /// Debian's 6.1 kernel gives them: 131072 roots of 256 sections) whose
+    /// first root's sections encode `maps`, and VMCOREINFO without
+    /// SYMBOL(vmemmap) pointing at them.
+    fn with_sections(mut t: Tables, maps: &[(u64, u64)]) -> (Vec<u8>, VmcoreInfo) {
+        let (roots_at, sections_at) = (0x80_0000u64, 0x80_1000u64);
+        let sections = ROOTS + 0x10_0000;
+        t.map(ROOTS, roots_at, 0x1000);
+        t.map(sections, sections_at, 0x1000);
+        t.mem[roots_at as usize..roots_at as usize + 8].copy_from_slice(&sections.to_le_bytes());
+        for &(nr, map) in maps {
+            let at = (sections_at + nr * 16) as usize;
+            t.mem[at..at + 8].copy_from_slice(&map.to_le_bytes());
+        }
+        let info = t.vmcoreinfo(
+            &[
+                ("SYMBOL(mem_section)", format!("{ROOTS:x}")),
+                ("LENGTH(mem_section)", "131072".into()),
+                ("NUMBER(MAX_PHYSMEM_BITS)", "52".into()),
+            ],
+            &["SYMBOL(vmemmap)"],
+        );
         (t.mem, info)
     }
 
@@ -861,6 +1182,63 @@ mod tests {
     }
 
     #[test]
+    fn without_symbol_vmemmap_the_sections_give_the_array() {
+        let fill = |pfn| match pfn {
+            0x410 => struct_page(0, 0, BUDDY, 4),
+            0x8500 => struct_page(LRU, 0xff27_98a9_0100_0000, 0, 0),
+            _ => struct_page(0, 0, NONE, 0),
+        };
+        // Sections 0 and 1 (128 MiB each); flag bits as 6.1 sets them
+        // (present, has mem_map, online, early).
+        let ranges = [(0x400, 0x600), (0x8400, 0x8600)];
+        let (t, _) = memory_tables(0x8600, fill);
+        let (mem, info) = with_sections(t, &[(0, VMEMMAP | 0xf), (1, VMEMMAP | 0xb)]);
+        let p = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x410, 16), (0x8500, 1)]);
+        assert_eq!(p.counts.unreadable, 0);
+        // Sections that disagree are not one array.
+        let (t, _) = memory_tables(0x8600, fill);
+        let other = VMEMMAP + (1 << 30);
+        let (mem, info) = with_sections(t, &[(0, VMEMMAP | 3), (1, other | 3)]);
+        let e = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "section 0 gives struct pages at {VMEMMAP:#x}, section 1 at {other:#x}"
+            )),
+            "{e}"
+        );
+        // A section without a mem_map is passed over; none at all is refused.
+        let (t, _) = memory_tables(0x8600, fill);
+        let (mem, info) = with_sections(t, &[(0, VMEMMAP | 1), (1, VMEMMAP | 3)]);
+        let p = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x410, 16), (0x8500, 1)]);
+        let (t, _) = memory_tables(0x8600, fill);
+        let (mem, info) = with_sections(t, &[]);
+        let e = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no present section holds the dumped frames"),
+            "{e}"
+        );
+        // Frames past the roots, and roots that are not mapped.
+        let (t, _) = memory_tables(0x600, fill);
+        let (mem, info) = with_sections(t, &[(0, VMEMMAP | 3)]);
+        let e = plan(
+            &mem[..],
+            Some(&info),
+            &[(1 << 40, (1 << 40) + 1)],
+            level(31),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lies past its 131072 roots"), "{e}");
+        let (t, info) = memory_tables(0x600, fill);
+        let text = String::from_utf8_lossy(info.raw()).replace("SYMBOL(vmemmap)", "SYMBOL(unused)");
+        let info = VmcoreInfo::parse(text.as_bytes()).unwrap();
+        let e = plan(&t.mem[..], Some(&info), &[(0x400, 0x600)], level(31)).unwrap_err();
+        assert!(e.to_string().contains("reading root 0 at "), "{e}");
+    }
+
+    #[test]
     fn bad_input_names_what_is_missing() {
         let ranges = [(0, 16)];
         let e = plan(&[0u8; 64][..], None, &ranges, level(31)).unwrap_err();
@@ -873,12 +1251,13 @@ mod tests {
         assert!(m.missing.contains(&"OFFSET(page.flags)".to_string()), "{m}");
         let no_vmemmap: String = String::from_utf8_lossy(REAL)
             .lines()
-            .filter(|l| !l.starts_with("SYMBOL(vmemmap)"))
+            .filter(|l| !l.starts_with("SYMBOL(vmemmap)") && !l.starts_with("LENGTH(mem_section)"))
             .map(|l| format!("{l}\n"))
             .collect();
         let info = VmcoreInfo::parse(no_vmemmap.as_bytes()).unwrap();
         let e = plan(&[0u8; 64][..], Some(&info), &ranges, level(31)).unwrap_err();
-        assert!(matches!(e, FilterError::NoVmemmap), "{e}");
+        assert!(matches!(e, FilterError::NoVmemmap { .. }), "{e}");
+        assert!(e.to_string().contains("(no LENGTH(mem_section))"), "{e}");
         // The real text, but memory without the kernel's page tables.
         let info = VmcoreInfo::parse(REAL).unwrap();
         let e = plan(&[0u8; 64][..], Some(&info), &ranges, level(31)).unwrap_err();

@@ -264,6 +264,14 @@ pub struct PageLayout {
     pub pg_slab: Option<u32>,
     /// `NUMBER(PG_hugetlb)`: Linux 6.6 to 6.8.
     pub pg_hugetlb: Option<u32>,
+    /// `OFFSET(page.compound_order)`: in a compound page's second struct
+    /// page, before 6.6.
+    pub compound_order: Option<u64>,
+    /// `OFFSET(page.compound_dtor)`: likewise.
+    pub compound_dtor: Option<u64>,
+    /// `NUMBER(HUGETLB_PAGE_DTOR)`: the destructor of a hugetlbfs page,
+    /// before 6.6.
+    pub hugetlb_dtor: Option<u32>,
     /// `NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)`.
     pub buddy_type: u32,
     /// `NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)`: 6.10 and later.
@@ -308,6 +316,11 @@ impl PageLayout {
             pg_hwpoison: opt_bit("PG_hwpoison"),
             pg_slab: opt_bit("PG_slab"),
             pg_hugetlb: opt_bit("PG_hugetlb"),
+            compound_order: info.offset("page.compound_order"),
+            compound_dtor: info.offset("page.compound_dtor"),
+            hugetlb_dtor: info
+                .number("HUGETLB_PAGE_DTOR")
+                .and_then(|v| u32::try_from(v).ok()),
             buddy_type: n.number("PAGE_BUDDY_MAPCOUNT_VALUE") as u32,
             slab_type: opt_type("PAGE_SLAB_MAPCOUNT_VALUE"),
             hugetlb_type: opt_type("PAGE_HUGETLB_MAPCOUNT_VALUE"),
