@@ -21,9 +21,16 @@
 //!   (the pattern's page-cache pages among them) excluded. A byte flipped
 //!   in the raw copy's kernel text makes the host capture fail with the
 //!   clear error.
+//! - The same with Debian 12's own kernel (6.1, cloud flavour) as A and
+//!   the rig's kernel as the crash kernel: another VMCOREINFO (no
+//!   `SYMBOL(vmemmap)`, compound order in the second struct page) for the
+//!   collector, and Debian 12's `crash`, with the debug information Debian
+//!   ships for that kernel, opens the collector's kdump-compressed export
+//!   and prints the release, the panic and the kernel log.
 //!
 //! Needs what hibernate_vm.rs needs (qemu-system-x86, busybox-static,
-//! kexec-tools, cpio, the test kernel with CRASH_DUMP and PROC_VMCORE); the
+//! kexec-tools, cpio, the test kernel with CRASH_DUMP and PROC_VMCORE),
+//! and `crash` and tests/vm/debian-kernel.sh's kernels (tests/setup.sh); the
 //! QEMU test is skipped without QEMU, except under CI. Console logs stay in
 //! target/tmp/kdump-vm/; run with --nocapture for the figures.
 
@@ -250,10 +257,10 @@ fn flip(core: &Path, load: &Load, at: u64) -> u64 {
 
 /// `kjump collect --dump-dmesg` on `core` (a vmcore or a kjump image of
 /// one) finds what the crashed kernel certainly printed.
-fn assert_kernel_log(dir: &Path, core: &Path) {
-    let out = dir.join("kdump-dmesg.txt");
+fn assert_kernel_log(dir: &Path, name: &str, core: &Path) {
+    let out = dir.join(format!("{name}-dmesg.txt"));
     let Run { text, secs, .. } = kjump_info(&["collect", "--dump-dmesg", os(core), os(&out)]).ok();
-    println!("[kdump] {} in {secs:.2} s", text.trim());
+    println!("[{name}] {} in {secs:.2} s", text.trim());
     let log = fs::read_to_string(&out).expect("the kernel log as text");
     for want in [
         "] Linux version ",
@@ -273,14 +280,20 @@ fn assert_kernel_log(dir: &Path, core: &Path) {
 /// its kdump-compressed and ELF exports hold each page it dumps as the raw
 /// core has it; the pages it left out are marked excluded in the first and
 /// lie in no PT_LOAD of the second, the pattern's page-cache pages (a tmpfs
-/// file) among them.
-fn collected_matches_the_core(dir: &Path, img: &Path, raw: &Path, pattern: &[u8]) {
+/// file) among them. Returns the kdump-compressed export.
+fn collected_matches_the_core(
+    dir: &Path,
+    name: &str,
+    img: &Path,
+    raw: &Path,
+    pattern: &[u8],
+) -> std::path::PathBuf {
     kjump(&["verify", os(img)]).ok();
-    let kd = dir.join("kdump-collected.kdump");
+    let kd = dir.join(format!("{name}-collected.kdump"));
     let Run { secs, .. } = kjump(&["export", os(img), "-o", os(&kd), "--format", "kdump"]).ok();
     let d = Diskdump::open(File::open(&kd).expect("the kdump-compressed export"))
         .expect("a kdump-compressed file kjump reads back");
-    let elf = dir.join("kdump-collected.elf");
+    let elf = dir.join(format!("{name}-collected.elf"));
     kjump(&["export", os(img), "-o", os(&elf)]).ok();
     let (loads, _) = core_headers(&elf);
     let elf_file = File::open(&elf).expect("the ELF export");
@@ -324,7 +337,7 @@ fn collected_matches_the_core(dir: &Path, img: &Path, raw: &Path, pattern: &[u8]
     });
     let size = fs::metadata(&kd).map_or(0, |m| m.len());
     println!(
-        "[kdump] collected (-d 31): {dumped} frames dumped, {excluded} excluded; kdump export {size} bytes in {secs:.2} s; ELF export {} PT_LOADs; pattern pages {pattern_seen} in the core, {pattern_dumped} dumped",
+        "[{name}] collected (-d 31): {dumped} frames dumped, {excluded} excluded; kdump export {size} bytes in {secs:.2} s; ELF export {} PT_LOADs; pattern pages {pattern_seen} in the core, {pattern_dumped} dumped",
         loads.len()
     );
     assert!(
@@ -336,11 +349,92 @@ fn collected_matches_the_core(dir: &Path, img: &Path, raw: &Path, pattern: &[u8]
         pattern_dumped, 0,
         "page-cache pages of the pattern were dumped at -d 31"
     );
+    kd
+}
+
+/// `crash -s VMLINUX DUMP` with `sys` and `log` on its input: it opens
+/// `dump`, finds the release and the panic, and prints the kernel log.
+fn crash_reads(vmlinux: &Path, dump: &Path, release: &str) {
+    let started = std::time::Instant::now();
+    let mut child = Command::new("crash")
+        .args(["-s", os(vmlinux), os(dump)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running crash (tests/setup.sh installs it): {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"sys\nlog\nquit\n")
+        .expect("feeding crash");
+    let out = child.wait_with_output().expect("crash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "[crash] {} in {:.2?}, exit {}:\n{}",
+        dump.display(),
+        started.elapsed(),
+        out.status,
+        text.lines()
+            .filter(|l| l.contains("RELEASE") || l.contains("PANIC") || l.contains("sysrq"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        out.status.success(),
+        "crash failed on {}:\n{all}",
+        dump.display()
+    );
+    for want in [
+        format!("RELEASE: {release}"),
+        "] Linux version ".to_owned(),
+        "] Kernel panic - not syncing: sysrq triggered crash".to_owned(),
+    ] {
+        assert!(
+            text.contains(&want),
+            "{want:?} not in crash's output:\n{all}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("PANIC:") && l.contains("sysrq")),
+        "crash's sys names no sysrq panic:\n{all}"
+    );
 }
 
 #[test]
 fn real_kdump_core_is_captured_and_exported() {
     let Some(_machine) = machine() else { return };
+    real_crash("kdump", None, |_| {});
+}
+
+/// The crashed kernel is Debian 12's own (6.1, cloud flavour), the crash
+/// kernel the rig's: a struct page layout and VMCOREINFO of another kernel
+/// for the collector's filter, and a dump `crash` reads. Debian ships that
+/// kernel's debug information (tests/vm/debian-kernel.sh --debug), and
+/// Debian 12's `crash` knows its release. `crash` opens the collector's
+/// kdump-compressed export with it, names the release and the panic, and
+/// prints the kernel log up to the panic.
+#[test]
+fn debian_kernel_crash_opens_in_crash() {
+    let Some(_machine) = machine() else { return };
+    let kernel = vm::kernel::from_script("debian-kernel.sh", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let vmlinux =
+        vm::kernel::from_script("debian-kernel.sh", &["--debug"]).unwrap_or_else(|e| panic!("{e}"));
+    let release = vm::kernel::release(&kernel).unwrap_or_else(|e| panic!("{e}"));
+    real_crash("kdump-debian", Some(&kernel), |kd| {
+        crash_reads(&vmlinux, kd, &release)
+    });
+}
+
+/// A crashes into a kdump kernel that copies /proc/vmcore raw, captures it
+/// and collects it (init.sh's kdump block); the host checks all three
+/// against each other and the pattern A held, then hands the collector's
+/// kdump-compressed export to `read` before the files go. A boots
+/// `first_kernel` when given, else the rig's kernel.
+fn real_crash(name: &str, first_kernel: Option<&Path>, read: impl FnOnce(&Path)) {
     let dir = vm::dir();
     let seed = format!(
         "{:016x}",
@@ -349,16 +443,20 @@ fn real_kdump_core_is_captured_and_exported() {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id())
     );
-    let vda = hibvm::new_disk_of(&dir.join("kdump-unused.img"), 64 << 20);
-    let raw = hibvm::new_disk_of(&dir.join("kdump-vmcore.raw"), CORE_DISK_BYTES);
-    let crash_img = hibvm::new_disk_of(&dir.join("kdump-crash.img"), CORE_DISK_BYTES);
-    let collected_img = hibvm::new_disk_of(&dir.join("kdump-collected.img"), CORE_DISK_BYTES);
-    let opts = BootOpts::new(&vda, "none")
+    let file = |what: &str| dir.join(format!("{name}-{what}"));
+    let vda = hibvm::new_disk_of(&file("unused.img"), 64 << 20);
+    let raw = hibvm::new_disk_of(&file("vmcore.raw"), CORE_DISK_BYTES);
+    let crash_img = hibvm::new_disk_of(&file("crash.img"), CORE_DISK_BYTES);
+    let collected_img = hibvm::new_disk_of(&file("collected.img"), CORE_DISK_BYTES);
+    let mut opts = BootOpts::new(&vda, "none")
         .disk(&raw)
         .disk(&crash_img)
         .disk(&collected_img)
         .arg(&format!("kjump.kdump={seed}"));
-    let mut boot = start("kdump", &opts);
+    if let Some(k) = first_kernel {
+        opts = opts.first_kernel(k);
+    }
+    let mut boot = start(name, &opts);
     let printed = console_value(&mut boot, "KDUMP-A: PATTERN ", PHASE);
     let load = console_value(&mut boot, "KDUMP-A: LOAD-EXIT ", PHASE);
     assert!(
@@ -382,10 +480,10 @@ fn real_kdump_core_is_captured_and_exported() {
             .iter()
             .any(|m| l.text.contains(m))
     }) {
-        println!("[kdump] {:7.2}  {}", l.at, l.text);
+        println!("[{name}] {:7.2}  {}", l.at, l.text);
     }
     println!(
-        "[kdump] crash -> crash kernel's /init: {:.2} s",
+        "[{name}] crash -> crash kernel's /init: {:.2} s",
         up.at - crashed.at
     );
     assert!(
@@ -407,7 +505,7 @@ fn real_kdump_core_is_captured_and_exported() {
         .iter()
         .find(|l| l.text.contains("leaving out ") && l.text.contains(" frames (free "))
         .unwrap_or_else(|| panic!("the collector named no frames left out\n{}", boot.logs()));
-    println!("[kdump] collector: {}", left_out.text);
+    println!("[{name}] collector: {}", left_out.text);
     assert!(
         size > 512 << 20 && size < CORE_DISK_BYTES,
         "/proc/vmcore of {size} bytes"
@@ -427,7 +525,7 @@ fn real_kdump_core_is_captured_and_exported() {
     assert!(!notes.is_empty(), "no PT_NOTE in the vmcore");
     let (text, home) = text_and_home(&loads);
     println!(
-        "[kdump] kernel text: PT_LOAD {} ({:#x} bytes at physical {:#x}) inside PT_LOAD {}",
+        "[{name}] kernel text: PT_LOAD {} ({:#x} bytes at physical {:#x}) inside PT_LOAD {}",
         text.index, text.memsz, text.paddr, home.index
     );
 
@@ -440,43 +538,40 @@ fn real_kdump_core_is_captured_and_exported() {
 
     // The kernel log, from the core and from the crash kernel's images.
     for core in [&raw, &crash_img, &collected_img] {
-        assert_kernel_log(dir, core);
+        assert_kernel_log(dir, name, core);
     }
 
     // The host's capture of the raw copy, and the crash kernel's image.
-    let host_out = capture_verify_export(dir, "kdump-host", &raw);
+    let host_out = capture_verify_export(dir, &format!("{name}-host"), &raw);
     assert_same_memory(&raw, &host_out);
     let (found, of) = pattern_pages_found(&host_out, &pattern);
-    println!("[kdump] pattern: {found} of {of} pages found in the exported core");
+    println!("[{name}] pattern: {found} of {of} pages found in the exported core");
     assert_eq!(found, of, "pattern pages missing from the exported core");
-    let crash_out = dir.join("kdump-crash.export.elf");
-    verify_export("kdump-crash", &crash_img, &crash_out);
+    let crash_out = file("crash.export.elf");
+    verify_export(&format!("{name}-crash"), &crash_img, &crash_out);
     assert_same_memory(&raw, &crash_out);
     assert_eq!(pattern_pages_found(&crash_out, &pattern), (of, of));
     let info = kjump(&["info", os(&crash_img)]).ok().text;
-    println!("[kdump] crash kernel's image:\n{}", info.trim());
+    println!("[{name}] crash kernel's image:\n{}", info.trim());
 
-    collected_matches_the_core(dir, &collected_img, &raw, &pattern);
+    let kd = collected_matches_the_core(dir, name, &collected_img, &raw, &pattern);
+    read(&kd);
 
     // One byte of the kernel text copy changed: refused with the address.
     let at = text.paddr + text.filesz / 2 + 0x123;
     flip(&raw, &text, at);
-    assert_refused(
-        &raw,
-        &dir.join("kdump-differ.img"),
-        &differ_message(&text, &home, at),
-    );
+    assert_refused(&raw, &file("differ.img"), &differ_message(&text, &home, at));
 
     // Kept only when something failed.
     for p in [
         &raw,
         &crash_img,
         &collected_img,
-        &dir.join("kdump-collected.kdump"),
-        &dir.join("kdump-collected.elf"),
+        &kd,
+        &file("collected.elf"),
         &host_out,
         &crash_out,
-        &dir.join("kdump-host.img"),
+        &file("host.img"),
         &vda,
     ] {
         let _ = fs::remove_file(p);

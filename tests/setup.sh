@@ -2,7 +2,7 @@
 # Installs what kjump's tests and demo need on a Debian machine (run as root):
 # QEMU and busybox to boot test guests, cpio to pack their initramfs, the peer
 # tools the benchmark compares against, lintian and cargo-deb for the Debian
-# package, the mkfs of each filesystem the stale-filesystem guard is tested
+# package, `crash` to read the kdump files kjump writes, the mkfs of each filesystem the stale-filesystem guard is tested
 # on (e2fsprogs, btrfs-progs, xfsprogs), the cached Debian guest kernel, and the
 # cached test kernels with CONFIG_KEXEC_JUMP (built from Debian's source: 6.12
 # for the whole suite, 7.2 from sid for kernel_7_2_vm).
@@ -16,7 +16,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 packages=(qemu-system-x86 busybox-static cpio lz4 zstd file time kexec-tools ca-certificates gzip
-	initramfs-tools-core dracut-core systemd e2fsprogs btrfs-progs xfsprogs lintian mmdebstrap gdisk gcc libc6-dev)
+	initramfs-tools-core dracut-core systemd e2fsprogs btrfs-progs xfsprogs lintian mmdebstrap gdisk gcc libc6-dev
+	crash)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -34,6 +35,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
 	(cd / && cargo install cargo-deb --locked --version 3.8.0)
 fi
 echo "guest kernel: $(bash tests/vm/debian-kernel.sh)"
+echo "its debug information: $(bash tests/vm/debian-kernel.sh --debug)"
 # The kernels with CONFIG_KEXEC_JUMP that the hibernate VM tests boot as A, B
 # and R: each built once (about 7 minutes on two cores) and cached.
 for series in 6.12 7.2; do

@@ -142,6 +142,9 @@ pub struct BootOpts {
     pub qmp: bool,
     /// kjump built with its test hooks ([`rig::hooked_rig`]; Linux 6.12).
     pub hooks: bool,
+    /// A bzImage A boots instead of the rig's kernel; the kernels A loads
+    /// (B, R, a crash kernel) are still the rig's, from A's /boot.
+    pub first_kernel: Option<PathBuf>,
 }
 
 impl BootOpts {
@@ -162,7 +165,15 @@ impl BootOpts {
             vda_slot: None,
             qmp: false,
             hooks: false,
+            first_kernel: None,
         }
+    }
+
+    /// With A booting `bzimage` (another kernel than the rig's, such as a
+    /// distribution's) and loading the rig's kernel from its /boot.
+    pub fn first_kernel(mut self, bzimage: &Path) -> BootOpts {
+        self.first_kernel = Some(bzimage.to_path_buf());
+        self
     }
 
     /// With a kjump built with its test hooks, which words on the kernel
@@ -279,7 +290,8 @@ impl BootOpts {
     /// The machine on `rig`'s kernel and initramfs; `name`'s blkdebug
     /// configuration goes next to its logs.
     fn spec(&self, rig: &Rig, name: &str) -> VmSpec {
-        let mut spec = VmSpec::new(&rig.kernel, &rig.initramfs, &self.append(), self.mem);
+        let kernel = self.first_kernel.as_deref().unwrap_or(&rig.kernel);
+        let mut spec = VmSpec::new(kernel, &rig.initramfs, &self.append(), self.mem);
         spec.machine = self.machine;
         spec.smp = self.smp;
         spec.drives = self.drives(name, vm::dir());
@@ -308,9 +320,12 @@ pub fn start(name: &str, opts: &BootOpts) -> Vm {
 /// Starts QEMU as `opts` say, with `rig`'s kernel and initramfs.
 fn start_on(rig: &Rig, name: &str, opts: &BootOpts) -> Vm {
     let spec = opts.spec(rig, name);
+    let release = match &opts.first_kernel {
+        None => rig.release.clone(),
+        Some(k) => format!("{} (A: {})", rig.release, k.display()),
+    };
     println!(
-        "[{name}] Linux {}: qemu -machine {} -m {} -smp {} -drive {} -append {:?}",
-        rig.release,
+        "[{name}] Linux {release}: qemu -machine {} -m {} -smp {} -drive {} -append {:?}",
         spec.machine,
         spec.mem,
         spec.smp,

@@ -3,6 +3,13 @@
 # QEMU, fetching it first when it is not cached yet.
 #
 #   tests/vm/debian-kernel.sh            -> /var/cache/kjump/debian-kernel/<ver>/boot/vmlinuz-<abi>-cloud-amd64
+#   tests/vm/debian-kernel.sh --debug    -> /var/cache/kjump/debian-kernel/<ver>/debug/vmlinux-<abi>-cloud-amd64
+#
+# --debug prints the same kernel's vmlinux with its debug information
+# (DWARF), from Debian's linux-image-<abi>-dbg package: what `crash` and
+# drgn need to read a dump of that kernel (tests/kdump_vm.rs). The package
+# is 280 MB, almost all of it the modules' debug information; only the
+# vmlinux (590 MB for 6.1's cloud flavour) is kept.
 #
 # The package is downloaded with `apt-get download` (so apt checks it against
 # the signed archive indexes) and unpacked with `dpkg-deb -x` into a cache
@@ -18,6 +25,15 @@
 # Needs the apt package lists (`apt-get update`) only when nothing is cached.
 set -euo pipefail
 
+want=kernel
+case ${1:-} in
+"") ;;
+--debug) want=debug ;;
+*)
+	echo "debian-kernel.sh: unknown argument ${1@Q} (--debug or nothing)" >&2
+	exit 2
+	;;
+esac
 flavour=${KJUMP_KERNEL_FLAVOUR:-cloud-amd64}
 cache=${KJUMP_CACHE:-/var/cache/kjump}/debian-kernel
 meta=linux-image-$flavour
@@ -27,12 +43,17 @@ die() {
 	exit 1
 }
 
-# Newest already-unpacked kernel of this flavour, for when apt cannot tell us
-# the current version (no package lists on this machine yet).
+# Newest already-unpacked kernel (or debug vmlinux) of this flavour, for when
+# apt cannot tell us the current version (no package lists on this machine yet).
 cached_kernel() {
 	local found
-	found=$(find "$cache" -mindepth 3 -maxdepth 3 -path '*/boot/*' \
-		-name "vmlinuz-*-$flavour" 2>/dev/null | sort -V | tail -n 1)
+	if [[ $want == debug ]]; then
+		found=$(find "$cache" -mindepth 3 -maxdepth 3 -path '*/debug/*' \
+			-name "vmlinux-*-$flavour" 2>/dev/null | sort -V | tail -n 1)
+	else
+		found=$(find "$cache" -mindepth 3 -maxdepth 3 -path '*/boot/*' \
+			-name "vmlinuz-*-$flavour" 2>/dev/null | sort -V | tail -n 1)
+	fi
 	[[ -n $found ]] && echo "$found"
 }
 
@@ -53,6 +74,10 @@ abi=${pkg#linux-image-}
 
 dest=$cache/$version
 kernel=$dest/boot/vmlinuz-$abi
+if [[ $want == debug ]]; then
+	pkg=$pkg-dbg
+	kernel=$dest/debug/vmlinux-$abi
+fi
 if [[ -f $kernel ]]; then
 	echo "$kernel"
 	exit 0
@@ -79,6 +104,19 @@ echo "debian-kernel.sh: downloading $pkg=$version into $cache" >&2
 	die "apt-get download $pkg=$version failed"
 deb=$(find "$tmp" -maxdepth 1 -name '*.deb' | head -n 1)
 [[ -n $deb ]] || die "apt-get download left no .deb in $tmp"
+if [[ $want == debug ]]; then
+	# Only the vmlinux; tar may stop reading once it has it, which ends
+	# dpkg-deb with SIGPIPE, so what counts is the file tar leaves.
+	member=./usr/lib/debug/boot/vmlinux-$abi
+	{ dpkg-deb --fsys-tarfile "$deb" || true; } | tar -x -C "$tmp" "$member" ||
+		die "$deb holds no $member"
+	readelf -S "$tmp/$member" | grep -q '\.debug_info' ||
+		die "$tmp/$member has no .debug_info section"
+	mkdir -p "$dest/debug"
+	mv -f "$tmp/$member" "$kernel"
+	echo "$kernel"
+	exit 0
+fi
 dpkg-deb -x "$deb" "$tmp/root" || die "dpkg-deb -x $deb failed"
 [[ -f $tmp/root/boot/vmlinuz-$abi ]] || die "$deb holds no boot/vmlinuz-$abi"
 
