@@ -248,15 +248,20 @@ fn collect_filters_and_the_kdump_export_marks_excluded_frames() {
 fn bad_input_falls_back_to_zero_pages_and_says_why() {
     let dir = TempDir::new("kdump-collect-bad");
     let mem = ram();
-    let cases: [(Option<String>, &str); 3] = [
+    let cases: [(Option<String>, &str); 4] = [
         (None, "the dump has no VMCOREINFO note"),
         (
             Some(vmcoreinfo(&["OFFSET(page.mapping)", "NUMBER(PG_lru)"])),
             "VMCOREINFO lacks OFFSET(page.mapping), NUMBER(PG_lru)",
         ),
         (
+            Some(vmcoreinfo(&["SYMBOL(vmemmap)", "SYMBOL(mem_section)"])),
+            "VMCOREINFO gives neither SYMBOL(vmemmap), the struct page array's address, nor the mem_section keys to find it (no SYMBOL(mem_section))",
+        ),
+        // The sections this synthetic memory does not hold.
+        (
             Some(vmcoreinfo(&["SYMBOL(vmemmap)"])),
-            "VMCOREINFO lacks SYMBOL(vmemmap)",
+            "finding the struct page array through mem_section (SYMBOL(mem_section)=0x",
         ),
     ];
     for (n, (info, want)) in cases.iter().enumerate() {
