@@ -54,7 +54,22 @@ impl ChunkCodec<'_> {
         uuid: [u8; UUID_LEN],
         pages: &[u8],
     ) -> EncodedChunk {
-        let mut c = compress(spec, seq, uuid, pages);
+        self.encode_leaving_out(spec, seq, uuid, pages, 0)
+    }
+
+    /// As [`encode`](Self::encode), with the pages whose bits are set in
+    /// `left_out` (bit i for page i) encoded as zero pages without being
+    /// read: a filtered dump's excluded frames, which the metadata tells
+    /// apart from zero pages. A mapped source never touches them.
+    pub fn encode_leaving_out(
+        &self,
+        spec: &ChunkSpec,
+        seq: u32,
+        uuid: [u8; UUID_LEN],
+        pages: &[u8],
+        left_out: u64,
+    ) -> EncodedChunk {
+        let mut c = compress(spec, seq, uuid, pages, left_out);
         if let ChunkCodec::Sealed(keys) = self {
             seal(keys, &mut c);
         }
@@ -127,12 +142,19 @@ impl ChunkCodec<'_> {
     }
 }
 
-/// The plain encoding: the zero bitmap, then lz4 or raw.
-fn compress(spec: &ChunkSpec, seq: u32, uuid: [u8; UUID_LEN], pages: &[u8]) -> EncodedChunk {
+/// The plain encoding: the zero bitmap (the pages of `left_out` set
+/// without a look), then lz4 or raw.
+fn compress(
+    spec: &ChunkSpec,
+    seq: u32,
+    uuid: [u8; UUID_LEN],
+    pages: &[u8],
+    left_out: u64,
+) -> EncodedChunk {
     debug_assert_eq!(pages.len(), spec.page_count as usize * PAGE_SIZE);
-    let mut zero_bitmap = 0u64;
+    let mut zero_bitmap = left_out & crate::chunk::page_mask(spec.page_count);
     for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-        if page == ZERO_PAGE {
+        if zero_bitmap & (1 << i) == 0 && page == ZERO_PAGE {
             zero_bitmap |= 1 << i;
         }
     }
@@ -362,6 +384,34 @@ mod tests {
     fn sealed(pages: &[u8], seq: u32, k: &ImageKeys) -> EncodedChunk {
         let n = (pages.len() / PAGE_SIZE) as u8;
         ChunkCodec::Sealed(k).encode(&spec(128, n), seq, [3; 16], pages)
+    }
+
+    #[test]
+    fn left_out_pages_encode_as_zero_pages_without_being_read() {
+        // Pages 1 and 3 hold data but are left out; page 2 is zero.
+        let pages = page_kinds(&[1, 1, 0, 2, 1]);
+        let left_out = 0b01010;
+        for codec in [ChunkCodec::Plain, ChunkCodec::Sealed(&keys([5; 16]))] {
+            let c = codec.encode_leaving_out(&spec(64, 5), 3, [5; 16], &pages, left_out);
+            assert_eq!(c.header.zero_bitmap, 0b01110);
+            let mut zeroed = pages.clone();
+            zeroed[PAGE_SIZE..2 * PAGE_SIZE].fill(0);
+            zeroed[3 * PAGE_SIZE..4 * PAGE_SIZE].fill(0);
+            assert_eq!(through(codec, &c).unwrap(), zeroed);
+            let same = codec.encode(&spec(64, 5), 3, [5; 16], &zeroed);
+            assert_eq!(same.header.zero_bitmap, c.header.zero_bitmap);
+            if let ChunkCodec::Plain = codec {
+                assert_eq!(same, c);
+            }
+        }
+        // Bits past the chunk's pages change nothing; all left out stores nothing.
+        let c = ChunkCodec::Plain.encode_leaving_out(&spec(64, 5), 3, [9; 16], &pages, !0b11111);
+        assert_eq!(
+            c,
+            ChunkCodec::Plain.encode(&spec(64, 5), 3, [9; 16], &pages)
+        );
+        let c = ChunkCodec::Plain.encode_leaving_out(&spec(64, 5), 3, [9; 16], &pages, u64::MAX);
+        assert_eq!((c.header.codec, c.payload.len()), (Codec::Zero, 0));
     }
 
     #[test]

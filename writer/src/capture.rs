@@ -405,28 +405,13 @@ fn produce(
                     let len = usize::from(spec.page_count) * PAGE_SIZE;
                     let pages = &data[at..at + len];
                     // Frames a filtered capture leaves out are encoded as
-                    // not stored, like zero pages; the metadata tells them
-                    // apart (FORMAT.md, tag 9).
-                    let mask = metadata
+                    // not stored, like zero pages, and never read; the
+                    // metadata tells them apart (FORMAT.md, tag 9).
+                    let left_out = metadata
                         .excluded
                         .as_ref()
                         .map_or(0, |x| x.mask(spec.first_pfn.0, u32::from(spec.page_count)));
-                    let cleared;
-                    let pages = if mask == 0 {
-                        pages
-                    } else {
-                        // Excluded pages are never touched, so a mapped
-                        // source never reads them.
-                        let mut v = vec![0u8; len];
-                        for (i, p) in v.chunks_exact_mut(PAGE_SIZE).enumerate() {
-                            if mask >> i & 1 == 0 {
-                                p.copy_from_slice(&pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
-                            }
-                        }
-                        cleared = v;
-                        &cleared[..]
-                    };
-                    codec.encode(spec, *seq, opts.uuid, pages)
+                    codec.encode_leaving_out(spec, *seq, opts.uuid, pages, left_out)
                 })
                 .collect()
         });
