@@ -56,6 +56,23 @@ impl PhysMemory for [u8] {
     }
 }
 
+/// The capture's own source: the ELF core parsed and its overlaps checked
+/// once, for the filter and the capture alike.
+impl PhysMemory for kjump_writer::MemorySource {
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<(), PhysReadError> {
+        let len = buf.len();
+        match kjump_writer::MemorySource::read_phys(self, addr, buf) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PhysReadError::NotInDump { addr, len }),
+            Err(e) => Err(PhysReadError::Io {
+                addr,
+                len,
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
 impl<T: PhysMemory + ?Sized> PhysMemory for &T {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<(), PhysReadError> {
         (**self).read_phys(addr, buf)

@@ -69,22 +69,23 @@ pub struct CollectArgs {
     destination: PathBuf,
 }
 
-/// Decides the frames to leave out; on bad input, says why and falls back
-/// to zero pages only.
+/// Decides the frames to leave out of `source`; on bad input, says why and
+/// falls back to zero pages only.
 fn plan_exclusions(
-    source: &Path,
-    map: &kjump_image_format::MemoryMap,
+    path: &Path,
+    source: &MemorySource,
+    metadata: &kjump_image_format::Metadata,
     level: DumpLevel,
 ) -> (DumpLevel, Option<ExcludedPages>) {
     if !level.needs_struct_pages() {
         return (level, None);
     }
-    let plan = match filter_plan(source, map, level) {
+    let plan = match filter_plan(source, metadata, level) {
         Ok(p) => p,
         Err(e) => {
             log::warn!(
                 "{}: dump level {level} refused: {e:#}; dumping with zero pages left out only",
-                source.display()
+                path.display()
             );
             return (level.zero_only(), None);
         }
@@ -111,25 +112,24 @@ fn plan_exclusions(
     )
 }
 
-/// The filter plan for the core at `source` over the frames of `map`.
+/// The filter plan for `source` over the frames of its `metadata`.
 fn filter_plan(
-    source: &Path,
-    map: &kjump_image_format::MemoryMap,
+    source: &MemorySource,
+    metadata: &kjump_image_format::Metadata,
     level: DumpLevel,
 ) -> anyhow::Result<filter::FilterPlan> {
-    let ranges: Vec<(u64, u64)> = map
+    let ranges: Vec<(u64, u64)> = metadata
+        .ranges
         .ranges()
         .iter()
         .map(|r| (r.first_pfn().0, r.end_pfn().0))
         .collect();
-    std::fs::File::open(source)
-        .and_then(|f| f.metadata().map(|m| (f, m.len())))
-        .map_err(anyhow::Error::from)
-        .and_then(|(f, len)| Ok(Core::open(f, len)?))
-        .and_then(|core| {
-            let info = core.vmcoreinfo().map(VmcoreInfo::parse).transpose()?;
-            Ok(filter::plan(&core, info.as_ref(), &ranges, level)?)
-        })
+    let info = metadata
+        .vmcoreinfo
+        .as_deref()
+        .map(VmcoreInfo::parse)
+        .transpose()?;
+    Ok(filter::plan(source, info.as_ref(), &ranges, level)?)
 }
 
 /// The excluded `runs`, or as many as an image records, the longest: the
@@ -160,7 +160,7 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
     let level = DumpLevel::new(args.dump_level).expect("bounded by clap");
     let source = MemorySource::open(&args.source, None).map_err(Failure::error)?;
     let mut metadata = source.metadata();
-    let (level, excluded) = plan_exclusions(&args.source, &metadata.ranges, level);
+    let (level, excluded) = plan_exclusions(&args.source, &source, &metadata, level);
     metadata.excluded = excluded;
     metadata
         .extra

@@ -207,6 +207,42 @@ impl MemorySource {
         Ok(Window::Owned(buf))
     }
 
+    /// Fills `buf` with the bytes at physical `addr`, one positional read
+    /// per segment they lie in (bytes past what the file holds read as
+    /// zero), for the readers of kernel structures in a core. `Ok(false)`
+    /// when a byte lies in no range of this source.
+    pub fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<bool, SourceError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr + done as u64;
+            let i = self.segments.partition_point(|s| s.range.start().0 <= at);
+            let Some(seg) = i
+                .checked_sub(1)
+                .map(|i| &self.segments[i])
+                .filter(|s| at < s.range.end().0)
+            else {
+                return Ok(false);
+            };
+            let rel = at - seg.range.start().0;
+            let n = ((seg.range.end().0 - at) as usize).min(buf.len() - done);
+            let part = &mut buf[done..done + n];
+            let in_file = seg.file_len.saturating_sub(rel).min(n as u64) as usize;
+            let offset = seg.file_offset + rel;
+            self.file
+                .read_exact_at(&mut part[..in_file], offset)
+                .map_err(|source| SourceError::Read {
+                    path: self.path.clone(),
+                    offset,
+                    phys: at,
+                    len: in_file,
+                    source,
+                })?;
+            part[in_file..].fill(0);
+            done += n;
+        }
+        Ok(true)
+    }
+
     fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<MemoryView> {
         // The bytes stand still while mapped: the RAM of a kernel that is
         // not running, or a dump that nothing rewrites during the capture
