@@ -143,10 +143,12 @@ where
                 })
         };
         let (x, y) = (bytes(a)?, bytes(b)?);
+        // Whole-slice comparisons (memcmp) first: the bytes are almost
+        // always equal, and a byte-by-byte search is several times slower.
         let differs = match (&x, &y) {
-            (Some(x), Some(y)) => x.iter().zip(y).position(|(p, q)| p != q),
-            (Some(z), None) | (None, Some(z)) => z.iter().position(|&v| v != 0),
-            (None, None) => None,
+            (Some(x), Some(y)) if x != y => x.iter().zip(y).position(|(p, q)| p != q),
+            (Some(z), None) | (None, Some(z)) => first_nonzero(z),
+            _ => None,
         };
         if let Some(i) = differs {
             return Ok(Some(at + i as u64));
@@ -154,6 +156,16 @@ where
         at += n;
     }
     Ok(None)
+}
+
+/// The index of the first non-zero byte of `bytes`, a page at a time.
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    const ZERO: [u8; 4096] = [0; 4096];
+    let page = bytes
+        .chunks(ZERO.len())
+        .position(|c| c != &ZERO[..c.len()])?;
+    let from = page * ZERO.len();
+    bytes[from..].iter().position(|&v| v != 0).map(|i| from + i)
 }
 
 #[cfg(test)]
