@@ -2,9 +2,10 @@
 //! parallel, hand them in order to a writer thread, repeat; then the index,
 //! the trailer, a flush, and the commit.
 //!
-//! Memory stays bounded whatever the source size: one window of input is
-//! mapped at a time, and at most two windows of compressed output wait for
-//! the writer (one in the channel, one being written).
+//! Memory stays bounded whatever the source size: two windows of input are
+//! mapped and compressed at a time, and at most two more windows of
+//! compressed output wait for the writer (one in the channel, one being
+//! written).
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use rayon::prelude::*;
 use kjump_sys::progress::Progress;
 use kjump_sys::target::{AlignedBuf, Target, TargetError, DIRECT_ALIGN};
 
-use crate::source::{MemorySource, SourceError};
+use crate::source::{MemorySource, SourceError, Window};
 
 /// Default window: 16 MiB of input.
 pub const DEFAULT_WINDOW_PAGES: usize = 4096;
@@ -382,6 +383,13 @@ fn windows(
     })
 }
 
+/// Windows compressed at once. While one thread finishes the last chunks
+/// of a window, the others take the next window's, so no core waits at a
+/// window's end. What the capture holds stays bounded: this many windows of
+/// input mapped and of compressed output, one more in the channel to the
+/// writer and one being written.
+const WINDOWS_IN_FLIGHT: u64 = 2;
+
 fn produce(
     source: &MemorySource,
     metadata: &Metadata,
@@ -392,38 +400,90 @@ fn produce(
 ) -> Result<(), CaptureError> {
     let total = metadata.ranges.total_pages() * PAGE_SIZE as u64;
     let mut progress = Progress::new("capture", total, opts.progress_line);
-    for window in windows(metadata, opts.window_pages) {
-        let first = window[0].1.first_pfn;
-        let pages: usize = window.iter().map(|(_, s)| usize::from(s.page_count)).sum();
-        let bytes = source.window(window[0].1.range, first, pages)?;
-        let data = bytes.pages();
-        let batch: Vec<EncodedChunk> = pool.install(|| {
-            window
-                .par_iter()
-                .map(|(seq, spec)| {
-                    let at = ((spec.first_pfn.0 - first.0) as usize) * PAGE_SIZE;
-                    let len = usize::from(spec.page_count) * PAGE_SIZE;
-                    let pages = &data[at..at + len];
-                    // Frames a filtered capture leaves out are encoded as
-                    // not stored, like zero pages, and never read; the
-                    // metadata tells them apart (FORMAT.md, tag 9).
-                    let left_out = metadata
-                        .excluded
-                        .as_ref()
-                        .map_or(0, |x| x.mask(spec.first_pfn.0, u32::from(spec.page_count)));
-                    codec.encode_leaving_out(spec, *seq, opts.uuid, pages, left_out)
-                })
-                .collect()
-        });
-        drop(bytes);
-        if tx.send(batch).is_err() {
-            // The writer failed and says why; stop reading.
-            return Ok(());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, usize, Vec<EncodedChunk>)>();
+    let mut result = Ok(());
+    // The producer runs here, outside the pool, and only waits: the pool's
+    // threads compress. The scope ends when every window spawned is done,
+    // also when the loop stops early.
+    pool.in_place_scope(|scope| {
+        let mut windows = windows(metadata, opts.window_pages);
+        let mut pending = std::collections::BTreeMap::new();
+        let (mut started, mut sent, mut more) = (0u64, 0u64, true);
+        loop {
+            if more && started - sent < WINDOWS_IN_FLIGHT {
+                let Some(window) = windows.next() else {
+                    more = false;
+                    continue;
+                };
+                let first = window[0].1.first_pfn;
+                let pages: usize = window.iter().map(|(_, s)| usize::from(s.page_count)).sum();
+                let bytes = match source.window(window[0].1.range, first, pages) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        result = Err(e.into());
+                        return;
+                    }
+                };
+                let (done, k) = (done_tx.clone(), started);
+                scope.spawn(move |_| {
+                    let batch = encode_window(&window, &bytes, metadata, opts, codec);
+                    // Unmapped before the next window is: the bound above.
+                    drop(bytes);
+                    let _ = done.send((k, pages, batch));
+                });
+                started += 1;
+                continue;
+            }
+            if sent == started {
+                return;
+            }
+            let Ok((k, pages, batch)) = done_rx.recv() else {
+                return;
+            };
+            pending.insert(k, (pages, batch));
+            while let Some((pages, batch)) = pending.remove(&sent) {
+                if tx.send(batch).is_err() {
+                    // The writer failed and says why; stop reading.
+                    return;
+                }
+                sent += 1;
+                progress.advance((pages * PAGE_SIZE) as u64);
+            }
         }
-        progress.advance((pages * PAGE_SIZE) as u64);
+    });
+    if result.is_ok() {
+        progress.finish();
     }
-    progress.finish();
-    Ok(())
+    result
+}
+
+/// Compresses (and seals) the chunks of one window on the pool; `bytes`
+/// holds the window's pages from its first chunk's first frame.
+fn encode_window(
+    window: &[(u32, ChunkSpec)],
+    bytes: &Window,
+    metadata: &Metadata,
+    opts: &CaptureOptions,
+    codec: ChunkCodec,
+) -> Vec<EncodedChunk> {
+    let first = window[0].1.first_pfn;
+    let data = bytes.pages();
+    window
+        .par_iter()
+        .map(|(seq, spec)| {
+            let at = ((spec.first_pfn.0 - first.0) as usize) * PAGE_SIZE;
+            let len = usize::from(spec.page_count) * PAGE_SIZE;
+            let pages = &data[at..at + len];
+            // Frames a filtered capture leaves out are encoded as not
+            // stored, like zero pages, and never read; the metadata tells
+            // them apart (FORMAT.md, tag 9).
+            let left_out = metadata
+                .excluded
+                .as_ref()
+                .map_or(0, |x| x.mask(spec.first_pfn.0, u32::from(spec.page_count)));
+            codec.encode_leaving_out(spec, *seq, opts.uuid, pages, left_out)
+        })
+        .collect()
 }
 
 struct Stream {
