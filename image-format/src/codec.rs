@@ -175,31 +175,52 @@ fn compress(
             payload: Vec::new(),
         };
     }
-    let gathered;
-    let raw: &[u8] = if zero_bitmap == 0 {
-        pages
-    } else {
-        let mut g = Vec::with_capacity(pages.len());
-        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-            if zero_bitmap & (1 << i) == 0 {
-                g.extend_from_slice(page);
+    SCRATCH.with_borrow_mut(|(gathered, out)| {
+        let raw: &[u8] = if zero_bitmap == 0 {
+            pages
+        } else {
+            gathered.clear();
+            for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+                if zero_bitmap & (1 << i) == 0 {
+                    gathered.extend_from_slice(page);
+                }
             }
+            gathered
+        };
+        let data_crc = crc32fast::hash(raw);
+        // Grows once per thread; lz4 writes at most this much.
+        let max = lz4_flex::block::get_maximum_output_size(raw.len());
+        if out.len() < max {
+            out.resize(max, 0);
         }
-        gathered = g;
-        &gathered
-    };
-    let data_crc = crc32fast::hash(raw);
-    let compressed = lz4_flex::block::compress(raw);
-    let (codec, payload) = if compressed.len() < raw.len() {
-        (Codec::Lz4, compressed)
-    } else {
-        (Codec::Raw, raw.to_vec())
-    };
-    let payload_crc = crc32fast::hash(&payload);
-    EncodedChunk {
-        header: header(codec, payload.len() as u32, payload_crc, data_crc),
-        payload,
-    }
+        let compressed = match lz4_flex::block::compress_into(raw, out) {
+            Ok(n) => &out[..n],
+            // Not expected with the output sized as lz4_flex asks.
+            Err(_) => {
+                *out = lz4_flex::block::compress(raw);
+                &out[..]
+            }
+        };
+        let (codec, payload) = if compressed.len() < raw.len() {
+            (Codec::Lz4, compressed.to_vec())
+        } else {
+            (Codec::Raw, raw.to_vec())
+        };
+        let payload_crc = crc32fast::hash(&payload);
+        EncodedChunk {
+            header: header(codec, payload.len() as u32, payload_crc, data_crc),
+            payload,
+        }
+    })
+}
+
+thread_local! {
+    /// Each encoding thread's buffers: a chunk's gathered non-zero pages
+    /// and its lz4 output. Kept between chunks, because a new 256 KiB
+    /// buffer is fresh memory that faults in page by page (on a filtered
+    /// dump, most of the system time of a collect).
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The associated data of a sealed chunk: its header with the payload CRC
