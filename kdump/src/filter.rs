@@ -854,7 +854,13 @@ impl<M: PhysMemory + ?Sized> Scan<'_, '_, M> {
             let at = pfn + i as u64;
             match classify(self.page, self.level, at, &fields) {
                 Some((kind, count)) => {
-                    runs.push((at, count, kind));
+                    // Neighbours of one kind (a process's pages, the free
+                    // blocks of a zone) make one run: hundreds of thousands
+                    // of frames in a few thousand runs.
+                    match runs.last_mut() {
+                        Some((first, n, k)) if *k == kind && *first + *n == at => *n += count,
+                        _ => runs.push((at, count, kind)),
+                    }
                     *skip_until = at + count;
                     i = i.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
                 }
