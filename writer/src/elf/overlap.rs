@@ -8,8 +8,10 @@ use kjump_image_format::{PhysAddr, PhysRange};
 
 use super::{ElfError, LoadSegment, Overlap};
 
-/// Bytes of each segment read at a time when comparing an overlap.
-pub(super) const COMPARE_CHUNK: u64 = 1 << 20;
+/// Bytes of each segment read at a time when comparing an overlap: small
+/// enough that the allocator hands the same memory back each time, rather
+/// than map fresh pages that fault in one by one.
+pub(super) const COMPARE_CHUNK: u64 = 64 << 10;
 
 /// Sorts the segments by address and cuts away from each the bytes that
 /// segments before it cover, once those bytes are found equal.
