@@ -407,3 +407,71 @@ fn a_panic_at_a_chunk_stops_the_pass_there_and_names_it() {
         "chunks after the panic were handed over"
     );
 }
+
+/// The reader asks the source for each window before it reads it, up to
+/// two windows ahead (through the page cache, the device then reads ahead
+/// while the pool decodes), and reads every window once.
+#[test]
+fn the_reader_asks_for_windows_ahead_of_its_reads() {
+    use kjump_image_format::ReadAt;
+    use kjump_restorer::scan::{scan_chunks_at, WINDOW_BYTES};
+    use std::sync::Mutex;
+
+    /// A file that logs what it is asked for.
+    struct Logged {
+        file: std::fs::File,
+        log: Mutex<Vec<(char, u64, usize)>>,
+    }
+    impl ReadAt for Logged {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.log.lock().unwrap().push(('r', offset, buf.len()));
+            self.file.read_exact_at(buf, offset)
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.file.size()
+        }
+        fn prefetch(&self, offset: u64, len: usize) {
+            self.log.lock().unwrap().push(('p', offset, len));
+            self.file.prefetch(offset, len);
+        }
+    }
+
+    let dir = TempDir::new("restore-prefetch");
+    random_image(&dir, 4 * WINDOW_BYTES as usize + (1 << 20), 11);
+    let src = Logged {
+        file: std::fs::File::open(dir.path("img")).unwrap(),
+        log: Mutex::new(Vec::new()),
+    };
+    let image = Image::open(&src).unwrap();
+    src.log.lock().unwrap().clear();
+    let progress = kjump_sys::progress::Progress::new("verify", 0, false);
+    scan_chunks_at(&src, &image, 2, progress, |_, _| {
+        Ok::<(), std::io::Error>(())
+    })
+    .unwrap();
+    let log = src.log.into_inner().unwrap();
+    let reads: Vec<(u64, usize)> = log
+        .iter()
+        .filter(|e| e.0 == 'r')
+        .map(|e| (e.1, e.2))
+        .collect();
+    let asked: Vec<(u64, usize)> = log
+        .iter()
+        .filter(|e| e.0 == 'p')
+        .map(|e| (e.1, e.2))
+        .collect();
+    assert!(reads.len() >= 5, "{} windows read", reads.len());
+    assert_eq!(asked, reads, "each window asked for once, in order");
+    for (i, w) in reads.iter().enumerate() {
+        let read_at = log
+            .iter()
+            .position(|e| e.0 == 'r' && (e.1, e.2) == *w)
+            .unwrap();
+        let ahead = log[..read_at].iter().filter(|e| e.0 == 'p').count();
+        assert_eq!(
+            ahead,
+            (i + 3).min(reads.len()),
+            "asked for before reading window {i}"
+        );
+    }
+}

@@ -553,6 +553,10 @@ impl<R: ReadAt + ?Sized> ReadAt for &R {
     fn size(&self) -> std::io::Result<u64> {
         (**self).size()
     }
+
+    fn prefetch(&self, offset: u64, len: usize) {
+        (**self).prefetch(offset, len)
+    }
 }
 
 /// Image offsets read through a placement's segments of a device `D`:
@@ -608,6 +612,20 @@ pub fn read_mapped<R: ReadAt + ?Sized>(
 impl<D: ReadAt> ReadAt for Mapped<D> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         read_mapped(&self.dev, &self.segments, buf, offset)
+    }
+
+    fn prefetch(&self, offset: u64, len: usize) {
+        // Past the segments there is nothing to read ahead.
+        let _: std::io::Result<()> = for_each_piece(
+            &self.segments,
+            offset,
+            len,
+            |dev_off, a, b| {
+                self.dev.prefetch(dev_off, b - a);
+                Ok(())
+            },
+            |_| std::io::ErrorKind::UnexpectedEof.into(),
+        );
     }
 
     fn size(&self) -> std::io::Result<u64> {

@@ -26,11 +26,28 @@ pub trait ReadAt: Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     /// Size of the image source in bytes.
     fn size(&self) -> std::io::Result<u64>;
+    /// A hint that `len` bytes at `offset` will be read soon: a source with
+    /// a page cache starts reading them now, so that the device works while
+    /// the reader decodes. Nothing else changes; a source may ignore it.
+    fn prefetch(&self, _offset: u64, _len: usize) {}
 }
 
 impl ReadAt for File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
+    }
+
+    /// POSIX_FADV_WILLNEED: the kernel queues the reads and returns. A
+    /// refusal (a pipe, an old kernel) only loses the head start.
+    fn prefetch(&self, offset: u64, len: usize) {
+        if let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) {
+            let _ = nix::fcntl::posix_fadvise(
+                self,
+                offset,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
     }
 
     fn size(&self) -> std::io::Result<u64> {

@@ -240,6 +240,11 @@ where
         .find_map(Result::err)
 }
 
+/// Windows past the one being read whose reads the reader thread asks for
+/// ahead ([`ReadAt::prefetch`]): through the page cache, the device keeps
+/// that many requests of up to 16 MiB in flight.
+const PREFETCH_WINDOWS: usize = 2;
+
 /// A window's bytes as the reader thread read them.
 struct Read {
     buf: Vec<u8>,
@@ -255,7 +260,16 @@ fn read_windows<R: ReadAt + ?Sized>(
     empty: Receiver<Vec<u8>>,
     full: SyncSender<Read>,
 ) {
-    for w in windows {
+    // The device reads the windows ahead while this thread waits for a
+    // buffer and the pool decodes: one synchronous read at a time would
+    // leave it idle between requests.
+    let mut prefetched = 0;
+    for (i, w) in windows.iter().enumerate() {
+        while prefetched < windows.len() && prefetched <= i + PREFETCH_WINDOWS {
+            let (base, len) = span(image, &windows[prefetched]);
+            src.prefetch(base, len);
+            prefetched += 1;
+        }
         let Ok(mut buf) = empty.recv() else { return };
         let (base, len) = span(image, w);
         buf.truncate(len);
