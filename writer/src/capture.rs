@@ -3,9 +3,9 @@
 //! the trailer, a flush, and the commit.
 //!
 //! Memory stays bounded whatever the source size: two windows of input are
-//! mapped and compressed at a time, and at most two more windows of
-//! compressed output wait for the writer (one in the channel, one being
-//! written).
+//! mapped and compressed at a time (one when memory is short), and at most
+//! two more windows of compressed output wait for the writer (one in the
+//! channel, one being written).
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
@@ -383,12 +383,23 @@ fn windows(
     })
 }
 
-/// Windows compressed at once. While one thread finishes the last chunks
-/// of a window, the others take the next window's, so no core waits at a
-/// window's end. What the capture holds stays bounded: this many windows of
-/// input mapped and of compressed output, one more in the channel to the
-/// writer and one being written.
-const WINDOWS_IN_FLIGHT: u64 = 2;
+/// Windows compressed at once, as memory allows. While one thread
+/// finishes the last chunks of a window, the others take the next
+/// window's, so no core waits at a window's end. What the capture holds
+/// stays bounded: this many windows of input mapped and of compressed
+/// output, one more in the channel to the writer and one being written.
+/// The second window costs up to two windows of memory (its output, and
+/// its input where a mapping takes RAM), so it is taken only when
+/// MemAvailable holds eight windows: a small kdump or capture kernel runs
+/// one at a time, as before.
+fn windows_in_flight(available: u64, window_pages: usize) -> u64 {
+    let window = (window_pages.max(1) * PAGE_SIZE) as u64;
+    if available / 8 >= window {
+        2
+    } else {
+        1
+    }
+}
 
 fn produce(
     source: &MemorySource,
@@ -401,6 +412,8 @@ fn produce(
     let total = metadata.ranges.total_pages() * PAGE_SIZE as u64;
     let mut progress = Progress::new("capture", total, opts.progress_line);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, usize, Vec<EncodedChunk>)>();
+    let in_flight = windows_in_flight(kjump_sys::freemem::MemInfo::spare(), opts.window_pages);
+    log::debug!("capture: {in_flight} windows compressed at once");
     let mut result = Ok(());
     // The producer runs here, outside the pool, and only waits: the pool's
     // threads compress. The scope ends when every window spawned is done,
@@ -410,7 +423,7 @@ fn produce(
         let mut pending = std::collections::BTreeMap::new();
         let (mut started, mut sent, mut more) = (0u64, 0u64, true);
         loop {
-            if more && started - sent < WINDOWS_IN_FLIGHT {
+            if more && started - sent < in_flight {
                 let Some(window) = windows.next() else {
                     more = false;
                     continue;
@@ -639,5 +652,22 @@ impl Chunks {
             w.push(&b)?;
         }
         Ok(crc.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_window_only_with_room_for_eight() {
+        let window = (DEFAULT_WINDOW_PAGES * PAGE_SIZE) as u64;
+        assert_eq!(windows_in_flight(8 * window, DEFAULT_WINDOW_PAGES), 2);
+        assert_eq!(windows_in_flight(8 * window - 1, DEFAULT_WINDOW_PAGES), 1);
+        assert_eq!(windows_in_flight(0, DEFAULT_WINDOW_PAGES), 1);
+        // Without /proc/meminfo nothing bounds it.
+        assert_eq!(windows_in_flight(u64::MAX, DEFAULT_WINDOW_PAGES), 2);
+        // Larger windows need more room.
+        assert_eq!(windows_in_flight(8 * window, 4 * DEFAULT_WINDOW_PAGES), 1);
     }
 }
