@@ -677,10 +677,13 @@ impl MemSections {
                         self.roots_len
                     )));
                 }
+                // Addresses from the dump are untrusted: they wrap, and a
+                // wrong one fails to translate, with the address named.
                 let base = if per_root == 1 {
-                    self.roots
+                    // The sections themselves, one per root.
+                    self.roots.wrapping_add(root.wrapping_mul(self.entry_size))
                 } else {
-                    let at = self.roots + root * 8;
+                    let at = self.roots.wrapping_add(root.wrapping_mul(8));
                     let base = tr
                         .read_virt_u64(at)
                         .map_err(|e| self.error(format!("reading root {root} at {at:#x}: {e}")))?;
@@ -689,7 +692,9 @@ impl MemSections {
                     }
                     base
                 };
-                let at = base + (nr % per_root) * self.entry_size + self.map_offset;
+                let at = base
+                    .wrapping_add((nr % per_root) * self.entry_size)
+                    .wrapping_add(self.map_offset);
                 let map = tr.read_virt_u64(at).map_err(|e| {
                     self.error(format!(
                         "reading section {nr}'s section_mem_map at {at:#x}: {e}"
@@ -1107,20 +1112,34 @@ mod tests {
     /// Debian's 6.1 kernel gives them: 131072 roots of 256 sections) whose
     /// first root's sections encode `maps`, and VMCOREINFO without
     /// SYMBOL(vmemmap) pointing at them.
-    fn with_sections(mut t: Tables, maps: &[(u64, u64)]) -> (Vec<u8>, VmcoreInfo) {
+    fn with_sections(t: Tables, maps: &[(u64, u64)]) -> (Vec<u8>, VmcoreInfo) {
+        sections_of(t, maps, true)
+    }
+
+    /// As [`with_sections`], or without SPARSEMEM_EXTREME (`extreme`
+    /// false): then `mem_section` is the array of sections itself, one
+    /// per root, 2^25 of them.
+    fn sections_of(mut t: Tables, maps: &[(u64, u64)], extreme: bool) -> (Vec<u8>, VmcoreInfo) {
         let (roots_at, sections_at) = (0x80_0000u64, 0x80_1000u64);
         let sections = ROOTS + 0x10_0000;
         t.map(ROOTS, roots_at, 0x1000);
         t.map(sections, sections_at, 0x1000);
-        t.mem[roots_at as usize..roots_at as usize + 8].copy_from_slice(&sections.to_le_bytes());
+        let entries_at = if extreme {
+            t.mem[roots_at as usize..roots_at as usize + 8]
+                .copy_from_slice(&sections.to_le_bytes());
+            sections_at
+        } else {
+            roots_at
+        };
         for &(nr, map) in maps {
-            let at = (sections_at + nr * 16) as usize;
+            let at = (entries_at + nr * 16) as usize;
             t.mem[at..at + 8].copy_from_slice(&map.to_le_bytes());
         }
+        let len = if extreme { "131072" } else { "33554432" };
         let info = t.vmcoreinfo(
             &[
                 ("SYMBOL(mem_section)", format!("{ROOTS:x}")),
-                ("LENGTH(mem_section)", "131072".into()),
+                ("LENGTH(mem_section)", len.into()),
                 ("NUMBER(MAX_PHYSMEM_BITS)", "52".into()),
             ],
             &["SYMBOL(vmemmap)"],
@@ -1226,6 +1245,15 @@ mod tests {
                 .contains("no present section holds the dumped frames"),
             "{e}"
         );
+        // Without SPARSEMEM_EXTREME the sections lie in mem_section itself.
+        let (t, _) = memory_tables(0x8600, fill);
+        let (mem, info) = sections_of(t, &[(0, VMEMMAP | 3), (1, VMEMMAP | 3)], false);
+        let p = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap();
+        assert_eq!(p.excluded.runs(), [(0x410, 16), (0x8500, 1)]);
+        let (t, _) = memory_tables(0x8600, fill);
+        let (mem, info) = sections_of(t, &[(0, VMEMMAP | 3), (1, other | 3)], false);
+        let e = plan(&mem[..], Some(&info), &ranges, level(31)).unwrap_err();
+        assert!(e.to_string().contains("section 1 at"), "{e}");
         // Frames past the roots, and roots that are not mapped.
         let (t, _) = memory_tables(0x600, fill);
         let (mem, info) = with_sections(t, &[(0, VMEMMAP | 3)]);
