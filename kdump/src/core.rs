@@ -10,7 +10,7 @@
 use std::os::unix::fs::FileExt;
 
 use crate::mem::{PhysMemory, PhysReadError};
-use kjump_writer::elf::{self, ElfCore, ElfError, LoadSegment};
+use kjump_writer::elf::{self, ElfCore, ElfError};
 
 /// An opened core.
 pub struct Core<F: FileExt> {
@@ -39,15 +39,6 @@ impl<F: FileExt> Core<F> {
         elf::vmcoreinfo(&self.elf.notes)
     }
 
-    /// The segment holding physical `addr`.
-    fn segment_at(&self, addr: u64) -> Option<&LoadSegment> {
-        let segments = &self.elf.segments;
-        let i = segments
-            .partition_point(|s| s.range.start().0 <= addr)
-            .checked_sub(1)?;
-        Some(&segments[i]).filter(|s| addr < s.range.end().0)
-    }
-
     /// Physical ranges `[start, end)` the core holds, sorted and joined.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
@@ -64,28 +55,19 @@ impl<F: FileExt> Core<F> {
 
 impl<F: FileExt> PhysMemory for Core<F> {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<(), PhysReadError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = addr + done as u64;
-            let s = self.segment_at(at).ok_or(PhysReadError::NotInDump {
-                addr: at,
-                len: buf.len() - done,
-            })?;
-            let rel = at - s.range.start().0;
-            let n = ((s.range.end().0 - at) as usize).min(buf.len() - done);
-            let part = &mut buf[done..done + n];
-            let in_file = s.file_len.saturating_sub(rel).min(n as u64) as usize;
-            self.file
-                .read_exact_at(&mut part[..in_file], s.file_offset + rel)
-                .map_err(|source| PhysReadError::Io {
-                    addr: at,
-                    len: n,
-                    source,
-                })?;
-            part[in_file..].fill(0);
-            done += n;
+        let len = buf.len();
+        match elf::read_phys(&self.file, &self.elf.segments, addr, buf) {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(PhysReadError::NotInDump {
+                addr: addr + n as u64,
+                len: len - n,
+            }),
+            Err(e) => Err(PhysReadError::Io {
+                addr: e.phys,
+                len: e.len,
+                source: e.source,
+            }),
         }
-        Ok(())
     }
 }
 

@@ -62,8 +62,11 @@ impl PhysMemory for kjump_writer::MemorySource {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<(), PhysReadError> {
         let len = buf.len();
         match kjump_writer::MemorySource::read_phys(self, addr, buf) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(PhysReadError::NotInDump { addr, len }),
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(PhysReadError::NotInDump {
+                addr: addr + n as u64,
+                len: len - n,
+            }),
             Err(e) => Err(PhysReadError::Io {
                 addr,
                 len,

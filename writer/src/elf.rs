@@ -131,6 +131,58 @@ pub struct LoadSegment {
     pub file_len: u64,
 }
 
+/// A positional read of a core's file that failed, and where.
+#[derive(Debug)]
+pub struct SegmentReadError {
+    /// Physical address of the first byte asked of the file.
+    pub phys: u64,
+    /// Its offset in the file.
+    pub offset: u64,
+    /// Bytes asked.
+    pub len: usize,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+/// Fills `buf` with the bytes at physical `addr` of `segments` (sorted and
+/// disjoint) of `file`: one positional read per segment the bytes lie in,
+/// zeros past a segment's file bytes. Returns the bytes filled: fewer than
+/// `buf` holds when the next byte lies in no segment.
+pub fn read_phys<F: std::os::unix::fs::FileExt + ?Sized>(
+    file: &F,
+    segments: &[LoadSegment],
+    addr: u64,
+    buf: &mut [u8],
+) -> Result<usize, SegmentReadError> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = addr + done as u64;
+        let i = segments.partition_point(|s| s.range.start().0 <= at);
+        let Some(seg) = i
+            .checked_sub(1)
+            .map(|i| &segments[i])
+            .filter(|s| at < s.range.end().0)
+        else {
+            return Ok(done);
+        };
+        let rel = at - seg.range.start().0;
+        let n = ((seg.range.end().0 - at) as usize).min(buf.len() - done);
+        let part = &mut buf[done..done + n];
+        let in_file = seg.file_len.saturating_sub(rel).min(n as u64) as usize;
+        let offset = seg.file_offset + rel;
+        file.read_exact_at(&mut part[..in_file], offset)
+            .map_err(|source| SegmentReadError {
+                phys: at,
+                offset,
+                len: in_file,
+                source,
+            })?;
+        part[in_file..].fill(0);
+        done += n;
+    }
+    Ok(done)
+}
+
 impl LoadSegment {
     /// Physical address one past the last byte backed by the file.
     fn file_end(&self) -> u64 {

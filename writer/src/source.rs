@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use kjump_image_format::{MemoryMap, Metadata, Pfn, PhysRange, PAGE_SIZE};
 use kjump_sys::physmem::{map_memory, MemoryView};
 
-use crate::elf::{self, ElfCore, ElfError};
+use crate::elf::{self, ElfCore, ElfError, LoadSegment};
 
 /// A source that cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -69,21 +69,14 @@ pub enum SourceError {
     },
 }
 
-/// A piece of physical memory and where its bytes are in the source file.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    range: PhysRange,
-    file_offset: u64,
-    /// Bytes backed by the file from `range.start`; the rest reads as zero.
-    file_len: u64,
-}
-
 /// An open memory source.
 #[derive(Debug)]
 pub struct MemorySource {
     path: PathBuf,
     file: File,
-    segments: Vec<Segment>,
+    /// Where each piece of physical memory is in the file: an ELF core's
+    /// PT_LOADs, overlaps cut away, or the ranges of a raw source.
+    segments: Vec<LoadSegment>,
     map: MemoryMap,
     notes: Option<Vec<u8>>,
     use_mmap: AtomicBool,
@@ -209,38 +202,17 @@ impl MemorySource {
 
     /// Fills `buf` with the bytes at physical `addr`, one positional read
     /// per segment they lie in (bytes past what the file holds read as
-    /// zero), for the readers of kernel structures in a core. `Ok(false)`
-    /// when a byte lies in no range of this source.
-    pub fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<bool, SourceError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = addr + done as u64;
-            let i = self.segments.partition_point(|s| s.range.start().0 <= at);
-            let Some(seg) = i
-                .checked_sub(1)
-                .map(|i| &self.segments[i])
-                .filter(|s| at < s.range.end().0)
-            else {
-                return Ok(false);
-            };
-            let rel = at - seg.range.start().0;
-            let n = ((seg.range.end().0 - at) as usize).min(buf.len() - done);
-            let part = &mut buf[done..done + n];
-            let in_file = seg.file_len.saturating_sub(rel).min(n as u64) as usize;
-            let offset = seg.file_offset + rel;
-            self.file
-                .read_exact_at(&mut part[..in_file], offset)
-                .map_err(|source| SourceError::Read {
-                    path: self.path.clone(),
-                    offset,
-                    phys: at,
-                    len: in_file,
-                    source,
-                })?;
-            part[in_file..].fill(0);
-            done += n;
-        }
-        Ok(true)
+    /// zero), for the readers of kernel structures in a core. Returns the
+    /// bytes filled: fewer when the next byte lies in no range of this
+    /// source.
+    pub fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        elf::read_phys(&self.file, &self.segments, addr, buf).map_err(|e| SourceError::Read {
+            path: self.path.clone(),
+            offset: e.offset,
+            phys: e.phys,
+            len: e.len,
+            source: e.source,
+        })
     }
 
     fn map_bytes(&self, offset: u64, len: usize) -> std::io::Result<MemoryView> {
@@ -276,7 +248,7 @@ fn raw_segments(
     path: &Path,
     meta: &std::fs::Metadata,
     map: &MemoryMap,
-) -> Result<Vec<Segment>, SourceError> {
+) -> Result<Vec<LoadSegment>, SourceError> {
     if meta.is_file() {
         if let Some(r) = map.ranges().iter().find(|r| r.end().0 > meta.len()) {
             return Err(SourceError::RangeBeyondFile {
@@ -289,7 +261,9 @@ fn raw_segments(
     Ok(map
         .ranges()
         .iter()
-        .map(|r| Segment {
+        .enumerate()
+        .map(|(index, r)| LoadSegment {
+            index,
             range: *r,
             file_offset: r.start().0,
             file_len: r.len(),
@@ -302,7 +276,7 @@ fn core_segments(
     path: &Path,
     file: &File,
     size: u64,
-) -> Result<(Vec<Segment>, ElfCore), SourceError> {
+) -> Result<(Vec<LoadSegment>, ElfCore), SourceError> {
     let core = read_core(file, size).map_err(|source| SourceError::Elf {
         path: path.to_path_buf(),
         source,
@@ -317,16 +291,7 @@ fn core_segments(
             o.kept
         );
     }
-    let segments = core
-        .segments
-        .iter()
-        .map(|s| Segment {
-            range: s.range,
-            file_offset: s.file_offset,
-            file_len: s.file_len,
-        })
-        .collect();
-    Ok((segments, core))
+    Ok((core.segments.clone(), core))
 }
 
 fn read_core(file: &File, size: u64) -> Result<ElfCore, ElfError> {
