@@ -90,13 +90,15 @@ impl ChunkCodec<'_> {
         out: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<(), FormatError> {
-        check_payload(header, at, index, payload)?;
+        let payload_crc = check_payload(header, at, index, payload)?;
         let raw_len = header.raw_len();
         match self {
             ChunkCodec::Plain => match header.codec {
                 Codec::Zero => out.fill(0),
                 Codec::Raw => {
-                    check_contents(header, at, index, payload)?;
+                    // The payload is the contents: its CRC, just checked,
+                    // is theirs.
+                    contents_crc_matches(header, at, index, payload_crc)?;
                     out[..raw_len].copy_from_slice(payload);
                 }
                 Codec::Lz4 => {
@@ -201,12 +203,13 @@ fn compress(
                 &out[..]
             }
         };
-        let (codec, payload) = if compressed.len() < raw.len() {
-            (Codec::Lz4, compressed.to_vec())
+        let (codec, payload, payload_crc) = if compressed.len() < raw.len() {
+            let crc = crc32fast::hash(compressed);
+            (Codec::Lz4, compressed.to_vec(), crc)
         } else {
-            (Codec::Raw, raw.to_vec())
+            // A raw payload is the data itself: its CRC is the data CRC.
+            (Codec::Raw, raw.to_vec(), data_crc)
         };
-        let payload_crc = crc32fast::hash(&payload);
         EncodedChunk {
             header: header(codec, payload.len() as u32, payload_crc, data_crc),
             payload,
@@ -255,13 +258,13 @@ fn open(keys: &ImageKeys, h: &ChunkHeader, body: &mut [u8], tag: &[u8]) -> bool 
     keys.open_in_place(Nonce::Chunk(h.seq), &chunk_aad(h), body, tag)
 }
 
-/// Checks a payload's length and CRC against its header.
+/// Checks a payload's length and CRC against its header; returns the CRC.
 fn check_payload(
     h: &ChunkHeader,
     at: ImageOffset,
     index: u64,
     payload: &[u8],
-) -> Result<(), FormatError> {
+) -> Result<u32, FormatError> {
     if payload.len() != h.stored_len as usize {
         return Err(FormatError::mismatch(
             format!("chunk {index}"),
@@ -280,7 +283,7 @@ fn check_payload(
             computed,
         ));
     }
-    Ok(())
+    Ok(computed)
 }
 
 /// Checks the stored pages of a plain chunk against its contents CRC.
@@ -290,7 +293,17 @@ fn check_contents(
     index: u64,
     raw: &[u8],
 ) -> Result<(), FormatError> {
-    let computed = crc32fast::hash(raw);
+    contents_crc_matches(h, at, index, crc32fast::hash(raw))
+}
+
+/// Compares `computed`, the CRC of a plain chunk's stored pages, with its
+/// contents CRC.
+fn contents_crc_matches(
+    h: &ChunkHeader,
+    at: ImageOffset,
+    index: u64,
+    computed: u32,
+) -> Result<(), FormatError> {
     if computed == h.data_crc {
         Ok(())
     } else {
@@ -469,6 +482,31 @@ mod tests {
         let c = round_trip(&mixed, 4);
         assert_eq!(c.header.zero_bitmap, 0b10);
         assert_eq!(c.payload.len(), 3 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn a_raw_chunk_is_checked_against_its_contents_crc() {
+        let mut x = 0x0bad_cafe_f00d_d00du64;
+        let random: Vec<u8> = (0..2 * PAGE_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut c = ChunkCodec::Plain.encode(&spec(64, 2), 0, [0; 16], &random);
+        assert_eq!(c.header.codec, Codec::Raw);
+        assert_eq!(c.header.payload_crc, crc32fast::hash(&random));
+        assert_eq!(c.header.data_crc, c.header.payload_crc);
+        // A header whose payload CRC holds and whose contents CRC does not
+        // (as a writer that checksummed other bytes would leave it).
+        c.header.data_crc ^= 1;
+        let err = through(ChunkCodec::Plain, &c).unwrap_err();
+        assert!(
+            matches!(&err, FormatError::Checksum { what, .. } if what.contains("contents")),
+            "{err}"
+        );
     }
 
     #[test]
