@@ -53,13 +53,16 @@ generate_dump() {
 }
 
 # Results, keyed by command name: space-separated per-run values.
-declare -A SECS CPU RSS OUTBYTES
+declare -A SECS CPU RSS OUTBYTES FAILED
 NAMES=()
 
 # timed NAME OUTPUT COMMAND...: runs COMMAND under GNU time ($TIME), records
 # wall seconds, CPU seconds (user + system), peak RSS (KiB) and the size of
 # OUTPUT ('-' for none); its output goes to DIR/log.NAME. (capture-bench.sh,
-# collect-bench.sh; resume-bench.sh records other figures.)
+# collect-bench.sh; resume-bench.sh records other figures.) A failure ends
+# the benchmark, unless TIMED_MAY_FAIL is set: then the run is counted in
+# FAILED[NAME], kept out of the medians, and its log is kept as
+# DIR/log.NAME.failed.N.
 timed() {
     local name=$1 output=$2
     shift 2
@@ -67,7 +70,11 @@ timed() {
     sync # outside the timed region: nothing dirty left from the last command
     if ! "$TIME" -f '%e %U %S %M' -o "$stats" "$@" >"$log" 2>&1; then
         tail -n 20 "$log" >&2
-        die "'$name' failed: $*"
+        [[ -n ${TIMED_MAY_FAIL:-} ]] || die "'$name' failed: $*"
+        FAILED[$name]=$((${FAILED[$name]:-0} + 1))
+        mv -- "$log" "$log.failed.${FAILED[$name]}"
+        note "'$name' failed (run kept out of the medians; log in $log.failed.${FAILED[$name]}): $*"
+        return 0
     fi
     local secs user sys kib
     read -r secs user sys kib <"$stats"
