@@ -10,7 +10,7 @@ use common::cores::read_core;
 use common::tempdir::TempDir;
 use kjump_dumpgen::{write_dump, DumpSpec, SegmentSpec};
 use kjump_image_format::metadata::KEY_REGION;
-use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange};
+use kjump_image_format::{Image, ImageState, MemoryMap, PhysAddr, PhysRange, ZeroPages};
 use kjump_restorer::{restore, RestoreError};
 use kjump_sys::{Place, Target};
 use kjump_writer::{capture, CaptureOptions, MemorySource};
@@ -387,7 +387,7 @@ fn a_panic_at_a_chunk_stops_the_pass_there_and_names_it() {
     let at = 5;
     let last = AtomicUsize::new(0);
     let progress = kjump_sys::progress::Progress::new("restore", 0, false);
-    let stopped = scan_chunks_at(&f, &image, 1, progress, |i, _pages| {
+    let stopped = scan_chunks_at(&f, &image, 1, progress, ZeroPages::Fill, |i, _pages| {
         last.fetch_max(i, Ordering::SeqCst);
         if i == at {
             panic!("a test consumer's panic at chunk {i}");
@@ -445,7 +445,7 @@ fn the_reader_asks_for_windows_ahead_of_its_reads() {
     let image = Image::open(&src).unwrap();
     src.log.lock().unwrap().clear();
     let progress = kjump_sys::progress::Progress::new("verify", 0, false);
-    scan_chunks_at(&src, &image, 2, progress, |_, _| {
+    scan_chunks_at(&src, &image, 2, progress, ZeroPages::Fill, |_, _| {
         Ok::<(), std::io::Error>(())
     })
     .unwrap();

@@ -18,6 +18,19 @@ use crate::layout::{chunk_header, PAGE_SIZE, TAG_SIZE, UUID_LEN};
 
 const ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
+/// What a decode does with a chunk's zero pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroPages {
+    /// Zero-fills their slots: the decoded chunk is its pages, whole.
+    Fill,
+    /// Leaves their slots as they were. For a consumer that reads the
+    /// chunk's zero bitmap and writes zero pages on its own (the restore
+    /// writes them straight to memory), or not at all (verify): filling a
+    /// buffer with zeros nobody reads was, on a machine whose RAM is
+    /// mostly free, most of the stores a resume made.
+    Leave,
+}
+
 /// How an image's chunk payloads are encoded.
 #[derive(Clone, Copy, Debug)]
 pub enum ChunkCodec<'k> {
@@ -90,11 +103,29 @@ impl ChunkCodec<'_> {
         out: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<(), FormatError> {
+        self.decode_with(header, at, index, payload, out, scratch, ZeroPages::Fill)
+    }
+
+    /// [`decode`](Self::decode), with the chunk's zero pages filled or
+    /// left as `zeros` says; every check is the same either way.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_with(
+        &self,
+        header: &ChunkHeader,
+        at: ImageOffset,
+        index: u64,
+        payload: &[u8],
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+        zeros: ZeroPages,
+    ) -> Result<(), FormatError> {
+        let fill = zeros == ZeroPages::Fill;
         let payload_crc = check_payload(header, at, index, payload)?;
         let raw_len = header.raw_len();
         match self {
             ChunkCodec::Plain => match header.codec {
-                Codec::Zero => out.fill(0),
+                Codec::Zero if fill => out.fill(0),
+                Codec::Zero => {}
                 Codec::Raw => {
                     // The payload is the contents: its CRC, just checked,
                     // is theirs.
@@ -110,7 +141,9 @@ impl ChunkCodec<'_> {
                 let Some(body) = payload.len().checked_sub(TAG_SIZE) else {
                     // A zero chunk: nothing stored, nothing sealed; its header
                     // and index entry are covered by the image seal.
-                    out.fill(0);
+                    if fill {
+                        out.fill(0);
+                    }
                     return Ok(());
                 };
                 let (cipher, tag) = payload.split_at(body);
@@ -119,7 +152,8 @@ impl ChunkCodec<'_> {
                     offset: at,
                 };
                 match header.codec {
-                    Codec::Zero => out.fill(0),
+                    Codec::Zero if fill => out.fill(0),
+                    Codec::Zero => {}
                     Codec::Raw => {
                         out[..raw_len].copy_from_slice(cipher);
                         if !open(keys, header, &mut out[..raw_len], tag) {
@@ -138,7 +172,7 @@ impl ChunkCodec<'_> {
             }
         }
         if header.codec != Codec::Zero && header.zero_bitmap != 0 {
-            scatter_in_place(header.zero_bitmap, out);
+            scatter_in_place(header.zero_bitmap, out, zeros);
         }
         Ok(())
     }
@@ -341,13 +375,15 @@ fn decompress_exact(
 /// Moves the stored pages, packed at the front of `out`, to their slots
 /// and zero-fills the others. Working from the last slot down, a page is
 /// never overwritten before it is moved (its slot is at or after it).
-fn scatter_in_place(zero_bitmap: u64, out: &mut [u8]) {
+fn scatter_in_place(zero_bitmap: u64, out: &mut [u8], zeros: ZeroPages) {
     let slots = out.len() / PAGE_SIZE;
     let mut stored = slots - zero_bitmap.count_ones() as usize;
     for slot in (0..slots).rev() {
         let at = slot * PAGE_SIZE;
         if zero_bitmap & (1 << slot) != 0 {
-            out[at..at + PAGE_SIZE].fill(0);
+            if zeros == ZeroPages::Fill {
+                out[at..at + PAGE_SIZE].fill(0);
+            }
         } else {
             stored -= 1;
             if stored != slot {
@@ -454,10 +490,15 @@ mod tests {
         out[..PAGE_SIZE].fill(1);
         out[PAGE_SIZE..2 * PAGE_SIZE].fill(2);
         out[2 * PAGE_SIZE..].fill(9);
-        scatter_in_place(0b1010, &mut out);
+        let mut left = out.clone();
+        scatter_in_place(0b1010, &mut out, ZeroPages::Fill);
         let firsts: Vec<u8> = out.chunks(PAGE_SIZE).map(|p| p[0]).collect();
         assert_eq!(firsts, [1, 0, 2, 0]);
         assert!(out.chunks(PAGE_SIZE).all(|p| p.iter().all(|&b| b == p[0])));
+        // Left: the stored pages in the same slots, the zero slots as they were.
+        scatter_in_place(0b1010, &mut left, ZeroPages::Leave);
+        let firsts: Vec<u8> = left.chunks(PAGE_SIZE).map(|p| p[0]).collect();
+        assert_eq!(firsts, [1, 2, 2, 9]);
     }
 
     #[test]
@@ -482,6 +523,52 @@ mod tests {
         let c = round_trip(&mixed, 4);
         assert_eq!(c.header.zero_bitmap, 0b10);
         assert_eq!(c.payload.len(), 3 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn zero_pages_are_left_or_filled_as_asked() {
+        // Pages: text, zero, text, zero (a mixed chunk), and a zero chunk.
+        let text = |b: u8| {
+            (0..PAGE_SIZE)
+                .map(|i| b ^ (i % 13) as u8)
+                .collect::<Vec<u8>>()
+        };
+        let zero = vec![0u8; PAGE_SIZE];
+        let pages = [text(1), zero.clone(), text(2), zero.clone()].concat();
+        let zeros = [zero.clone(), zero.clone()].concat();
+        for (pages, n) in [(pages, 4u8), (zeros, 2)] {
+            let c = ChunkCodec::Plain.encode(&spec(64, n), 0, [0; 16], &pages);
+            let decode = |out: &mut [u8], how| {
+                ChunkCodec::Plain.decode_with(
+                    &c.header,
+                    ImageOffset(0),
+                    0,
+                    &c.payload,
+                    out,
+                    &mut Vec::new(),
+                    how,
+                )
+            };
+            // Left: the stored pages in their slots; a zero page's slot
+            // holds what the decode left there (a zero chunk's, what the
+            // buffer held).
+            let mut left = vec![0xee; pages.len()];
+            decode(&mut left, ZeroPages::Leave).unwrap();
+            let stored = left.chunks(PAGE_SIZE).zip(pages.chunks(PAGE_SIZE));
+            for (i, (got, want)) in stored.enumerate() {
+                if c.header.zero_bitmap >> i & 1 == 0 {
+                    assert_eq!(got, want, "stored page {i}");
+                }
+            }
+            if c.header.codec == Codec::Zero {
+                assert!(left.iter().all(|&b| b == 0xee), "a zero chunk was written");
+            } else {
+                assert!(left != pages, "the zero pages were filled");
+            }
+            let mut filled = vec![0xee; pages.len()];
+            decode(&mut filled, ZeroPages::Fill).unwrap();
+            assert_eq!(filled, pages);
+        }
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use chunk::{
     chunk_count, chunk_specs, ChunkHeader, ChunkSpec, Codec, IndexEntry, CHUNK_HEADER_SIZE,
     INDEX_ENTRY_SIZE,
 };
-pub use codec::{ChunkCodec, EncodedChunk};
+pub use codec::{ChunkCodec, EncodedChunk, ZeroPages};
 pub use crypto::{CryptoParams, ImageKeys, Kdf, Secret, SecretError};
 pub use error::FormatError;
 pub use layout::{

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use crate::addr::{ImageOffset, Pfn};
 use crate::chunk::{chunk_count, chunk_specs, ChunkHeader, ChunkSpec, IndexEntry};
 use crate::chunk::{CHUNK_HEADER_SIZE, INDEX_ENTRY_SIZE};
-use crate::codec::ChunkCodec;
+use crate::codec::{ChunkCodec, ZeroPages};
 use crate::crypto::{ImageKeys, Secret};
 use crate::error::FormatError;
 use crate::layout::superblock as sb_field;
@@ -285,6 +285,20 @@ impl Image {
         out: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<(), FormatError> {
+        self.check_chunk_with(i, encoded, out, scratch, ZeroPages::Fill)
+    }
+
+    /// [`check_chunk`](Self::check_chunk), with the chunk's zero pages
+    /// filled or left as `zeros` says (the index's zero bitmap, which the
+    /// header was checked against, tells them).
+    pub fn check_chunk_with(
+        &self,
+        i: usize,
+        encoded: &[u8],
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+        zeros: ZeroPages,
+    ) -> Result<(), FormatError> {
         let e = &self.index[i];
         let mut hb = [0u8; CHUNK_HEADER_SIZE];
         hb.copy_from_slice(&encoded[..CHUNK_HEADER_SIZE]);
@@ -316,26 +330,28 @@ impl Image {
         }
         let payload = &encoded[CHUNK_HEADER_SIZE..];
         self.codec()
-            .decode(&h, e.offset, i as u64, payload, out, scratch)?;
+            .decode_with(&h, e.offset, i as u64, payload, out, scratch, zeros)?;
         self.check_edges(i, out)
     }
 
     /// Bytes of a partially covered first or last page of a range must be
-    /// zero outside the range: nothing unaccounted is ever stored.
+    /// zero outside the range: nothing unaccounted is ever stored. A zero
+    /// page is zero throughout; its slot in `pages` is not read.
     fn check_edges(&self, i: usize, pages: &[u8]) -> Result<(), FormatError> {
         let spec = &self.specs[i];
         let range = self.metadata.ranges.ranges()[spec.range];
         let first = spec.first_pfn;
         let last = Pfn(first.0 + u64::from(spec.page_count) - 1);
+        let zero = |p: Pfn| self.index[i].zero_bitmap >> (p.0 - first.0) & 1 == 1;
         let mut bad = None;
-        if first == range.first_pfn() && range.start().page_offset() != 0 {
+        if first == range.first_pfn() && range.start().page_offset() != 0 && !zero(first) {
             let head = &pages[..range.start().page_offset()];
             if crate::le::first_nonzero(head).is_some() {
                 bad = Some(first);
             }
         }
         let end_off = range.end().page_offset();
-        if bad.is_none() && last.0 + 1 == range.end_pfn().0 && end_off != 0 {
+        if bad.is_none() && last.0 + 1 == range.end_pfn().0 && end_off != 0 && !zero(last) {
             let at = (spec.page_count as usize - 1) * PAGE_SIZE;
             if crate::le::first_nonzero(&pages[at + end_off..at + PAGE_SIZE]).is_some() {
                 bad = Some(last);

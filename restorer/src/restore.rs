@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use kjump_image_format::reader::read_superblock;
 use kjump_image_format::{
     FailureText, Image, ImageState, Kdf, MemoryMap, PhysRange, ReadAt, Secret, Superblock,
-    PAGE_SIZE,
+    ZeroPages, PAGE_SIZE,
 };
 use kjump_sys::physmem::{PhysMem, PhysMemError};
 use kjump_sys::progress::Progress;
@@ -338,9 +338,15 @@ pub fn write_memory<R: ReadAt + Sync + ?Sized>(
     progress: Progress,
 ) -> Result<(), Stopped<PhysMemError>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scan_chunks_at(file, image, threads, progress, |i, pages| {
-            write_chunk(mem, image, i, pages)
-        })
+        // write_chunk writes zero pages as zeros on its own.
+        scan_chunks_at(
+            file,
+            image,
+            threads,
+            progress,
+            ZeroPages::Leave,
+            |i, pages| write_chunk(mem, image, i, pages),
+        )
     }))
     .unwrap_or_else(|_panic| Err(Stopped::from(ScanError::Panicked)))
     .and_then(|()| {

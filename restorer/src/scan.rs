@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use kjump_image_format::{
-    FormatError, Image, ImageOffset, ReadAt, CHUNK_HEADER_SIZE, CHUNK_PAGES, PAGE_SIZE, TAG_SIZE,
+    FormatError, Image, ImageOffset, ReadAt, ZeroPages, CHUNK_HEADER_SIZE, CHUNK_PAGES, PAGE_SIZE,
+    TAG_SIZE,
 };
 use kjump_sys::progress::Progress;
 use rayon::prelude::*;
@@ -107,16 +108,19 @@ where
     F: Fn(usize, &[u8]) -> Result<(), E> + Sync,
 {
     let progress = Progress::new("verify", 0, progress_line);
-    scan_chunks_at(src, image, threads, progress, consume).map_err(|s| s.error)
+    scan_chunks_at(src, image, threads, progress, ZeroPages::Fill, consume).map_err(|s| s.error)
 }
 
 /// [`scan_chunks`], saying which chunk a failure is about, and reporting
-/// progress (of image bytes read) as `progress` says.
+/// progress (of image bytes read) as `progress` says. With
+/// [`ZeroPages::Leave`], the slots of a chunk's zero pages hold whatever
+/// they held (the consumer goes by the index's zero bitmap).
 pub fn scan_chunks_at<R, E, F>(
     src: &R,
     image: &Image,
     threads: usize,
     mut progress: Progress,
+    zeros: ZeroPages,
     consume: F,
 ) -> Result<(), Stopped<E>>
 where
@@ -159,7 +163,9 @@ where
                 }
                 .into(),
             })?;
-            if let Some(stopped) = pool.install(|| decode_window(image, w, base, &buf, &consume)) {
+            if let Some(stopped) =
+                pool.install(|| decode_window(image, w, base, &buf, zeros, &consume))
+            {
                 return Err(stopped);
             }
             // The reader may have stopped after its last window.
@@ -198,6 +204,7 @@ fn decode_window<E, F>(
     w: &std::ops::Range<usize>,
     base: u64,
     buf: &[u8],
+    zeros: ZeroPages,
     consume: &F,
 ) -> Option<Stopped<E>>
 where
@@ -221,7 +228,7 @@ where
                 // after it are not handed over, and the chunk is named.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     image
-                        .check_chunk(i, encoded, out, scratch)
+                        .check_chunk_with(i, encoded, out, scratch, zeros)
                         .map_err(ScanError::Image)
                         .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
                 }))

@@ -3,9 +3,10 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use kjump_image_format::{Image, ReadAt};
+use kjump_image_format::{Image, ReadAt, ZeroPages};
+use kjump_sys::progress::Progress;
 
-use crate::scan::{scan_chunks, ScanError};
+use crate::scan::{scan_chunks_at, ScanError};
 
 /// Why verification failed: the image is bad, or the threads did not start.
 pub type VerifyError = ScanError<Infallible>;
@@ -35,9 +36,12 @@ pub fn verify<R: ReadAt + ?Sized>(
 ) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
     image.check_padding(src)?;
-    scan_chunks(src, image, threads, progress_line, |_, _| {
+    // Nothing reads the decoded pages: zero pages are not filled in.
+    let progress = Progress::new("verify", 0, progress_line);
+    scan_chunks_at(src, image, threads, progress, ZeroPages::Leave, |_, _| {
         Ok::<(), Infallible>(())
-    })?;
+    })
+    .map_err(|stopped| stopped.error)?;
     let l = &image.superblock.layout;
     Ok(VerifyReport {
         chunks: l.chunk_count,
