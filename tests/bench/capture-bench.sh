@@ -13,12 +13,19 @@
 # image before committing it, so each peer is followed by `sync -d OUTPUT`
 # (fdatasync) inside its timed region. verify and export are timed as they are.
 #
+# Two limits are measured in the same run, so a capture bound by the disk
+# or by the compressor shows as such: writing an image-sized file with
+# `dd oflag=direct conv=fdatasync` (each run, right after the capture), and
+# the capture's encoding alone, every chunk from memory on the same threads
+# with nothing read or written (writer/examples/codec_ceiling.rs).
+#
 # Environment (all optional):
 #   KJUMP_BENCH_SIZE     RAM size of the dump, as kjump-dumpgen --size takes it (4G)
 #   KJUMP_BENCH_DIR      work directory, keeps the dump between runs (/var/tmp/kjump-bench)
 #   KJUMP_BENCH_RUNS     runs per command (3)
 #   KJUMP_BENCH_THREADS  kjump capture --threads (nproc)
 #   KJUMP, KJUMP_DUMPGEN binaries to use instead of building them
+#   KJUMP_CODEC_CEILING  the codec_ceiling example binary, likewise
 #   CARGO_TARGET_DIR     where cargo puts the release binaries (ROOT/target)
 #
 # Usage: tests/bench/capture-bench.sh
@@ -58,8 +65,14 @@ build() {
         note "building release binaries: cargo build --release ${packages[*]}"
         (cd "$ROOT" && cargo build --release --quiet "${packages[@]}") || die "cargo build failed"
     fi
+    if [[ -z ${KJUMP_CODEC_CEILING:-} ]]; then
+        (cd "$ROOT" && cargo build --release --quiet -p kjump-writer --example codec_ceiling) ||
+            die "cargo build of the codec_ceiling example failed"
+    fi
     KJUMP=${KJUMP:-$bin/kjump}
     KJUMP_DUMPGEN=${KJUMP_DUMPGEN:-$bin/kjump-dumpgen}
+    KJUMP_CODEC_CEILING=${KJUMP_CODEC_CEILING:-$bin/examples/codec_ceiling}
+    [[ -x $KJUMP_CODEC_CEILING ]] || die "codec_ceiling binary $KJUMP_CODEC_CEILING not found or not executable"
     [[ -x $KJUMP ]] || die "kjump binary $KJUMP not found or not executable"
     [[ -x $KJUMP_DUMPGEN ]] || die "kjump-dumpgen binary $KJUMP_DUMPGEN not found or not executable"
 }
@@ -85,6 +98,12 @@ run_once() {
     local image=$DIR/out.kjump
     timed "kjump capture" "$image" \
         "$KJUMP" capture --source "$DUMP" --target "$image" --threads "$THREADS"
+    # The disk's limit for this image: as many bytes written the way the
+    # capture writes them (O_DIRECT, then fdatasync).
+    local mib=$((($(stat -c %s "$image") + 1048575) / 1048576))
+    timed "disk write" "$DIR/out.dd" dd if=/dev/zero of="$DIR/out.dd" bs=1M count="$mib" \
+        oflag=direct conv=fdatasync status=none
+    rm -f "$DIR/out.dd"
     # The peers must end with their output on disk, as kjump's image is.
     timed "lz4 -1" "$DIR/out.lz4" bash -c "$DURABLE" _ lz4 -1 -f -q "$DUMP" "$DIR/out.lz4"
     rm -f "$DIR/out.lz4"
@@ -166,6 +185,25 @@ ratio_line() {
     }'
 }
 
+# print_limits: the disk's limit and the encoding's, against the capture.
+print_limits() {
+    local k d
+    # shellcheck disable=SC2086
+    k=$(median ${SECS["kjump capture"]})
+    # shellcheck disable=SC2086
+    d=$(median ${SECS["disk write"]})
+    echo
+    echo "limits on this machine:"
+    awk -v d="$d" -v k="$k" -v b="$INPUT_BYTES" 'BEGIN {
+        printf "  writing the image (disk write row):         %6.2f GB/s of dump\n", b / d / 1e9
+        printf "  kjump capture / disk limit:                 %6.2f\n", d / k
+    }'
+    awk -v e="$CEILING" -v k="$k" -v b="$INPUT_BYTES" 'BEGIN {
+        printf "  encoding alone, %s threads, from memory:     %6.2f GB/s of dump\n", "'"$THREADS"'", b / e / 1e9
+        printf "  kjump capture / encoding limit:             %6.2f\n", e / k
+    }'
+}
+
 print_ratios() {
     echo
     ratio_line "lz4 -1"
@@ -237,10 +275,17 @@ main() {
         note "run $run of $RUNS"
         run_once
     done
+    note "the encoding alone: $KJUMP_CODEC_CEILING (median of $RUNS)"
+    local ceiling_log=$DIR/log.codec_ceiling
+    "$KJUMP_CODEC_CEILING" "$DUMP" "$THREADS" "$RUNS" >"$ceiling_log" 2>&1 ||
+        { tail -n 20 "$ceiling_log" >&2; die "codec_ceiling failed"; }
+    CEILING=$(sed -n 's/.*median \([0-9.]*\) s.*/\1/p' "$ceiling_log")
+    [[ -n $CEILING ]] || die "codec_ceiling printed no median: see $ceiling_log"
     rm -f "$DIR"/time.* "$DIR"/log.*
     print_environment
     print_table
     print_ratios
+    print_limits
 }
 
 main "$@"
