@@ -23,11 +23,12 @@ const ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 pub enum ZeroPages {
     /// Zero-fills their slots: the decoded chunk is its pages, whole.
     Fill,
-    /// Leaves their slots as they were. For a consumer that reads the
+    /// Does not fill them: they hold bytes left over in the buffer (from
+    /// the decode, or from before it). For a consumer that reads the
     /// chunk's zero bitmap and writes zero pages on its own (the restore
     /// writes them straight to memory), or not at all (verify): filling a
     /// buffer with zeros nobody reads was, on a machine whose RAM is
-    /// mostly free, most of the stores a resume made.
+    /// mostly free, nearly half the stores a resume made.
     Leave,
 }
 

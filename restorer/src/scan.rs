@@ -113,8 +113,8 @@ where
 
 /// [`scan_chunks`], saying which chunk a failure is about, and reporting
 /// progress (of image bytes read) as `progress` says. With
-/// [`ZeroPages::Leave`], the slots of a chunk's zero pages hold whatever
-/// they held (the consumer goes by the index's zero bitmap).
+/// [`ZeroPages::Leave`], the slots of a chunk's zero pages hold bytes left
+/// over in the buffer (the consumer goes by the index's zero bitmap).
 pub fn scan_chunks_at<R, E, F>(
     src: &R,
     image: &Image,
