@@ -314,7 +314,7 @@ fn resume(
 /// jump follows the hooks after the capture kernel is loaded and the
 /// disks synced: seconds on a fast host, 39 s seen under TCG on a slow
 /// one, where a timer due 20 s after the hook ran before the jump.
-const TIMER_DELAY_SECS: i64 = 90;
+const TIMER_DELAY_SECS: u64 = 90;
 
 /// A sleep hook that, at its first `pre`, arms a calendar timer due
 /// [`TIMER_DELAY_SECS`] later, so that it falls due while the machine is
@@ -465,10 +465,7 @@ fn cycles(variant: &str, hibernations: usize, refusal: bool, extras: bool) {
             // The hook ran before the power-off, so the timer is due by
             // TIMER_DELAY_SECS from now (guest and host clocks agree to a
             // second or two, as resume checks): stay off until it is.
-            let off_until = host_now() + TIMER_DELAY_SECS + 3;
-            while host_now() < off_until {
-                std::thread::sleep(Duration::from_millis(500));
-            }
+            std::thread::sleep(Duration::from_secs(TIMER_DELAY_SECS + 3));
         }
         let cycle = if n == hibernations && hibernations > 1 {
             1

@@ -92,25 +92,12 @@ impl ChunkCodec<'_> {
 
     /// Checks a chunk's payload against its header (already checked
     /// against the index) and decodes its pages into `out`
-    /// (`page_count` whole pages), zero pages included. `at` is where the
-    /// chunk lies and `index` its position, for messages; `scratch` is
-    /// reused between calls.
-    pub fn decode(
-        &self,
-        header: &ChunkHeader,
-        at: ImageOffset,
-        index: u64,
-        payload: &[u8],
-        out: &mut [u8],
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), FormatError> {
-        self.decode_with(header, at, index, payload, out, scratch, ZeroPages::Fill)
-    }
-
-    /// [`decode`](Self::decode), with the chunk's zero pages filled or
-    /// left as `zeros` says; every check is the same either way.
+    /// (`page_count` whole pages), the zero pages filled or left as
+    /// `zeros` says; every check is the same either way. `at` is where
+    /// the chunk lies and `index` its position, for messages; `scratch`
+    /// is reused between calls.
     #[allow(clippy::too_many_arguments)]
-    pub fn decode_with(
+    pub fn decode(
         &self,
         header: &ChunkHeader,
         at: ImageOffset,
@@ -424,7 +411,15 @@ mod tests {
         let e = IndexEntry::decode_as(&h.index_entry(ImageOffset(4096)).encode(), 0, sealed)?;
         assert_eq!(e, h.index_entry(ImageOffset(4096)));
         let mut out = vec![0xee; usize::from(h.page_count) * PAGE_SIZE];
-        codec.decode(&h, e.offset, 0, &c.payload, &mut out, &mut Vec::new())?;
+        codec.decode(
+            &h,
+            e.offset,
+            0,
+            &c.payload,
+            &mut out,
+            &mut Vec::new(),
+            ZeroPages::Fill,
+        )?;
         Ok(out)
     }
 
@@ -529,18 +524,10 @@ mod tests {
     #[test]
     fn zero_pages_are_left_or_filled_as_asked() {
         // Pages: text, zero, text, zero (a mixed chunk), and a zero chunk.
-        let text = |b: u8| {
-            (0..PAGE_SIZE)
-                .map(|i| b ^ (i % 13) as u8)
-                .collect::<Vec<u8>>()
-        };
-        let zero = vec![0u8; PAGE_SIZE];
-        let pages = [text(1), zero.clone(), text(2), zero.clone()].concat();
-        let zeros = [zero.clone(), zero.clone()].concat();
-        for (pages, n) in [(pages, 4u8), (zeros, 2)] {
+        for (pages, n) in [(page_kinds(&[1, 0, 1, 0]), 4u8), (page_kinds(&[0, 0]), 2)] {
             let c = ChunkCodec::Plain.encode(&spec(64, n), 0, [0; 16], &pages);
             let decode = |out: &mut [u8], how| {
-                ChunkCodec::Plain.decode_with(
+                ChunkCodec::Plain.decode(
                     &c.header,
                     ImageOffset(0),
                     0,
@@ -574,15 +561,7 @@ mod tests {
 
     #[test]
     fn a_raw_chunk_is_checked_against_its_contents_crc() {
-        let mut x = 0x0bad_cafe_f00d_d00du64;
-        let random: Vec<u8> = (0..2 * PAGE_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = page_kinds(&[2, 2]);
         let mut c = ChunkCodec::Plain.encode(&spec(64, 2), 0, [0; 16], &random);
         assert_eq!(c.header.codec, Codec::Raw);
         assert_eq!(c.header.payload_crc, crc32fast::hash(&random));
@@ -611,6 +590,7 @@ mod tests {
                 &c.payload,
                 &mut out,
                 &mut Vec::new(),
+                ZeroPages::Fill,
             )
             .unwrap_err();
         assert!(matches!(err, FormatError::Checksum { .. }), "{err}");

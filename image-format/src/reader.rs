@@ -273,25 +273,14 @@ impl Image {
                 offset: e.offset,
                 source,
             })?;
-        self.check_chunk(i, buf, out, scratch)
+        self.check_chunk(i, buf, out, scratch, ZeroPages::Fill)
     }
 
     /// Checks and decodes chunk `i` from its encoded bytes (header and
-    /// payload), as read from the image.
+    /// payload), as read from the image, its zero pages filled or left as
+    /// `zeros` says (the index's zero bitmap, which the header was checked
+    /// against, tells them).
     pub fn check_chunk(
-        &self,
-        i: usize,
-        encoded: &[u8],
-        out: &mut [u8],
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), FormatError> {
-        self.check_chunk_with(i, encoded, out, scratch, ZeroPages::Fill)
-    }
-
-    /// [`check_chunk`](Self::check_chunk), with the chunk's zero pages
-    /// filled or left as `zeros` says (the index's zero bitmap, which the
-    /// header was checked against, tells them).
-    pub fn check_chunk_with(
         &self,
         i: usize,
         encoded: &[u8],
@@ -330,7 +319,7 @@ impl Image {
         }
         let payload = &encoded[CHUNK_HEADER_SIZE..];
         self.codec()
-            .decode_with(&h, e.offset, i as u64, payload, out, scratch, zeros)?;
+            .decode(&h, e.offset, i as u64, payload, out, scratch, zeros)?;
         self.check_edges(i, out)
     }
 

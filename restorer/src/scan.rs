@@ -228,7 +228,7 @@ where
                 // after it are not handed over, and the chunk is named.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     image
-                        .check_chunk_with(i, encoded, out, scratch, zeros)
+                        .check_chunk(i, encoded, out, scratch, zeros)
                         .map_err(ScanError::Image)
                         .and_then(|()| consume(i, out).map_err(ScanError::Consumer))
                 }))

@@ -198,8 +198,8 @@ print_limits() {
         printf "  writing the image (disk write row):         %6.2f GB/s of dump\n", b / d / 1e9
         printf "  kjump capture / disk limit:                 %6.2f\n", d / k
     }'
-    awk -v e="$CEILING" -v k="$k" -v b="$INPUT_BYTES" 'BEGIN {
-        printf "  encoding alone, %s threads, from memory:     %6.2f GB/s of dump\n", "'"$THREADS"'", b / e / 1e9
+    awk -v e="$CEILING" -v k="$k" -v b="$INPUT_BYTES" -v t="$THREADS" 'BEGIN {
+        printf "  encoding alone, %s threads, from memory:     %6.2f GB/s of dump\n", t, b / e / 1e9
         printf "  kjump capture / encoding limit:             %6.2f\n", e / k
     }'
 }

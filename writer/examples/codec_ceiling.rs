@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kjump_image_format::{chunk_specs, ChunkCodec, ChunkSpec, PAGE_SIZE};
+use kjump_image_format::{chunk_specs, ChunkCodec, ChunkSpec, CHUNK_HEADER_SIZE, PAGE_SIZE};
 use kjump_writer::MemorySource;
 use rayon::prelude::*;
 
@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .enumerate()
                 .map(|(seq, (spec, pages))| {
                     let c = ChunkCodec::Plain.encode(spec, seq as u32, [0; 16], pages);
-                    (c.payload.len() + kjump_image_format::layout::chunk_header::SIZE) as u64
+                    (c.payload.len() + CHUNK_HEADER_SIZE) as u64
                 })
                 .sum()
         });
